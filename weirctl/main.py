@@ -1,0 +1,42 @@
+"""weirctl: inspect and operate Weir.
+
+Each command group lives in its own module and registers its subcommands here:
+the controller's view (snapshot, agents, errors) over gRPC, the local data plane
+(`weirctl bpf ...`) from the pinned maps, BGP (`weirctl bgp ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that define register(subparsers). Missing ones are skipped so a partial
+# install (no bcc on a workstation) still has the controller commands.
+GROUPS = ("weirctl.controller_cmds", "weirctl.bpf_cmds", "weirctl.bgp_cmds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weirctl", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--controller", default="127.0.0.1:9443", help="controller gRPC address (host:port)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in GROUPS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
