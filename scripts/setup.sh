@@ -9,7 +9,7 @@ VENV=${WEIR_VENV:-$ROOT/.venv}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 APT_PKGS=(python3-bpfcc python3-venv python3-dev gcc make linux-headers-amd64 bird2
-          iproute2 iputils-ping ethtool tcpdump nftables curl)
+          iproute2 iputils-ping ethtool tcpdump nftables curl python3-cryptography)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

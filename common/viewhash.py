@@ -1,0 +1,59 @@
+"""The content hash of a node's view, shared by the controller and the agent.
+
+Hashes (sha256 hex) cover content only, never versions or the hash field itself:
+
+    view_hash    = sha256(u32be(n) + frame(service_1) + ... + frame(service_n) + trailer)
+    frame(s)     = u32be(len(b)) + b,  b = encode(s), services in id order
+    trailer      = encode(Snapshot(node, maglev_seed, bgp when not empty))
+
+Services come first so their digest is computed once per cluster version and each node's
+hash costs only its trailer; the agent keeps each service's bytes and re-encodes only what
+a delta changed. An empty BGPConfig counts as absent, so a view rebuilt from deltas hashes
+like the original. The cluster hash (controller.views.cluster_hash) is the same digest with
+ClusterSnapshot(maglev_seed, nodes) as the trailer.
+
+encode() is protobuf's deterministic serialization, canonical for this schema (no maps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from typing import Any
+
+from common.pb import pb
+
+
+def encode(message: Any) -> bytes:
+    """The canonical bytes of a message (a Service: the unit of hashes and deltas)."""
+    return message.SerializeToString(deterministic=True)
+
+
+def services_digest(encoded: Collection[bytes]) -> Any:
+    """A sha256 object fed with the framed services, given their encode() in id order."""
+    h = hashlib.sha256(len(encoded).to_bytes(4, "big"))
+    update = h.update
+    for b in encoded:
+        update(len(b).to_bytes(4, "big"))
+        update(b)
+    return h
+
+
+def node_trailer(node: str, maglev_seed: int, bgp: pb.BGPConfig | None) -> bytes:
+    if bgp is not None and bgp.ByteSize() == 0:
+        bgp = None
+    return encode(pb.Snapshot(node=node, maglev_seed=maglev_seed, bgp=bgp))
+
+
+def finish(digest: Any, trailer: bytes) -> str:
+    """The hash from a services digest (left untouched) and a trailer."""
+    h = digest.copy()
+    h.update(trailer)
+    return h.hexdigest()
+
+
+def view_hash(view: pb.Snapshot) -> str:
+    """sha256 hex of a node view's content (version, base_version and hash not covered)."""
+    digest = services_digest([encode(s) for s in view.services])
+    bgp = view.bgp if view.HasField("bgp") else None
+    return finish(digest, node_trailer(view.node, view.maglev_seed, bgp))

@@ -1,0 +1,202 @@
+"""Per-node BGP settings: which peers each node talks to and which VIP prefixes it announces.
+
+Each BGPPeer whose nodeSelector matches a Node gives that node the peer. A node's local ASN and
+router id come from its peers and its addresses. Every node with peers announces every VIP that
+has at least one usable backend (the agent announces only what its data plane applied). Without
+BGPAdvertisement objects every such VIP goes to every peer with no attributes; with them, a VIP
+goes to a peer only through an advertisement that selects both, with the union of their
+communities and the highest local preference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from common.pb import pb
+from controller.objects import BGP_PEER, NODE, BGPAdvertisement, BGPPeer, IPPool
+from controller.state import ClusterInputs
+
+ErrorSink = Callable[[str, str, str, str], None]  # (kind, namespace, name, message)
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncedVip:
+    vip: str
+    services: tuple[tuple[str, str, Mapping[str, str]], ...]  # (namespace, name, labels)
+
+
+def node_configs(
+    inputs: ClusterInputs, vips: Sequence[AnnouncedVip], error: ErrorSink
+) -> list[pb.NodeBGP]:
+    """pb.NodeBGP for every node some valid BGPPeer selects, sorted by node name.
+
+    vips: the VIPs that have at least one usable backend, with the Services behind them.
+    """
+    peers_of = _peers_by_node(inputs, error)
+    ads = _Advertisements(inputs, vips)
+    out: list[pb.NodeBGP] = []
+    for node_name in sorted(peers_of):
+        node = inputs.nodes[node_name]
+        router_id = node.router_id()
+        if not router_id:
+            error(NODE, "", node_name, "no IPv4 address for the BGP router id; BGP not set up")
+            continue
+        chosen = _consistent_peers(node_name, peers_of[node_name], error)
+        cfg = pb.BGPConfig(
+            local_asn=chosen[0][0].local_asn,
+            router_id=router_id,
+            peers=[msg for _, msg in chosen],
+            advertisements=ads.for_peers(tuple(p.name for p, _ in chosen)),
+        )
+        out.append(pb.NodeBGP(node=node_name, bgp=cfg))
+    return out
+
+
+def _peers_by_node(
+    inputs: ClusterInputs, error: ErrorSink
+) -> dict[str, list[tuple[BGPPeer, pb.BGPPeer]]]:
+    nodes = sorted(inputs.nodes.values(), key=lambda n: n.name)
+    by_node: dict[str, list[tuple[BGPPeer, pb.BGPPeer]]] = {}
+    for name in sorted(inputs.bgp_peers):
+        peer = inputs.bgp_peers[name]
+        matched = [n for n in nodes if peer.node_selector.matches(n.labels)]
+        if not matched:
+            error(BGP_PEER, "", name, "nodeSelector matches no Node; peer skipped")
+            continue
+        password = _password(inputs, peer, error)
+        if password is None:
+            continue
+        msg = pb.BGPPeer(
+            name=name,
+            address=peer.peer_address,
+            asn=peer.peer_asn,
+            port=peer.port,
+            hold_time_seconds=peer.hold_time,
+            keepalive_time_seconds=peer.keepalive_time,
+            password=password,
+            graceful_restart=peer.graceful_restart,
+            graceful_restart_time_seconds=peer.restart_time if peer.graceful_restart else 0,
+        )
+        for n in matched:
+            by_node.setdefault(n.name, []).append((peer, msg))
+    return by_node
+
+
+def _password(inputs: ClusterInputs, peer: BGPPeer, error: ErrorSink) -> str | None:
+    """ "" without a secret reference; None (after reporting why) when it cannot be read."""
+    ref = peer.password_secret
+    if ref is None:
+        return ""
+    secret = inputs.secrets.get((ref.namespace, ref.name))
+    if secret is None:
+        error(BGP_PEER, "", peer.name, f"Secret {ref.namespace}/{ref.name} not found; peer skipped")
+        return None
+    value = secret.data.get(ref.key)
+    if value is None:
+        error(
+            BGP_PEER,
+            "",
+            peer.name,
+            f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}; peer skipped",
+        )
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        error(BGP_PEER, "", peer.name, f"Secret {ref.namespace}/{ref.name}: password not UTF-8")
+        return None
+
+
+def _consistent_peers(
+    node: str, peers: list[tuple[BGPPeer, pb.BGPPeer]], error: ErrorSink
+) -> list[tuple[BGPPeer, pb.BGPPeer]]:
+    """One local ASN and one session per peer address on a node; the first peer by name sets
+    the ASN, and later peers that disagree are left out of this node with an error."""
+    first = peers[0][0]
+    kept: list[tuple[BGPPeer, pb.BGPPeer]] = []
+    addresses: dict[str, str] = {}
+    for peer, msg in peers:
+        if peer.local_asn != first.local_asn:
+            error(
+                BGP_PEER,
+                "",
+                peer.name,
+                f"node {node}: localASN {peer.local_asn} differs from {first.local_asn} "
+                f"of peer {first.name}; not used on this node",
+            )
+        elif peer.peer_address in addresses:
+            error(
+                BGP_PEER,
+                "",
+                peer.name,
+                f"node {node}: peer address {peer.peer_address} is already used by peer "
+                f"{addresses[peer.peer_address]}; not used on this node",
+            )
+        else:
+            addresses[peer.peer_address] = peer.name
+            kept.append((peer, msg))
+    return kept
+
+
+def prefix_of(vip: str) -> str:
+    return f"{vip}/128" if ":" in vip else f"{vip}/32"
+
+
+class _Advertisements:
+    """Advertisement lists, computed once per distinct set of peer names."""
+
+    def __init__(self, inputs: ClusterInputs, vips: Sequence[AnnouncedVip]) -> None:
+        self._ads = [inputs.bgp_advertisements[n] for n in sorted(inputs.bgp_advertisements)]
+        self._pools = [inputs.pools[n] for n in sorted(inputs.pools)]
+        self._vips = sorted(vips, key=lambda v: prefix_of(v.vip))
+        self._matching: list[list[BGPAdvertisement]] | None = None
+        self._by_peers: dict[tuple[str, ...], list[pb.Advertisement]] = {}
+
+    def for_peers(self, peers: tuple[str, ...]) -> list[pb.Advertisement]:
+        cached = self._by_peers.get(peers)
+        if cached is None:
+            cached = self._by_peers[peers] = self._build(peers)
+        return cached
+
+    def _build(self, peers: tuple[str, ...]) -> list[pb.Advertisement]:
+        if not self._ads:
+            return [pb.Advertisement(prefix=prefix_of(v.vip)) for v in self._vips]
+        if self._matching is None:
+            self._matching = [self._select(v) for v in self._vips]
+        out: list[pb.Advertisement] = []
+        for v, matching in zip(self._vips, self._matching, strict=True):
+            groups: dict[tuple[tuple[str, ...], int], list[str]] = {}
+            for peer in peers:
+                chosen = [a for a in matching if not a.peers or peer in a.peers]
+                if chosen:
+                    communities = tuple(sorted({c for a in chosen for c in a.communities}))
+                    local_pref = max(a.local_pref for a in chosen)
+                    groups.setdefault((communities, local_pref), []).append(peer)
+            for (communities, local_pref), group in sorted(groups.items(), key=lambda g: g[1]):
+                out.append(
+                    pb.Advertisement(
+                        prefix=prefix_of(v.vip),
+                        communities=communities,
+                        local_preference=local_pref,
+                        peers=[] if len(group) == len(peers) else group,
+                    )
+                )
+        return out
+
+    def _select(self, v: AnnouncedVip) -> list[BGPAdvertisement]:
+        addr = ipaddress.ip_address(v.vip)
+        pools = [p for p in self._pools if p.contains(addr)]
+        return [a for a in self._ads if _selects(a, pools, v)]
+
+
+def _selects(ad: BGPAdvertisement, pools: list[IPPool], v: AnnouncedVip) -> bool:
+    if ad.pools or ad.pool_selectors:
+        if not any(
+            p.name in ad.pools or any(s.matches(p.labels) for s in ad.pool_selectors) for p in pools
+        ):
+            return False
+    if ad.service_selectors:
+        return any(s.matches(labels) for _, _, labels in v.services for s in ad.service_selectors)
+    return True

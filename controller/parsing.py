@@ -1,0 +1,134 @@
+"""Small readers for Kubernetes JSON-shaped input that fail with a message naming the field.
+
+Everything here raises ParseError (never KeyError/TypeError) so a bad object becomes a clear
+error on that object instead of crashing the controller.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+class ParseError(ValueError):
+    """An object (or one of its fields) is not what Weir expects; the message says why."""
+
+
+def mapping(value: Any, path: str) -> Mapping[str, Any]:
+    """A mapping, or {} when the field is absent (null)."""
+    if value is None:
+        return EMPTY_MAP
+    if not isinstance(value, Mapping):
+        raise ParseError(f"{path}: expected an object, got {_kind(value)}")
+    return value
+
+
+def sequence(value: Any, path: str) -> Sequence[Any]:
+    """A list, or () when the field is absent (null)."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ParseError(f"{path}: expected a list, got {_kind(value)}")
+    return value
+
+
+def string(value: Any, path: str, *, required: bool = False) -> str:
+    """A string; "" when absent and not required."""
+    if value is None or value == "":
+        if required:
+            raise ParseError(f"{path}: required")
+        return ""
+    if not isinstance(value, str):
+        raise ParseError(f"{path}: expected a string, got {_kind(value)}")
+    return value
+
+
+def integer(value: Any, path: str, lo: int, hi: int, *, default: int | None = None) -> int:
+    """An integer in [lo, hi]; numeric strings are accepted (annotations are strings)."""
+    if value is None:
+        if default is None:
+            raise ParseError(f"{path}: required")
+        return default
+    if isinstance(value, bool):
+        raise ParseError(f"{path}: expected an integer, got a boolean")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError:
+            raise ParseError(f"{path}: {value!r} is not an integer") from None
+    if not isinstance(value, int):
+        raise ParseError(f"{path}: expected an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise ParseError(f"{path}: {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def boolean(value: Any, path: str, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ParseError(f"{path}: expected true or false, got {_kind(value)}")
+    return value
+
+
+def string_map(value: Any, path: str) -> Mapping[str, str]:
+    """Labels or annotations: a read-only str -> str mapping."""
+    raw = mapping(value, path)
+    if not raw:
+        return EMPTY_MAP
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ParseError(f"{path}: keys and values must be strings ({k!r}: {_kind(v)})")
+        out[k] = v
+    return MappingProxyType(out)
+
+
+def seconds(value: Any, path: str, lo: int, hi: int, *, default: int) -> int:
+    """Whole seconds from an integer or a Go duration string ("90s", "1m30s")."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        text = value.strip()
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ParseError(f'{path}: {value!r} is not a duration (e.g. 90 or "1m30s")')
+        total = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        if total > hi:
+            raise ParseError(f"{path}: {value!r} is out of range [{lo}, {hi}] seconds")
+        value = round(total)
+    return integer(value, path, lo, hi, default=default)
+
+
+def canonical_ip(value: Any, path: str) -> tuple[str, bytes]:
+    """(canonical text, packed bytes) of an IPv4 or IPv6 literal.
+
+    The canonical text makes "2001:DB8::1" and "2001:db8::1" one VIP; the packed bytes sort
+    numerically (IPv4 first, being shorter) and tell the family by their length.
+    """
+    if not isinstance(value, str):
+        raise ParseError(f"{path}: expected an IP address, got {_kind(value)}")
+    try:
+        if ":" in value:
+            packed = socket.inet_pton(socket.AF_INET6, value)
+            return socket.inet_ntop(socket.AF_INET6, packed), packed
+        packed = socket.inet_pton(socket.AF_INET, value)
+        return value, packed
+    except OSError:
+        raise ParseError(f"{path}: {value!r} is not an IP address") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"{type(value).__name__} {value!r:.40}"

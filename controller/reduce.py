@@ -1,0 +1,207 @@
+"""reduce(): cluster state in, the cluster snapshot out. Pure and deterministic.
+
+The same inputs give a byte-identical snapshot and the same hash whatever order the objects
+arrived in: every output list is sorted, and every tie is broken by name.
+
+- Services: type LoadBalancer with loadBalancerClass weir.dev/maglev, or classless with the
+  weir.dev/traffic-strategy annotation (or any classless one with `default_class`).
+- One pb.Service per (VIP, port, protocol), id "<vip>:<port>/<PROTO>" ("[v6]:port/PROTO").
+  VIPs come from status.loadBalancer.ingress, plus the requested addresses
+  (weir.dev/load-balancer-ips) when `vips_from_annotation` (the file source has no IPAM).
+- Two Services claiming one frontend: the oldest (creationTimestamp, then namespace/name)
+  keeps it, the other gets an error for that frontend.
+- Backends per controller/endpoints.py (KEP-1669), of the VIP's address family.
+- Per-node BGP per controller/bgpconfig.py.
+- Bad objects become ObjectErrors and are skipped; everything else keeps flowing.
+
+Speed matters (10,000 Services x 20 endpoints in well under a second, cold): messages are built
+in place with keyword arguments, and per-object work is precomputed by the parsers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from common.pb import pb
+from common.tablesize import DEFAULT_TABLE_SIZE
+from controller.bgpconfig import AnnouncedVip, node_configs
+from controller.endpoints import select_backends
+from controller.gcpause import gc_paused
+from controller.objects import ENDPOINT_SLICE, SERVICE, EndpointSlice, Service, ServicePort
+from controller.state import ClusterInputs
+from controller.views import cluster_hash
+
+PROTOCOL = {"TCP": pb.PROTOCOL_TCP, "UDP": pb.PROTOCOL_UDP, "SCTP": pb.PROTOCOL_SCTP}
+STRATEGY = {"maglev": pb.STRATEGY_MAGLEV, "random": pb.STRATEGY_RANDOM}
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    maglev_seed: int
+    vips_from_annotation: bool  # file source: weir.dev/load-balancer-ips gives the VIPs
+    default_class: bool = False  # also handle LoadBalancer Services with no class
+
+
+@dataclass(frozen=True)
+class ReduceResult:
+    cluster: pb.ClusterSnapshot  # version 0 and hash set; the caller assigns versions
+    errors: tuple[pb.ObjectError, ...]  # sorted by (kind, namespace, name, message)
+
+
+def frontend_id(vip: str, port: int, protocol: str) -> str:
+    return f"[{vip}]:{port}/{protocol}" if ":" in vip else f"{vip}:{port}/{protocol}"
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str, str, str]] = set()
+
+    def __call__(self, kind: str, namespace: str, name: str, message: str) -> None:
+        self._seen.add((kind, namespace, name, message))
+
+    def sorted(self) -> tuple[pb.ObjectError, ...]:
+        return tuple(
+            pb.ObjectError(kind=k, namespace=ns, name=n, message=m)
+            for k, ns, n, m in sorted(self._seen)
+        )
+
+
+class _Claim(NamedTuple):
+    """A frontend a Service asks for."""
+
+    age: tuple[Any, ...]  # Service.age_key(): the oldest claim wins
+    service: Service
+    port: ServicePort
+    vip: str
+    common: dict[str, Any]  # the pb.Service fields shared by all the Service's frontends
+
+
+def reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
+    with gc_paused():
+        return _reduce(inputs, config)
+
+
+def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
+    error = _Errors()
+    claims = _claims(inputs, config, error)
+    slices = _slices_by_service(inputs.endpoint_slices)
+
+    cluster = pb.ClusterSnapshot(maglev_seed=config.maglev_seed)
+    add_service = cluster.services.add
+    announced: dict[str, dict[tuple[str, str], Service]] = {}
+    with_frontends: set[tuple[str, str]] = set()
+    for fid in sorted(claims):
+        contenders = claims[fid]
+        if len(contenders) > 1:
+            contenders.sort(key=lambda c: c.age)
+            winner = contenders[0].service
+            for loser in (c.service for c in contenders[1:]):
+                error(
+                    SERVICE,
+                    loser.namespace,
+                    loser.name,
+                    f"frontend {fid} is also claimed by {winner.namespace}/{winner.name}, "
+                    "which is older; it is left out for this Service",
+                )
+        _, svc, port, vip, common = contenders[0]
+        with_frontends.add(svc.key)
+        by_family = slices.get(svc.key)
+        family_slices = () if by_family is None else by_family[":" in vip]
+        chosen = select_backends(family_slices, port.name, port.protocol)
+        msg = add_service(
+            id=fid,
+            vip=vip,
+            port=port.port,
+            protocol=PROTOCOL[port.protocol],
+            port_name=port.name,
+            **common,
+        )
+        add_backend = msg.backends.add
+        for e, target in chosen:
+            add_backend(
+                address=e.address,
+                port=target,
+                weight=e.weight,
+                node=e.node,
+                ready=e.ready,
+                serving=e.serving,
+                terminating=e.terminating,
+            )
+        if chosen:
+            announced.setdefault(vip, {})[svc.key] = svc
+
+    for key in sorted(with_frontends):
+        for family in slices.get(key, ((), ())):
+            for s in family:
+                for problem in s.problems:
+                    error(ENDPOINT_SLICE, s.namespace, s.name, problem)
+
+    vips = [
+        AnnouncedVip(vip, tuple((s.namespace, s.name, s.labels) for s in by_key.values()))
+        for vip, by_key in announced.items()
+    ]
+    cluster.nodes.extend(node_configs(inputs, vips, error))
+    cluster.hash = cluster_hash(cluster)
+    return ReduceResult(cluster=cluster, errors=error.sorted())
+
+
+def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict[str, list[_Claim]]:
+    claims: dict[str, list[_Claim]] = {}
+    for svc in inputs.services.values():
+        if not svc.handled_by_weir(config.default_class):
+            continue
+        if svc.problems:
+            for problem in svc.problems:
+                error(SERVICE, svc.namespace, svc.name, f"{problem}; Service skipped")
+            continue
+        vips = svc.ingress_ips
+        if config.vips_from_annotation:
+            vips = vips + tuple(ip for ip in svc.requested_ips if ip not in vips)
+            if not vips:
+                error(
+                    SERVICE,
+                    svc.namespace,
+                    svc.name,
+                    "no VIP: set the weir.dev/load-balancer-ips annotation",
+                )
+        if not vips or not svc.ports:
+            continue
+        client_ip = svc.session_affinity == "ClientIP"
+        common = {
+            "strategy": STRATEGY[svc.strategy],
+            "maglev_table_size": svc.maglev_table_size or DEFAULT_TABLE_SIZE,
+            "session_affinity": pb.SESSION_AFFINITY_CLIENT_IP
+            if client_ip
+            else pb.SESSION_AFFINITY_NONE,
+            "affinity_timeout_seconds": svc.affinity_timeout if client_ip else 0,
+            "service": f"{svc.namespace}/{svc.name}",
+        }
+        age = svc.age_key()
+        for vip in vips:
+            for port in svc.ports:
+                fid = frontend_id(vip, port.port, port.protocol)
+                claims.setdefault(fid, []).append(_Claim(age, svc, port, vip, common))
+    return claims
+
+
+def _slices_by_service(
+    slices: Mapping[tuple[str, str], EndpointSlice],
+) -> dict[tuple[str, str], tuple[list[EndpointSlice], list[EndpointSlice]]]:
+    """(IPv4 slices, IPv6 slices) per Service key, each sorted by slice name."""
+    out: dict[tuple[str, str], tuple[list[EndpointSlice], list[EndpointSlice]]] = {}
+    for s in slices.values():
+        if not s.service_name or s.address_type == "FQDN":
+            continue
+        key = (s.namespace, s.service_name)
+        pair = out.get(key)
+        if pair is None:
+            pair = out[key] = ([], [])
+        pair[s.address_type == "IPv6"].append(s)
+    for v4, v6 in out.values():
+        if len(v4) > 1:
+            v4.sort(key=lambda s: s.name)
+        if len(v6) > 1:
+            v6.sort(key=lambda s: s.name)
+    return out

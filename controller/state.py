@@ -1,0 +1,258 @@
+"""The controller's in-memory cluster state: what the sources fed it, parsed and typed.
+
+ClusterState is the StateSink every source writes into (controller/sources/base.py). It parses
+each object at the boundary (controller/objects.py), keeps an ObjectError for each object it
+could not parse, and bumps `generation` only when something really changed: a relist of
+identical objects, or an update that parses to the same object, leaves it alone.
+
+Use it from one event loop thread (sources and readers alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from common.logs import get_logger
+from common.pb import pb
+from controller.gcpause import gc_paused
+from controller.objects import (
+    ALL_KINDS,
+    BGP_ADVERTISEMENT,
+    BGP_PEER,
+    CLUSTER_SCOPED,
+    ENDPOINT_SLICE,
+    IP_POOL,
+    NODE,
+    SECRET,
+    SERVICE,
+    BGPAdvertisement,
+    BGPPeer,
+    EndpointSlice,
+    IPPool,
+    KubeObject,
+    Node,
+    ObjectRef,
+    ParseError,
+    Secret,
+    Service,
+    object_ref,
+    parse_object,
+)
+
+log = get_logger("weir.controller.state")
+
+Key = tuple[str, str]  # (namespace, name)
+
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ClusterInputs:
+    """An immutable view of the parsed cluster objects, what reduce() works from.
+
+    Namespaced kinds are keyed by (namespace, name), cluster-scoped ones by name. Mapping order
+    carries no meaning: reduce sorts what it needs.
+    """
+
+    services: Mapping[Key, Service] = field(default_factory=lambda: _EMPTY)
+    endpoint_slices: Mapping[Key, EndpointSlice] = field(default_factory=lambda: _EMPTY)
+    nodes: Mapping[str, Node] = field(default_factory=lambda: _EMPTY)
+    secrets: Mapping[Key, Secret] = field(default_factory=lambda: _EMPTY)
+    pools: Mapping[str, IPPool] = field(default_factory=lambda: _EMPTY)
+    bgp_peers: Mapping[str, BGPPeer] = field(default_factory=lambda: _EMPTY)
+    bgp_advertisements: Mapping[str, BGPAdvertisement] = field(default_factory=lambda: _EMPTY)
+
+
+class ClusterState:
+    """Implements StateSink; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, dict[Key, KubeObject]] = {k: {} for k in ALL_KINDS}
+        self._parse_errors: dict[ObjectRef, pb.ObjectError] = {}
+        self._source_errors: dict[str, dict[tuple[str, str, str, str], pb.ObjectError]] = {}
+        self._listed: set[str] = set()  # kinds that had their first full list
+        self._generation = 0
+        self._changed = asyncio.Event()
+        self._inputs: ClusterInputs | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Bumps on every change of objects or errors (and on each kind's first full list)."""
+        return self._generation
+
+    @property
+    def listed_kinds(self) -> frozenset[str]:
+        """Kinds whose first full list (replace) arrived: the state is complete for them."""
+        return frozenset(self._listed)
+
+    async def wait_changed(self, after_generation: int) -> int:
+        """Wait until generation > after_generation; returns the new generation."""
+        while self._generation <= after_generation:
+            await self._changed.wait()
+        return self._generation
+
+    def inputs(self) -> ClusterInputs:
+        if self._inputs is None:
+            self._inputs = _inputs_from(self._objects)
+        return self._inputs
+
+    def errors(self) -> list[pb.ObjectError]:
+        """Parse errors and source errors, sorted by (kind, namespace, name, message)."""
+        errs = list(self._parse_errors.values())
+        for by_origin in self._source_errors.values():
+            errs.extend(by_origin.values())
+        errs.sort(key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        return errs
+
+    # -- StateSink ----------------------------------------------------------------------------
+
+    def replace(
+        self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]], origin: str = ""
+    ) -> None:
+        with gc_paused():
+            self._replace(frozenset(kinds) & ALL_KINDS, objects)
+
+    def _replace(self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]]) -> None:
+        fresh: dict[str, dict[Key, KubeObject]] = {k: {} for k in kinds}
+        fresh_errors: dict[ObjectRef, pb.ObjectError] = {}
+        for raw in objects:
+            ref = object_ref(raw)
+            if ref.kind not in kinds:
+                continue  # kinds Weir does not read, or not part of this list
+            parsed = self._parse(ref, raw)
+            if isinstance(parsed, pb.ObjectError):
+                fresh_errors[ref] = parsed
+                fresh[ref.kind].pop(_ref_key(ref), None)
+            else:
+                fresh[ref.kind][_ref_key(ref)] = parsed
+                fresh_errors.pop(ref, None)
+
+        changed = bool(kinds - self._listed)
+        self._listed |= kinds
+        for kind in kinds:
+            old, new = self._objects[kind], fresh[kind]
+            # Keep the old instance of an unchanged object: equal inputs stay identical.
+            for key, obj in new.items():
+                prev = old.get(key)
+                if prev is not None and prev == obj:
+                    new[key] = prev
+                else:
+                    changed = True
+            if old.keys() != new.keys():
+                changed = True
+            self._objects[kind] = new
+        errors = {r: e for r, e in self._parse_errors.items() if r.kind not in kinds}
+        errors.update(fresh_errors)
+        if errors != self._parse_errors:
+            self._log_new_errors(errors)
+            self._parse_errors = errors
+            changed = True
+        if changed:
+            self._bump()
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        ref = object_ref(obj)
+        if ref.kind not in ALL_KINDS:
+            return
+        parsed = self._parse(ref, obj)
+        objects = self._objects[ref.kind]
+        key = _ref_key(ref)
+        changed = False
+        if isinstance(parsed, pb.ObjectError):
+            changed = objects.pop(key, None) is not None
+            if self._parse_errors.get(ref) != parsed:
+                self._log_new_errors({ref: parsed})
+                self._parse_errors[ref] = parsed
+                changed = True
+        else:
+            if self._parse_errors.pop(ref, None) is not None:
+                changed = True
+            if objects.get(key) != parsed:
+                objects[key] = parsed
+                changed = True
+        if changed:
+            self._bump()
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        if kind not in ALL_KINDS:
+            return
+        ref = ObjectRef(kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        removed = self._objects[kind].pop(_ref_key(ref), None) is not None
+        removed |= self._parse_errors.pop(ref, None) is not None
+        if removed:
+            self._bump()
+
+    def report_error(self, err: pb.ObjectError, origin: str = "") -> None:
+        by_origin = self._source_errors.setdefault(origin, {})
+        key = (err.kind, err.namespace, err.name, err.message)
+        if key not in by_origin:
+            log.warning(
+                "source error",
+                kind=err.kind,
+                namespace=err.namespace,
+                name=err.name,
+                error=err.message,
+                origin=origin,
+            )
+            by_origin[key] = err
+            self._bump()
+
+    def clear_errors(self, origin: str) -> None:
+        if self._source_errors.pop(origin, None):
+            self._bump()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(ref: ObjectRef, raw: Mapping[str, Any]) -> KubeObject | pb.ObjectError:
+        try:
+            return parse_object(raw)
+        except ParseError as e:
+            return pb.ObjectError(
+                kind=ref.kind, namespace=ref.namespace, name=ref.name, message=str(e)
+            )
+
+    def _log_new_errors(self, errors: Mapping[ObjectRef, pb.ObjectError]) -> None:
+        for ref, err in errors.items():
+            if self._parse_errors.get(ref) != err:
+                log.warning(
+                    "bad object skipped",
+                    kind=ref.kind,
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    error=err.message,
+                )
+
+    def _bump(self) -> None:
+        self._generation += 1
+        self._inputs = None
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _ref_key(ref: ObjectRef) -> Key:
+    return (ref.namespace, ref.name)
+
+
+def _inputs_from(by_kind: Mapping[str, Mapping[Key, KubeObject]]) -> ClusterInputs:
+    def namespaced(kind: str) -> Mapping[Key, Any]:
+        return MappingProxyType(dict(by_kind[kind]))
+
+    def cluster_scoped(kind: str) -> Mapping[str, Any]:
+        return MappingProxyType({name: obj for (_, name), obj in by_kind[kind].items()})
+
+    return ClusterInputs(
+        services=namespaced(SERVICE),
+        endpoint_slices=namespaced(ENDPOINT_SLICE),
+        nodes=cluster_scoped(NODE),
+        secrets=namespaced(SECRET),
+        pools=cluster_scoped(IP_POOL),
+        bgp_peers=cluster_scoped(BGP_PEER),
+        bgp_advertisements=cluster_scoped(BGP_ADVERTISEMENT),
+    )

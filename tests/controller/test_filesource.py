@@ -1,0 +1,196 @@
+"""The file source: a directory of manifests followed on disk (awaiting the state, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.reduce import reduce
+from controller.sources.files import FileSource
+from controller.state import ClusterState
+from tests.controller.reduce_support import FILES, endpoint_slice, service
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+PICKUP = 1.0  # issue 2: edits on disk are picked up within a second
+
+
+async def until(state: ClusterState, check: Callable[[], bool], within: float = PICKUP) -> float:
+    """Await state changes until check() holds; the time it took. Fails after `within` seconds."""
+    start = time.monotonic()
+    async with asyncio.timeout(within):
+        while True:
+            generation = state.generation
+            if check():
+                return time.monotonic() - start
+            await state.wait_changed(generation)
+
+
+def write(path: Path, *docs: object) -> None:
+    # Write then rename, as editors and ConfigMap updates do: readers never see half a file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump_all(docs))
+    os.replace(tmp, path)
+
+
+def service_names(state: ClusterState) -> set[str]:
+    return {name for _, name in state.inputs().services}
+
+
+def file_errors(state: ClusterState) -> dict[str, str]:
+    return {e.name: e.message for e in state.errors() if e.kind == "File"}
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Path, ClusterState]]:
+    state = ClusterState()
+    task = asyncio.create_task(FileSource(tmp_path).run(state))
+    try:
+        yield tmp_path, state
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_load_edit_and_remove(running: tuple[Path, ClusterState]) -> None:
+    directory, state = running
+    await until(state, lambda: state.listed_kinds != frozenset())  # the empty directory listed
+    write(directory / "web.yaml", service("web"), endpoint_slice("web-1", "web", ["10.0.0.1"]))
+    write(directory / "db.yml", {"kind": "List", "items": [service("db", ips=["192.0.2.2"])]})
+    await until(state, lambda: service_names(state) == {"web", "db"})
+
+    write(directory / "web.yaml", service("web"), endpoint_slice("web-1", "web", ["10.0.0.9"]))
+
+    def web_backend_is_new() -> bool:
+        slices = state.inputs().endpoint_slices
+        s = slices.get(("default", "web-1"))
+        return s is not None and [e.address for e in s.endpoints] == ["10.0.0.9"]
+
+    assert await until(state, web_backend_is_new) < PICKUP
+
+    (directory / "db.yml").unlink()
+    assert await until(state, lambda: service_names(state) == {"web"}) < PICKUP
+    result = reduce(state.inputs(), FILES)
+    assert [(s.id, [b.address for b in s.backends]) for s in result.cluster.services] == [
+        ("192.0.2.1:80/TCP", ["10.0.0.9"])
+    ]
+
+
+async def test_unparsable_yaml_is_reported_and_isolated(
+    running: tuple[Path, ClusterState],
+) -> None:
+    directory, state = running
+    write(directory / "a.yaml", service("a", ips=["192.0.2.1"]))
+    write(directory / "b.yaml", service("b", ips=["192.0.2.2"]))
+    await until(state, lambda: service_names(state) == {"a", "b"})
+
+    broken = directory / "b.yaml"
+    broken.write_text("kind: Service\nmetadata: {name: b\n  - [unclosed\n")
+    write(directory / "c.yaml", service("c", ips=["192.0.2.3"]), "just a string", {"no": "kind"})
+    await until(state, lambda: str(broken) in file_errors(state) and "c" in service_names(state))
+    errors = file_errors(state)
+    assert errors[str(broken)].startswith("unparsable: ")
+    assert "keeping its last good objects" in errors[str(broken)]
+    assert "line" in errors[str(broken)]  # the YAML error's position
+    c_errors = [e for e in state.errors() if e.name == str(directory / "c.yaml")]
+    assert [e.message for e in c_errors] == [
+        "document 2: not an object but str",
+        "document 3: has no kind",
+    ]
+    # a still flows, b keeps its last good content while broken, c is loaded.
+    assert service_names(state) == {"a", "b", "c"}
+
+    write(broken, service("b", ips=["192.0.2.22"]))
+    await until(state, lambda: str(broken) not in file_errors(state))
+    assert state.inputs().services[("default", "b")].requested_ips == ("192.0.2.22",)
+
+
+async def test_broken_file_at_start_contributes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("{{{")
+    write(tmp_path / "good.yaml", service("good"))
+    state = ClusterState()
+    task = asyncio.create_task(FileSource(tmp_path).run(state))
+    try:
+        await until(state, lambda: service_names(state) == {"good"})
+        assert list(file_errors(state)) == [str(tmp_path / "bad.yaml")]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_duplicates_hidden_files_and_other_kinds(
+    running: tuple[Path, ClusterState],
+) -> None:
+    directory, state = running
+    write(directory / "1.yaml", service("web", ips=["192.0.2.1"]))
+    write(directory / "2.yaml", service("web", ips=["192.0.2.99"]), {"kind": "Deployment"})
+    (directory / "..2024_01_01").mkdir()  # a ConfigMap mount's timestamped folder
+    write(directory / "..2024_01_01" / "3.yaml", service("hidden"))
+    write(directory / "notes.txt", service("txt"))
+    await until(state, lambda: service_names(state) == {"web"} and bool(state.errors()))
+    assert state.inputs().services[("default", "web")].requested_ips == ("192.0.2.1",)
+    (dup,) = state.errors()
+    assert (dup.kind, dup.namespace, dup.name) == ("Service", "default", "web")
+    assert str(directory / "2.yaml") in dup.message and "ignored" in dup.message
+
+
+async def test_missing_directory_is_reported_then_followed(tmp_path: Path) -> None:
+    directory = tmp_path / "later"
+    state = ClusterState()
+    task = asyncio.create_task(FileSource(directory).run(state))
+    try:
+        await until(state, lambda: str(directory) in file_errors(state))
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        write(staging / "web.yaml", service("web"))
+        staging.rename(directory)
+        await until(state, lambda: service_names(state) == {"web"} and not file_errors(state))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
+    directory = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, directory)
+    state = ClusterState()
+    task = asyncio.create_task(FileSource(directory).run(state))
+    try:
+        await until(state, lambda: bool(state.listed_kinds), within=5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert state.errors() == []
+    result = reduce(state.inputs(), FILES)
+    assert result.errors == ()
+    strategies = {s.service: s.strategy for s in result.cluster.services}
+    assert set(strategies) == {"demo/web", "demo/dns", "demo/api"}
+    sizes = {s.service: s.maglev_table_size for s in result.cluster.services}
+    assert sizes["demo/api"] == 4093
+    assert all(s.backends for s in result.cluster.services)
+    assert [n.node for n in result.cluster.nodes] == ["lb-1", "lb-2"]
+    assert all(n.bgp.peers[0].password for n in result.cluster.nodes)
+
+
+async def test_odd_files_do_not_stop_the_source(running: tuple[Path, ClusterState]) -> None:
+    directory, state = running
+    (directory / "loop").mkdir()
+    (directory / "loop" / "again").symlink_to(directory)  # a symlink loop
+    (directory / "date.yaml").write_text("kind: Service\nmetadata: {name: d}\nwhen: 2024-13-45\n")
+    (directory / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    (directory / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
+    write(directory / "good.yaml", service("good"))
+    await until(state, lambda: service_names(state) == {"good"} and len(file_errors(state)) == 3)
+    assert set(file_errors(state)) == {
+        str(directory / n) for n in ("date.yaml", "binary.yaml", "deep.yaml")
+    }
