@@ -1,0 +1,186 @@
+/* Weir data-plane maps: layouts and declarations.
+ *
+ * Every map is pinned under WEIR_PIN_DIR (the agent's bpffs directory). bcc's
+ * BPF_TABLE_PINNED opens the pin when it exists and creates + pins it otherwise,
+ * so a restarted agent adopts the live maps (and the conntrack state in them).
+ * Capacities come from -D flags (WEIR_MAX_SERVICES, WEIR_MAX_BACKENDS, WEIR_SLOT_LINES,
+ * WEIR_CT_BUCKETS) set by nodeagent/dataplane/loader.py; when pins
+ * exist the loader passes the pinned maps' own sizes.
+ *
+ * The Python mirror of these layouts is nodeagent/dataplane/layout.py (a test
+ * compares both field by field). Multi-byte fields are host order unless the name
+ * says _be (network order, as found in the packet).
+ *
+ * Atomic apply (see nodeagent/dataplane/README.md for the full argument):
+ *   - A service's current table is described by ONE 64-bit word (svc_value.word):
+ *     base slot, size, half, strategy. Userspace never memcpy's it: the commit
+ *     program (weir_commit, run with BPF_PROG_TEST_RUN) swaps it with an atomic xchg.
+ *     The fast path reads it with one 8-byte load, so a packet uses either the old
+ *     descriptor or the new one, whole.
+ *   - Slots, backend entries and hash elements that a descriptor may reach are
+ *     never written while a reader could still hold that descriptor: the agent only
+ *     rewrites a retired half (or reuses a freed id / element) after an RCU grace
+ *     period (an ARRAY_OF_MAPS update from userspace waits for all running BPF
+ *     programs: synchronize_rcu in the bpf syscall).
+ */
+#ifndef WEIR_MAPS_H
+#define WEIR_MAPS_H
+
+#define WEIR_PIN(name) WEIR_PIN_DIR "/" name
+
+/* --- services: (vip, port, proto) -> service -------------------------------------
+ * Hash map. The key is what the packet carries. The element is created once per
+ * service (with its first table) and deleted when the service goes; in between
+ * only `word` changes, by atomic xchg in weir_commit. */
+struct svc_key {
+	__be32 vip_be;
+	__be16 port_be;
+	u8 proto;
+	u8 pad;
+};
+
+/* svc_value.word: everything a packet needs to pick a slot, in one atomic word. */
+#define SVC_BASE_MASK 0xffffffffULL        /* bits 0..31: first slot of the active half */
+#define SVC_SIZE_SHIFT 32                  /* bits 32..48: table size M (0 = no backends) */
+#define SVC_SIZE_MASK 0x1ffffULL
+#define SVC_F_HALF (1ULL << 56)            /* which half is active (for inspection) */
+#define SVC_F_RANDOM (1ULL << 57)          /* strategy random: new flows pick any slot */
+
+struct svc_value {
+	u64 word;
+	u32 index; /* service index: svc_stats and svc_meta slot; fixed for the element */
+	u32 pad;
+};
+
+/* --- backends: backend index -> where to send -------------------------------------
+ * Array. One entry per (service, address, port, MAC), allocated by the agent. An entry
+ * is written whole while no table or conntrack word can reach it, then made live by
+ * weir_commit storing its handle atomically: handle = gen << 20 | index (gen >= 1,
+ * bumped on each allocation of the index). Tables name backends by index, conntrack
+ * by handle. Retiring a backend stores handle = 0 (also atomically): conntrack hits on
+ * it stop matching and the flow is picked again, while a packet that read the old
+ * table just before the flip still finds the MAC intact (the agent rewrites an entry
+ * only one RCU grace period after retiring it). */
+#define BE_INDEX_BITS 20
+#define BE_INDEX_MASK ((1u << BE_INDEX_BITS) - 1)
+#define BE_HANDLE_BITS 40
+#define BE_HANDLE_MASK ((1ULL << BE_HANDLE_BITS) - 1)
+
+struct backend {
+	u64 handle;             /* 0 = retired / never live; written only by weir_commit */
+	struct svc_key svc_key; /* the service it belongs to (checked on every use) */
+	u8 mac[6];              /* DSR L2: the backend's MAC on the uplink segment */
+	__be16 port_be;         /* inspection only */
+	__be32 addr_be;         /* inspection only */
+	u32 svc;                /* service index, for per-service counters */
+};
+
+/* --- slots: the Maglev tables of every service, both halves -----------------------
+ * Array of 16-slot lines (u32 backend indices), so slots cost 4 bytes each (array
+ * maps round values up to 8 bytes) and a lookup is one inlined array access. Each
+ * service half owns a contiguous region [base, base + M) handed out by the agent.
+ * BPF_F_MMAPABLE: the agent writes regions through a shared mapping (only regions
+ * no packet can reach, see above). */
+#define SLOTS_PER_LINE 16
+struct slot_line {
+	u32 id[SLOTS_PER_LINE];
+};
+
+/* --- conntrack: 5-tuple -> backend handle ----------------------------------------------
+ * A set-associative flow table in an array (the Maglev paper's is a fixed-size table
+ * too): bucket = hash(5-tuple), CT_WAYS ways per 64-byte bucket (one cache line).
+ * Each way is ONE 64-bit word, fingerprint << 40 | backend handle, read and written
+ * with single 8-byte accesses: no reader on any CPU sees half an entry. Shared by all
+ * CPUs, so a flow whose packets alternate between CPUs keeps its backend while tables
+ * change. Inserting is one store (a kernel LRU-hash insert alone costs 2-3x this whole
+ * new-flow path here: see nodeagent/dataplane/README.md). A full bucket evicts a way
+ * picked by hash bits; an evicted flow is hashed again (same backend unless its table
+ * changed meanwhile), as with LRU eviction. client[] records who the way belongs to,
+ * for `weirctl bpf ct list` only (the fast path never reads it; the reader trusts a
+ * record whose recomputed fingerprint matches the way). */
+#define CT_WAYS 4
+#define CT_FP_SHIFT 40
+
+struct ct_client {
+	__be32 saddr_be;
+	__be16 sport_be;
+	u16 pad;
+};
+
+struct ct_bucket {
+	u64 way[CT_WAYS];
+	struct ct_client client[CT_WAYS];
+};
+
+/* --- config: node-wide settings read by the fast path -------------------------------
+ * One element; each word is written by weir_commit with an atomic xchg. */
+struct config {
+	u64 node_mac; /* the uplink's MAC in the low 48 bits, byte 0 of the MAC first */
+	u64 seed;     /* cluster Maglev seed (low 32 bits) */
+};
+
+/* --- vip filter: a 65536-bit set of hashed VIP addresses ----------------------------
+ * Lets non-VIP traffic leave after one inlined array access instead of a hash lookup.
+ * Bits are a superset of the VIPs (collisions only cost a conntrack/service miss). */
+#define VIPF_WORDS 1024
+#define VIPF_HASH_MUL 0x9E3779B1u
+
+/* --- vips: VIP address -> number of services on it ---------------------------------
+ * Exact set, read only on the rare paths with no ports (fragments, truncated L4), to
+ * drop those packets only when they really are for a VIP. */
+
+/* --- counters (per-CPU arrays) ------------------------------------------------------ */
+struct counters {
+	u64 packets;
+	u64 bytes;
+	u64 new_flows;
+};
+
+enum drop_reason {
+	DROP_PARSE = 0,      /* VIP packet too short to hold its L4 ports */
+	DROP_FRAGMENT = 1,   /* IPv4 fragment for a VIP (no ports to hash) */
+	DROP_TABLE_EMPTY = 2,/* service has no backends */
+	DROP_NO_BACKEND = 3, /* table slot names a backend of another service (stale map) */
+	DROP_REASONS = 4,
+};
+
+/* --- agent-only maps (the fast path never reads them) ------------------------------- */
+#define SVC_ID_LEN 64
+struct svc_half {
+	u32 base;
+	u32 size;
+	u8 tag[16];        /* content tag of what this half holds (0 = unknown) */
+};
+struct svc_meta {
+	char id[SVC_ID_LEN]; /* "<vip>:<port>/<proto>" as given by the controller */
+	struct svc_half half[2];
+	u32 strategy;        /* 1 maglev, 2 random */
+	u32 used;
+};
+/* Per backend index: generation of its last allocation, which halves of its service
+ * list it (bit 0: half 0, bit 1: half 1). */
+struct be_meta {
+	u32 gen;
+	u32 halves;
+};
+
+BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
+		 WEIR_PIN("services"));
+BPF_TABLE_PINNED("array", u32, struct backend, backends, WEIR_MAX_BACKENDS, WEIR_PIN("backends"));
+BPF_TABLE_PINNED("array", u32, struct slot_line, slots, WEIR_SLOT_LINES, WEIR_PIN("slots"),
+		 BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", u32, struct ct_bucket, conntrack, WEIR_CT_BUCKETS,
+		 WEIR_PIN("conntrack"), BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", u32, struct config, config, 1, WEIR_PIN("config"));
+BPF_TABLE_PINNED("array", u32, u64, vipf, VIPF_WORDS, WEIR_PIN("vipf"));
+BPF_TABLE_PINNED("hash", __be32, u32, vips, WEIR_MAX_SERVICES, WEIR_PIN("vips"));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, svc_stats, WEIR_MAX_SERVICES,
+		 WEIR_PIN("svc_stats"));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, be_stats, WEIR_MAX_BACKENDS,
+		 WEIR_PIN("be_stats"));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, drop_stats, DROP_REASONS,
+		 WEIR_PIN("drop_stats"));
+BPF_TABLE_PINNED("array", u32, struct svc_meta, svc_meta, WEIR_MAX_SERVICES, WEIR_PIN("svc_meta"));
+BPF_TABLE_PINNED("array", u32, struct be_meta, be_meta, WEIR_MAX_BACKENDS, WEIR_PIN("be_meta"));
+
+#endif

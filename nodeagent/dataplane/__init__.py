@@ -1,0 +1,30 @@
+"""Weir's XDP data plane: load or adopt the program and its pinned maps, program
+services atomically, read them back. See README.md in this directory for the design.
+
+    dp = Dataplane.open(DataplaneConfig(interface="eth0"))
+    dp.set_seed(seed)
+    dp.apply_service(Frontend(id, vip, port, 6, "maglev"), backends, table)
+    dp.applied(); dp.usage(); dp.close()
+"""
+
+from nodeagent.dataplane.dataplane import Dataplane
+from nodeagent.dataplane.model import (
+    AppliedService,
+    BackendTarget,
+    CapacityError,
+    DataplaneConfig,
+    DataplaneError,
+    Frontend,
+    MapUsage,
+)
+
+__all__ = [
+    "AppliedService",
+    "BackendTarget",
+    "CapacityError",
+    "Dataplane",
+    "DataplaneConfig",
+    "DataplaneError",
+    "Frontend",
+    "MapUsage",
+]

@@ -1,0 +1,82 @@
+"""Python twins of bpf/weir_hash.h: predict what the XDP program computes.
+
+Used by the tests (which backend must a flow reach?) and by weirctl (validate a
+conntrack display record). Bit-identical to the C code; test_xdp.py checks it
+against the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import sys
+
+from nodeagent.dataplane.layout import VIPF_HASH_MUL, VIPF_WORDS
+
+_M32 = 0xFFFFFFFF
+HASH_INIT = 0x9E3779B9
+
+
+def _rol(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    c ^= b
+    c = (c - _rol(b, 14)) & _M32
+    a ^= c
+    a = (a - _rol(c, 11)) & _M32
+    b ^= a
+    b = (b - _rol(a, 25)) & _M32
+    c ^= b
+    c = (c - _rol(b, 16)) & _M32
+    a ^= c
+    a = (a - _rol(c, 4)) & _M32
+    b ^= a
+    b = (b - _rol(a, 14)) & _M32
+    c ^= b
+    c = (c - _rol(b, 24)) & _M32
+    return a, b, c
+
+
+def flow_hash(saddr: str, sport: int, dport: int, proto: int, seed: int) -> int:
+    """The Maglev flow hash of weir_flow_hash (host-order inputs)."""
+    init = (HASH_INIT + seed) & _M32
+    a = (init + int(ipaddress.IPv4Address(saddr))) & _M32
+    b = (init + ((sport << 16) | dport)) & _M32
+    c = (init + proto) & _M32
+    return _mix(a, b, c)[2]
+
+
+def reduce(hash_: int, size: int) -> int:
+    """weir_reduce: map a 32-bit hash onto [0, size)."""
+    return (hash_ * size) >> 32
+
+
+def maglev_slot(saddr: str, sport: int, dport: int, proto: int, seed: int, size: int) -> int:
+    """The table slot a new flow of a Maglev service lands on."""
+    return reduce(flow_hash(saddr, sport, dport, proto, seed), size)
+
+
+def _raw32(b: bytes) -> int:
+    """A 4-byte network-order field as the program loads it (host-order integer)."""
+    return int.from_bytes(b, sys.byteorder)
+
+
+def ct_position(
+    saddr: str, daddr: str, sport: int, dport: int, proto: int, buckets: int
+) -> tuple[int, int]:
+    """(bucket, fingerprint) of a 5-tuple, as weir_ct_hash computes them."""
+    a = (HASH_INIT + _raw32(socket.inet_aton(saddr))) & _M32
+    b = (HASH_INIT + _raw32(socket.inet_aton(daddr))) & _M32
+    ports = _raw32(struct.pack("!HH", sport, dport))
+    c = (HASH_INIT + ports + (proto << 24)) & _M32
+    a, b, c = _mix(a, b, c)
+    return reduce(c, buckets), (b >> 8) or 1
+
+
+def vipf_bit(vip: str) -> tuple[int, int]:
+    """(word index, bit) of a VIP in the VIP filter."""
+    h = ((int(ipaddress.IPv4Address(vip)) * VIPF_HASH_MUL) & _M32) >> 16
+    return (h >> 6) % VIPF_WORDS, h & 63

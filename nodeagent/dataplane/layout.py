@@ -1,0 +1,158 @@
+"""Python mirror of bpf/weir_maps.h: map names, value layouts and bit fields.
+
+tests/dataplane/test_layout.py checks these against the types bcc builds from the C
+header, field by field, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+XDP_SOURCE = BPF_DIR / "weir_xdp.c"
+XDP_FUNC = "weir_xdp"
+COMMIT_FUNC = "weir_commit"
+PROG_PIN = "prog_xdp"
+
+# svc_value.word
+SVC_BASE_MASK = 0xFFFFFFFF
+SVC_SIZE_SHIFT = 32
+SVC_SIZE_MASK = 0x1FFFF
+SVC_F_HALF = 1 << 56
+SVC_F_RANDOM = 1 << 57
+
+BE_INDEX_BITS = 20
+BE_INDEX_MASK = (1 << BE_INDEX_BITS) - 1
+BE_GEN_MASK = (1 << 20) - 1
+MAX_BACKENDS_LIMIT = 1 << BE_INDEX_BITS
+
+SLOTS_PER_LINE = 16
+CT_WAYS = 4
+CT_FP_SHIFT = 40
+CT_HANDLE_MASK = (1 << CT_FP_SHIFT) - 1
+VIPF_WORDS = 1024
+VIPF_HASH_MUL = 0x9E3779B1
+
+DROP_REASONS = ("parse", "fragment", "table_empty", "no_backend")
+
+COMMIT_FLIP = 1
+COMMIT_CONFIG = 2
+COMMIT_BACKEND = 3
+COMMIT_MAX_OPS = 128
+CONFIG_NODE_MAC = 0
+CONFIG_SEED = 1
+
+STRATEGY_MAGLEV = 1
+STRATEGY_RANDOM = 2
+SVC_ID_LEN = 64
+
+
+class SvcKey(ct.Structure):
+    _fields_ = [
+        ("vip_be", ct.c_uint32),
+        ("port_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class SvcValue(ct.Structure):
+    _fields_ = [("word", ct.c_uint64), ("index", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class Backend(ct.Structure):
+    _fields_ = [
+        ("handle", ct.c_uint64),
+        ("svc_key", SvcKey),
+        ("mac", ct.c_uint8 * 6),
+        ("port_be", ct.c_uint16),
+        ("addr_be", ct.c_uint32),
+        ("svc", ct.c_uint32),
+    ]
+
+
+class SlotLine(ct.Structure):
+    _fields_ = [("id", ct.c_uint32 * SLOTS_PER_LINE)]
+
+
+class CtClient(ct.Structure):
+    _fields_ = [("saddr_be", ct.c_uint32), ("sport_be", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class CtBucket(ct.Structure):
+    _fields_ = [("way", ct.c_uint64 * CT_WAYS), ("client", CtClient * CT_WAYS)]
+
+
+class Config(ct.Structure):
+    _fields_ = [("node_mac", ct.c_uint64), ("seed", ct.c_uint64)]
+
+
+class Counters(ct.Structure):
+    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("new_flows", ct.c_uint64)]
+
+
+class SvcHalf(ct.Structure):
+    _fields_ = [("base", ct.c_uint32), ("size", ct.c_uint32), ("tag", ct.c_uint8 * 16)]
+
+
+class SvcMeta(ct.Structure):
+    _fields_ = [
+        ("id", ct.c_char * SVC_ID_LEN),
+        ("half", SvcHalf * 2),
+        ("strategy", ct.c_uint32),
+        ("used", ct.c_uint32),
+    ]
+
+
+class BeMeta(ct.Structure):
+    _fields_ = [("gen", ct.c_uint32), ("halves", ct.c_uint32)]
+
+
+class CommitOp(ct.Structure):
+    _fields_ = [
+        ("op", ct.c_uint32),
+        ("done", ct.c_uint32),
+        ("key", ct.c_uint64),
+        ("value", ct.c_uint64),
+    ]
+
+
+# name -> (key type, value type) of every pinned map
+MAPS: dict[str, tuple[type, type]] = {
+    "services": (SvcKey, SvcValue),
+    "backends": (ct.c_uint32, Backend),
+    "slots": (ct.c_uint32, SlotLine),
+    "conntrack": (ct.c_uint32, CtBucket),
+    "config": (ct.c_uint32, Config),
+    "vipf": (ct.c_uint32, ct.c_uint64),
+    "vips": (ct.c_uint32, ct.c_uint32),
+    "svc_stats": (ct.c_uint32, Counters),
+    "be_stats": (ct.c_uint32, Counters),
+    "drop_stats": (ct.c_uint32, Counters),
+    "svc_meta": (ct.c_uint32, SvcMeta),
+    "be_meta": (ct.c_uint32, BeMeta),
+}
+
+
+def word_of(base: int, size: int, half: int, random: bool) -> int:
+    word = (base & SVC_BASE_MASK) | ((size & SVC_SIZE_MASK) << SVC_SIZE_SHIFT)
+    if half:
+        word |= SVC_F_HALF
+    if random:
+        word |= SVC_F_RANDOM
+    return word
+
+
+def word_fields(word: int) -> tuple[int, int, int, bool]:
+    """(base, size, half, random) of a service word."""
+    return (
+        word & SVC_BASE_MASK,
+        (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK,
+        1 if word & SVC_F_HALF else 0,
+        bool(word & SVC_F_RANDOM),
+    )
+
+
+def handle_of(index: int, gen: int) -> int:
+    return (gen << BE_INDEX_BITS) | index

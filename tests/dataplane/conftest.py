@@ -1,0 +1,63 @@
+"""Fixtures for the data-plane tests (root + BPF; skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nodeagent.dataplane import Dataplane, DataplaneConfig
+
+from .support import bpffs_mount, in_netns, missing_privileges, veth_netns
+
+NODE_MAC = bytes.fromhex("02000000aa01")
+
+
+@pytest.fixture(scope="session")
+def privileged() -> None:
+    if reason := missing_privileges():
+        pytest.skip(reason)
+
+
+@dataclass
+class Node:
+    """A veth in its own namespace with a Weir data plane attached (generic XDP)."""
+
+    netns: str
+    bpffs: Path
+    iface: str = "wdp0"
+
+    def config(self, **sizes: int) -> DataplaneConfig:
+        small = {
+            "max_services": 64,
+            "max_backends": 1024,
+            "max_table_slots": 16 * 4096,
+            "conntrack_entries": 4096,
+        }
+        small.update(sizes)
+        return DataplaneConfig(interface=self.iface, bpffs=self.bpffs, xdp_mode="generic", **small)
+
+    def open(self, **sizes: int) -> Dataplane:
+        with in_netns(self.netns):
+            return Dataplane.open(self.config(**sizes))
+
+
+@pytest.fixture
+def node(privileged: None) -> Iterator[Node]:
+    with bpffs_mount() as fs, veth_netns() as ns:
+        subprocess.run(
+            ["ip", "-n", ns, "link", "set", "wdp0", "address", NODE_MAC.hex(":")], check=True
+        )
+        yield Node(ns, fs)
+
+
+@pytest.fixture
+def dp(node: Node) -> Iterator[Dataplane]:
+    d = node.open()
+    try:
+        yield d
+    finally:
+        d.close()

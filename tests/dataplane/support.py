@@ -1,0 +1,152 @@
+"""Helpers for the data-plane tests: bpffs mounts, namespaces, packets, prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodeagent.dataplane import bpfsys
+from nodeagent.dataplane.flowhash import maglev_slot
+
+PREFIX = "wdp"  # helper D's namespaces, links and pins
+CLONE_NEWNET = 0x40000000
+XDP_PASS, XDP_DROP, XDP_TX = 2, 1, 3
+
+
+def missing_privileges() -> str:
+    """Why the kernel-facing tests cannot run here ('' when they can)."""
+    if os.geteuid() != 0:
+        return "needs root (BPF, bpffs mounts, network namespaces)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "needs bcc (Debian python3-bpfcc, seen through a --system-site-packages venv)"
+    try:
+        fd = bpfsys.map_create_array(4, 1, "wdp_probe")
+    except OSError as exc:
+        return f"cannot create BPF maps: {exc}"
+    os.close(fd)
+    return ""
+
+
+@contextlib.contextmanager
+def bpffs_mount() -> Iterator[Path]:
+    """A private bpffs under a temp dir, unmounted (pins and all) afterwards."""
+    top = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-bpffs-"))
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(top)], check=True)
+    try:
+        yield top / "weir"
+    finally:
+        subprocess.run(["umount", "-l", str(top)], check=False)
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread in network namespace `name` (netns is per thread)."""
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        yield
+    finally:
+        _setns(back)
+        os.close(target)
+        os.close(back)
+
+
+@contextlib.contextmanager
+def veth_netns() -> Iterator[str]:
+    """A namespace holding an up veth pair wdp0 <-> wdp1; yields the namespace name."""
+    name = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        run = ["ip", "-n", name]
+        subprocess.run(
+            [*run, "link", "add", "wdp0", "type", "veth", "peer", "name", "wdp1"], check=True
+        )
+        for dev in ("wdp0", "wdp1", "lo"):
+            subprocess.run([*run, "link", "set", dev, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+@dataclass(frozen=True)
+class Flow:
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int = 6
+
+
+def packet(
+    flow: Flow,
+    dst_mac: bytes,
+    src_mac: bytes = b"\x02\x00\x00\x00\xcc\x01",
+    *,
+    vlan: int | None = None,
+    frag: int = 0,
+    l4_bytes: int | None = None,
+    payload: bytes = b"",
+) -> bytes:
+    """An Ethernet frame carrying IPv4 + TCP/UDP (l4_bytes truncates the L4 header)."""
+    eth = dst_mac + src_mac
+    if vlan is not None:
+        eth += struct.pack("!HH", 0x8100, vlan)
+    eth += b"\x08\x00"
+    if flow.proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, 1, 0, 0x50, 0x02, 512, 0, 0)
+    else:
+        l4 = struct.pack("!HHHH", flow.sport, flow.dport, 8 + len(payload), 0)
+    l4 += payload
+    if l4_bytes is not None:
+        l4 = l4[:l4_bytes]
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(l4),
+        0,
+        frag,
+        64,
+        flow.proto,
+        0,
+        socket.inet_aton(flow.saddr),
+        socket.inet_aton(flow.daddr),
+    )
+    return eth + ip + l4
+
+
+def run_xdp(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
+    """One BPF_PROG_TEST_RUN: (XDP action, frame as the program left it)."""
+    out = bpfsys.test_run(prog_fd, frame)
+    return out.retval, out.data_out
+
+
+def predicted_backend(flow: Flow, seed: int, table, size: int | None = None) -> int:
+    """Index into the backends list the XDP program must pick for a new flow."""
+    size = size or len(table)
+    return int(table[maglev_slot(flow.saddr, flow.sport, flow.dport, flow.proto, seed, size)])

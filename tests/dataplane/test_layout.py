@@ -1,0 +1,37 @@
+"""nodeagent/dataplane/layout.py mirrors bpf/weir_maps.h: compare with bcc's own types."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from nodeagent.dataplane import layout, loader
+
+from .support import bpffs_mount
+
+
+def fields(t: type) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of every leaf field, nested structs and arrays flattened."""
+    if not hasattr(t, "_fields_"):
+        return [("", 0, ct.sizeof(t))]
+    out = []
+    for name, ftype, *_ in t._fields_:
+        offset = getattr(t, name).offset
+        out += [(f"{name}.{n}".rstrip("."), offset + o, s) for n, o, s in fields(ftype)]
+    return out
+
+
+def test_python_layouts_match_the_c_header(privileged: None) -> None:
+    with bpffs_mount() as pins:
+        pins.mkdir()
+        caps = loader.Capacities(services=4, backends=4, slot_lines=4, ct_buckets=4)
+        bpf = loader.compile_program(pins, caps)
+        try:
+            for name, (key_t, value_t) in layout.MAPS.items():
+                table = bpf[name.encode()]
+                leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU: one CPU's value
+                assert ct.sizeof(table.Key) == ct.sizeof(key_t), name
+                assert ct.sizeof(leaf) == ct.sizeof(value_t), name
+                if hasattr(value_t, "_fields_"):
+                    assert fields(leaf) == fields(value_t), name
+        finally:
+            bpf.cleanup()

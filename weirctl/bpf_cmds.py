@@ -1,0 +1,139 @@
+"""weirctl bpf nat dump | maglev <vip>:<port> | ct list | stats: the local data plane,
+read straight from the pinned maps under --bpffs (no agent or compiler needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nodeagent.dataplane.inspection import (
+    PROTO_NAMES,
+    ct_entries,
+    mac_text,
+    nat_services,
+    stats,
+)
+from nodeagent.dataplane.model import DataplaneError
+from nodeagent.dataplane.pinned import PinnedMaps
+
+DEFAULT_BPFFS = Path("/sys/fs/bpf/weir")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--bpffs", type=Path, default=DEFAULT_BPFFS, help="the agent's pin directory"
+    )
+    bpf = sub.add_parser("bpf", help="the local XDP data plane (pinned maps)")
+    groups = bpf.add_subparsers(dest="bpf_command", required=True)
+
+    nat = groups.add_parser("nat", help="frontends and backends")
+    nat_sub = nat.add_subparsers(dest="nat_command", required=True)
+    p = nat_sub.add_parser("dump", parents=[common], help="one line per frontend, then backends")
+    p.set_defaults(func=_run(nat_dump))
+
+    p = groups.add_parser("maglev", parents=[common], help="one service's Maglev table")
+    p.add_argument("frontend", help="<vip>:<port>")
+    p.add_argument("--proto", choices=("tcp", "udp"), help="when the port serves both")
+    p.set_defaults(func=_run(maglev))
+
+    ct_group = groups.add_parser("ct", help="connection tracking")
+    ct_sub = ct_group.add_subparsers(dest="ct_command", required=True)
+    p = ct_sub.add_parser("list", parents=[common], help="tracked flows")
+    p.add_argument("--limit", type=int, default=None, help="print at most this many")
+    p.set_defaults(func=_run(ct_list))
+
+    p = groups.add_parser("stats", parents=[common], help="counters and drop reasons")
+    p.set_defaults(func=_run(show_stats))
+
+
+def _run(fn: Callable[[PinnedMaps, argparse.Namespace], int]) -> Callable[..., int]:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            maps = PinnedMaps(args.bpffs)
+        except DataplaneError as exc:
+            print(f"weirctl: {exc}", file=sys.stderr)
+            return 1
+        try:
+            return fn(maps, args)
+        finally:
+            maps.close()
+
+    return handler
+
+
+def nat_dump(maps: PinnedMaps, args: argparse.Namespace) -> int:
+    for svc in nat_services(maps):
+        rec = svc.record
+        print(
+            f"{rec.vip} port {rec.port} proto {rec.proto} id {rec.index} "
+            f"count {len(svc.backends)} flags {svc.strategy}"
+        )
+        for i, b in enumerate(svc.backends):
+            print(f"\t{rec.index}:{i}\t {b.address}:{b.port} mac {mac_text(b.mac)} slots {b.slots}")
+    return 0
+
+
+def maglev(maps: PinnedMaps, args: argparse.Namespace) -> int:
+    vip, _, port_text = args.frontend.rpartition(":")
+    if not vip or not port_text.isdigit():
+        print(f"weirctl: {args.frontend!r} is not <vip>:<port>", file=sys.stderr)
+        return 2
+    port = int(port_text)
+    wanted = {"tcp": 6, "udp": 17}.get(args.proto or "")
+    found = [
+        s
+        for s in nat_services(maps)
+        if s.record.vip == vip and s.record.port == port and wanted in (None, s.record.proto)
+    ]
+    if not found:
+        print(f"weirctl: no service {args.frontend} in {args.bpffs}", file=sys.stderr)
+        return 1
+    for svc in found:
+        print(
+            f"service {svc.id} ({PROTO_NAMES.get(svc.record.proto, svc.record.proto)}) "
+            f"strategy {svc.strategy}"
+        )
+        print(
+            f"table size {svc.table_size}, active half {svc.active_half} (base {svc.base}), "
+            f"inactive half {1 - svc.active_half} (base {svc.inactive_base}, "
+            f"size {svc.inactive_size})"
+        )
+        print(f"{'backend':<24} {'mac':<18} {'slots':>7} {'share':>7}")
+        for b in svc.backends:
+            share = 100.0 * b.slots / svc.table_size if svc.table_size else 0.0
+            print(
+                f"{b.address + ':' + str(b.port):<24} {mac_text(b.mac):<18} "
+                f"{b.slots:>7} {share:>6.2f}%"
+            )
+    return 0
+
+
+def ct_list(maps: PinnedMaps, args: argparse.Namespace) -> int:
+    entries, total = ct_entries(maps, args.limit)
+    for e in entries:
+        client = f"{e.client}:{e.client_port}" if e.client else "?"
+        state = "" if e.live else " stale"
+        print(
+            f"{PROTO_NAMES.get(e.proto, e.proto)} {client} -> {e.vip}:{e.port} "
+            f"backend {e.backend}:{e.backend_port} mac {mac_text(e.backend_mac)}{state}"
+        )
+    print(f"{total} tracked flows, {maps.capacity('conntrack') * 4} entries")
+    return 0
+
+
+def show_stats(maps: PinnedMaps, args: argparse.Namespace) -> int:
+    services, drops = stats(maps)
+    for svc, backends in services:
+        print(
+            f"service {svc.name} packets {svc.packets} bytes {svc.bytes} new_flows {svc.new_flows}"
+        )
+        for b in backends:
+            print(f"\tbackend {b.name} packets {b.packets} bytes {b.bytes} new_flows {b.new_flows}")
+    print("drops")
+    for d in drops:
+        print(f"\t{d.name} packets {d.packets} bytes {d.bytes}")
+    return 0
