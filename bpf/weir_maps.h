@@ -144,6 +144,18 @@ enum drop_reason {
 	DROP_REASONS = 4,
 };
 
+/* Frames for a VIP that the fast path leaves to the kernel on purpose: not addressed
+ * to this node's MAC. A veth or a bridge port in flooding mode delivers frames for
+ * other MACs (a NIC filters them in hardware): after a load-balancer node fails, the
+ * bridge floods the frames still sent to its MAC to every node, and forwarding them
+ * would deliver them twice. They pass untouched (the kernel drops a frame for another
+ * host); these count them. Not drops. Only IPv4 frames to an exact VIP are counted. */
+enum pass_reason {
+	PASS_OTHER_HOST = 0, /* unicast to another MAC */
+	PASS_MULTICAST = 1,  /* broadcast or multicast destination MAC */
+	PASS_REASONS = 2,
+};
+
 /* --- agent-only maps (the fast path never reads them) ------------------------------- */
 #define SVC_ID_LEN 64
 struct svc_half {
@@ -180,6 +192,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counters, be_stats, WEIR_MAX_BACKEN
 		 WEIR_PIN("be_stats"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, drop_stats, DROP_REASONS,
 		 WEIR_PIN("drop_stats"));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, pass_stats, PASS_REASONS,
+		 WEIR_PIN("pass_stats"));
 BPF_TABLE_PINNED("array", u32, struct svc_meta, svc_meta, WEIR_MAX_SERVICES, WEIR_PIN("svc_meta"));
 BPF_TABLE_PINNED("array", u32, struct be_meta, be_meta, WEIR_MAX_BACKENDS, WEIR_PIN("be_meta"));
 

@@ -21,15 +21,30 @@
 #define WEIR_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WEIR_WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
-static __always_inline int weir_drop(u32 reason, u64 bytes)
+static __always_inline void weir_count(struct counters *c, u64 bytes)
 {
-	struct counters *c = drop_stats.lookup(&reason);
-
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;
 	}
+}
+
+static __always_inline int weir_drop(u32 reason, u64 bytes)
+{
+	weir_count(drop_stats.lookup(&reason), bytes);
 	return XDP_DROP;
+}
+
+/* A frame for a VIP not addressed to this node's MAC (see pass_stats in weir_maps.h):
+ * left to the kernel untouched. Off the fast path, so the exact VIP check is affordable
+ * and keeps filter collisions out of the counters. */
+static __always_inline int weir_not_for_us(const u8 *dest, __be32 daddr, u64 bytes)
+{
+	u32 reason = (dest[0] & 1) ? PASS_MULTICAST : PASS_OTHER_HOST;
+
+	if (vips.lookup(&daddr))
+		weir_count(pass_stats.lookup(&reason), bytes);
+	return XDP_PASS;
 }
 
 /* Cheap pre-check: could daddr be a VIP? (superset; exact checks come later) */
@@ -136,10 +151,11 @@ static __always_inline int weir_vip_packet(void *data, void *data_end, struct ip
 	if (!cfg)
 		return XDP_PASS;
 	node_mac = WEIR_READ_ONCE(cfg->node_mac);
-	/* Only frames sent to this node: a promiscuous uplink must not duplicate flows
-	 * that another load-balancer node on the segment is handling. */
+	/* Only frames sent to this node's MAC: a flooded or promiscuous uplink must not
+	 * duplicate flows meant for another load-balancer node on the segment. The MAC is
+	 * the one the rewrite below uses: no extra lookup. */
 	if (!weir_mac_is(eth->h_dest, node_mac))
-		return XDP_PASS;
+		return weir_not_for_us(eth->h_dest, ip->daddr, bytes);
 	if (ip->ihl < 5)
 		return XDP_PASS;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)

@@ -4,5 +4,7 @@ from weir.nodeplane.v1 import nodeplane_pb2 as pb
 from weir.nodeplane.v1 import nodeplane_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NodePlane"].full_name
+# Initial-metadata key the controller sends on Connect once it accepted the Hello.
+ACCEPTED_KEY = "weir-accepted"
 
-__all__ = ["SERVICE_NAME", "pb", "pb_grpc"]
+__all__ = ["ACCEPTED_KEY", "SERVICE_NAME", "pb", "pb_grpc"]

@@ -2,14 +2,15 @@
 
 Hashes (sha256 hex) cover content only, never versions or the hash field itself:
 
-    view_hash    = sha256(u32be(n) + frame(service_1) + ... + frame(service_n) + trailer)
-    frame(s)     = u32be(len(b)) + b,  b = encode(s), services in id order
+    view_hash    = sha256(u32be(n) + d(service_1) + ... + d(service_n) + trailer)
+    d(s)         = sha256(encode(s)), services in id order
     trailer      = encode(Snapshot(node, maglev_seed, bgp when not empty))
 
 Services come first so their digest is computed once per cluster version and each node's
-hash costs only its trailer; the agent keeps each service's bytes and re-encodes only what
-a delta changed. An empty BGPConfig counts as absent, so a view rebuilt from deltas hashes
-like the original. The cluster hash (controller.views.cluster_hash) is the same digest with
+hash costs only its trailer. Per-service digests make a delta cheap to verify: the agent
+keeps d(s) of every service and hashes only the services a delta changed, plus 32 bytes per
+service. An empty BGPConfig counts as absent, so a view rebuilt from deltas hashes like the
+original. The cluster hash (controller.views.cluster_hash) is the same services digest with
 ClusterSnapshot(maglev_seed, nodes) as the trailer.
 
 encode() is protobuf's deterministic serialization, canonical for this schema (no maps).
@@ -29,14 +30,21 @@ def encode(message: Any) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
-def services_digest(encoded: Collection[bytes]) -> Any:
-    """A sha256 object fed with the framed services, given their encode() in id order."""
-    h = hashlib.sha256(len(encoded).to_bytes(4, "big"))
-    update = h.update
-    for b in encoded:
-        update(len(b).to_bytes(4, "big"))
-        update(b)
+def service_digest(encoded: bytes) -> bytes:
+    """d(s) of one service, given its encode()."""
+    return hashlib.sha256(encoded).digest()
+
+
+def combine(digests: Collection[bytes]) -> Any:
+    """A sha256 object fed with the services part, given every d(s) in id order."""
+    h = hashlib.sha256(len(digests).to_bytes(4, "big"))
+    h.update(b"".join(digests))
     return h
+
+
+def services_digest(encoded: Collection[bytes]) -> Any:
+    """A sha256 object fed with the services part, given every encode(s) in id order."""
+    return combine([service_digest(b) for b in encoded])
 
 
 def node_trailer(node: str, maglev_seed: int, bgp: pb.BGPConfig | None) -> bytes:

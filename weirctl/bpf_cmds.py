@@ -14,6 +14,7 @@ from nodeagent.dataplane.inspection import (
     ct_entries,
     mac_text,
     nat_services,
+    pass_counts,
     stats,
 )
 from nodeagent.dataplane.model import DataplaneError
@@ -136,4 +137,7 @@ def show_stats(maps: PinnedMaps, args: argparse.Namespace) -> int:
     print("drops")
     for d in drops:
         print(f"\t{d.name} packets {d.packets} bytes {d.bytes}")
+    print("passed, not for this node")
+    for p in pass_counts(maps):
+        print(f"\t{p.name} packets {p.packets} bytes {p.bytes}")
     return 0

@@ -184,8 +184,18 @@ def stats(maps: PinnedMaps) -> tuple[list[tuple[CounterRow, list[CounterRow]]], 
             bc = maps.percpu_counters("be_stats", b.index)
             rows.append(CounterRow(f"{b.address}:{b.port}", bc.packets, bc.bytes, bc.new_flows))
         services.append((CounterRow(svc.id, c.packets, c.bytes, c.new_flows), rows))
-    drops = []
-    for reason, name in enumerate(layout.DROP_REASONS):
-        c = maps.percpu_counters("drop_stats", reason)
-        drops.append(CounterRow(name, c.packets, c.bytes, 0))
-    return services, drops
+    return services, _reasons(maps, "drop_stats", layout.DROP_REASONS)
+
+
+def pass_counts(maps: PinnedMaps) -> list[CounterRow]:
+    """Frames for a VIP passed to the kernel untouched because they were not addressed
+    to this node's MAC (flooded or multicast), per reason, summed over CPUs."""
+    return _reasons(maps, "pass_stats", layout.PASS_REASONS)
+
+
+def _reasons(maps: PinnedMaps, map_name: str, names: tuple[str, ...]) -> list[CounterRow]:
+    rows = []
+    for reason, name in enumerate(names):
+        c = maps.percpu_counters(map_name, reason)
+        rows.append(CounterRow(name, c.packets, c.bytes, 0))
+    return rows

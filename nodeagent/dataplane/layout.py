@@ -35,6 +35,8 @@ VIPF_WORDS = 1024
 VIPF_HASH_MUL = 0x9E3779B1
 
 DROP_REASONS = ("parse", "fragment", "table_empty", "no_backend")
+# frames for a VIP passed to the kernel untouched because they are not addressed to us
+PASS_REASONS = ("other_host", "multicast")
 
 COMMIT_FLIP = 1
 COMMIT_CONFIG = 2
@@ -130,6 +132,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "svc_stats": (ct.c_uint32, Counters),
     "be_stats": (ct.c_uint32, Counters),
     "drop_stats": (ct.c_uint32, Counters),
+    "pass_stats": (ct.c_uint32, Counters),
     "svc_meta": (ct.c_uint32, SvcMeta),
     "be_meta": (ct.c_uint32, BeMeta),
 }

@@ -16,13 +16,14 @@ import json
 import select
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from lab.netns import Host, Topology, cleanup_prefix
 from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
-from nodeagent.dataplane.inspection import stats
+from nodeagent.dataplane.inspection import pass_counts, stats
 from nodeagent.maglev import backend_id, build_table
 
 from .support import Flow, bpffs_mount, in_netns, mac, predicted_backend
@@ -66,6 +67,19 @@ CLIENT = textwrap.dedent(
     print(json.dumps(out))
     """
 )
+
+
+SYNS = textwrap.dedent(
+    """
+    import socket, sys
+    for _ in range(int(sys.argv[3])):  # one SYN each, sent by connect(); no retransmission
+        s = socket.socket()          # follows: the socket closes at once
+        s.setblocking(False)
+        s.connect_ex((sys.argv[1], int(sys.argv[2])))
+        s.close()
+    """
+)
+GONE_MAC = "02:00:00:00:de:ad"  # a node no longer on the LAN: the bridge floods its frames
 
 
 def rx_packets(host: Host) -> int:
@@ -142,6 +156,20 @@ def test_tcp_reaches_the_maglev_backend_and_replies_bypass_the_lb(
             [(svc, _)], _ = stats(dp.maps)
             assert svc.packets >= 3 * (last - first)  # SYN, ACK, FIN at least
             assert received - svc.packets < 20, (received, svc.packets)
+
+            # The client still sends to a node that is gone: the bridge floods those frames
+            # to every port, this node's too. They are not ours: passed, counted, not sent.
+            client.run(["ip", "neigh", "replace", "10.98.0.3", "lladdr", GONE_MAC,
+                        "dev", "eth0", "nud", "permanent"])  # fmt: skip
+            [(svc, _)], _ = stats(dp.maps)  # late segments of the connections above included
+            want = pass_counts(dp.maps)[0].packets + 20
+            client.run([sys.executable, "-c", SYNS, VIP, str(PORT), "20"])
+            deadline = time.monotonic() + 10
+            while pass_counts(dp.maps)[0].packets < want and time.monotonic() < deadline:
+                time.sleep(0.01)  # frames cross the veth asynchronously; no event to await
+            assert pass_counts(dp.maps)[0].packets >= want
+            [(after, _)], _ = stats(dp.maps)
+            assert after.packets == svc.packets
         finally:
             with in_netns(lb.name):
                 dp.close(detach=True)

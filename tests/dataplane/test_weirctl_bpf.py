@@ -11,6 +11,7 @@ from nodeagent.dataplane import Dataplane, Frontend
 from weirctl.main import main
 
 from .conftest import Node
+from .support import packet, run_xdp
 from .test_xdp import FE, SEED, VIP, backend_of, flows, maglev, send, targets
 
 
@@ -30,6 +31,8 @@ def test_inspection_commands(dp: Dataplane, node: Node, capsys) -> None:
     for f in tracked:
         backend_of(dp, f, bes)
     send(dp, tracked[0], l4_bytes=2)  # one parse drop
+    for dest in (bytes.fromhex("02000000aa99"), b"\xff" * 6):  # not for this node: passed
+        run_xdp(dp.xdp_prog_fd, packet(tracked[1], dest))
 
     code, out = weirctl(capsys, node.bpffs, "nat", "dump")
     assert code == 0
@@ -52,6 +55,10 @@ def test_inspection_commands(dp: Dataplane, node: Node, capsys) -> None:
     assert code == 0
     assert f"service {FE.id} packets 5 " in out and "new_flows 5" in out
     assert re.search(r"\tparse packets 1 bytes \d+", out)
+    passed = out.split("passed, not for this node\n", 1)[1]
+    assert re.fullmatch(
+        r"\tother_host packets 1 bytes \d+\n\tmulticast packets 1 bytes \d+\n", passed
+    )
 
 
 def test_missing_pins_are_a_clear_error(tmp_path: Path, capsys) -> None:

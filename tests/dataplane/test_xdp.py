@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, Frontend
-from nodeagent.dataplane.inspection import stats
+from nodeagent.dataplane.inspection import ct_entries, pass_counts, stats
 from nodeagent.maglev import backend_id, build_table
 
 from .conftest import NODE_MAC, Node
@@ -80,6 +80,47 @@ def test_non_vip_traffic_passes_untouched(dp: Dataplane) -> None:
         act, out = run_xdp(dp.xdp_prog_fd, frame)
         assert act == XDP_PASS, frame.hex()
         assert out == frame
+
+
+def test_vip_frames_for_another_mac_pass_untouched_and_are_counted(dp: Dataplane) -> None:
+    """A veth or a flooding bridge port delivers frames for other nodes' MACs: after a
+    load-balancer node fails, the frames still sent to its MAC reach every node, and
+    forwarding them would deliver them twice. Only frames for this node's MAC are ours."""
+    dp.set_seed(SEED)
+    bes = targets(1, 3)
+    dp.apply_service(FE, bes, maglev(bes))
+    tracked = flows(5)
+    for f in tracked:  # the flows are tracked here: a conntrack hit must not forward either
+        backend_of(dp, f, bes)
+    [(svc_before, _)], _ = stats(dp.maps)
+    ct_before = ct_entries(dp.maps)[1]
+    other_host = [
+        packet(tracked[0], bytes.fromhex("02000000aa02")),  # differs in the last byte
+        packet(tracked[1], bytes.fromhex("06000000aa01")),  # differs in the first byte
+        packet(flows(1, start=900)[0], bytes.fromhex("02000000aa99")),  # a new flow
+        packet(tracked[2], bytes.fromhex("02000000aa99"), vlan=42),
+        packet(Flow("172.16.0.1", VIP, 0, 0, 1), bytes.fromhex("02000000aa99")),  # ICMP
+    ]
+    multicast = [
+        packet(tracked[3], b"\xff" * 6),  # broadcast
+        packet(tracked[4], bytes.fromhex("01005e000001")),
+    ]
+    not_a_vip = packet(Flow("172.16.0.1", "10.0.0.99", 1234, 80), bytes.fromhex("02000000aa99"))
+    for frame in [*other_host, *multicast, not_a_vip]:
+        act, out = run_xdp(dp.xdp_prog_fd, frame)
+        assert act == XDP_PASS, frame.hex()
+        assert out == frame
+    counted = {c.name: (c.packets, c.bytes) for c in pass_counts(dp.maps)}
+    assert counted == {
+        "other_host": (len(other_host), sum(map(len, other_host))),
+        "multicast": (len(multicast), sum(map(len, multicast))),
+    }
+    [(svc_after, _)], drops = stats(dp.maps)
+    assert svc_after == svc_before  # nothing forwarded, no flow taken on
+    assert ct_entries(dp.maps)[1] == ct_before
+    assert all(d.packets == 0 for d in drops)  # passed, not dropped
+    for f in tracked:  # and frames for this node still go where they went
+        assert send(dp, f)[0] == XDP_TX
 
 
 def test_vip_packets_reach_the_maglev_backend(dp: Dataplane) -> None:

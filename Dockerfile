@@ -1,0 +1,36 @@
+# The Weir image: weir-controller, weir-agent and weirctl.
+#   docker build -t weir:0.1.0 .
+# Debian 12, like the development machines: the agent uses Debian's python3-bpfcc (the PyPI
+# package named "bcc" is unrelated), and bcc compiles against the host's kernel headers,
+# which the DaemonSet mounts from the node (/lib/modules, /usr/src).
+
+FROM debian:12-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py ./
+COPY proto proto
+COPY scripts/gen_proto.py scripts/gen_proto.py
+COPY common common
+COPY controller controller
+COPY nodeagent nodeagent
+COPY weirctl weirctl
+COPY lab lab
+# A venv that sees the system site packages, so the runtime stage's python3-bpfcc is found.
+RUN python3 -m venv --system-site-packages /opt/weir \
+ && /opt/weir/bin/pip install --no-cache-dir \
+      "grpcio-tools==$(sed -n 's/.*"grpcio-tools==\([0-9.]*\)".*/\1/p' pyproject.toml)" \
+ && /opt/weir/bin/python scripts/gen_proto.py \
+ && /opt/weir/bin/pip install --no-cache-dir ".[bgp]"
+
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-bpfcc iproute2 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/weir /opt/weir
+ENV PATH=/opt/weir/bin:$PATH PYTHONUNBUFFERED=1
+# The controller runs as this user; the agent's DaemonSet runs as root with BPF capabilities.
+USER 65532:65532
+ENTRYPOINT []
+CMD ["weir-controller", "--help"]

@@ -1,0 +1,208 @@
+"""One endpoint change reaching 200 agents in another process, all acked (issue 2: p99 < 100 ms).
+
+In this process: ClusterState -> Publisher (debounce + reduce) -> SnapshotStore -> NodePlane
+gRPC server on loopback. In another process (bench/plane_swarm.py): 200 ControllerClients,
+each with its own TCP connection and a handler that acks at once.
+
+Each round changes one endpoint address of one EndpointSlice in the state, as a watch event
+would, and times until the controller has received the ack of the resulting version from
+every agent. Measured side by side, round by round:
+  baseline    store.publish() of a snapshot with one changed backend: the fan-out alone
+  pipeline    state change -> debounce 0 -> reduce -> publish -> fan-out -> 200 acks
+  default     the same with the default 50 ms debounce window
+and, for the pipeline rounds, the split into change->published and published->all acked.
+
+    .venv/bin/python bench/plane_bench.py [--agents 200] [--rounds 30] [--services 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from reduce_bench import generate
+
+from common.logs import configure
+from controller.objects import ALL_KINDS
+from controller.plane import NodePlane
+from controller.publish import DEFAULT_DEBOUNCE, Publisher
+from controller.reduce import ReduceConfig
+from controller.server import start_server
+from controller.snapshots import SnapshotStore
+from controller.state import ClusterState
+
+TARGET_P99 = 0.100
+MODES = ("baseline", "pipeline", "default")
+SWARM = Path(__file__).with_name("plane_swarm.py")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.nodes = [f"lb-{i}" for i in range(args.agents)]
+        self.objects = generate(args.services, args.endpoints, nodes=args.agents)
+        self.slices = [o for o in self.objects if o["kind"] == "EndpointSlice"]
+        self.state = ClusterState()
+        self.store = SnapshotStore()
+        self.publisher = Publisher(
+            self.state, self.store, ReduceConfig(maglev_seed=42, vips_from_annotation=False)
+        )
+        self.plane = NodePlane(self.store, errors=self.publisher.errors)
+        self.published_at: dict[int, float] = {}
+        self.store.subscribe(lambda v: self.published_at.__setitem__(v, time.perf_counter()))
+        self.round = 0
+
+    async def change_endpoint(self) -> int:
+        """Move one endpoint of one slice to a new address, as a watch MODIFIED event."""
+        self.round += 1
+        sl = copy.deepcopy(self.slices[self.round % len(self.slices)])
+        sl["endpoints"][0]["addresses"] = [f"198.18.{self.round // 250}.{self.round % 250 + 1}"]
+        self.state.upsert(sl)
+        return self.store.version + 1
+
+    async def change_snapshot(self) -> int:
+        """The same size of change, published straight into the store."""
+        self.round += 1
+        cluster = copy.deepcopy(self.store.cluster())
+        svc = cluster.services[self.round % len(cluster.services)]
+        svc.backends[0].address = f"198.19.{self.round // 250}.{self.round % 250 + 1}"
+        return self.store.publish(cluster)
+
+    async def timed(self, change: Callable[[], Awaitable[int]]) -> tuple[float, float]:
+        """(change -> all acked, published -> all acked) in seconds."""
+        t0 = time.perf_counter()
+        version = await change()
+        async with asyncio.timeout(30):
+            await self.plane.wait_acked(version, self.nodes)
+        t1 = time.perf_counter()
+        return t1 - t0, t1 - self.published_at[version]
+
+    async def run(self) -> None:
+        args = self.args
+        self.state.replace(ALL_KINDS, self.objects)
+        server = await start_server(self.plane, "127.0.0.1:0", None)
+        publisher = asyncio.create_task(self.publisher.run())
+        swarm = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SWARM),
+            "--target",
+            f"127.0.0.1:{server.port}",
+            "--agents",
+            str(args.agents),
+            stdin=asyncio.subprocess.PIPE,
+        )
+        try:
+            t0 = time.perf_counter()
+            async with asyncio.timeout(120):
+                version = await self.store.wait_published()
+                await self.plane.wait_acked(version, self.nodes)
+            connect = time.perf_counter() - t0
+            cluster = self.store.cluster()
+            backends = sum(len(s.backends) for s in cluster.services)
+            view = self.store.node_snapshot(self.nodes[0]).ByteSize()
+            print(
+                f"{args.agents} agents in another process (pid {swarm.pid}); "
+                f"{len(cluster.services)} services, {backends} backends; "
+                f"a node's full view {view / 1e3:.0f} kB"
+            )
+            print(f"all agents connected and acked the first full snapshot in {connect:.2f} s")
+
+            modes: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+            cpu0 = cpu_seconds(os.getpid()), cpu_seconds(swarm.pid)
+            for i in range(args.warmup + args.rounds):
+                self.publisher.debounce = 0.0
+                samples = [await self.timed(self.change_snapshot)]
+                samples.append(await self.timed(self.change_endpoint))
+                self.publisher.debounce = DEFAULT_DEBOUNCE
+                samples.append(await self.timed(self.change_endpoint))
+                if i >= args.warmup:
+                    for mode, sample in zip(modes, samples, strict=True):
+                        modes[mode].append(sample)
+            cpu1 = cpu_seconds(os.getpid()), cpu_seconds(swarm.pid)
+            self.report(modes)
+            changes = 3 * (args.warmup + args.rounds)
+            print(
+                f"CPU per change: controller {(cpu1[0] - cpu0[0]) / changes * 1e3:.1f} ms, "
+                f"agent swarm {(cpu1[1] - cpu0[1]) / changes * 1e3:.1f} ms "
+                f"({(cpu1[1] - cpu0[1]) / changes / args.agents * 1e6:.0f} us per agent)"
+            )
+        finally:
+            assert swarm.stdin is not None
+            swarm.stdin.close()
+            try:
+                async with asyncio.timeout(20):
+                    await swarm.wait()
+            except TimeoutError:
+                swarm.kill()
+                await swarm.wait()
+            publisher.cancel()
+            await server.stop(grace=1)
+
+    def report(self, modes: dict[str, list[tuple[float, float]]]) -> None:
+        labels = {
+            "baseline": "baseline: store.publish -> 200 acks",
+            "pipeline": "endpoint change -> 200 acks (debounce 0)",
+            "default": f"endpoint change -> 200 acks (debounce {DEFAULT_DEBOUNCE * 1000:.0f} ms)",
+        }
+        base = modes["baseline"]
+        b50 = percentile([t for t, _ in base], 50)
+        b99 = percentile([t for t, _ in base], 99)
+        print(
+            f"\n{self.args.rounds} rounds each, milliseconds        p50      p99      max"
+            "   p50/base p99/base"
+        )
+        for mode, samples in modes.items():
+            total = [t for t, _ in samples]
+            p50, p99 = percentile(total, 50), percentile(total, 99)
+            print(
+                f"{labels[mode]:<44}{p50 * 1e3:7.1f}  {p99 * 1e3:7.1f}  {max(total) * 1e3:7.1f}"
+                f"   {p50 / b50:7.2f}x {p99 / b99:7.2f}x"
+            )
+            if mode != "baseline":
+                fan = [f for _, f in samples]
+                print(
+                    f"  of which published -> 200 acks            {percentile(fan, 50) * 1e3:7.1f}"
+                    f"  {percentile(fan, 99) * 1e3:7.1f}  {max(fan) * 1e3:7.1f}"
+                )
+        for mode in ("pipeline", "default"):
+            p99 = percentile([t for t, _ in modes[mode]], 99)
+            verdict = "meets" if p99 < TARGET_P99 else "MISSES"
+            print(
+                f"{labels[mode]}: p99 {p99 * 1e3:.1f} ms {verdict} the "
+                f"{TARGET_P99 * 1e3:.0f} ms target ({p99 / TARGET_P99:.2f}x of it)"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--services", type=int, default=100)
+    ap.add_argument("--endpoints", type=int, default=20)
+    args = ap.parse_args()
+    configure("console", "warning")
+    asyncio.run(Bench(args).run())
+
+
+if __name__ == "__main__":
+    main()

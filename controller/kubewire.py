@@ -1,0 +1,110 @@
+"""The Kubernetes-only parts of weir-controller: their flags, and the task that runs the
+allocator on the elected leader (or always, without --leader-elect).
+
+Every replica watches (the source feeds the allocator's view next to the cluster state) and
+serves the NodePlane; only the Lease holder writes Service status, Events and pool status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from common.logs import get_logger
+from controller.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from controller.healthport import serve_health
+from controller.leader import LeaderElector, LeaseConfig, default_identity
+from controller.sources.kubernetes import FanOutSink, KubernetesSource
+
+log = get_logger("weir.controller")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("Kubernetes: leader election and probes (--source kubernetes)")
+    g.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="only the holder of a Lease allocates addresses and writes status (run this with "
+        "more than one replica); without it this replica always does",
+    )
+    g.add_argument("--lease-name", default="weir-controller")
+    g.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "weir-system",
+        help="default: $POD_NAMESPACE, else weir-system",
+    )
+    g.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    g.add_argument("--renew-deadline", type=float, default=10.0, help="seconds")
+    g.add_argument("--retry-period", type=float, default=2.0, help="seconds")
+    g.add_argument(
+        "--identity",
+        default="",
+        help="this replica's name in the Lease (default: $POD_NAME or the host name, with a "
+        "random suffix)",
+    )
+    g.add_argument(
+        "--health-listen",
+        default="",
+        help="plaintext grpc.health.v1 for the kubelet's probes on host:port (off when empty): "
+        'service "liveness", and "" ready once the first snapshot is published',
+    )
+
+
+TaskFactory = Callable[[Any], Coroutine[Any, Any, None]]
+
+
+def kubernetes_tasks(args: argparse.Namespace, source: KubernetesSource) -> list[TaskFactory]:
+    """controller.main task factories; call before the source runs (it adds the view)."""
+    tasks = [leader_task(args, source)]
+    if args.health_listen:
+
+        async def health_port(ctl: Any) -> None:
+            await serve_health(args.health_listen, ctl.store)
+
+        tasks.append(health_port)
+    return tasks
+
+
+def leader_task(args: argparse.Namespace, source: KubernetesSource) -> TaskFactory:
+    """Leader election running the allocator (or the allocator alone without election)."""
+    view = AllocatorView()
+    source.observers.append(view)
+    identity = args.identity or default_identity()
+    lease = None
+    if args.leader_elect:
+        try:
+            lease = LeaseConfig(
+                namespace=args.lease_namespace,
+                name=args.lease_name,
+                identity=identity,
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as e:
+            raise SystemExit(f"weir-controller: {e}") from None
+
+    async def kubernetes_leader(ctl: Any) -> None:
+        allocator = Allocator(
+            source.api,
+            ctl.state,
+            view,
+            FanOutSink(ctl.state, view),
+            default_class=args.default_class,
+            instance=identity,
+            fence=lambda: source.resync(WATCHED_KINDS),
+        )
+        try:
+            if lease is None:
+                log.info("no leader election: this replica allocates")
+                await allocator.run()
+            else:
+                await LeaderElector(source.api, lease).run(allocator.run)
+        finally:
+            # Only at shutdown (or when the controller fails anyway), after the Lease was
+            # released: the API client goes with the process.
+            await source.api.client.close()
+
+    return kubernetes_leader

@@ -1,0 +1,370 @@
+"""The NodePlane servicer: one stream per agent, plus the inspection RPCs.
+
+Each agent stream has a reader (acks, status) and a sender. The sender keeps at most one
+version in flight per agent and, once it is acked, sends whatever is latest then: a slow
+agent skips the versions it missed with one delta and never holds up the others, and no
+queue grows. A nack with `error` makes the next message a full snapshot.
+
+Under TLS the identity in the client certificate (its DNS SANs, else its CN) must name the
+node the Hello asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import grpc
+from prometheus_client import Gauge
+
+from common.logs import get_logger
+from common.pb import ACCEPTED_KEY, pb
+from controller.metrics import Metrics
+from controller.snapshots import SnapshotStore
+
+log = get_logger("weir.plane")
+
+REDACTED = "<redacted>"
+
+
+def peer_names(context: grpc.aio.ServicerContext) -> set[str] | None:
+    """Names the client certificate proves (DNS SANs, else CN); None without TLS."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return None
+    names = auth.get("peer_dns") or auth.get("x509_common_name") or []
+    return {n.decode() for n in names}
+
+
+def redact(bgp: pb.BGPConfig) -> None:
+    """Hide BGP passwords in inspection output (in place)."""
+    for peer in bgp.peers:
+        if peer.password:
+            peer.password = REDACTED
+
+
+@dataclass
+class _Session:
+    """One live stream; info is the agent's record shown by ListAgents."""
+
+    info: pb.AgentInfo
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0  # version sent and not yet acked (0: none)
+    sent_at: float = 0.0
+    need_full: bool = True
+    end_reason: str = ""
+    stopped: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def stop(self, reason: str) -> None:
+        """End the stream (from any task; also before its tasks exist)."""
+        self.stopped = True
+        self.end_reason = reason
+        for task in self.tasks:
+            task.cancel()
+
+
+class NodePlane:
+    """The servicer. Register it with controller.server (Connect sends pre-encoded bytes)."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        *,
+        errors: Callable[[], Sequence[pb.ObjectError]] = tuple,
+        metrics: Metrics | None = None,
+        hello_timeout: float = 30.0,
+        max_disconnected: int = 4096,
+    ) -> None:
+        self.store = store
+        self._errors = errors
+        self.metrics = metrics or Metrics()
+        self._hello_timeout = hello_timeout
+        self._max_disconnected = max_disconnected
+        self._sessions: dict[str, _Session] = {}
+        self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._lag_gauges: dict[str, Gauge] = {}
+        self._ack_waiters: list[tuple[int, set[str], asyncio.Future[None]]] = []
+        store.subscribe(self._on_version)
+
+    def close(self) -> None:
+        """End every stream (agents reconnect elsewhere) and refuse new ones."""
+        self._closing = True
+        for session in list(self._sessions.values()):
+            session.stop("controller shutting down")
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until predicate() holds; re-checked on every agent event (open, ack, ...)."""
+        while not predicate():
+            await self._changed.wait()
+
+    async def wait_acked(self, version: int, nodes: Iterable[str]) -> None:
+        """Wait until each of these nodes acked version (or a later one)."""
+        pending = {n for n in nodes if self._acked(n) < version}
+        if not pending:
+            return
+        future = asyncio.get_running_loop().create_future()
+        waiter = (version, pending, future)
+        self._ack_waiters.append(waiter)
+        try:
+            await future
+        finally:
+            self._ack_waiters.remove(waiter)
+
+    def _acked(self, node: str) -> int:
+        info = self._agents.get(node)
+        return info.acked_version if info else 0
+
+    def _lag(self, node: str) -> Gauge:
+        gauge = self._lag_gauges.get(node)
+        if gauge is None:
+            gauge = self._lag_gauges[node] = self.metrics.agent_lag.labels(node)
+        return gauge
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _on_version(self, version: int) -> None:
+        self.metrics.snapshot_version.set(version)
+        for session in self._sessions.values():
+            session.wake.set()
+        for info in self._agents.values():
+            self._lag(info.node).set(version - info.acked_version)
+
+    # --- the agent stream -------------------------------------------------------------
+
+    async def Connect(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
+        hello = await self._accept(context)
+        session = self._open(hello, context.peer())
+        try:
+            await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+            async with asyncio.TaskGroup() as tg:
+                session.tasks = [
+                    tg.create_task(self._read(session, context)),
+                    tg.create_task(self._send(session, context)),
+                ]
+                if session.stopped:  # replaced or shut down while it was starting
+                    session.stop(session.end_reason)
+        finally:
+            self._close(session)
+        if session.end_reason:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(session.end_reason)
+
+    async def _accept(self, context: grpc.aio.ServicerContext) -> pb.Hello:
+        """Read and check the Hello; abort the stream when it is not acceptable."""
+        try:
+            first = await asyncio.wait_for(context.read(), self._hello_timeout)
+        except TimeoutError:
+            await self._refuse(context, "hello", grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello")
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            await self._refuse(
+                context, "hello", grpc.StatusCode.INVALID_ARGUMENT, "first message must be a Hello"
+            )
+        hello = first.hello
+        if not hello.node:
+            await self._refuse(
+                context, "hello", grpc.StatusCode.INVALID_ARGUMENT, "Hello.node is empty"
+            )
+        names = peer_names(context)
+        if names is not None and hello.node not in names:
+            log.warning(
+                "agent refused: certificate names another node",
+                node=hello.node,
+                certificate=sorted(names),
+                peer=context.peer(),
+            )
+            await self._refuse(
+                context,
+                "identity",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate is for {sorted(names)}, not node {hello.node!r}",
+            )
+        if self._closing:
+            await self._refuse(
+                context, "shutdown", grpc.StatusCode.UNAVAILABLE, "controller shutting down"
+            )
+        return hello
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, reason: str, code: grpc.StatusCode, details: str
+    ) -> NoReturn:
+        self.metrics.refused.labels(reason).inc()
+        self._notify()
+        await context.abort(code, details)
+        raise AssertionError("abort returned")  # abort always raises
+
+    def _open(self, hello: pb.Hello, peer: str) -> _Session:
+        node = hello.node
+        old = self._sessions.get(node)
+        if old is not None:
+            old.stop("replaced by a newer stream from the same node")
+        info = pb.AgentInfo(
+            node=node,
+            agent_version=hello.agent_version,
+            peer=peer,
+            connected_unix=int(time.time()),
+            connected=True,
+        )
+        session = _Session(info)
+        # An agent that already holds a retained version with the right content gets a
+        # delta (or nothing, if current); anything else gets a full snapshot.
+        version = hello.applied_version
+        if version and hello.applied_hash == self.store.node_hash(node, version):
+            session.need_full = False
+            info.sent_version = info.acked_version = version
+        self._sessions[node] = session
+        self._agents.pop(node, None)
+        self._agents[node] = info
+        while len(self._agents) - len(self._sessions) > self._max_disconnected:
+            oldest = next(n for n in self._agents if n not in self._sessions)
+            del self._agents[oldest]
+            self.metrics.agent_lag.remove(oldest)
+            self._lag_gauges.pop(oldest, None)
+        self.metrics.connected_agents.set(len(self._sessions))
+        self._acked_changed(info)
+        session.wake.set()
+        log.info(
+            "agent connected",
+            node=node,
+            peer=peer,
+            applied=version,
+            delta=not session.need_full,
+            agent_version=hello.agent_version,
+        )
+        return session
+
+    def _close(self, session: _Session) -> None:
+        node = session.info.node
+        session.info.connected = False
+        if self._sessions.get(node) is session:
+            del self._sessions[node]
+        self.metrics.connected_agents.set(len(self._sessions))
+        self._notify()
+        log.info("agent disconnected", node=node, reason=session.end_reason or "stream ended")
+
+    async def _read(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                session.stop("")
+                return
+            kind = msg.WhichOneof("kind")
+            if kind == "ack":
+                self._on_ack(session, msg.ack)
+            elif kind == "status":
+                session.info.status.CopyFrom(msg.status)
+                self._notify()
+            else:
+                log.warning("unexpected message on agent stream", node=session.info.node, kind=kind)
+
+    def _on_ack(self, session: _Session, ack: pb.Ack) -> None:
+        info = session.info
+        if ack.version != session.in_flight:
+            log.warning(
+                "ack for a version not in flight",
+                node=info.node,
+                version=ack.version,
+                in_flight=session.in_flight,
+            )
+            return
+        session.in_flight = 0
+        self.metrics.ack_seconds.observe(time.monotonic() - session.sent_at)
+        del info.service_errors[:]
+        info.service_errors.extend(ack.service_errors)
+        info.error = ack.error
+        if ack.error:
+            # The agent could not apply the version at all: start it over from scratch.
+            session.need_full = True
+            self.metrics.acks.labels("error").inc()
+            log.warning(
+                "agent failed a version", node=info.node, version=ack.version, error=ack.error
+            )
+        else:
+            info.acked_version = ack.version
+            result = "service_errors" if ack.service_errors else "ok"
+            self.metrics.acks.labels(result).inc()
+            if ack.service_errors:
+                log.warning(
+                    "agent could not apply some services",
+                    node=info.node,
+                    version=ack.version,
+                    errors={e.service_id: e.message for e in ack.service_errors},
+                )
+        self._acked_changed(info)
+        if session.need_full or info.sent_version != self.store.version:
+            session.wake.set()
+
+    def _acked_changed(self, info: pb.AgentInfo) -> None:
+        self._lag(info.node).set(self.store.version - info.acked_version)
+        for version, pending, future in self._ack_waiters:
+            if info.acked_version >= version:
+                pending.discard(info.node)
+                if not pending and not future.done():
+                    future.set_result(None)
+        self._notify()
+
+    async def _send(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+        info = session.info
+        while True:
+            await session.wake.wait()
+            session.wake.clear()
+            latest = self.store.version
+            if session.in_flight or latest == 0:
+                continue
+            if not session.need_full and info.sent_version == latest:
+                continue
+            base = 0 if session.need_full else info.sent_version
+            version, data, full = self.store.message(info.node, base)
+            session.in_flight = version
+            session.sent_at = time.monotonic()
+            session.need_full = False
+            info.sent_version = version
+            await context.write(data)
+            log.debug("sent", node=info.node, version=version, base=base, full=full)
+
+    # --- inspection ---------------------------------------------------------------------
+
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClusterSnapshot:
+        cluster = self.store.cluster()
+        if cluster is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no snapshot published yet")
+        out = pb.ClusterSnapshot()
+        out.CopyFrom(cluster)
+        for node in out.nodes:
+            redact(node.bgp)
+        return out
+
+    async def GetNodeSnapshot(
+        self, request: pb.GetNodeSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Snapshot:
+        if not request.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        if self.store.version == 0:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no snapshot published yet")
+        snap = self.store.node_snapshot(request.node)
+        redact(snap.bgp)
+        return snap
+
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAgentsResponse:
+        return self.list_agents()
+
+    def list_agents(self) -> pb.ListAgentsResponse:
+        agents = [self._agents[n] for n in sorted(self._agents)]
+        return pb.ListAgentsResponse(version=self.store.version, agents=agents)
+
+    async def ListErrors(
+        self, request: pb.ListErrorsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListErrorsResponse:
+        errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        return pb.ListErrorsResponse(errors=errors)

@@ -1,0 +1,109 @@
+"""The loop from cluster state to snapshot versions: wait, coalesce, reduce, publish.
+
+A change opens a debounce window (default 50 ms); every change inside it lands in the
+same reduce, so a rolling update makes one version per window, not one per pod. Nothing
+is published before the sources delivered their first full list of every required kind:
+an agent must never receive the empty state of a controller that is still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from common.logs import get_logger
+from common.pb import pb
+from controller.metrics import Metrics
+from controller.objects import ALL_KINDS
+from controller.reduce import ReduceConfig, ReduceResult, reduce
+from controller.snapshots import Prepared, SnapshotStore
+from controller.state import ClusterInputs, ClusterState
+
+log = get_logger("weir.publish")
+
+DEFAULT_DEBOUNCE = 0.05
+# Reduce runs in a thread once it takes longer than this, so the streams stay served.
+_THREAD_THRESHOLD = 0.005
+
+
+class Publisher:
+    def __init__(
+        self,
+        state: ClusterState,
+        store: SnapshotStore,
+        config: ReduceConfig,
+        *,
+        debounce: float = DEFAULT_DEBOUNCE,
+        metrics: Metrics | None = None,
+        required_kinds: frozenset[str] = ALL_KINDS,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.config = config
+        self.debounce = debounce
+        self.metrics = metrics or Metrics()
+        self.required_kinds = required_kinds
+        self._reduce_errors: tuple[pb.ObjectError, ...] = ()
+        self._last_duration = 0.0
+
+    def errors(self) -> list[pb.ObjectError]:
+        """Bad input from the state (parse, source) and from reduce, sorted."""
+        errors = [*self.state.errors(), *self._reduce_errors]
+        errors.sort(key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        return errors
+
+    async def run(self) -> None:
+        """Publish versions until cancelled."""
+        seen = -1
+        waiting_logged = False
+        while True:
+            seen = await self.state.wait_changed(seen)
+            missing = self.required_kinds - self.state.listed_kinds
+            if missing:
+                if not waiting_logged:
+                    log.info("waiting for the first list of", kinds=sorted(missing))
+                    waiting_logged = True
+                continue
+            if self.debounce > 0:
+                await asyncio.sleep(self.debounce)
+            seen = self.state.generation
+            built = await self._build(self.state.inputs())
+            if built is not None:
+                self._publish(*built)
+
+    async def _build(self, inputs: ClusterInputs) -> tuple[ReduceResult, Prepared] | None:
+        start = time.perf_counter()
+        try:
+            if self._last_duration > _THREAD_THRESHOLD:
+                result, prepared = await asyncio.to_thread(self._reduce, inputs)
+            else:
+                result, prepared = self._reduce(inputs)
+        except Exception as exc:
+            # A reduce bug must not take the controller down: keep serving the last version.
+            log.exception("reduce failed; keeping the last snapshot")
+            self._reduce_errors = (pb.ObjectError(kind="Controller", message=f"reduce: {exc}"),)
+            return None
+        finally:
+            self._last_duration = time.perf_counter() - start
+            self.metrics.reduce_seconds.observe(self._last_duration)
+        return result, prepared
+
+    def _reduce(self, inputs: ClusterInputs) -> tuple[ReduceResult, Prepared]:
+        result = reduce(inputs, self.config)
+        return result, self.store.prepare(result.cluster)
+
+    def _publish(self, result: ReduceResult, prepared: Prepared) -> None:
+        self._reduce_errors = tuple(result.errors)
+        self.metrics.object_errors.set(len(self.errors()))
+        before = self.store.version
+        version = self.store.commit(prepared)
+        if version != before:
+            self.metrics.versions.inc()
+            log.info(
+                "snapshot published",
+                version=version,
+                services=len(result.cluster.services),
+                nodes_with_bgp=len(result.cluster.nodes),
+                errors=len(self._reduce_errors),
+                reduce_ms=round(self._last_duration * 1000, 2),
+            )

@@ -1,0 +1,165 @@
+"""The controller's gRPC server: NodePlane, reflection, grpc.health.v1, and mTLS.
+
+    running = await start_server(plane, "0.0.0.0:9443", tls=ServerTLS(cert, key, client_ca))
+    ...
+    await running.stop(grace=5)
+
+or `await serve(plane, listen, tls)` in a TaskGroup: it runs until cancelled and then
+stops gracefully (streams are ended so agents reconnect elsewhere, then in-flight
+unary calls get `grace` seconds). tls=None serves plaintext: callers only pass None
+when the operator asked for it explicitly (--plaintext).
+
+Health: NOT_SERVING until the first snapshot version exists (an agent must never be
+handed an empty state by a controller that has not loaded the cluster yet), then
+SERVING, and NOT_SERVING again while shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.logs import get_logger
+from common.pb import SERVICE_NAME, pb
+from controller.plane import NodePlane
+
+log = get_logger("weir.server")
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    cert: Path
+    key: Path
+    client_ca: Path  # agents (and weirctl) must present a certificate signed by it
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes(),
+            require_client_auth=True,
+        )
+
+
+SERVER_OPTIONS = (
+    # Find dead agents (and let agents' keepalive pings through).
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_send_message_length", 512 * 1024 * 1024),
+)
+
+
+def _passthrough(message: bytes) -> bytes:
+    return message
+
+
+def node_plane_handler(plane: NodePlane) -> grpc.GenericRpcHandler:
+    """The NodePlane methods; Connect writes messages the store already encoded."""
+    unary = grpc.unary_unary_rpc_method_handler
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Connect": grpc.stream_stream_rpc_method_handler(
+                plane.Connect,
+                request_deserializer=pb.AgentMessage.FromString,
+                response_serializer=_passthrough,
+            ),
+            "GetSnapshot": unary(
+                plane.GetSnapshot,
+                request_deserializer=pb.GetSnapshotRequest.FromString,
+                response_serializer=pb.ClusterSnapshot.SerializeToString,
+            ),
+            "GetNodeSnapshot": unary(
+                plane.GetNodeSnapshot,
+                request_deserializer=pb.GetNodeSnapshotRequest.FromString,
+                response_serializer=pb.Snapshot.SerializeToString,
+            ),
+            "ListAgents": unary(
+                plane.ListAgents,
+                request_deserializer=pb.ListAgentsRequest.FromString,
+                response_serializer=pb.ListAgentsResponse.SerializeToString,
+            ),
+            "ListErrors": unary(
+                plane.ListErrors,
+                request_deserializer=pb.ListErrorsRequest.FromString,
+                response_serializer=pb.ListErrorsResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    plane: NodePlane
+    _ready: asyncio.Task[None]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._ready.cancel()
+        await self.health.enter_graceful_shutdown()
+        self.plane.close()
+        await self.server.stop(grace)
+        log.info("gRPC server stopped")
+
+
+async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> RunningServer:
+    """Bind and start; listen is host:port (port 0 picks a free one, see .port)."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((node_plane_handler(plane),))
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, tls.credentials())
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await checker.set(name, not_serving)
+    await server.start()
+
+    async def ready() -> None:
+        await plane.store.wait_published()
+        for name in ("", SERVICE_NAME):
+            await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    running = RunningServer(server, port, checker, plane, asyncio.create_task(ready()))
+    log.info(
+        "gRPC server listening",
+        listen=listen,
+        port=port,
+        tls=tls is not None,
+        mutual_tls=tls is not None,
+    )
+    return running
+
+
+async def serve(
+    plane: NodePlane,
+    listen: str,
+    tls: ServerTLS | None,
+    *,
+    grace: float = 5.0,
+    started: Callable[[RunningServer], None] | None = None,
+) -> None:
+    """Serve until cancelled, then stop gracefully."""
+    running = await start_server(plane, listen, tls)
+    if started is not None:
+        started(running)
+    try:
+        # Not server.wait_for_termination(): cancelling it breaks the later stop().
+        await asyncio.Event().wait()
+    finally:
+        await running.stop(grace)

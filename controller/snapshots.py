@@ -1,0 +1,277 @@
+"""Versioned cluster snapshots, and the per-node messages that bring an agent up to date.
+
+Each published ClusterSnapshot whose content differs from the latest gets version+1; an
+unchanged one (a relist, a no-op edit) gets none. A bounded history of versions is kept
+so an agent at any retained version gets a Delta to the latest; others get a Snapshot.
+
+What a node sees is every service plus its own BGP settings (see controller.views). The
+store keeps each version as canonical bytes (common.viewhash.encode) so it can:
+- hash a node's view from parts: services digest once per version, BGP per node;
+- compute the services part of a delta once per (base, target) for all nodes;
+- build a node's message by concatenating pre-encoded parts, never re-serializing the
+  services for each of hundreds of agents. Protobuf's wire format allows this: a message
+  is the concatenation of its encoded fields, in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from common import viewhash
+from common.pb import pb
+
+DEFAULT_HISTORY = 64
+_MAX_TRAILERS = 16384
+
+
+def _number(message: type, name: str) -> int:
+    return message.DESCRIPTOR.fields_by_name[name].number
+
+
+_SNAPSHOT_SERVICES = _number(pb.Snapshot, "services")
+_SNAPSHOT_BGP = _number(pb.Snapshot, "bgp")
+_DELTA_UPSERTED = _number(pb.Delta, "upserted")
+_DELTA_REMOVED = _number(pb.Delta, "removed")
+_DELTA_BGP = _number(pb.Delta, "bgp")
+_MESSAGE_SNAPSHOT = _number(pb.ControllerMessage, "snapshot")
+_MESSAGE_DELTA = _number(pb.ControllerMessage, "delta")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): embedded message, string or bytes."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One retained version, as canonical bytes (shared with older versions when equal)."""
+
+    version: int
+    content: str  # the cluster hash (controller.views.cluster_hash): dedupes unchanged ones
+    maglev_seed: int
+    services: Mapping[str, bytes]  # service id -> encoded pb.Service, in id order
+    digests: Mapping[str, bytes]  # service id -> common.viewhash.service_digest
+    services_digest: Any  # common.viewhash.combine of the digests
+    bgp: Mapping[str, bytes]  # node -> encoded pb.BGPConfig (absent: no BGP)
+    hashes: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def bgp_of(self, node: str) -> bytes:
+        return self.bgp.get(node, b"")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A cluster snapshot encoded for commit(); built off the event loop if heavy."""
+
+    cluster: pb.ClusterSnapshot
+    entry: Version  # version 0 until committed
+
+
+def prepare(cluster: pb.ClusterSnapshot, previous: Version | None) -> Prepared:
+    """Encode a cluster snapshot; pure, so it may run in a thread."""
+    old = previous.services if previous else {}
+    old_digests = previous.digests if previous else {}
+    services: dict[str, bytes] = {}
+    digests: dict[str, bytes] = {}
+    for svc in sorted(cluster.services, key=lambda s: s.id):
+        sid = svc.id
+        data = viewhash.encode(svc)
+        prior = old.get(sid)
+        if prior == data:
+            # Unchanged: share the older version's objects (history costs no memory).
+            services[sid], digests[sid] = prior, old_digests[sid]
+        else:
+            services[sid], digests[sid] = data, viewhash.service_digest(data)
+    bgp = {n.node: viewhash.encode(n.bgp) for n in cluster.nodes}
+    bgp = {node: data for node, data in bgp.items() if data}
+    digest = viewhash.combine(list(digests.values()))
+    trailer = viewhash.encode(
+        pb.ClusterSnapshot(maglev_seed=cluster.maglev_seed, nodes=cluster.nodes)
+    )
+    content = viewhash.finish(digest, trailer)
+    entry = Version(0, content, cluster.maglev_seed, services, digests, digest, bgp)
+    return Prepared(cluster, entry)
+
+
+class SnapshotStore:
+    """The versioned history; single-threaded (event loop) apart from prepare()."""
+
+    def __init__(self, history: int = DEFAULT_HISTORY, delta_cache: int = 256) -> None:
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self._history = history
+        self._versions: OrderedDict[int, Version] = OrderedDict()
+        self._cluster: pb.ClusterSnapshot | None = None
+        self._deltas: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._delta_cache = delta_cache
+        self._full_services: tuple[int, bytes] | None = None
+        self._trailers: dict[str, tuple[tuple[int, bytes], bytes]] = {}
+        self._listeners: list[Callable[[int], None]] = []
+        self._published = asyncio.Event()
+
+    @property
+    def version(self) -> int:
+        """The latest version (0 before the first publish)."""
+        return next(reversed(self._versions)) if self._versions else 0
+
+    @property
+    def latest(self) -> Version | None:
+        return self._versions[self.version] if self._versions else None
+
+    def cluster(self) -> pb.ClusterSnapshot | None:
+        """The latest cluster snapshot, version set (do not modify)."""
+        return self._cluster
+
+    def get(self, version: int) -> Version | None:
+        return self._versions.get(version)
+
+    def subscribe(self, callback: Callable[[int], None]) -> None:
+        """Call callback(version) synchronously after each new version."""
+        self._listeners.append(callback)
+
+    async def wait_published(self) -> int:
+        """Wait until a first version exists."""
+        return await self.wait_newer(0)
+
+    async def wait_newer(self, version: int) -> int:
+        """Wait until the latest version is newer than version; returns it."""
+        while self.version <= version:
+            await self._published.wait()
+        return self.version
+
+    def prepare(self, cluster: pb.ClusterSnapshot) -> Prepared:
+        return prepare(cluster, self.latest)
+
+    def publish(self, cluster: pb.ClusterSnapshot) -> int:
+        """Prepare and commit on the calling thread; returns the (maybe unchanged) version.
+
+        The store keeps the message (and sets its version and hash): do not modify it after.
+        """
+        return self.commit(self.prepare(cluster))
+
+    def commit(self, prepared: Prepared) -> int:
+        """Make prepared the latest version unless its content is unchanged."""
+        latest = self.latest
+        if latest is not None and latest.content == prepared.entry.content:
+            return latest.version
+        version = self.version + 1
+        self._versions[version] = dataclasses.replace(prepared.entry, version=version, hashes={})
+        while len(self._versions) > self._history:
+            self._versions.popitem(last=False)
+        # The store owns the published message: stamping the version changes no hash.
+        cluster = prepared.cluster
+        cluster.version = version
+        cluster.hash = prepared.entry.content
+        self._cluster = cluster
+        self._published.set()
+        self._published = asyncio.Event()
+        for callback in self._listeners:
+            callback(version)
+        return version
+
+    def node_hash(self, node: str, version: int) -> str | None:
+        """The hash of node's view at version, None when that version is not retained."""
+        entry = self._versions.get(version)
+        return self._hash(entry, node) if entry else None
+
+    def _hash(self, entry: Version, node: str) -> str:
+        digest = entry.hashes.get(node)
+        if digest is None:
+            # A node's trailer rarely changes between versions: keep the last one per node.
+            bgp = entry.bgp_of(node)
+            key = (entry.maglev_seed, bgp)
+            cached = self._trailers.get(node)
+            if cached is None or cached[0] != key:
+                if len(self._trailers) > _MAX_TRAILERS:
+                    self._trailers.clear()  # node names come from requests: stay bounded
+                msg = pb.BGPConfig.FromString(bgp) if bgp else None
+                cached = self._trailers[node] = (key, viewhash.node_trailer(node, key[0], msg))
+            digest = entry.hashes[node] = viewhash.finish(entry.services_digest, cached[1])
+        return digest
+
+    def message(self, node: str, base: int) -> tuple[int, bytes, bool]:
+        """An encoded ControllerMessage bringing node from base (0: nothing) to the latest.
+
+        A Delta when base is retained, else a full Snapshot. Returns (version, bytes,
+        full). The caller checks that the agent really holds base (see node_hash).
+        """
+        latest = self.latest
+        if latest is None:
+            raise LookupError("no snapshot published yet")
+        old = self._versions.get(base) if base else None
+        if old is None:
+            return latest.version, self._snapshot_bytes(node, latest), True
+        return latest.version, self._delta_bytes(node, old, latest), False
+
+    def node_snapshot(self, node: str) -> pb.Snapshot:
+        """Node's full view at the latest version."""
+        _, data, _ = self.message(node, 0)
+        return pb.ControllerMessage.FromString(data).snapshot
+
+    def _snapshot_bytes(self, node: str, entry: Version) -> bytes:
+        head = pb.Snapshot(
+            version=entry.version,
+            hash=self._hash(entry, node),
+            node=node,
+            maglev_seed=entry.maglev_seed,
+        ).SerializeToString()
+        bgp = entry.bgp_of(node)
+        if bgp:
+            head += _field(_SNAPSHOT_BGP, bgp)
+        return _field(_MESSAGE_SNAPSHOT, head + self._services_part(entry))
+
+    def _services_part(self, entry: Version) -> bytes:
+        if self._full_services is None or self._full_services[0] != entry.version:
+            parts = [
+                _field(_SNAPSHOT_SERVICES, entry.services[sid]) for sid in sorted(entry.services)
+            ]
+            self._full_services = (entry.version, b"".join(parts))
+        return self._full_services[1]
+
+    def _delta_bytes(self, node: str, old: Version, new: Version) -> bytes:
+        bgp = new.bgp_of(node)
+        bgp_changed = bgp != old.bgp_of(node)
+        head = pb.Delta(
+            version=new.version,
+            base_version=old.version,
+            hash=self._hash(new, node),
+            bgp_changed=bgp_changed,
+            maglev_seed=new.maglev_seed,
+        ).SerializeToString()
+        if bgp_changed and bgp:
+            head += _field(_DELTA_BGP, bgp)
+        return _field(_MESSAGE_DELTA, head + self._delta_services(old, new))
+
+    def _delta_services(self, old: Version, new: Version) -> bytes:
+        """The upserted and removed fields of a delta, computed once for all nodes."""
+        key = (old.version, new.version)
+        cached = self._deltas.get(key)
+        if cached is not None:
+            self._deltas.move_to_end(key)
+            return cached
+        parts = []
+        for sid in sorted(new.services):
+            data = new.services[sid]
+            prior = old.services.get(sid)
+            if prior is not data and prior != data:
+                parts.append(_field(_DELTA_UPSERTED, data))
+        for sid in sorted(old.services.keys() - new.services.keys()):
+            parts.append(_field(_DELTA_REMOVED, sid.encode()))
+        data = b"".join(parts)
+        self._deltas[key] = data
+        while len(self._deltas) > self._delta_cache:
+            self._deltas.popitem(last=False)
+        return data

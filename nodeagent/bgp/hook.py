@@ -1,0 +1,57 @@
+"""AgentBGP: the agent's BGP hook (nodeagent.agent.BGPHook) on top of BGPSpeaker.
+
+The agent calls apply() after every version and whenever the VIPs it serves change (a
+service is programmed with at least one backend); the hook hands the node's BGP settings
+and those VIPs, as /32 or /128 prefixes, to the speaker, which announces the ones the
+controller advertises for this node.
+
+Stopping the agent (shutdown()):
+- "drain" (default): withdraw every route, wait until the withdrawals are sent, keep
+  forwarding for `grace_seconds` so the routers move the flows to the other nodes, then
+  close the sessions. No connection breaks: the other nodes compute the same Maglev table.
+- "restart": leave the routes in place at routers with graceful restart (the sessions end
+  like a crash, without a NOTIFICATION): for an agent restart or upgrade, where the
+  pinned data plane keeps forwarding and the next agent takes the sessions over.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from common.pb import pb
+from nodeagent.bgp.speaker import BGPSpeaker
+
+StopMode = Literal["drain", "restart"]
+
+
+class AgentBGP:
+    def __init__(
+        self, speaker: BGPSpeaker, *, on_stop: StopMode = "drain", grace_seconds: float = 10.0
+    ) -> None:
+        self.speaker = speaker
+        self.on_stop: StopMode = on_stop
+        self.grace_seconds = grace_seconds
+
+    async def start(self) -> None:
+        await self.speaker.start()
+
+    async def apply(self, bgp: pb.BGPConfig, serving_vips: frozenset[str]) -> None:
+        await self.speaker.configure(bgp)
+        await self.speaker.announce(set(serving_vips))
+
+    def sessions(self) -> list[pb.BGPSessionStatus]:
+        return self.speaker.sessions()
+
+    def announced(self) -> list[str]:
+        return self.speaker.announced()
+
+    @property
+    def draining(self) -> bool:
+        return self.speaker.draining
+
+    async def shutdown(self) -> None:
+        if self.on_stop == "drain":
+            await self.speaker.drain(self.grace_seconds)
+            await self.speaker.stop(graceful=False)
+        else:
+            await self.speaker.stop(graceful=True)

@@ -1,0 +1,379 @@
+"""The agent's side of the NodePlane stream.
+
+    client = ControllerClient("ctl:9443", node="lb-1", handler=apply, tls=TLSConfig(...))
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(client.run())            # connects, reconnects, until cancelled
+        ...
+        client.report_status(pb.NodeStatus(...))  # latest wins, sent when connected
+
+`handler(update) -> pb.Ack` is awaited once per version, in order, never concurrently.
+`update.view` is the node's complete view after that version (hash verified);
+`update.upserted/removed/bgp_changed` say what changed since the previous version
+(`full=True`: a full snapshot, upserted holds every service and the agent should
+reconcile its whole state against the view). The Ack it returns is sent as is (its
+version is filled in when 0): `service_errors` for services that could not be applied,
+`error` when the whole version failed (the controller then sends a full snapshot).
+A handler that raises counts as `error`.
+
+The controller sends the next version only after the previous one was acked, always
+the latest: a slow handler gets one delta covering everything it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import types
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from common import viewhash
+from common.logs import get_logger
+from common.pb import ACCEPTED_KEY, pb, pb_grpc
+
+log = get_logger("weir.controller_client")
+
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """mTLS material for the agent: its own certificate (naming its node) and the CA."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    server_name: str | None = None  # override the name checked in the server certificate
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node's complete view at one version. Immutable: do not modify the messages."""
+
+    node: str
+    version: int
+    hash: str
+    maglev_seed: int
+    services: Mapping[str, pb.Service]  # by id
+    bgp: pb.BGPConfig
+    # Each service's digest (common.viewhash), kept so the next hash covers only changes.
+    digests: Mapping[str, bytes] = field(repr=False, compare=False)
+
+    def snapshot(self) -> pb.Snapshot:
+        """The view as a pb.Snapshot (a copy, services sorted by id)."""
+        snap = pb.Snapshot(
+            version=self.version,
+            hash=self.hash,
+            node=self.node,
+            maglev_seed=self.maglev_seed,
+            services=[self.services[sid] for sid in sorted(self.services)],
+        )
+        if self.bgp.ByteSize():
+            snap.bgp.CopyFrom(self.bgp)
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: pb.Snapshot) -> NodeView:
+        services = {s.id: s for s in snap.services}
+        return cls._build(snap.node, snap.version, snap.maglev_seed, services, snap.bgp, {})
+
+    @classmethod
+    def _build(
+        cls,
+        node: str,
+        version: int,
+        seed: int,
+        services: dict[str, pb.Service],
+        bgp: pb.BGPConfig,
+        reuse: Mapping[str, bytes],
+    ) -> NodeView:
+        digests = {
+            sid: reuse.get(sid) or viewhash.service_digest(viewhash.encode(services[sid]))
+            for sid in sorted(services)
+        }
+        digest = viewhash.finish(
+            viewhash.combine(list(digests.values())), viewhash.node_trailer(node, seed, bgp)
+        )
+        return cls(
+            node=node,
+            version=version,
+            hash=digest,
+            maglev_seed=seed,
+            services=types.MappingProxyType(services),
+            bgp=bgp,
+            digests=types.MappingProxyType(digests),
+        )
+
+
+@dataclass(frozen=True)
+class Update:
+    """One version for the handler: the full view after it, and what changed."""
+
+    view: NodeView
+    base_version: int  # 0 for a full snapshot
+    full: bool
+    upserted: tuple[pb.Service, ...]  # full: every service
+    removed: tuple[str, ...]  # full: ids of the previous view gone now
+    bgp_changed: bool  # full: always True
+
+    @property
+    def version(self) -> int:
+        return self.view.version
+
+
+Handler = Callable[[Update], Awaitable[pb.Ack]]
+
+
+class ResyncNeeded(Exception):
+    """The received message cannot be applied on the view held (asks for a full snapshot)."""
+
+
+def apply_message(current: NodeView | None, node: str, msg: pb.ControllerMessage) -> Update:
+    """Reconstruct the view a Snapshot or Delta describes; raise ResyncNeeded if impossible."""
+    kind = msg.WhichOneof("kind")
+    if kind == "snapshot":
+        snap = msg.snapshot
+        if snap.node != node:
+            raise ResyncNeeded(f"snapshot is for node {snap.node!r}, not {node!r}")
+        view = NodeView.from_snapshot(snap)
+        if view.hash != snap.hash:
+            raise ResyncNeeded(f"snapshot {snap.version}: hash mismatch")
+        previous = current.services if current else {}
+        return Update(
+            view=view,
+            base_version=0,
+            full=True,
+            upserted=tuple(view.services[sid] for sid in sorted(view.services)),
+            removed=tuple(sorted(set(previous) - set(view.services))),
+            bgp_changed=True,
+        )
+    if kind == "delta":
+        delta = msg.delta
+        if current is None or current.version != delta.base_version:
+            have = current.version if current else 0
+            raise ResyncNeeded(f"delta {delta.base_version}->{delta.version} but have {have}")
+        services = dict(current.services)
+        digests = dict(current.digests)
+        for sid in delta.removed:
+            services.pop(sid, None)
+            digests.pop(sid, None)
+        for svc in delta.upserted:
+            services[svc.id] = svc
+            digests.pop(svc.id, None)
+        bgp = delta.bgp if delta.bgp_changed else current.bgp
+        view = NodeView._build(node, delta.version, delta.maglev_seed, services, bgp, digests)
+        if view.hash != delta.hash:
+            raise ResyncNeeded(f"delta {delta.base_version}->{delta.version}: hash mismatch")
+        return Update(
+            view=view,
+            base_version=delta.base_version,
+            full=False,
+            upserted=tuple(delta.upserted),
+            removed=tuple(delta.removed),
+            bgp_changed=delta.bgp_changed,
+        )
+    raise ResyncNeeded(f"unknown controller message {kind!r}")
+
+
+class ControllerClient:
+    """One agent's connection to the controller (see the module docstring)."""
+
+    def __init__(
+        self,
+        target: str,
+        node: str,
+        handler: Handler,
+        *,
+        tls: TLSConfig | None = None,  # None: plaintext (the caller asked for it explicitly)
+        agent_version: str = AGENT_VERSION,
+        initial: NodeView | None = None,  # a view already applied (Hello carries it)
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        channel_options: tuple[tuple[str, int | str], ...] = (),
+    ) -> None:
+        if not node:
+            raise ValueError("node name is required")
+        self.target = target
+        self.node = node
+        self._handler = handler
+        self._tls = tls
+        self._agent_version = agent_version
+        self._view = initial
+        self._backoff = (backoff_initial, backoff_max)
+        self._channel_options = channel_options
+        self._status: pb.NodeStatus | None = None
+        self._status_dirty = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._connected = False
+        self._failures = 0
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def view(self) -> NodeView | None:
+        """The last view the handler accepted (None before the first, or after an error)."""
+        return self._view
+
+    @property
+    def connected(self) -> bool:
+        """True while a stream is up and the controller accepted the Hello."""
+        return self._connected
+
+    @property
+    def failures(self) -> int:
+        """Stream attempts that failed or were refused since the last accepted one."""
+        return self._failures
+
+    def report_status(self, status: pb.NodeStatus) -> None:
+        """Send this status now if connected, else after the next Hello (latest wins)."""
+        self._status = status
+        self._status_dirty.set()
+
+    async def wait_version(self, version: int) -> NodeView:
+        """Wait until the handler accepted a view with at least this version."""
+        await self.wait_for(lambda: self._view is not None and self._view.version >= version)
+        assert self._view is not None
+        return self._view
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until predicate() holds; re-checked on every change of view, connection
+        state or failure count."""
+        while not predicate():
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect and follow the stream until cancelled, reconnecting with backoff."""
+        initial, maximum = self._backoff
+        ms = int(initial * 1000)
+        options = [
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+            # The channel's own reconnect backoff must not outlast ours.
+            ("grpc.initial_reconnect_backoff_ms", ms),
+            ("grpc.min_reconnect_backoff_ms", ms),
+            ("grpc.max_reconnect_backoff_ms", int(maximum * 1000)),
+            *self._channel_options,
+        ]
+        if self._tls is None:
+            channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            if self._tls.server_name:
+                options.append(("grpc.ssl_target_name_override", self._tls.server_name))
+            channel = grpc.aio.secure_channel(self.target, self._tls.credentials(), options)
+        attempt = 0
+        try:
+            stub = pb_grpc.NodePlaneStub(channel)
+            while True:
+                try:
+                    await self._session(stub)
+                except grpc.aio.AioRpcError as exc:
+                    log.warning(
+                        "controller stream failed",
+                        target=self.target,
+                        code=exc.code().name,
+                        details=exc.details(),
+                    )
+                except Exception:
+                    log.exception("controller stream error", target=self.target)
+                if self._connected:  # the stream had been accepted: start backing off anew
+                    self._connected = False
+                    attempt = 0
+                else:
+                    self._failures += 1
+                self._notify()
+                # Full jitter: agents that lost the same controller do not return in step.
+                delay = random.uniform(0, min(maximum, initial * 2**attempt))
+                attempt = min(attempt + 1, 30)
+                await asyncio.sleep(delay)
+        finally:
+            self._connected = False
+            await channel.close(grace=None)
+
+    async def _session(self, stub: pb_grpc.NodePlaneStub) -> None:
+        """One stream: Hello, then apply messages until it ends."""
+        call = stub.Connect()
+        writer: asyncio.Task[None] | None = None
+        try:
+            view = self._view
+            hello = pb.Hello(
+                node=self.node,
+                agent_version=self._agent_version,
+                applied_version=view.version if view else 0,
+                applied_hash=view.hash if view else "",
+            )
+            await call.write(pb.AgentMessage(hello=hello))
+            metadata = await call.initial_metadata()
+            if not any(key == ACCEPTED_KEY for key, _ in metadata or ()):
+                # Refused: reading raises the status (PERMISSION_DENIED, INVALID_ARGUMENT).
+                await call.read()
+                await call.code()
+                return
+            self._connected = True
+            self._failures = 0
+            self._notify()
+            log.info("connected to controller", target=self.target, applied=hello.applied_version)
+            if self._status is not None:
+                self._status_dirty.set()
+            writer = asyncio.create_task(self._write_status(call))
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    code = await call.code()
+                    log.info("controller ended the stream", code=code.name)
+                    return
+                await self._on_message(call, msg)
+        finally:
+            if writer is not None:
+                writer.cancel()
+            call.cancel()
+
+    async def _on_message(self, call: grpc.aio.StreamStreamCall, msg: pb.ControllerMessage) -> None:
+        version = msg.snapshot.version if msg.HasField("snapshot") else msg.delta.version
+        try:
+            update = apply_message(self._view, self.node, msg)
+        except ResyncNeeded as exc:
+            log.warning("cannot apply controller message, asking for a snapshot", error=str(exc))
+            self._view = None
+            await self._send(call, pb.AgentMessage(ack=pb.Ack(version=version, error=str(exc))))
+            return
+        try:
+            ack = await self._handler(update)
+        except Exception as exc:
+            log.exception("handler failed", version=version)
+            ack = pb.Ack(error=f"handler failed: {exc}")
+        if not ack.version:
+            ack.version = version
+        # After a whole-version failure the agent's state is unknown: resync from scratch.
+        self._view = None if ack.error else update.view
+        self._notify()
+        await self._send(call, pb.AgentMessage(ack=ack))
+
+    async def _write_status(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            while True:
+                await self._status_dirty.wait()
+                self._status_dirty.clear()
+                if self._status is not None:
+                    await self._send(call, pb.AgentMessage(status=self._status))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            pass  # the stream ended; the reader reports why and the next session resends
+
+    async def _send(self, call: grpc.aio.StreamStreamCall, msg: pb.AgentMessage) -> None:
+        async with self._write_lock:
+            await call.write(msg)

@@ -1,0 +1,155 @@
+"""weir-agent: programs this node's XDP data plane from the controller's node view.
+
+    weir-agent --controller ctl:9443 --interface eth0 --tls-ca ca.pem --tls-cert node.pem \\
+               --tls-key node.key
+    weir-agent --controller 127.0.0.1:9443 --interface eth0 --plaintext --bpffs /run/weir/bpf
+
+SIGTERM/SIGINT stop the agent cleanly and leave the XDP program attached and the maps pinned:
+forwarding goes on, and the next agent adopts them without rewriting what is already right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from common import logs
+from nodeagent.agent import Agent, AgentConfig
+from nodeagent.bgp import AgentBGP, BGPSpeaker
+from nodeagent.controller_client import ControllerClient, TLSConfig
+from nodeagent.dataplane import Dataplane, DataplaneConfig
+from nodeagent.maglev import TableCache
+from nodeagent.neighbors import NeighborResolver
+
+log = logs.get_logger("weir.agent")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="weir-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--controller", required=True, help="controller address host:port")
+    p.add_argument("--node", default=socket.gethostname(), help="this node's name (hostname)")
+    p.add_argument("--interface", required=True, help="uplink: XDP attaches here")
+    p.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
+    p.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf/weir"), help="pin directory")
+    sizes = p.add_argument_group("map sizes (data-plane defaults when omitted)")
+    sizes.add_argument("--max-services", type=int)
+    sizes.add_argument("--max-backends", type=int)
+    sizes.add_argument("--max-table-slots", type=int)
+    sizes.add_argument("--conntrack-entries", type=int)
+    tls = p.add_argument_group("controller connection")
+    tls.add_argument("--plaintext", action="store_true", help="no TLS (tests, loopback)")
+    tls.add_argument("--tls-ca", type=Path, help="CA certificate that signed the controller's")
+    tls.add_argument("--tls-cert", type=Path, help="this node's client certificate")
+    tls.add_argument("--tls-key", type=Path, help="this node's client key")
+    tls.add_argument("--tls-server-name", help="name expected in the controller certificate")
+    nb = p.add_argument_group("backend neighbours")
+    nb.add_argument("--neighbor-timeout", type=float, default=1.0, help="seconds per resolution")
+    nb.add_argument("--neighbor-retry", type=float, default=2.0, help="retry unresolved, seconds")
+    nb.add_argument("--neighbor-refresh", type=float, default=30.0, help="re-verify MACs, seconds")
+    bgp = p.add_argument_group("BGP (peers and VIPs come from the controller)")
+    bgp.add_argument(
+        "--bgp-on-stop",
+        choices=["drain", "restart"],
+        default="drain",
+        help="on SIGTERM: drain (withdraw, forward for --drain-grace, exit) or restart "
+        "(keep the routes at graceful-restart peers for the next agent)",
+    )
+    bgp.add_argument("--drain-grace", type=float, default=10.0, help="seconds, see --bgp-on-stop")
+    bgp.add_argument(
+        "--bgp-workdir", type=Path, help="ExaBGP's config and API socket (/run/weir/bgp/NODE)"
+    )
+    p.add_argument("--status-interval", type=float, default=10.0, help="NodeStatus period, s")
+    p.add_argument("--metrics-address", help="serve Prometheus /metrics on host:port")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if args.plaintext and any(tls_files):
+        p.error("--plaintext excludes --tls-ca/--tls-cert/--tls-key")
+    if not args.plaintext and not all(tls_files):
+        p.error("give --tls-ca, --tls-cert and --tls-key, or --plaintext")
+    return args
+
+
+def dataplane_config(args: argparse.Namespace) -> DataplaneConfig:
+    sizes = {
+        k: getattr(args, k)
+        for k in ("max_services", "max_backends", "max_table_slots", "conntrack_entries")
+        if getattr(args, k) is not None
+    }
+    return DataplaneConfig(
+        interface=args.interface, bpffs=args.bpffs, xdp_mode=args.xdp_mode, **sizes
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tls = (
+        None
+        if args.plaintext
+        else TLSConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    )
+    metrics = None
+    if args.metrics_address:
+        from nodeagent.agent_metrics import PromMetrics
+
+        metrics = PromMetrics(args.node)
+        metrics.serve(args.metrics_address)
+    try:
+        dp = await asyncio.to_thread(Dataplane.open, dataplane_config(args))
+    except Exception as exc:
+        log.error("cannot open the data plane", interface=args.interface, error=str(exc))
+        return 1
+    try:
+        async with NeighborResolver(args.interface, timeout=args.neighbor_timeout) as resolver:
+            workdir = args.bgp_workdir or Path("/run/weir/bgp") / args.node
+            bgp = AgentBGP(
+                BGPSpeaker(workdir=workdir),
+                on_stop=args.bgp_on_stop,
+                grace_seconds=args.drain_grace,
+            )
+            await bgp.start()
+            agent = Agent(
+                AgentConfig(
+                    node=args.node,
+                    neighbor_retry=args.neighbor_retry,
+                    neighbor_refresh=args.neighbor_refresh,
+                    status_interval=args.status_interval,
+                ),
+                dp,
+                resolver,
+                tables=TableCache(),
+                metrics=metrics,
+                bgp=bgp,
+            )
+            await agent.adopt()
+            client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
+            agent.set_status_sink(client.report_status)
+            log.info("agent started", node=args.node, controller=args.controller)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(client.run()), tg.create_task(agent.run())]
+                await stop.wait()
+                log.info("stopping: the data plane stays attached and pinned")
+                for t in tasks:
+                    t.cancel()
+            await agent.shutdown()
+    finally:
+        await asyncio.to_thread(dp.close)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""mTLS: the client certificate must name the node the agent asks for."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.pb import pb, pb_grpc
+from controller.server import ServerTLS
+from nodeagent.controller_client import TLSConfig
+from tests.controller.plane_support import Cert, Plane, Recorder, ThrowawayCA, cluster, service
+from weirctl.main import main as weirctl_main
+
+pytestmark = pytest.mark.timeout(60)
+
+S1 = service("192.0.2.1", 80, [("10.0.0.1", 8080)])
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> ThrowawayCA:
+    return ThrowawayCA(tmp_path)
+
+
+@pytest.fixture
+def server_tls(ca: ThrowawayCA) -> ServerTLS:
+    cert = ca.issue("weir-controller", dns=["weir-controller", "localhost"], ips=["127.0.0.1"])
+    return ServerTLS(cert=cert.cert, key=cert.key, client_ca=ca.ca)
+
+
+def client_tls(ca: ThrowawayCA, cert: Cert) -> TLSConfig:
+    return TLSConfig(ca=ca.ca, cert=cert.cert, key=cert.key, server_name="weir-controller")
+
+
+def channel(target: str, ca: ThrowawayCA, cert: Cert | None) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        ca.ca.read_bytes(),
+        cert.key.read_bytes() if cert else None,
+        cert.cert.read_bytes() if cert else None,
+    )
+    options = [("grpc.ssl_target_name_override", "weir-controller")]
+    return grpc.aio.secure_channel(target, creds, options)
+
+
+async def refused(
+    target: str, ca: ThrowawayCA, cert: Cert | None, node: str
+) -> grpc.aio.AioRpcError:
+    async with channel(target, ca, cert) as ch:
+        call = pb_grpc.NodePlaneStub(ch).Connect()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with asyncio.timeout(10):
+                await call.write(pb.AgentMessage(hello=pb.Hello(node=node)))
+                await call.read()
+        return err.value
+
+
+async def test_the_right_node_is_accepted(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
+    async with Plane(tls=server_tls) as p:
+        v = p.store.publish(cluster([S1]))
+        san = ca.issue("lb-1", dns=["lb-1"])
+        cn_only = ca.issue("lb-2")  # no SAN: the common name identifies the node
+        rec = Recorder()
+        agents = [
+            p.agent("lb-1", rec, tls=client_tls(ca, san)),
+            p.agent("lb-2", tls=client_tls(ca, cn_only)),
+        ]
+        async with asyncio.timeout(10):
+            for agent in agents:
+                await agent.wait_version(v)
+        assert rec.kinds() == [(v, 0, True)]
+
+
+async def test_a_certificate_for_another_node_is_refused(
+    ca: ThrowawayCA, server_tls: ServerTLS
+) -> None:
+    async with Plane(tls=server_tls) as p:
+        p.store.publish(cluster([S1]))
+        other = ca.issue("lb-2", dns=["lb-2"])
+        err = await refused(p.target, ca, other, node="lb-1")
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "lb-1" in err.details()
+        # A certificate whose CN names the node but whose DNS SAN does not: SAN wins.
+        mixed = ca.issue("lb-1", dns=["lb-9"])
+        err = await refused(p.target, ca, mixed, node="lb-1")
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "lb-1" not in {a.node for a in p.plane.list_agents().agents}
+
+
+async def test_the_client_library_never_gets_state_for_another_node(
+    ca: ThrowawayCA, server_tls: ServerTLS
+) -> None:
+    async with Plane(tls=server_tls) as p:
+        v = p.store.publish(cluster([S1]))
+        rec = Recorder()
+        impostor = p.agent("lb-1", rec, tls=client_tls(ca, ca.issue("lb-2", dns=["lb-2"])))
+        honest = p.agent("lb-3", tls=client_tls(ca, ca.issue("lb-3", dns=["lb-3"])))
+        registry = p.plane.metrics.registry
+
+        def refusals() -> float:
+            labels = {"reason": "identity"}
+            return registry.get_sample_value("weir_agents_refused_total", labels) or 0
+
+        async with asyncio.timeout(10):
+            await honest.wait_version(v)
+            # Refused, it retries with backoff, and is refused again.
+            await p.plane.wait_for(lambda: refusals() >= 2)
+        assert rec.updates == [] and not impostor.connected
+        assert [a.node for a in p.plane.list_agents().agents] == ["lb-3"]
+
+
+async def test_no_client_certificate_no_connection(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
+    async with Plane(tls=server_tls) as p:
+        p.store.publish(cluster([S1]))
+        err = await refused(p.target, ca, None, node="lb-1")
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        # Plaintext against a TLS port does not get through either.
+        async with grpc.aio.insecure_channel(p.target) as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await pb_grpc.NodePlaneStub(ch).ListAgents(pb.ListAgentsRequest(), timeout=5)
+
+
+async def test_weirctl_over_mtls(ca: ThrowawayCA, server_tls: ServerTLS, capsys) -> None:
+    async with Plane(tls=server_tls) as p:
+        p.store.publish(cluster([S1]))
+        operator = ca.issue("weirctl-operator")
+        tls = ["--ca", str(ca.ca), "--server-name", "weir-controller"]
+        creds = ["--cert", str(operator.cert), "--key", str(operator.key)]
+        argv = ["--controller", p.target, "snapshot", "-o", "json", *tls]
+        # weirctl is synchronous: run it off the loop that serves the controller.
+        assert await asyncio.to_thread(weirctl_main, [*argv, *creds]) == 0
+        assert '"192.0.2.1:80/TCP"' in capsys.readouterr().out
+        assert await asyncio.to_thread(weirctl_main, argv) == 1  # no client certificate
+        assert "UNAVAILABLE" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""Kubernetes objects for the tests, as a user would apply them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+WEIR = "weir.dev/v1alpha1"
+CLASS = "weir.dev/maglev"
+
+
+def service(
+    name: str,
+    ns: str = "default",
+    *,
+    ports: list[tuple[int, str]] | None = None,
+    cls: str | None = CLASS,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    ports = ports or [(80, "TCP")]
+    body: dict[str, Any] = {
+        "type": "LoadBalancer",
+        "ports": [
+            {"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto}
+            for port, proto in ports
+        ],
+        **spec,
+    }
+    if cls:
+        body["loadBalancerClass"] = cls
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "annotations": annotations or {},
+            "labels": labels or {},
+        },
+        "spec": body,
+    }
+
+
+def pool(
+    name: str, *cidrs: str, ranges: list[tuple[str, str]] | None = None, **spec: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"cidrs": list(cidrs), **spec}
+    if ranges:
+        body["ranges"] = [{"start": a, "end": b} for a, b in ranges]
+    return {
+        "apiVersion": WEIR,
+        "kind": "LoadBalancerIPPool",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def endpoint_slice(
+    service_name: str, ns: str, addresses: list[str], port: int = 8080, node: str = "node-a"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-abc",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "p80-tcp", "port": port, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [a], "conditions": {"ready": True}, "nodeName": node} for a in addresses
+        ],
+    }
+
+
+def node(name: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"addresses": [{"type": "InternalIP", "address": address}]},
+    }
+
+
+def peer(name: str, address: str, peer_asn: int = 65000, local_asn: int = 65001) -> dict:
+    return {
+        "apiVersion": WEIR,
+        "kind": "BGPPeer",
+        "metadata": {"name": name},
+        "spec": {"peerAddress": address, "peerASN": peer_asn, "localASN": local_asn},
+    }
+
+
+def secret(name: str, ns: str, **string_data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": string_data,
+    }

@@ -1,0 +1,71 @@
+"""Fixtures for the Kubernetes integration tests: the fake API server and real clients."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_asyncio import client, config
+
+from controller.kubeapi import KubeAPI
+
+from .fakeapi import FakeKubeAPI
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "deploy" / "base" / "crds"
+NAMESPACE = "weir-system"
+
+
+def install_weir(fake: FakeKubeAPI) -> None:
+    """Weir's CRDs (from deploy/) and its namespace, as `kubectl apply -k` would."""
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        fake.apply_yaml(yaml.safe_load_all(path.read_text()))
+    fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeKubeAPI]:
+    api = FakeKubeAPI(bookmark_interval=0.2)
+    install_weir(api)
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def kubeconfig(fake: FakeKubeAPI, tmp_path: Path) -> Path:
+    return fake.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    async with client.ApiClient(cfg) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def kube(api: client.ApiClient) -> KubeAPI:
+    return KubeAPI(api, request_timeout=5.0)
+
+
+def render_deploy() -> list[dict]:
+    """`kubectl kustomize deploy/` as a list of objects (skips the test without kubectl)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders deploy/ offline)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "deploy")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]

@@ -1,0 +1,75 @@
+"""An in-process Kubernetes-side controller for tests: source, state, view and allocator,
+wired as weir-controller wires them, against the fake API server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from controller.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from controller.kubeapi import KubeAPI
+from controller.sources.kubernetes import FanOutSink, KubernetesSource
+from controller.state import ClusterState
+
+from .conftest import NAMESPACE
+from .fakeapi import FakeKubeAPI
+
+
+class Harness:
+    def __init__(self, kube: KubeAPI, *, default_class: bool = False) -> None:
+        self.kube = kube
+        self.default_class = default_class
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self.state = ClusterState()
+        self.view = AllocatorView()
+        self.source = KubernetesSource(self.kube, NAMESPACE, backoff_base=0.05, backoff_cap=0.3)
+        self.source.observers.append(self.view)
+        self.allocator = Allocator(
+            self.kube,
+            self.state,
+            self.view,
+            FanOutSink(self.state, self.view),
+            default_class=self.default_class,
+            instance="test",
+            fence=lambda: self.source.resync(WATCHED_KINDS),
+            debounce=0.01,
+            retry=0.2,
+        )
+        self.tasks = [
+            asyncio.create_task(self.source.run(self.state)),
+            asyncio.create_task(self.allocator.run()),
+        ]
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.tasks = []
+
+
+def ingress(fake: FakeKubeAPI, name: str, ns: str = "default") -> list[str]:
+    obj = fake.get("v1", "Service", ns, name) or {}
+    return [
+        i["ip"] for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ]
+
+
+def condition(fake: FakeKubeAPI, name: str, ns: str = "default") -> dict[str, Any] | None:
+    obj = fake.get("v1", "Service", ns, name) or {}
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == "weir.dev/IPAllocated":
+            return c
+    return None
+
+
+def events(fake: FakeKubeAPI, name: str, ns: str = "default") -> list[tuple[str, str, str]]:
+    return [
+        (e["type"], e["reason"], e["message"])
+        for e in fake.list("v1", "Event", ns)
+        if e["involvedObject"]["name"] == name
+    ]

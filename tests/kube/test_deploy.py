@@ -1,0 +1,203 @@
+"""deploy/ renders with `kubectl kustomize`, and what it renders is well formed: references
+resolve, the CRDs are structural and served by the (schema-enforcing) fake, the controller
+and agent are set up as the design says, and the examples are accepted and allocated."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.kubeapi import KubeAPI
+from controller.objects import parse_object
+
+from .conftest import NAMESPACE, REPO, render_deploy
+from .fakeapi import FakeKubeAPI
+from .harness import Harness, condition, ingress
+
+pytestmark = pytest.mark.timeout(120)
+
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+EXAMPLES = REPO / "deploy" / "examples" / "kubernetes"
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return render_deploy()
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, (kind, name, len(found))
+    return found[0]
+
+
+def test_every_object_is_well_formed(docs: list[dict]) -> None:
+    kinds = {d["kind"] for d in docs}
+    assert kinds >= {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "DaemonSet",
+    }
+    seen = set()
+    for d in docs:
+        assert d.get("apiVersion") and d.get("metadata", {}).get("name"), d
+        ns = d["metadata"].get("namespace")
+        if d["kind"] in CLUSTER_SCOPED:
+            assert ns is None, d["metadata"]
+        else:
+            assert ns == NAMESPACE, d["metadata"]
+        key = (d["kind"], ns, d["metadata"]["name"])
+        assert key not in seen
+        seen.add(key)
+    sas = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    for d in docs:
+        if d["kind"] in ("Deployment", "DaemonSet"):
+            pod = d["spec"]["template"]["spec"]
+            assert pod["serviceAccountName"] in sas
+            assert d["spec"]["selector"]["matchLabels"].items() <= (
+                d["spec"]["template"]["metadata"]["labels"].items()
+            )
+            volumes = {v["name"] for v in pod.get("volumes", [])}
+            for c in pod["containers"]:
+                assert c["image"].startswith("weir:"), c["image"]
+                assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+                assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
+
+
+def test_controller_deployment(docs: list[dict]) -> None:
+    dep = one(docs, "Deployment", "weir-controller")
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["replicas"] == 2
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    (c,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["grpc"]["port"] == ports["health"]
+    args = c["args"]
+    listen = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
+    assert listen["--listen"].endswith(f":{ports['nodeplane']}")
+    assert listen["--health-listen"].endswith(f":{ports['health']}")
+    assert "--leader-elect" in args and "--plaintext" not in args
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+        assert str(Path(listen[flag]).parent) in mounts
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # The controller's flags parse (the ones the kubelet substitutes aside).
+    from controller.main import build_parser
+
+    env_free = [a.replace("$(POD_NAMESPACE)", NAMESPACE).replace("$(POD_NAME)", "p") for a in args]
+    parsed = build_parser().parse_args(env_free)
+    assert parsed.source == "kubernetes" and parsed.leader_elect
+    svc = one(docs, "Service", "weir-controller")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "nodeplane"
+    pdb = one(docs, "PodDisruptionBudget", "weir-controller")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_agent_daemonset(docs: list[dict]) -> None:
+    ds = one(docs, "DaemonSet", "weir-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (c,) = pod["containers"]
+    caps = c["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    assert set(caps["add"]) == {"BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE", "SYS_ADMIN"}
+    assert not c["securityContext"].get("privileged")
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert host["bpffs"] == mounts["bpffs"] == "/sys/fs/bpf"
+    assert host["modules"] == mounts["modules"] == "/lib/modules"
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in c["args"] if "=" in a}
+    assert args["--bpffs"].startswith("/sys/fs/bpf/")
+    assert args["--controller"].startswith("weir-controller.weir-system.svc:")
+    for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
+        assert args[flag].startswith(mounts["pki"] + "/")
+    assert "--plaintext" not in c["args"]
+    # The agent's flags parse (the node name is the kubelet's substitution).
+    from nodeagent.main import parse_args
+
+    parsed = parse_args([a.replace("$(NODE_NAME)", "node-a") for a in c["args"]])
+    assert parsed.node == "node-a" and parsed.tls_server_name == "weir-controller.weir-system.svc"
+
+
+def schema_nodes(schema: dict, path: str = "") -> Iterator[tuple[str, dict]]:
+    yield path, schema
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from schema_nodes(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from schema_nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from schema_nodes(schema["additionalProperties"], f"{path}{{}}")
+
+
+def test_crds_are_structural_and_served(docs: list[dict]) -> None:
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert {c["spec"]["names"]["kind"] for c in crds} == {
+        "LoadBalancerIPPool",
+        "BGPPeer",
+        "BGPAdvertisement",
+    }
+    fake = FakeKubeAPI()
+    for crd in crds:
+        spec = crd["spec"]
+        assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}"
+        assert spec["group"] == "weir.dev" and spec["scope"] == "Cluster"
+        (ver,) = spec["versions"]
+        assert ver["name"] == "v1alpha1" and ver["served"] and ver["storage"]
+        schema = ver["schema"]["openAPIV3Schema"]
+        paths = set()
+        for path, node in schema_nodes(schema):
+            paths.add(path)
+            assert node.get("type") or node.get("x-kubernetes-int-or-string"), path
+        for col in ver.get("additionalPrinterColumns", []):
+            assert col["jsonPath"] == ".metadata.creationTimestamp" or col["jsonPath"] in paths
+        fake.create(crd)  # the fake registers the kind, as the real server would
+        assert fake.list(f"weir.dev/{ver['name']}", spec["names"]["kind"]) == []
+
+
+def example_docs() -> list[dict]:
+    out = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        out += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def test_examples_are_valid_and_parse(fake: FakeKubeAPI) -> None:
+    for doc in example_docs():
+        stored = fake.create(copy.deepcopy(doc))  # server-side validation against the CRDs
+        parse_object(stored)  # and Weir reads them without complaint
+
+
+async def test_examples_get_addresses(fake: FakeKubeAPI, kube: KubeAPI) -> None:
+    for doc in await asyncio.to_thread(example_docs):
+        fake.create(doc)
+    h = Harness(kube)
+    await h.start()
+    try:
+        await fake.wait_until(
+            lambda: all(condition(fake, n) for n in ("web", "dns-tcp", "dns-udp"))
+        )
+    finally:
+        await h.stop()
+    assert ingress(fake, "dns-tcp") == ingress(fake, "dns-udp") == ["192.0.2.30"]
+    assert ingress(fake, "web") == ["192.0.2.1"]  # avoidBuggyIPs: not 192.0.2.0

@@ -1,0 +1,57 @@
+"""The lab (python -m lab): its network builds and goes away without a trace, and a short
+run of the whole demo (real controller, agents, XDP, BIRD, HTTP) passes every check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.netns import Topology
+from lab.stack import leftovers, teardown
+from lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, XDP and bpffs"),
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_topology_builds_and_leaves_nothing_behind() -> None:
+    teardown(None)
+    topo = Topology(PREFIX)
+    try:
+        net = build(topo)
+        assert set(net.nodes) == set(NODES) and set(net.backends) == set(BACKENDS)
+        # Both segments work through the router: a client reaches a backend's own address.
+        net.clients["c1"].run(["ping", "-c1", "-W2", ROUTER_CLIENT])
+        net.backends["b1"].run(["ping", "-c1", "-W2", ROUTER_SERVER])
+        net.clients["c2"].run(["ping", "-c1", "-W2", BACKENDS["b4"]])
+        assert len(leftovers()) >= len(CLIENTS) + len(NODES) + len(BACKENDS) + 2
+    finally:
+        teardown(topo)
+    assert leftovers() == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (apt bird2)")
+def test_quick_lab_run_passes_every_check() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "connections succeeded" in out and "300/300" in out, out[-3000:]
+    assert "FAIL" not in out, out[-3000:]
+    assert "nothing left behind" in out
+    assert leftovers() == []

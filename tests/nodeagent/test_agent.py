@@ -1,0 +1,312 @@
+"""The agent against the real data plane (XDP on a veth in a namespace) and real neighbours.
+
+Each scenario runs in a forked child that has entered the LB node's network namespace (the
+data plane and the resolver work on the calling process's namespace); the child returns what
+it observed and the test asserts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import shutil
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lab.netns import Topology, cleanup_prefix
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and BPF"),
+]
+
+PREFIX = "waga"
+BPFFS = Path("/sys/fs/bpf")
+
+
+def _child(ns: str, fn: Callable, args: tuple, conn) -> None:
+    try:
+        from pyroute2 import netns
+
+        netns.setns(ns)
+        conn.send(("ok", asyncio.run(fn(*args))))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+
+
+def in_netns(ns: str, fn: Callable, *args, timeout: float = 120):
+    """Run the coroutine function fn(*args) in a forked child inside network namespace ns."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(ns, fn, args, child))
+    proc.start()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f"scenario {fn.__name__} did not finish in {timeout}s")
+        status, value = parent.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status != "ok":
+        pytest.fail(f"scenario {fn.__name__} failed in the namespace:\n{value}")
+    return value
+
+
+@pytest.fixture
+def node():
+    """An LB node (eth0 10.78.0.1/24) and two hosts on its segment; a private pin dir."""
+    if not BPFFS.is_dir() or not os.path.ismount(BPFFS):
+        pytest.skip("bpffs is not mounted at /sys/fs/bpf")
+    cleanup_prefix(PREFIX)
+    for old in BPFFS.glob(f"{PREFIX}-*"):  # pins of an earlier run that was killed
+        shutil.rmtree(old, ignore_errors=True)
+    pins = BPFFS / f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    with Topology(PREFIX) as t:
+        br = t.bridge("br")
+        lb = t.host("lb")
+        t.link(lb, br, "10.78.0.1/24")
+        b1 = t.host("b1")
+        t.link(b1, br, "10.78.0.11/24")
+        b2 = t.host("b2")
+        t.link(b2, br, "10.78.0.12/24")
+        try:
+            yield lb, b1, b2, pins
+        finally:
+            shutil.rmtree(pins, ignore_errors=True)
+
+
+# -- scenario helpers (run in the child) ------------------------------------------------------
+
+
+def _view(version: int, services, seed: int = 7):
+    from common import viewhash
+    from common.pb import pb
+    from nodeagent.controller_client import apply_message
+
+    services = sorted(services, key=lambda s: s.id)  # a view's services are sorted by id
+    snap = pb.Snapshot(version=version, node="lb", maglev_seed=seed, services=services)
+    snap.hash = viewhash.view_hash(snap)
+    return apply_message(None, "lb", pb.ControllerMessage(snapshot=snap))
+
+
+def _service(vip: str, addrs: list[str], table_size: int = 251):
+    from common.pb import pb
+
+    return pb.Service(
+        id=f"{vip}:80/TCP",
+        vip=vip,
+        port=80,
+        protocol=pb.PROTOCOL_TCP,
+        strategy=pb.STRATEGY_MAGLEV,
+        maglev_table_size=table_size,
+        backends=[pb.Backend(address=a, port=80, weight=1, ready=True) for a in sorted(addrs)],
+    )
+
+
+def _config(pins: Path, **sizes):
+    from nodeagent.dataplane import DataplaneConfig
+
+    return DataplaneConfig(interface="eth0", bpffs=pins, xdp_mode="generic", **sizes)
+
+
+def _errors(ack) -> dict[str, str]:
+    return {e.service_id: e.message for e in ack.service_errors}
+
+
+def _backends_of(dp, sid: str) -> list[tuple[str, bytes]]:
+    svc = dp.applied()[sid]
+    return sorted((b.address, b.mac) for b in svc.backends)
+
+
+async def _make_agent(cfg, resolver, **kw):
+    from nodeagent.agent import Agent, AgentConfig
+    from nodeagent.dataplane import Dataplane
+
+    dp = await asyncio.to_thread(Dataplane.open, cfg)
+    agent = Agent(AgentConfig(node="lb"), dp, resolver, **kw)
+    await agent.adopt()
+    return agent, dp
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+
+async def scenario_per_service_errors(pins: Path) -> dict:
+    from nodeagent.neighbors import NeighborResolver
+
+    ok1 = _service("192.0.2.1", ["10.78.0.11"])
+    bad = _service("192.0.2.2", ["10.78.0.11"], table_size=100)
+    ok2 = _service("192.0.2.3", ["10.78.0.12"])
+    over = _service("192.0.2.4", ["10.78.0.12"])
+    async with NeighborResolver("eth0", timeout=0.5) as res:
+        agent, dp = await _make_agent(_config(pins, max_services=2), res)
+        try:
+            ack1 = await agent.handle(_view(1, [ok1, bad, ok2, over]))
+            applied1 = sorted(dp.applied())
+            # Removing one service makes room: the one over capacity goes in on the next version.
+            ack2 = await agent.handle(_view(2, [bad, ok2, over]))
+            applied2 = sorted(dp.applied())
+            status = await agent.status()
+        finally:
+            dp.close(detach=True)
+    return {
+        "ack1": _errors(ack1),
+        "applied1": applied1,
+        "ack2": _errors(ack2),
+        "applied2": applied2,
+        "status_errors": sorted(e.service_id for e in status.service_errors),
+        "maps": {m.name: (m.used, m.capacity) for m in status.maps},
+    }
+
+
+def test_one_bad_service_does_not_block_the_others(node) -> None:
+    lb, *_, pins = node
+    out = in_netns(lb.name, scenario_per_service_errors, pins)
+    assert set(out["ack1"]) == {"192.0.2.2:80/TCP", "192.0.2.4:80/TCP"}
+    assert (
+        "not prime" in out["ack1"]["192.0.2.2:80/TCP"] or "range" in out["ack1"]["192.0.2.2:80/TCP"]
+    )
+    assert out["applied1"] == ["192.0.2.1:80/TCP", "192.0.2.3:80/TCP"]
+    assert set(out["ack2"]) == {"192.0.2.2:80/TCP"}
+    assert out["applied2"] == ["192.0.2.3:80/TCP", "192.0.2.4:80/TCP"]
+    assert out["status_errors"] == ["192.0.2.2:80/TCP"]
+    assert out["maps"], "NodeStatus carries map usage"
+
+
+async def scenario_unresolved_backend(pins: Path, b2_ns: str) -> dict:
+    from lab.netns import sh
+    from nodeagent.neighbors import NeighborResolver
+
+    svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.99"])
+    async with NeighborResolver("eth0", timeout=0.3) as res:
+        agent, dp = await _make_agent(_config(pins), res)
+        try:
+            ack = await agent.handle(_view(1, [svc]))
+            first = _backends_of(dp, svc.id)
+            serving = sorted(agent.serving_vips())
+            # The missing backend comes up (as a second address of b2).
+            await asyncio.to_thread(
+                sh, ["ip", "-n", b2_ns, "addr", "add", "10.78.0.99/24", "dev", "eth0"]
+            )
+            # The kernel is still soliciting the address (one try a second): bounded retries.
+            retried: list[str] = []
+            for _ in range(50):
+                retried = await agent.retry_unresolved()
+                if retried:
+                    break
+                await asyncio.sleep(0.1)
+            second = _backends_of(dp, svc.id)
+            errors = agent.errors()
+        finally:
+            dp.close(detach=True)
+    return {
+        "ack": _errors(ack),
+        "first": [a for a, _ in first],
+        "serving": serving,
+        "retried": retried,
+        "second": [a for a, _ in second],
+        "errors": errors,
+    }
+
+
+def test_unresolved_backend_is_excluded_then_retried(node) -> None:
+    lb, _, b2, pins = node
+    out = in_netns(lb.name, scenario_unresolved_backend, pins, b2.name)
+    assert list(out["ack"]) == ["192.0.2.1:80/TCP"]
+    assert "10.78.0.99" in out["ack"]["192.0.2.1:80/TCP"]
+    assert out["first"] == ["10.78.0.11"]
+    assert out["serving"] == ["192.0.2.1"]
+    assert out["retried"] == ["192.0.2.1:80/TCP"]
+    assert out["second"] == ["10.78.0.11", "10.78.0.99"]
+    assert out["errors"] == {}
+
+
+async def scenario_restart(pins: Path) -> dict:
+    from nodeagent.neighbors import NeighborResolver
+
+    services = [
+        _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"]),
+        _service("192.0.2.2", ["10.78.0.12"]),
+    ]
+    async with NeighborResolver("eth0", timeout=0.5) as res:
+        agent, dp = await _make_agent(_config(pins), res)
+        ack1 = await agent.handle(_view(1, services))
+        first = dict(agent.last_outcome)
+        dp.close()  # an agent that stops: program attached, maps pinned
+        agent2, dp2 = await _make_agent(_config(pins), res)
+        try:
+            adopted = len(agent2.state.services)
+            ack2 = await agent2.handle(_view(5, services))
+            second = dict(agent2.last_outcome)
+            ack3 = await agent2.handle(_view(6, services[:1]))
+            third = dict(agent2.last_outcome)
+            left = sorted(dp2.applied())
+        finally:
+            dp2.close(detach=True)
+    return {
+        "acks": [_errors(a) for a in (ack1, ack2, ack3)],
+        "first": first,
+        "adopted": adopted,
+        "second": second,
+        "third": third,
+        "left": left,
+    }
+
+
+def test_restart_adopts_pins_and_rewrites_nothing(node) -> None:
+    lb, *_, pins = node
+    out = in_netns(lb.name, scenario_restart, pins)
+    assert out["acks"] == [{}, {}, {}]
+    assert out["first"]["written"] == 2
+    assert out["adopted"] == 2
+    assert out["second"]["written"] == 0 and out["second"]["unchanged"] == 2
+    assert out["third"]["removed"] == 1
+    assert out["left"] == ["192.0.2.1:80/TCP"]
+
+
+async def scenario_mac_change(pins: Path, b1_ns: str) -> dict:
+    from lab.netns import sh
+    from nodeagent.neighbors import NeighborResolver
+
+    svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"])
+    new_mac = "02:00:00:78:00:11"
+    async with NeighborResolver("eth0", timeout=0.5) as res:
+        agent, dp = await _make_agent(_config(pins), res)
+        try:
+            await agent.handle(_view(1, [svc]))
+            before = dict(_backends_of(dp, svc.id))
+            await asyncio.to_thread(
+                sh, ["ip", "-n", b1_ns, "link", "set", "eth0", "address", new_mac]
+            )
+            await asyncio.to_thread(
+                sh, ["ip", "neigh", "change", "10.78.0.11", "dev", "eth0", "nud", "stale"]
+            )
+            reprogrammed: list[str] = []
+            for _ in range(100):  # the kernel re-verifies in the background: bounded wait
+                reprogrammed = await agent.refresh_macs()
+                if reprogrammed:
+                    break
+                await asyncio.sleep(0.05)
+            after = dict(_backends_of(dp, svc.id))
+        finally:
+            dp.close(detach=True)
+    return {"before": before, "after": after, "reprogrammed": reprogrammed, "new": new_mac}
+
+
+def test_changed_backend_mac_is_reprogrammed(node) -> None:
+    lb, b1, _, pins = node
+    lb.run(["sysctl", "-qw", "net.ipv4.neigh.eth0.delay_first_probe_time=0"])
+    lb.run(["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=100"])
+    out = in_netns(lb.name, scenario_mac_change, pins, b1.name)
+    assert out["reprogrammed"] == ["192.0.2.1:80/TCP"]
+    new = bytes(int(x, 16) for x in out["new"].split(":"))
+    assert out["before"]["10.78.0.11"] != new
+    assert out["after"]["10.78.0.11"] == new
+    assert out["after"]["10.78.0.12"] == out["before"]["10.78.0.12"]

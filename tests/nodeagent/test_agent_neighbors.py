@@ -1,0 +1,79 @@
+"""Backend MAC resolution on the uplink, against a real kernel neighbour table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+
+from lab.netns import Topology, cleanup_prefix
+from nodeagent.neighbors import NeighborResolver, mac_bytes
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="needs root and iproute2 to build network namespaces",
+    ),
+]
+
+PREFIX = "wagn"
+
+
+@pytest.fixture
+def topo():
+    cleanup_prefix(PREFIX)
+    with Topology(PREFIX) as t:
+        br = t.bridge("br")
+        lb = t.host("lb")
+        t.link(lb, br, "10.77.0.1/24")
+        b1 = t.host("b1")
+        t.link(b1, br, "10.77.0.11/24")
+        b2 = t.host("b2")
+        t.link(b2, br, "10.77.0.12/24")
+        yield t, lb, b1, b2
+
+
+async def test_resolves_present_and_reports_missing_and_routed(topo) -> None:
+    _, lb, b1, b2 = topo
+    async with NeighborResolver("eth0", timeout=0.5, netns=lb.name) as res:
+        out = await res.resolve(["10.77.0.11", "10.77.0.12", "10.77.0.13", "10.88.0.5"])
+        assert out.macs == {
+            "10.77.0.11": mac_bytes(b1.mac("eth0")),
+            "10.77.0.12": mac_bytes(b2.mac("eth0")),
+        }
+        assert set(out.errors) == {"10.77.0.13", "10.88.0.5"}
+        assert out.offlink == {"10.88.0.5"}
+        assert "no ARP/ND answer" in out.errors["10.77.0.13"]
+        assert "not in a subnet of eth0 (10.77.0.0/24)" in out.errors["10.88.0.5"]
+        # A second call is answered from the table.
+        again = await res.resolve(["10.77.0.11"])
+        assert again.macs == {"10.77.0.11": mac_bytes(b1.mac("eth0"))} and not again.errors
+
+
+async def test_missing_interface_is_a_clear_error(topo) -> None:
+    _, lb, _, _ = topo
+    async with NeighborResolver("nope0", netns=lb.name) as res:
+        with pytest.raises(Exception, match="interface nope0 not found"):
+            await res.resolve(["10.77.0.11"])
+
+
+async def test_reprobe_notices_a_changed_mac(topo) -> None:
+    _, lb, b1, _ = topo
+    # Re-verify stale entries at once, and give up on the old MAC after 0.3 s, not 3 s.
+    lb.run(["sysctl", "-qw", "net.ipv4.neigh.eth0.delay_first_probe_time=0"])
+    lb.run(["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=100"])
+    async with NeighborResolver("eth0", timeout=0.5, netns=lb.name) as res:
+        first = await res.resolve(["10.77.0.11"])
+        assert first.macs["10.77.0.11"] == mac_bytes(b1.mac("eth0"))
+        b1.run(["ip", "link", "set", "eth0", "address", "02:00:00:77:00:11"])
+        lb.run(["ip", "neigh", "change", "10.77.0.11", "dev", "eth0", "nud", "stale"])
+        # The kernel re-verifies in the background: bounded wait for the new MAC to show.
+        for _ in range(100):
+            out = await res.resolve(["10.77.0.11"], reprobe=True)
+            if out.macs.get("10.77.0.11") == mac_bytes("02:00:00:77:00:11"):
+                break
+            await asyncio.sleep(0.05)
+        assert out.macs["10.77.0.11"] == mac_bytes("02:00:00:77:00:11")

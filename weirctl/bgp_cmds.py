@@ -1,0 +1,79 @@
+"""weirctl bgp peers: every node's BGP sessions, as its agent last reported them.
+
+The controller keeps each agent's last NodeStatus; `ListAgents` returns them. A session
+of an agent that is no longer connected is shown with its last known state, marked stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from common.pb import pb
+from weirctl.controller_cmds import TIMEOUT, _age, _call, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bgp = sub.add_parser("bgp", help="BGP sessions of the load-balancer nodes")
+    bgp_sub = bgp.add_subparsers(dest="bgp_command", required=True)
+    p = bgp_sub.add_parser("peers", help="per node: peer, state, uptime, routes sent")
+    p.add_argument("--node", help="only this node")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument("--ca", type=Path, help="CA of the controller's certificate (enables TLS)")
+    tls.add_argument("--cert", type=Path, help="client certificate")
+    tls.add_argument("--key", type=Path, help="client key")
+    tls.add_argument("--server-name", help="name to expect in the controller's certificate")
+    p.set_defaults(func=peers_cmd)
+
+
+def peers_cmd(args: argparse.Namespace) -> int:
+    resp = _call(args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT))
+    if resp is None:
+        return 1
+    agents = [a for a in resp.agents if not args.node or a.node == args.node]
+    if args.node and not agents:
+        print(f"weirctl: no agent for node {args.node!r}")
+        return 1
+    print(peers_json(agents) if args.output == "json" else format_peers(agents))
+    return 0
+
+
+def format_peers(agents: list[pb.AgentInfo]) -> str:
+    rows = []
+    for a in agents:
+        node = a.node + ("" if a.connected else " (stale)")
+        if a.status.draining:
+            node += " (draining)"
+        if not a.status.bgp_sessions:
+            rows.append((node, "-", "-", "no BGP peers", "-", "-"))
+        for s in a.status.bgp_sessions:
+            uptime = _age(s.uptime_seconds) if s.state == "established" else "-"
+            rows.append((node, s.peer, s.address, s.state, uptime, s.routes_sent))
+    if not rows:
+        return "no agents"
+    return table(("NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES SENT"), rows)
+
+
+def peers_json(agents: list[pb.AgentInfo]) -> str:
+    out = [
+        {
+            "node": a.node,
+            "connected": a.connected,
+            "draining": a.status.draining,
+            "announced": list(a.status.announced),
+            "sessions": [
+                json_format.MessageToDict(
+                    s,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                )
+                for s in a.status.bgp_sessions
+            ],
+        }
+        for a in agents
+    ]
+    return json.dumps(out, indent=2)

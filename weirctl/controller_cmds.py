@@ -1,0 +1,259 @@
+"""weirctl snapshot | agents | errors: the controller's view, over its inspection RPCs.
+
+Plaintext unless --ca is given; with --ca, also --cert/--key (the controller requires a
+client certificate signed by its client CA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from common.pb import pb, pb_grpc
+
+PROTOCOLS = {pb.PROTOCOL_TCP: "TCP", pb.PROTOCOL_UDP: "UDP", pb.PROTOCOL_SCTP: "SCTP"}
+STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
+AFFINITY = {pb.SESSION_AFFINITY_NONE: "none", pb.SESSION_AFFINITY_CLIENT_IP: "client-ip"}
+TIMEOUT = 10.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    tls = common.add_argument_group("TLS")
+    tls.add_argument("--ca", type=Path, help="CA of the controller's certificate (enables TLS)")
+    tls.add_argument("--cert", type=Path, help="client certificate")
+    tls.add_argument("--key", type=Path, help="client key")
+    tls.add_argument("--server-name", help="name to expect in the controller's certificate")
+
+    p = sub.add_parser("snapshot", parents=[common], help="the controller's current snapshot")
+    p.add_argument("--node", help="the view of one node (its services and BGP settings)")
+    p.add_argument("--backends", action="store_true", help="list every backend")
+    p.set_defaults(func=snapshot_cmd)
+    p = sub.add_parser("agents", parents=[common], help="connected agents and acked versions")
+    p.set_defaults(func=agents_cmd)
+    p = sub.add_parser("errors", parents=[common], help="objects rejected as bad input")
+    p.set_defaults(func=errors_cmd)
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    options = [("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+    if args.ca is None:
+        return grpc.insecure_channel(args.controller, options)
+    creds = grpc.ssl_channel_credentials(
+        args.ca.read_bytes(),
+        args.key.read_bytes() if args.key else None,
+        args.cert.read_bytes() if args.cert else None,
+    )
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    return grpc.secure_channel(args.controller, creds, options)
+
+
+def _call(args: argparse.Namespace, fn: Callable[[pb_grpc.NodePlaneStub], Any]) -> Any:
+    with _channel(args) as channel:
+        try:
+            return fn(pb_grpc.NodePlaneStub(channel))
+        except grpc.RpcError as exc:
+            print(
+                f"weirctl: {args.controller}: {exc.code().name}: {exc.details()}", file=sys.stderr
+            )
+            return None
+
+
+def _json(message: Any) -> str:
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns, two spaces apart, like kubectl."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def snapshot_cmd(args: argparse.Namespace) -> int:
+    if args.node:
+        request = pb.GetNodeSnapshotRequest(node=args.node)
+        snap = _call(args, lambda s: s.GetNodeSnapshot(request, timeout=TIMEOUT))
+    else:
+        snap = _call(args, lambda s: s.GetSnapshot(pb.GetSnapshotRequest(), timeout=TIMEOUT))
+    if snap is None:
+        return 1
+    if args.output == "json":
+        print(_json(snap))
+    elif args.node:
+        print(format_node_snapshot(snap, args.backends))
+    else:
+        print(format_cluster_snapshot(snap, args.backends))
+    return 0
+
+
+def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) -> str:
+    head = (
+        f"version {snap.version}  hash {snap.hash[:12]}  maglev seed {snap.maglev_seed}  "
+        f"services {len(snap.services)}  nodes with BGP {len(snap.nodes)}"
+    )
+    parts = [head, "", format_services(snap.services, backends)]
+    if snap.nodes:
+        rows = [_bgp_row(n.node, n.bgp) for n in snap.nodes]
+        parts += ["", table(("NODE", "ASN", "ROUTER ID", "PEERS", "ANNOUNCES"), rows)]
+    return "\n".join(parts)
+
+
+def format_node_snapshot(snap: pb.Snapshot, backends: bool = False) -> str:
+    head = (
+        f"node {snap.node}  version {snap.version}  hash {snap.hash[:12]}  "
+        f"maglev seed {snap.maglev_seed}  services {len(snap.services)}"
+    )
+    parts = [head, "", format_services(snap.services, backends), ""]
+    bgp = snap.bgp
+    if not bgp.local_asn:
+        parts.append("BGP: none (no BGPPeer selects this node)")
+        return "\n".join(parts)
+    parts.append(f"BGP: local AS {bgp.local_asn}  router id {bgp.router_id}")
+    peers = [
+        (
+            p.name,
+            p.address,
+            p.asn,
+            p.port,
+            f"{p.hold_time_seconds}s/{p.keepalive_time_seconds}s",
+            "yes" if p.password else "no",
+            "yes" if p.graceful_restart else "no",
+        )
+        for p in bgp.peers
+    ]
+    parts.append(table(("PEER", "ADDRESS", "ASN", "PORT", "HOLD/KEEPALIVE", "MD5", "GR"), peers))
+    if bgp.advertisements:
+        adverts = [
+            (
+                a.prefix,
+                ",".join(a.communities) or "-",
+                a.local_preference or "-",
+                ",".join(a.peers) or "all",
+            )
+            for a in bgp.advertisements
+        ]
+        parts += ["", table(("PREFIX", "COMMUNITIES", "LOCAL PREF", "PEERS"), adverts)]
+    return "\n".join(parts)
+
+
+def format_services(services: Sequence[pb.Service], backends: bool) -> str:
+    if not services:
+        return "no services"
+    rows = []
+    for s in services:
+        ready = sum(1 for b in s.backends if b.ready)
+        rows.append(
+            (
+                s.id,
+                s.service,
+                s.port_name or "-",
+                STRATEGIES.get(s.strategy, "?"),
+                s.maglev_table_size,
+                AFFINITY.get(s.session_affinity, "?"),
+                f"{ready}/{len(s.backends)}",
+            )
+        )
+    headers = ("FRONTEND", "SERVICE", "PORT", "STRATEGY", "TABLE", "AFFINITY", "READY")
+    out = table(headers, rows)
+    if backends:
+        brows = [
+            (
+                s.id,
+                f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}",
+                b.weight,
+                b.node or "-",
+                _state(b),
+            )
+            for s in services
+            for b in s.backends
+        ]
+        out += "\n\n" + table(("FRONTEND", "BACKEND", "WEIGHT", "NODE", "STATE"), brows)
+    return out
+
+
+def _state(b: pb.Backend) -> str:
+    flags = [n for n, on in (("ready", b.ready), ("serving", b.serving)) if on]
+    if b.terminating:
+        flags.append("terminating")
+    return ",".join(flags) or "-"
+
+
+def _bgp_row(node: str, bgp: pb.BGPConfig) -> tuple[object, ...]:
+    peers = ",".join(f"{p.name}({p.address} AS{p.asn})" for p in bgp.peers) or "-"
+    return (node, bgp.local_asn, bgp.router_id, peers, len(bgp.advertisements))
+
+
+def agents_cmd(args: argparse.Namespace) -> int:
+    resp = _call(args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT))
+    if resp is None:
+        return 1
+    print(_json(resp) if args.output == "json" else format_agents(resp))
+    return 0
+
+
+def format_agents(resp: pb.ListAgentsResponse, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    head = f"controller version {resp.version}  agents {len(resp.agents)}"
+    if not resp.agents:
+        return head + "\n\nno agents"
+    rows = [
+        (
+            a.node,
+            "yes" if a.connected else "no",
+            a.sent_version,
+            a.acked_version,
+            resp.version - a.acked_version,
+            len(a.service_errors) + (1 if a.error else 0),
+            a.status.applied_version if a.HasField("status") else "-",
+            _age(now - a.connected_unix),
+            a.agent_version or "-",
+            a.peer,
+        )
+        for a in resp.agents
+    ]
+    headers = (
+        "NODE", "CONNECTED", "SENT", "ACKED", "LAG", "ERRORS", "APPLIED", "SINCE", "AGENT", "PEER",
+    )  # fmt: skip
+    parts = [head, "", table(headers, rows)]
+    problems = [(a.node, "(version)", a.error) for a in resp.agents if a.error]
+    problems += [(a.node, e.service_id, e.message) for a in resp.agents for e in a.service_errors]
+    if problems:
+        parts += ["", table(("NODE", "SERVICE", "ERROR"), problems)]
+    return "\n".join(parts)
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def errors_cmd(args: argparse.Namespace) -> int:
+    resp = _call(args, lambda s: s.ListErrors(pb.ListErrorsRequest(), timeout=TIMEOUT))
+    if resp is None:
+        return 1
+    print(_json(resp) if args.output == "json" else format_errors(resp))
+    return 0
+
+
+def format_errors(resp: pb.ListErrorsResponse) -> str:
+    if not resp.errors:
+        return "no errors"
+    rows = [(e.kind, e.namespace or "-", e.name, e.message) for e in resp.errors]
+    return table(("KIND", "NAMESPACE", "NAME", "MESSAGE"), rows)
