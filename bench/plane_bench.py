@@ -133,6 +133,9 @@ class Bench:
                 samples = [await self.timed(self.change_snapshot)]
                 samples.append(await self.timed(self.change_endpoint))
                 self.publisher.debounce = DEFAULT_DEBOUNCE
+                # An isolated change, as in the issue: one quiet window after the last version
+                # (changes inside the window are coalesced and wait for its end).
+                await asyncio.sleep(DEFAULT_DEBOUNCE)
                 samples.append(await self.timed(self.change_endpoint))
                 if i >= args.warmup:
                     for mode, sample in zip(modes, samples, strict=True):

@@ -1,7 +1,9 @@
 """The loop from cluster state to snapshot versions: wait, coalesce, reduce, publish.
 
-A change opens a debounce window (default 50 ms); every change inside it lands in the
-same reduce, so a rolling update makes one version per window, not one per pod. Nothing
+Versions are rate-limited by a debounce window (default 50 ms): a change after a quiet
+window is published at once (an isolated endpoint change pays no delay), and every change
+that follows within the window lands in one reduce at its end, so a rolling update makes at
+most one version per window, not one per pod. Nothing
 is published before the sources delivered their first full list of every required kind:
 an agent must never receive the empty state of a controller that is still starting.
 """
@@ -56,6 +58,8 @@ class Publisher:
         """Publish versions until cancelled."""
         seen = -1
         waiting_logged = False
+        loop = asyncio.get_running_loop()
+        last_publish = -float("inf")
         while True:
             seen = await self.state.wait_changed(seen)
             missing = self.required_kinds - self.state.listed_kinds
@@ -64,12 +68,14 @@ class Publisher:
                     log.info("waiting for the first list of", kinds=sorted(missing))
                     waiting_logged = True
                 continue
-            if self.debounce > 0:
-                await asyncio.sleep(self.debounce)
+            hold = last_publish + self.debounce - loop.time()
+            if hold > 0:
+                await asyncio.sleep(hold)
             seen = self.state.generation
             built = await self._build(self.state.inputs())
             if built is not None:
                 self._publish(*built)
+            last_publish = loop.time()
 
     async def _build(self, inputs: ClusterInputs) -> tuple[ReduceResult, Prepared] | None:
         start = time.perf_counter()

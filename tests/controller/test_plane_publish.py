@@ -54,6 +54,28 @@ async def test_a_burst_makes_one_version(running) -> None:
     assert backends(store) == ["10.0.0.99"]
 
 
+async def test_a_change_after_a_quiet_window_is_published_at_once() -> None:
+    # A long window: were the change held for it, the deadline below would expire first.
+    state, store = ClusterState(), SnapshotStore()
+    publisher = Publisher(state, store, FILES, debounce=5.0)
+    task = asyncio.create_task(publisher.run())
+    try:
+        state.replace(ALL_KINDS, [service("web"), slice_with("10.0.0.1")])
+        async with asyncio.timeout(2):
+            assert await store.wait_published() == 1
+        # Inside the window after version 1: held until the window ends.
+        state.upsert(slice_with("10.0.0.2"))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):
+                await store.wait_newer(1)
+        async with asyncio.timeout(10):
+            assert await store.wait_newer(1) == 2
+        assert backends(store) == ["10.0.0.2"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_changes_that_do_not_alter_the_snapshot_make_no_version(running) -> None:
     state, store, _ = running
     objects = [service("web"), slice_with("10.0.0.1")]
