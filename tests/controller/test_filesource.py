@@ -17,7 +17,7 @@ from controller.sources.files import FileSource
 from controller.state import ClusterState
 from tests.controller.reduce_support import FILES, endpoint_slice, service
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "files"
 PICKUP = 1.0  # issue 2: edits on disk are picked up within a second
 
 
@@ -161,8 +161,7 @@ async def test_missing_directory_is_reported_then_followed(tmp_path: Path) -> No
 
 async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
     directory = tmp_path / "examples"
-    # lab/ (python -m lab) and kubernetes/ (kubectl apply) are other clusters' examples.
-    shutil.copytree(EXAMPLES, directory, ignore=shutil.ignore_patterns("lab", "kubernetes"))
+    shutil.copytree(EXAMPLES, directory)
     state = ClusterState()
     task = asyncio.create_task(FileSource(directory).run(state))
     try:
