@@ -404,13 +404,16 @@ class BGPSpeaker:
                     while self._sessions.on_wire_to(removed):
                         self._tick.clear()
                         await self._tick.wait()
-        if not await proc.reload(exaconf.render(cfg, proc.helper())):
-            raise ExaBGPError("exabgp refused to reload its configuration")
         for peer in removed + changed:
             # A changed session is re-established: its routes go again once it is up.
             self._rib.pop(peer, None)
             self._local.pop(peer, None)
             self._eor_due.discard(peer)
+        # Sessions may come up, and say so, before reload() returns: track the new peers
+        # first, or their "up" (our local address, the End-of-RIB due) would be dropped.
+        self._sessions.set_peers([*cfg.peers, *(old[a] for a in removed)])
+        if not await proc.reload(exaconf.render(cfg, proc.helper())):
+            raise ExaBGPError("exabgp refused to reload its configuration")
         self._sessions.set_peers(cfg.peers)
         self._notify()
         return cfg

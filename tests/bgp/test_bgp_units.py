@@ -16,6 +16,7 @@ from nodeagent.bgp.config import Route
 from nodeagent.bgp.events import Answer, NeighborEvent, Other, SentUpdate, parse_line
 from nodeagent.bgp.process import RELAY
 from nodeagent.bgp.sessions import SessionTable
+from nodeagent.bgp.speaker import BGPSpeaker
 from weirctl.bgp_cmds import format_peers, peers_json
 
 
@@ -267,3 +268,37 @@ def test_weirctl_peers_table() -> None:
     assert lines[2].split() == ["lb-1", "r2", "10.0.0.3", "active", "-", "0"]
     assert "lb-2 (stale) (draining)" in lines[3] and "no BGP peers" in lines[3]
     assert '"state": "established"' in peers_json(agents)
+
+
+class _ReloadReportsUp:
+    """An ExaBGP stand-in whose reload brings the new peer's session up before returning,
+    as the real one does when the peer answers fast (seen under load in CI)."""
+
+    def __init__(self, speaker: BGPSpeaker, peer: str, local: str) -> None:
+        self.speaker, self.peer, self.local = speaker, peer, local
+
+    def helper(self) -> str:
+        return "/bin/true"
+
+    async def reload(self, _config: str) -> bool:
+        self.speaker._on_message(NeighborEvent(self.peer, "state", "up", local=self.local))
+        return True
+
+    async def command(self, _line: str) -> bool:
+        return True
+
+
+async def test_a_session_up_during_the_reload_is_not_lost() -> None:
+    def peer(name: str, address: str) -> bgpconfig.Peer:
+        return bgpconfig.Peer(name, address, 65000, 179, 0, "", 0)
+
+    r1, r2 = peer("r1", "10.98.0.1"), peer("r2", "10.98.0.2")
+    before = bgpconfig.SpeakerConfig(65001, "10.98.0.11", (r1,))
+    after = bgpconfig.SpeakerConfig(65001, "10.98.0.11", (r1, r2))
+    speaker = BGPSpeaker()
+    speaker._sessions.set_peers(before.peers)
+    await speaker._reload(_ReloadReportsUp(speaker, r2.address, "10.98.0.11"), before, after)
+    assert speaker._sessions.established(r2.address)
+    # Our address on the new session is known, so its routes and End-of-RIB can go.
+    assert speaker._local[r2.address] == "10.98.0.11"
+    assert r2.address in speaker._eor_due
