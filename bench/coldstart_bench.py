@@ -2,7 +2,7 @@
 
 Times, in one run:
 - open: Dataplane.open on empty pins (bcc compile, map creation, attach; generic XDP on a
-  veth in a namespace of its own, prefix wdp);
+  veth in a namespace of its own, tests/dataplane/support.py's veth_netns);
 - tables: nodeagent.maglev.build_table for every service (each its own 50 backends);
 - apply: Dataplane.apply_service for every service (backend entries, both table halves
   reserved, the active one written through the mmap'ed slot pool, one commit each);
@@ -16,18 +16,15 @@ Run (root): .venv/bin/python bench/coldstart_bench.py [--services 1000] [--backe
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
 from nodeagent.maglev import backend_id, build_table
-from tests.dataplane.support import bpffs_mount, in_netns
+from tests.dataplane.support import bpffs_mount, in_netns, missing_privileges, veth_netns
 
 SIZE = 16381
 TARGET_SECONDS = 5.0
@@ -52,19 +49,11 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--backends", type=int, default=50)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (BPF, bpffs, network namespaces)", file=sys.stderr)
+    if why := missing_privileges():
+        print(why, file=sys.stderr)
         return 2
-    ns = f"wdp-cold-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        link = ["ip", "-n", ns, "link"]
-        subprocess.run([*link, "add", "wdp0", "type", "veth", "peer", "name", "wdp1"], check=True)
-        subprocess.run([*link, "set", "wdp0", "up"], check=True)
-        with bpffs_mount() as fs, in_netns(ns):
-            return bench(fs, args)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    with bpffs_mount() as fs, veth_netns() as ns, in_netns(ns):
+        return bench(fs, args)
 
 
 def bench(fs: Path, args: argparse.Namespace) -> int:

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +49,14 @@ from nodeagent.dataplane import (  # noqa: E402
     loader,
 )
 from nodeagent.maglev import backend_id, build_table  # noqa: E402
-from tests.dataplane.support import Flow, bpffs_mount, in_netns, packet  # noqa: E402
+from tests.dataplane.support import (  # noqa: E402
+    Flow,
+    bpffs_mount,
+    in_netns,
+    missing_privileges,
+    packet,
+    veth_netns,
+)
 
 NODE_MAC = bytes.fromhex("02000000aa01")
 VIP = "10.0.0.10"
@@ -95,20 +100,15 @@ def main() -> int:
         "--conntrack", type=int, default=DataplaneConfig.conntrack_entries, help="entries"
     )
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (BPF, bpffs, network namespaces)", file=sys.stderr)
+    if why := missing_privileges():
+        print(why, file=sys.stderr)
         return 2
-
-    ns = f"wdp-bench-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        run = ["ip", "-n", ns, "link"]
-        subprocess.run([*run, "add", "wdp0", "type", "veth", "peer", "name", "wdp1"], check=True)
-        subprocess.run([*run, "set", "wdp0", "address", NODE_MAC.hex(":"), "up"], check=True)
-        with bpffs_mount() as fs, in_netns(ns):
+    with bpffs_mount() as fs, veth_netns() as ns:
+        subprocess.run(
+            ["ip", "-n", ns, "link", "set", "wdp0", "address", NODE_MAC.hex(":")], check=True
+        )
+        with in_netns(ns):
             return bench(fs, args)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def bench(fs: Path, args: argparse.Namespace) -> int:

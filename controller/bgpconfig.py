@@ -5,7 +5,9 @@ router id come from its peers and its addresses. Every node with peers announces
 has at least one usable backend (the agent announces only what its data plane applied). Without
 BGPAdvertisement objects every such VIP goes to every peer with no attributes; with them, a VIP
 goes to a peer only through an advertisement that selects both, with the union of their
-communities and the highest local preference.
+communities and the highest local preference. A drained node (Node annotation
+weir.dev/drain: "true", or drained in memory through weirctl with the file source) keeps its
+peers and advertisements with `drain` set: its agent withdraws everything and keeps forwarding.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def node_configs(
             router_id=router_id,
             peers=[msg for _, msg in chosen],
             advertisements=ads.for_peers(tuple(p.name for p, _ in chosen)),
+            drain=node.drain or node_name in inputs.drained,
         )
         out.append(pb.NodeBGP(node=node_name, bgp=cfg))
     return out

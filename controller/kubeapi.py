@@ -19,6 +19,7 @@ from kubernetes_asyncio import client, config
 
 MAX_EVENT_BYTES = 16 * 2**20  # one watch event line; etcd objects are at most 1.5 MiB
 
+JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -106,21 +107,20 @@ class KubeAPI:
         self,
         method: str,
         path: str,
-        *,
-        query: Sequence[tuple[str, str]] = (),
-        body: Any = None,
-        content_type: str = "application/json",
-        deadline: aiohttp.ClientTimeout | float | None = None,
+        query: Sequence[tuple[str, str]],
+        body: Any,
+        content_type: str,
+        deadline: aiohttp.ClientTimeout | float,
     ) -> aiohttp.ClientResponse:
         return await self.client.call_api(
             path,
             method,
             query_params=list(query),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": JSON, "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
-            _request_timeout=deadline or self.request_timeout,
+            _request_timeout=deadline,
         )
 
     async def request(
@@ -130,14 +130,11 @@ class KubeAPI:
         *,
         query: Sequence[tuple[str, str]] = (),
         body: Any = None,
-        content_type: str = "application/json",
+        content_type: str = JSON,
     ) -> dict[str, Any]:
         """One request; the decoded JSON answer, or ApiError."""
-        resp = await self._call(method, path, query=query, body=body, content_type=content_type)
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
+        resp = await self._call(method, path, query, body, content_type, self.request_timeout)
+        data = await _read_all(resp)
         if resp.status >= 400:
             raise ApiError.from_body(resp.status, data)
         try:
@@ -195,14 +192,18 @@ class KubeAPI:
         timeout = aiohttp.ClientTimeout(
             total=timeout_seconds + 30, sock_connect=self.request_timeout
         )
-        resp = await self._call("GET", res.path(namespace), query=query, deadline=timeout)
+        resp = await self._call("GET", res.path(namespace), query, None, JSON, timeout)
         if resp.status >= 400:
-            try:
-                data = await resp.read()
-            finally:
-                resp.release()
-            raise ApiError.from_body(resp.status, data)
+            raise ApiError.from_body(resp.status, await _read_all(resp))
         return resp
+
+
+async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body; the connection goes back to the pool even when reading fails."""
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
 
 
 async def read_event(resp: aiohttp.ClientResponse) -> dict[str, Any] | None:

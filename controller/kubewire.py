@@ -2,12 +2,14 @@
 allocator on the elected leader (or always, without --leader-elect).
 
 Every replica watches (the source feeds the allocator's view next to the cluster state) and
-serves the NodePlane; only the Lease holder writes Service status, Events and pool status.
+serves the NodePlane; only the Lease holder writes Service status, Events, pool status and
+BGPPeer status (controller/peerstatus.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,6 +18,7 @@ from common.logs import get_logger
 from controller.allocator import WATCHED_KINDS, Allocator, AllocatorView
 from controller.healthport import serve_health
 from controller.leader import LeaderElector, LeaseConfig, default_identity
+from controller.peerstatus import PeerStatusWriter
 from controller.sources.kubernetes import FanOutSink, KubernetesSource
 
 log = get_logger("weir.controller")
@@ -96,12 +99,19 @@ def leader_task(args: argparse.Namespace, source: KubernetesSource) -> TaskFacto
             instance=identity,
             fence=lambda: source.resync(WATCHED_KINDS),
         )
+        peer_status = PeerStatusWriter(source.api, ctl.plane, ctl.state)
+
+        async def lead() -> None:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(allocator.run(), name="allocator")
+                tg.create_task(peer_status.run(), name="bgppeer-status")
+
         try:
             if lease is None:
                 log.info("no leader election: this replica allocates")
-                await allocator.run()
+                await lead()
             else:
-                await LeaderElector(source.api, lease).run(allocator.run)
+                await LeaderElector(source.api, lease).run(lead)
         finally:
             # Only at shutdown (or when the controller fails anyway), after the Lease was
             # released: the API client goes with the process.

@@ -24,6 +24,7 @@ from typing import Any
 from grpc.experimental.aio import init_grpc_aio
 
 from common.logs import configure, get_logger
+from controller.drain import Drainer, MemoryDrainer
 from controller.metrics import Metrics, serve_metrics
 from controller.objects import ALL_KINDS
 from controller.plane import NodePlane
@@ -154,6 +155,15 @@ async def make_source(args: argparse.Namespace) -> Source:
     return KubernetesSource(api, args.secrets_namespace)
 
 
+def make_drainer(args: argparse.Namespace, source: Source, state: ClusterState) -> Drainer:
+    """The Node annotation with the Kubernetes source, memory with the file source."""
+    if args.source == "kubernetes":
+        from controller.kubedrain import AnnotationDrainer
+
+        return AnnotationDrainer(source.api)  # type: ignore[attr-defined]
+    return MemoryDrainer(state)
+
+
 class _Stop(Exception):
     """Raised inside the task group to end it on a signal."""
 
@@ -184,7 +194,9 @@ async def run(args: argparse.Namespace, extra_tasks: Sequence[TaskFactory] = ())
         metrics=metrics,
         required_kinds=ALL_KINDS,
     )
-    plane = NodePlane(store, errors=publisher.errors, metrics=metrics)
+    plane = NodePlane(
+        store, errors=publisher.errors, metrics=metrics, drainer=make_drainer(args, source, state)
+    )
     ctl = Controller(args, state, store, plane, publisher, metrics)
 
     stop = asyncio.Event()

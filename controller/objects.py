@@ -45,6 +45,7 @@ ANN_TRAFFIC_STRATEGY = "weir.dev/traffic-strategy"
 ANN_LOAD_BALANCER_IPS = "weir.dev/load-balancer-ips"
 ANN_SHARING_KEY = "weir.dev/sharing-key"
 ANN_MAGLEV_TABLE_SIZE = "weir.dev/maglev-table-size"
+ANN_DRAIN = "weir.dev/drain"  # on a Node: "true" withdraws its routes (weirctl node drain)
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 
 SERVICE = "Service"
@@ -411,6 +412,7 @@ class Node:
     name: str
     labels: Mapping[str, str]
     addresses: tuple[NodeAddress, ...]
+    drain: bool = False  # annotation weir.dev/drain: "true"
 
     def router_id(self) -> str:
         """The BGP router id: the first IPv4 InternalIP, else the first IPv4 of any type."""
@@ -441,7 +443,8 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
                 string(a.get("address"), f"status.addresses[{i}].address", required=True),
             )
         )
-    return Node(name=meta.name, labels=meta.labels, addresses=tuple(addrs))
+    drain = meta.annotations.get(ANN_DRAIN, "").strip().lower() == "true"
+    return Node(name=meta.name, labels=meta.labels, addresses=tuple(addrs), drain=drain)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ queue grows. A nack with `error` makes the next message a full snapshot.
 
 Under TLS the identity in the client certificate (its DNS SANs, else its CN) must name the
 node the Hello asks for.
+
+SetNodeDrain hands the setting to the drainer (controller/drain.py) and answers once a
+published version carries it (or at once for a node with no BGP settings).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from prometheus_client import Gauge
 
 from common.logs import get_logger
 from common.pb import ACCEPTED_KEY, pb
+from controller.drain import Drainer, DrainError
 from controller.metrics import Metrics
 from controller.snapshots import SnapshotStore
+from controller.views import node_bgp
 
 log = get_logger("weir.plane")
 
@@ -78,12 +83,16 @@ class NodePlane:
         metrics: Metrics | None = None,
         hello_timeout: float = 30.0,
         max_disconnected: int = 4096,
+        drainer: Drainer | None = None,
+        drain_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self._errors = errors
         self.metrics = metrics or Metrics()
         self._hello_timeout = hello_timeout
         self._max_disconnected = max_disconnected
+        self._drainer = drainer
+        self._drain_timeout = drain_timeout
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
@@ -136,6 +145,7 @@ class NodePlane:
             session.wake.set()
         for info in self._agents.values():
             self._lag(info.node).set(version - info.acked_version)
+        self._notify()
 
     # --- the agent stream -------------------------------------------------------------
 
@@ -368,3 +378,34 @@ class NodePlane:
     ) -> pb.ListErrorsResponse:
         errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
         return pb.ListErrorsResponse(errors=errors)
+
+    # --- operation ----------------------------------------------------------------------
+
+    async def SetNodeDrain(
+        self, request: pb.SetNodeDrainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetNodeDrainResponse:
+        if self._drainer is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller cannot drain")
+        if not request.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        try:
+            await self._drainer.set(request.node, request.drain)
+        except DrainError as e:
+            await context.abort(e.code, str(e))
+        try:
+            async with asyncio.timeout(self._drain_timeout):
+                await self.wait_for(lambda: self._drain_published(request.node, request.drain))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the setting is recorded but no version carries it yet",
+            )
+        log.info("node drain set", node=request.node, drain=request.drain)
+        return pb.SetNodeDrainResponse(version=self.store.version)
+
+    def _drain_published(self, node: str, drain: bool) -> bool:
+        cluster = self.store.cluster()
+        if cluster is None:
+            return False
+        bgp = node_bgp(cluster, node)
+        return bgp is None or bgp.drain == drain

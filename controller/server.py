@@ -61,39 +61,32 @@ def _passthrough(message: bytes) -> bytes:
     return message
 
 
+# The unary RPCs (inspection, and drain): (method, request type, response type).
+UNARY_METHODS = (
+    ("GetSnapshot", pb.GetSnapshotRequest, pb.ClusterSnapshot),
+    ("GetNodeSnapshot", pb.GetNodeSnapshotRequest, pb.Snapshot),
+    ("ListAgents", pb.ListAgentsRequest, pb.ListAgentsResponse),
+    ("ListErrors", pb.ListErrorsRequest, pb.ListErrorsResponse),
+    ("SetNodeDrain", pb.SetNodeDrainRequest, pb.SetNodeDrainResponse),
+)
+
+
 def node_plane_handler(plane: NodePlane) -> grpc.GenericRpcHandler:
     """The NodePlane methods; Connect writes messages the store already encoded."""
-    unary = grpc.unary_unary_rpc_method_handler
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            "Connect": grpc.stream_stream_rpc_method_handler(
-                plane.Connect,
-                request_deserializer=pb.AgentMessage.FromString,
-                response_serializer=_passthrough,
-            ),
-            "GetSnapshot": unary(
-                plane.GetSnapshot,
-                request_deserializer=pb.GetSnapshotRequest.FromString,
-                response_serializer=pb.ClusterSnapshot.SerializeToString,
-            ),
-            "GetNodeSnapshot": unary(
-                plane.GetNodeSnapshot,
-                request_deserializer=pb.GetNodeSnapshotRequest.FromString,
-                response_serializer=pb.Snapshot.SerializeToString,
-            ),
-            "ListAgents": unary(
-                plane.ListAgents,
-                request_deserializer=pb.ListAgentsRequest.FromString,
-                response_serializer=pb.ListAgentsResponse.SerializeToString,
-            ),
-            "ListErrors": unary(
-                plane.ListErrors,
-                request_deserializer=pb.ListErrorsRequest.FromString,
-                response_serializer=pb.ListErrorsResponse.SerializeToString,
-            ),
-        },
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(plane, name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+        for name, request, response in UNARY_METHODS
+    }
+    handlers["Connect"] = grpc.stream_stream_rpc_method_handler(
+        plane.Connect,
+        request_deserializer=pb.AgentMessage.FromString,
+        response_serializer=_passthrough,
     )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 @dataclass

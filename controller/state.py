@@ -65,6 +65,7 @@ class ClusterInputs:
     pools: Mapping[str, IPPool] = field(default_factory=lambda: _EMPTY)
     bgp_peers: Mapping[str, BGPPeer] = field(default_factory=lambda: _EMPTY)
     bgp_advertisements: Mapping[str, BGPAdvertisement] = field(default_factory=lambda: _EMPTY)
+    drained: frozenset[str] = frozenset()  # nodes drained in memory (weirctl, file source)
 
 
 class ClusterState:
@@ -78,6 +79,7 @@ class ClusterState:
         self._generation = 0
         self._changed = asyncio.Event()
         self._inputs: ClusterInputs | None = None
+        self._drained: set[str] = set()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -99,8 +101,18 @@ class ClusterState:
 
     def inputs(self) -> ClusterInputs:
         if self._inputs is None:
-            self._inputs = _inputs_from(self._objects)
+            self._inputs = _inputs_from(self._objects, frozenset(self._drained))
         return self._inputs
+
+    def set_drained(self, node: str, drain: bool) -> None:
+        """Drain (or undrain) a node in memory, next to its weir.dev/drain annotation: what
+        `weirctl node drain` does with the file source. Forgotten on restart."""
+        if (node in self._drained) != drain:
+            if drain:
+                self._drained.add(node)
+            else:
+                self._drained.discard(node)
+            self._bump()
 
     def errors(self) -> list[pb.ObjectError]:
         """Parse errors and source errors, sorted by (kind, namespace, name, message)."""
@@ -240,7 +252,9 @@ def _ref_key(ref: ObjectRef) -> Key:
     return (ref.namespace, ref.name)
 
 
-def _inputs_from(by_kind: Mapping[str, Mapping[Key, KubeObject]]) -> ClusterInputs:
+def _inputs_from(
+    by_kind: Mapping[str, Mapping[Key, KubeObject]], drained: frozenset[str]
+) -> ClusterInputs:
     def namespaced(kind: str) -> Mapping[Key, Any]:
         return MappingProxyType(dict(by_kind[kind]))
 
@@ -255,4 +269,5 @@ def _inputs_from(by_kind: Mapping[str, Mapping[Key, KubeObject]]) -> ClusterInpu
         pools=cluster_scoped(IP_POOL),
         bgp_peers=cluster_scoped(BGP_PEER),
         bgp_advertisements=cluster_scoped(BGP_ADVERTISEMENT),
+        drained=drained,
     )

@@ -1,10 +1,13 @@
 """A tiny HTTP/1.1 server for the lab's backends: every request is answered with its name.
 
     python -m lab.httpd --name b1 --port 80
+    python -m lab.httpd --name b1 --port 80 --lines   # raw TCP: each line read is a request
 
 Keep-alive is honoured (the lab's long-lived connections send a request every so often on
-one connection); "Connection: close" closes after the answer. Prints "serving" once it
-listens, so the lab knows it is up without polling.
+one connection); "Connection: close" closes after the answer. With --lines every line read
+is answered with the name and a newline until the client closes (the tests' long-lived
+conversations: tests/bgp/talk.py, tests/e2e/support.py). Prints "serving" once it listens,
+so the lab knows it is up without polling.
 """
 
 from __future__ import annotations
@@ -34,25 +37,46 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bool, bool]:
     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
     if not line.strip():
         return False, True
-    close = line.rstrip().endswith(b"HTTP/1.0")
-    for _ in range(MAX_HEADER_LINES):
-        header = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
-        if header in (b"\r\n", b"\n", b""):
+    headers = await read_headers(reader, IDLE_TIMEOUT, MAX_HEADER_LINES)
+    if "connection" in headers:
+        return True, headers["connection"].lower() == "close"
+    return True, line.rstrip().endswith(b"HTTP/1.0")
+
+
+async def read_headers(
+    reader: asyncio.StreamReader, line_timeout: float, max_lines: int
+) -> dict[str, str]:
+    """Header lines up to the empty one (at most max_lines), by lower-case name; the last
+    one of a name wins."""
+    headers = {}
+    for _ in range(max_lines):
+        line = await asyncio.wait_for(reader.readline(), line_timeout)
+        if line in (b"\r\n", b"\n", b""):
             break
-        key, _, value = header.decode("latin-1").partition(":")
-        if key.strip().lower() == "connection":
-            close = value.strip().lower() == "close"
-    return True, close
+        key, _, value = line.decode("latin-1").partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return headers
 
 
-async def serve(name: str, port: int) -> None:
+async def read_line_request(reader: asyncio.StreamReader) -> tuple[bool, bool]:
+    """Line mode: any line is a request; only the client ends the connection."""
+    return bool(await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)), False
+
+
+def line_response(name: str, close: bool) -> bytes:
+    return f"{name}\n".encode()
+
+
+async def serve(name: str, port: int, *, lines: bool = False) -> None:
+    read, answer = (read_line_request, line_response) if lines else (read_request, response)
+
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                got, close = await read_request(reader)
+                got, close = await read(reader)
                 if not got:
                     break
-                writer.write(response(name, close))
+                writer.write(answer(name, close))
                 await writer.drain()
                 if close:
                     break
@@ -71,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lab.httpd", description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=80)
+    p.add_argument("--lines", action="store_true", help="answer each line read (raw TCP)")
     args = p.parse_args(argv)
     try:
-        asyncio.run(serve(args.name, args.port))
+        asyncio.run(serve(args.name, args.port, lines=args.lines))
     except KeyboardInterrupt:
         pass
     return 0

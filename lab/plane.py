@@ -3,7 +3,8 @@
     python -m lab.plane --controller 127.0.0.1:9443 --nodes lb1,lb2 --min-version 3 --timeout 20
 
 Prints one JSON document: the controller's version, each agent's acked version and whether
-every named node is connected and acked the current version (>= min-version) in time.
+every named node is connected and acked the current version (>= min-version) in time; and,
+to show why when they did not, every agent as ListAgents describes it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from common.pb import pb, pb_grpc
 
@@ -37,7 +39,15 @@ async def wait_acked(controller: str, nodes: list[str], min_version: int, within
                     acked.get(n) == resp.version for n in nodes
                 )
                 if done or time.monotonic() > deadline:
-                    return {"converged": done, "version": resp.version, "acked": acked}
+                    agents = [
+                        MessageToDict(a, preserving_proto_field_name=True) for a in resp.agents
+                    ]
+                    return {
+                        "converged": done,
+                        "version": resp.version,
+                        "acked": acked,
+                        "agents": agents,
+                    }
             elif time.monotonic() > deadline:
                 return {"converged": False, "version": 0, "acked": {}, "error": error}
             await asyncio.sleep(0.05)

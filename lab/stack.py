@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from lab.netns import Topology, cleanup_prefix, sh
+from lab.netns import Host, Topology, cleanup_prefix, sh
 from lab.router import Router, Routing
 from lab.topology import BACKENDS, CONTROLLER, NODES, PORT, PREFIX, ROUTER_SERVER, VIP, LabNet
 
@@ -62,14 +63,7 @@ class Stack:
 
     def start_backends(self) -> None:
         for name, host in self.net.backends.items():
-            proc = host.popen(
-                [sys.executable, "-m", "lab.httpd", "--name", name, "--port", str(PORT)],
-                stdout=subprocess.PIPE,
-                cwd=REPO,
-            )
-            line = read_line(proc.stdout, 10)
-            if "serving" not in line:
-                raise LabError(f"backend {name} did not start")
+            start_backend(host, name, PORT)
 
     def start_controller(self) -> None:
         manifests = self.workdir / "manifests"
@@ -239,13 +233,28 @@ class Stack:
         )
 
     def log_tail(self, lines: int = 20) -> str:
-        out = []
-        for name in ("controller", *NODES):
-            log = self.workdir / f"{name}.log"
-            if log.exists():
-                out.append(f"--- {log} (tail) ---")
-                out += log.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(out)
+        return log_tails(self.workdir, ("controller", *NODES), lines)
+
+
+def start_backend(host: Host, name: str, port: int, *, lines: bool = False) -> subprocess.Popen:
+    """lab.httpd in host, answering with name (over HTTP, or each line with --lines); returns
+    once it listens."""
+    args = [sys.executable, "-m", "lab.httpd", "--name", name, "--port", str(port)]
+    proc = host.popen(args + ["--lines"] * lines, stdout=subprocess.PIPE, cwd=REPO)
+    if "serving" not in read_line(proc.stdout, 10):
+        raise LabError(f"backend {name} did not start")
+    return proc
+
+
+def log_tails(workdir: Path, names: Sequence[str], lines: int) -> str:
+    """The last lines of each existing workdir/<name>.log, each under a header."""
+    out = []
+    for name in names:
+        log = workdir / f"{name}.log"
+        if log.exists():
+            out.append(f"--- {log} (tail) ---")
+            out += log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(out)
 
 
 def read_line(stream, timeout: float) -> str:
@@ -256,12 +265,23 @@ def read_line(stream, timeout: float) -> str:
     return stream.readline().decode() if ready else ""
 
 
-def teardown(topo: Topology | None, workdir: Path = WORKDIR, *, keep_files: bool = False) -> None:
+def teardown(
+    topo: Topology | None,
+    workdir: Path = WORKDIR,
+    *,
+    keep_files: bool = False,
+    prefix: str = PREFIX,
+    show_logs: Sequence[str] = (),
+    log_lines: int = 20,
+) -> None:
     """Remove everything the lab made: processes, namespaces, links, bpffs mounts (and so the
-    pins in them), and the work directory unless keep_files."""
+    pins in them), and the work directory unless keep_files. show_logs: print the tails of
+    these logs in workdir first (once the processes are gone, so they are complete)."""
     if topo is not None:
         topo.close()
-    cleanup_prefix(PREFIX)
+    cleanup_prefix(prefix)
+    if show_logs:
+        print(log_tails(workdir, show_logs, log_lines))
     for mount in lab_mounts(workdir):
         sh(["umount", "-l", mount], check=False)
     if not keep_files:

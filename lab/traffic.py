@@ -26,6 +26,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from lab.httpd import read_headers
+
 IO_TIMEOUT = 3.0
 MAX_HEADER_LINES = 50
 
@@ -38,7 +40,8 @@ class Result:
     ms: float = 0.0  # connect to full answer
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with an RST (SO_LINGER 0): no TIME_WAIT is left behind."""
     sock = writer.get_extra_info("socket")
     try:
         if sock is not None:
@@ -54,14 +57,8 @@ async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vip: s
     status = await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
     if not status.startswith(b"HTTP/1.1 200"):
         raise ConnectionError(f"bad status {status[:40]!r}")
-    length = 0
-    for _ in range(MAX_HEADER_LINES):
-        line = await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
-        if line in (b"\r\n", b"\n", b""):
-            break
-        key, _, value = line.decode("latin-1").partition(":")
-        if key.strip().lower() == "content-length":
-            length = int(value.strip())
+    headers = await read_headers(reader, IO_TIMEOUT, MAX_HEADER_LINES)
+    length = int(headers.get("content-length", 0))
     body = await asyncio.wait_for(reader.readexactly(length), IO_TIMEOUT)
     return body.decode().strip()
 
@@ -82,7 +79,7 @@ async def one(vip: str, port: int, sport: int = 0) -> Result:
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
         if writer is not None:
-            _reset(writer)
+            reset(writer)
     return res
 
 
@@ -163,7 +160,7 @@ async def hold(vip: str, port: int, count: int) -> None:
         print(json.dumps(answers), flush=True)
     for conn in conns:
         if conn is not None:
-            _reset(conn[1])
+            reset(conn[1])
 
 
 def main(argv: list[str] | None = None) -> int:

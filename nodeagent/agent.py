@@ -148,6 +148,8 @@ class Agent:
         self._uplink_ok = True
         self._status_sink: Callable[[pb.NodeStatus], None] | None = None
         self._bgp_config = pb.BGPConfig()
+        self._status_requested: asyncio.Task[None] | None = None
+        self._status_dirty = False
         # Services written / found already right / failed / removed by the last version.
         self.last_outcome: dict[str, int] = {}
 
@@ -433,6 +435,24 @@ class Agent:
     async def _publish_status_locked(self) -> None:
         async with self._lock:
             await self._publish_status()
+
+    def request_status(self) -> None:
+        """Send a NodeStatus soon, without waiting for the next --status-interval: the BGP
+        speaker's on_change (sessions, announced routes, draining). Calls that come while one
+        is pending are coalesced. Call from the event loop."""
+        self._status_dirty = True
+        if self._status_requested is None or self._status_requested.done():
+            self._status_requested = asyncio.get_running_loop().create_task(
+                self._send_requested_status(), name="status-requested"
+            )
+
+    async def _send_requested_status(self) -> None:
+        while self._status_dirty:
+            self._status_dirty = False
+            try:
+                await self._publish_status_locked()
+            except Exception:
+                log.exception("status report failed")
 
     async def shutdown(self) -> None:
         """Stop: the data plane stays attached and pinned; the BGP hook decides on draining."""

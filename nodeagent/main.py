@@ -110,8 +110,11 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with NeighborResolver(args.interface, timeout=args.neighbor_timeout) as resolver:
             workdir = args.bgp_workdir or Path("/run/weir/bgp") / args.node
+            # The speaker reports session changes at once (not only every --status-interval);
+            # `agent` exists before the speaker first has anything to report (its first
+            # configure comes with the first version).
             bgp = AgentBGP(
-                BGPSpeaker(workdir=workdir),
+                BGPSpeaker(workdir=workdir, on_change=lambda: agent.request_status()),
                 on_stop=args.bgp_on_stop,
                 grace_seconds=args.drain_grace,
             )

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from google.protobuf import json_format
 
 from common.pb import pb
-from weirctl.controller_cmds import TIMEOUT, _age, _call, table
+from weirctl.channel import add_tls_args, call
+from weirctl.controller_cmds import TIMEOUT, _age, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = bgp_sub.add_parser("peers", help="per node: peer, state, uptime, routes sent")
     p.add_argument("--node", help="only this node")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    tls = p.add_argument_group("TLS")
-    tls.add_argument("--ca", type=Path, help="CA of the controller's certificate (enables TLS)")
-    tls.add_argument("--cert", type=Path, help="client certificate")
-    tls.add_argument("--key", type=Path, help="client key")
-    tls.add_argument("--server-name", help="name to expect in the controller's certificate")
+    add_tls_args(p)
     p.set_defaults(func=peers_cmd)
 
 
 def peers_cmd(args: argparse.Namespace) -> int:
-    resp = _call(args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT))
+    resp = call(args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT))
     if resp is None:
         return 1
     agents = [a for a in resp.agents if not args.node or a.node == args.node]

@@ -1,22 +1,17 @@
-"""weirctl snapshot | agents | errors: the controller's view, over its inspection RPCs.
-
-Plaintext unless --ca is given; with --ca, also --cert/--key (the controller requires a
-client certificate signed by its client CA).
-"""
+"""weirctl snapshot | agents | errors: the controller's view, over its inspection RPCs
+(channel and TLS options: weirctl/channel.py)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from common.pb import pb, pb_grpc
+from weirctl.channel import add_tls_args, call
 
 PROTOCOLS = {pb.PROTOCOL_TCP: "TCP", pb.PROTOCOL_UDP: "UDP", pb.PROTOCOL_SCTP: "SCTP"}
 STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
@@ -27,11 +22,7 @@ TIMEOUT = 10.0
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    tls = common.add_argument_group("TLS")
-    tls.add_argument("--ca", type=Path, help="CA of the controller's certificate (enables TLS)")
-    tls.add_argument("--cert", type=Path, help="client certificate")
-    tls.add_argument("--key", type=Path, help="client key")
-    tls.add_argument("--server-name", help="name to expect in the controller's certificate")
+    add_tls_args(common)
 
     p = sub.add_parser("snapshot", parents=[common], help="the controller's current snapshot")
     p.add_argument("--node", help="the view of one node (its services and BGP settings)")
@@ -41,31 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=agents_cmd)
     p = sub.add_parser("errors", parents=[common], help="objects rejected as bad input")
     p.set_defaults(func=errors_cmd)
-
-
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 512 * 1024 * 1024)]
-    if args.ca is None:
-        return grpc.insecure_channel(args.controller, options)
-    creds = grpc.ssl_channel_credentials(
-        args.ca.read_bytes(),
-        args.key.read_bytes() if args.key else None,
-        args.cert.read_bytes() if args.cert else None,
-    )
-    if args.server_name:
-        options.append(("grpc.ssl_target_name_override", args.server_name))
-    return grpc.secure_channel(args.controller, creds, options)
-
-
-def _call(args: argparse.Namespace, fn: Callable[[pb_grpc.NodePlaneStub], Any]) -> Any:
-    with _channel(args) as channel:
-        try:
-            return fn(pb_grpc.NodePlaneStub(channel))
-        except grpc.RpcError as exc:
-            print(
-                f"weirctl: {args.controller}: {exc.code().name}: {exc.details()}", file=sys.stderr
-            )
-            return None
 
 
 def _json(message: Any) -> str:
@@ -83,21 +49,32 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     )
 
 
+def _show(
+    args: argparse.Namespace,
+    rpc: Callable[[pb_grpc.NodePlaneStub], Any],
+    text: Callable[[Any], str],
+) -> int:
+    """One inspection RPC, printed as JSON (-o json) or as text(response)."""
+    resp = call(args, rpc)
+    if resp is None:
+        return 1
+    print(_json(resp) if args.output == "json" else text(resp))
+    return 0
+
+
 def snapshot_cmd(args: argparse.Namespace) -> int:
     if args.node:
         request = pb.GetNodeSnapshotRequest(node=args.node)
-        snap = _call(args, lambda s: s.GetNodeSnapshot(request, timeout=TIMEOUT))
-    else:
-        snap = _call(args, lambda s: s.GetSnapshot(pb.GetSnapshotRequest(), timeout=TIMEOUT))
-    if snap is None:
-        return 1
-    if args.output == "json":
-        print(_json(snap))
-    elif args.node:
-        print(format_node_snapshot(snap, args.backends))
-    else:
-        print(format_cluster_snapshot(snap, args.backends))
-    return 0
+        return _show(
+            args,
+            lambda s: s.GetNodeSnapshot(request, timeout=TIMEOUT),
+            lambda snap: format_node_snapshot(snap, args.backends),
+        )
+    return _show(
+        args,
+        lambda s: s.GetSnapshot(pb.GetSnapshotRequest(), timeout=TIMEOUT),
+        lambda snap: format_cluster_snapshot(snap, args.backends),
+    )
 
 
 def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) -> str:
@@ -198,11 +175,9 @@ def _bgp_row(node: str, bgp: pb.BGPConfig) -> tuple[object, ...]:
 
 
 def agents_cmd(args: argparse.Namespace) -> int:
-    resp = _call(args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT))
-    if resp is None:
-        return 1
-    print(_json(resp) if args.output == "json" else format_agents(resp))
-    return 0
+    return _show(
+        args, lambda s: s.ListAgents(pb.ListAgentsRequest(), timeout=TIMEOUT), format_agents
+    )
 
 
 def format_agents(resp: pb.ListAgentsResponse, now: float | None = None) -> str:
@@ -212,7 +187,7 @@ def format_agents(resp: pb.ListAgentsResponse, now: float | None = None) -> str:
         return head + "\n\nno agents"
     rows = [
         (
-            a.node,
+            a.node + (" (draining)" if a.status.draining else ""),
             "yes" if a.connected else "no",
             a.sent_version,
             a.acked_version,
@@ -245,11 +220,9 @@ def _age(seconds: float) -> str:
 
 
 def errors_cmd(args: argparse.Namespace) -> int:
-    resp = _call(args, lambda s: s.ListErrors(pb.ListErrorsRequest(), timeout=TIMEOUT))
-    if resp is None:
-        return 1
-    print(_json(resp) if args.output == "json" else format_errors(resp))
-    return 0
+    return _show(
+        args, lambda s: s.ListErrors(pb.ListErrorsRequest(), timeout=TIMEOUT), format_errors
+    )
 
 
 def format_errors(resp: pb.ListErrorsResponse) -> str:

@@ -2,7 +2,8 @@
 
 Each command group lives in its own module and registers its subcommands here:
 the controller's view (snapshot, agents, errors) over gRPC, the local data plane
-(`weirctl bpf ...`) from the pinned maps, BGP (`weirctl bgp ...`).
+(`weirctl bpf ...`) from the pinned maps, BGP (`weirctl bgp ...`), node drain
+(`weirctl node drain|undrain`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import sys
 
 # Modules that define register(subparsers). Missing ones are skipped so a partial
 # install (no bcc on a workstation) still has the controller commands.
-GROUPS = ("weirctl.controller_cmds", "weirctl.bpf_cmds", "weirctl.bgp_cmds")
+GROUPS = (
+    "weirctl.controller_cmds",
+    "weirctl.bpf_cmds",
+    "weirctl.bgp_cmds",
+    "weirctl.node_cmds",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,10 @@ service is programmed with at least one backend); the hook hands the node's BGP 
 and those VIPs, as /32 or /128 prefixes, to the speaker, which announces the ones the
 controller advertises for this node.
 
+A node drained by the controller (`bgp.drain`, weirctl node drain) withdraws every route and
+keeps forwarding, so the routers move its flows to the other nodes; draining() reports it
+and announced() empties once the withdrawals are sent. Undrained, it announces again.
+
 Stopping the agent (shutdown()):
 - "drain" (default): withdraw every route, wait until the withdrawals are sent, keep
   forwarding for `grace_seconds` so the routers move the flows to the other nodes, then
@@ -38,6 +42,11 @@ class AgentBGP:
     async def apply(self, bgp: pb.BGPConfig, serving_vips: frozenset[str]) -> None:
         await self.speaker.configure(bgp)
         await self.speaker.announce(set(serving_vips))
+        if bgp.drain and not self.speaker.draining:
+            # No grace here: the node goes on forwarding for as long as it stays drained.
+            await self.speaker.drain(0)
+        elif not bgp.drain and self.speaker.draining:
+            self.speaker.resume()
 
     def sessions(self) -> list[pb.BGPSessionStatus]:
         return self.speaker.sessions()

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -49,6 +48,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Host, Topology, cleanup_prefix, sh
+from lab.stack import read_line, start_backend, teardown
 from nodeagent.dataplane import inspection
 from nodeagent.dataplane.pinned import PinnedMaps
 from tests.bgp.bird import Bird, BirdPeer, wait_until
@@ -77,7 +77,6 @@ RESTARTING = "lb1"  # restarts keeping its routes (graceful restart); the others
 CONNS = 300
 SEED = 4242
 BIN = Path(sys.executable).parent
-SERVER = Path(__file__).resolve().parents[1] / "e2e" / "support.py"
 TALK = Path(__file__).with_name("talk.py")
 
 
@@ -141,11 +140,6 @@ spec:
     return "---\n".join(docs)
 
 
-def read_line(stream, timeout: float) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    return stream.readline().decode() if ready else ""
-
-
 @dataclass
 class Talk:
     """The client's 300 conversations (tests/bgp/talk.py) through one VIP."""
@@ -180,7 +174,6 @@ class Lab:
     lbs: dict[str, Host]
     bird: Bird
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)
-    mounts: list[Path] = field(default_factory=list)
 
     def start_agent(self, name: str) -> None:
         on_stop = "restart" if name == RESTARTING else "drain"
@@ -270,7 +263,6 @@ def lab() -> Iterator[Lab]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     tmp.chmod(0o711)  # ExaBGP's unprivileged user reaches its config in tmp/<node>-bgp
     topo = Topology(PREFIX)
-    lab = None
     try:
         lan = topo.bridge("lan")
         router = topo.host("r", forwarding=True)
@@ -297,11 +289,7 @@ def lab() -> Iterator[Lab]:
             for key, value in (("arp_ignore", 1), ("arp_announce", 2)):
                 for dev in ("all", "eth0"):
                     h.run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.{key}={value}"])
-            proc = h.popen(
-                [sys.executable, str(SERVER), "serve", "--name", name, "--port", str(PORT)],
-                stdout=subprocess.PIPE,
-            )
-            assert "serving" in read_line(proc.stdout, 10), f"{name} server did not start"
+            start_backend(h, name, PORT, lines=True)  # tests/bgp/talk.py's conversations
         peers = [
             BirdPeer(n, a, NODE_ASN, hold_time=HOLD, graceful_restart=True) for n, a in LBS.items()
         ]
@@ -331,22 +319,12 @@ def lab() -> Iterator[Lab]:
             bpffs = tmp / f"{name}-bpf"
             bpffs.mkdir()
             sh(["mount", "-t", "bpf", "bpf", str(bpffs)])
-            lab.mounts.append(bpffs)
             lab.start_agent(name)
         for vip in (VIP_MAGLEV, VIP_RANDOM):
             lab.wait_hops(vip, list(LBS), 120)  # the first start compiles the XDP program
         yield lab
     finally:
-        topo.close()
-        if lab is not None:
-            for m in lab.mounts:
-                sh(["umount", str(m)], check=False)
-            for name in ("controller", *LBS):
-                log = tmp / f"{name}.log"
-                if log.exists():
-                    print(f"--- {name} log (tail) ---")
-                    print("\n".join(log.read_text().splitlines()[-25:]))
-        shutil.rmtree(tmp, ignore_errors=True)
+        teardown(topo, tmp, prefix=PREFIX, show_logs=("controller", *LBS), log_lines=25)
 
 
 def summary(report: dict, t_fail: float, t_conv: float | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Builders of Kubernetes-shaped objects for the state/reduce/file-source tests."""
+"""Builders of Kubernetes-shaped objects for the state/reduce/file-source tests (the ones
+that are the same for every suite, such as secret(), are in tests/kube/builders.py)."""
 
 from __future__ import annotations
 
@@ -113,15 +114,6 @@ def peer(
     return weir(
         "BGPPeer", name, {"peerAddress": address, "peerASN": asn, "localASN": local, **spec}
     )
-
-
-def secret(name: str, ns: str, **string_data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": ns},
-        "stringData": string_data,
-    }
 
 
 def state_of(objects: Iterable[Any]) -> ClusterState:

@@ -46,7 +46,14 @@ async def test_list_and_describe_through_reflection() -> None:
         methods = (await grpcurl(p.target, "list", "weir.nodeplane.v1.NodePlane")).split()
         assert methods == [
             f"weir.nodeplane.v1.NodePlane.{m}"
-            for m in ("Connect", "GetNodeSnapshot", "GetSnapshot", "ListAgents", "ListErrors")
+            for m in (
+                "Connect",
+                "GetNodeSnapshot",
+                "GetSnapshot",
+                "ListAgents",
+                "ListErrors",
+                "SetNodeDrain",
+            )
         ]
         described = await grpcurl(p.target, "describe", "weir.nodeplane.v1.NodePlane")
         assert "rpc Connect ( stream .weir.nodeplane.v1.AgentMessage )" in described

@@ -23,7 +23,8 @@ from controller.objects import (
     parse_service,
 )
 from controller.selectors import parse_selector
-from tests.controller.reduce_support import endpoint_slice, node, peer, secret, service, weir
+from tests.controller.reduce_support import endpoint_slice, node, peer, service, weir
+from tests.kube.builders import secret
 
 
 def test_service_fields() -> None:

@@ -23,10 +23,10 @@ from tests.controller.reduce_support import (
     node,
     peer,
     run,
-    secret,
     service,
     weir,
 )
+from tests.kube.builders import secret
 
 T, F, U = True, False, None  # condition values; U = unset
 

@@ -13,11 +13,11 @@ from tests.controller.reduce_support import (
     node,
     peer,
     run,
-    secret,
     service,
     state_of,
     weir,
 )
+from tests.kube.builders import secret
 
 LB = {"nodeSelector": {"matchLabels": {"lb": "yes"}}}
 

@@ -19,11 +19,11 @@ from tests.controller.reduce_support import (
     endpoint_slice,
     node,
     peer,
-    secret,
     service,
     state_of,
     weir,
 )
+from tests.kube.builders import secret
 
 VIPS = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
 PORTS = [("http", 80, "TCP"), ("dns", 53, "UDP"), ("alt", 8080, "TCP")]

@@ -1,17 +1,16 @@
-"""Hosts and traffic for the end-to-end tests: run inside network namespaces as
+"""Clients for the end-to-end tests: run inside network namespaces as
 
-    python -m tests.e2e.support serve --name b1 --port 80          # a backend
     python -m tests.e2e.support burst --vip V --port 80 --count 300  # new connections
     python -m tests.e2e.support stream --vip V --port 80 --seconds 3  # timed, one line each
     python -m tests.e2e.support hold --vip V --port 80 --count 6      # long-lived connections
-    python -m tests.e2e.support agents --controller 127.0.0.1:9443 --wait-nodes lb1,lb2
 
-The server answers every line it reads with its own name. Client modes print JSON (burst:
-one document; stream: one line per connection as it completes; hold: one line per command
-read from stdin) so the test process, outside the namespaces, reads results from the
-child's stdout. Every network operation has a timeout.
-Connections are closed with an RST (SO_LINGER 0) after the answer, so no TIME_WAIT state is
-left that would make a later connection from the same source port fail.
+They talk to the backends' `python -m lab.httpd --lines`, which answers every line it reads
+with its own name. Each mode prints JSON (burst: one document; stream: one line per
+connection as it completes; hold: one line per command read from stdin) so the test
+process, outside the namespaces, reads results from the child's stdout. Every network
+operation has a timeout. Connections are closed with an RST (lab.traffic.reset) after the
+answer, so no TIME_WAIT state is left that would make a later connection from the same
+source port fail.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ import argparse
 import asyncio
 import json
 import socket
-import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
+
+from lab.traffic import reset
 
 IO_TIMEOUT = 3.0
 
@@ -34,41 +34,6 @@ class Outcome:
     sport: int
     backend: str | None = None
     error: str | None = None
-
-
-# -- the backend's server ---------------------------------------------------------------------
-
-
-async def serve(name: str, port: int) -> None:
-    answer = f"{name}\n".encode()
-
-    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readline():
-                writer.write(answer)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(on_conn, "0.0.0.0", port, reuse_address=True, backlog=512)
-    print(f"serving {name} on {port}", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
-# -- clients ----------------------------------------------------------------------------------
-
-
-def _abort(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    try:
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass  # already closed (e.g. reset by the peer)
-    writer.close()
 
 
 async def ask(vip: str, port: int, sport: int = 0, step_timeout: float = IO_TIMEOUT) -> Outcome:
@@ -93,7 +58,7 @@ async def ask(vip: str, port: int, sport: int = 0, step_timeout: float = IO_TIME
         out.error = f"{type(exc).__name__}: {exc}"
     finally:
         if writer is not None:
-            _abort(writer)
+            reset(writer)
         else:
             sock.close()
     return out
@@ -155,51 +120,12 @@ async def hold(vip: str, port: int, count: int) -> None:
         print(json.dumps(answers), flush=True)
     for conn in conns:
         if conn is not None:
-            _abort(conn[1])
-
-
-# -- the controller's view of the agents ------------------------------------------------------
-
-
-async def agents(controller: str, wait_nodes: list[str], min_version: int, wait: float) -> dict:
-    """ListAgents as JSON. With wait_nodes: first wait (bounded) until each of them is
-    connected and has acked the controller's current version, which is >= min_version."""
-    import grpc
-    from google.protobuf.json_format import MessageToDict
-
-    from common.pb import pb, pb_grpc
-
-    deadline = time.monotonic() + wait
-    async with grpc.aio.insecure_channel(controller) as channel:
-        stub = pb_grpc.NodePlaneStub(channel)
-        while True:
-            try:
-                resp = await stub.ListAgents(pb.ListAgentsRequest(), timeout=IO_TIMEOUT)
-            except grpc.aio.AioRpcError:
-                resp = None
-            if resp is not None:
-                by_node = {a.node: a for a in resp.agents}
-                done = resp.version >= min_version and all(
-                    n in by_node
-                    and by_node[n].connected
-                    and by_node[n].acked_version == resp.version
-                    for n in wait_nodes
-                )
-                if done or time.monotonic() > deadline:
-                    out = MessageToDict(resp, preserving_proto_field_name=True)
-                    out["converged"] = done
-                    return out
-            elif time.monotonic() > deadline:
-                return {"converged": False, "error": "controller unreachable"}
-            await asyncio.sleep(0.05)
+            reset(conn[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tests.e2e.support")
     sub = p.add_subparsers(dest="mode", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--name", required=True)
-    s.add_argument("--port", type=int, default=80)
     for mode in ("burst", "stream", "hold"):
         c = sub.add_parser(mode)
         c.add_argument("--vip", required=True)
@@ -210,15 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--pause", type=float, default=0.005, help="between connections (stream)")
         c.add_argument("--timeout", type=float, default=IO_TIMEOUT, help="per step (stream)")
         c.add_argument("--sports", default="", help="comma-separated source ports (burst)")
-    a = sub.add_parser("agents")
-    a.add_argument("--controller", required=True)
-    a.add_argument("--wait-nodes", default="")
-    a.add_argument("--min-version", type=int, default=0)
-    a.add_argument("--timeout", type=float, default=10.0)
     args = p.parse_args(argv)
-    if args.mode == "serve":
-        asyncio.run(serve(args.name, args.port))
-    elif args.mode == "burst":
+    if args.mode == "burst":
         sports = [int(x) for x in args.sports.split(",") if x]
         out = asyncio.run(burst(args.vip, args.port, args.count, args.concurrency, sports))
         print(json.dumps(out))
@@ -226,13 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             stream(args.vip, args.port, args.seconds, args.concurrency, args.pause, args.timeout)
         )
-    elif args.mode == "hold":
+    else:
         asyncio.run(hold(args.vip, args.port, args.count))
-    elif args.mode == "agents":
-        nodes = [n for n in args.wait_nodes.split(",") if n]
-        print(
-            json.dumps(asyncio.run(agents(args.controller, nodes, args.min_version, args.timeout)))
-        )
     return 0
 
 

@@ -23,7 +23,6 @@ import collections
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Host, Topology, cleanup_prefix, sh
+from lab.stack import read_line, start_backend, teardown
 
 pytestmark = [
     pytest.mark.root,
@@ -98,12 +98,6 @@ endpoints:
 {endpoints}"""
 
 
-def read_line(proc: subprocess.Popen, stream, timeout: float) -> str:
-    """One line from a child's unbuffered pipe, or "" if none came within timeout."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    return stream.readline().decode() if ready else ""
-
-
 @dataclass
 class Lab:
     topo: Topology
@@ -113,7 +107,6 @@ class Lab:
     lbs: dict[str, Host]
     backends: dict[str, Host]
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)
-    mounts: list[Path] = field(default_factory=list)
 
     # -- processes --------------------------------------------------------------------------
 
@@ -183,19 +176,9 @@ class Lab:
 
     def converge(self, min_version: int = 0, timeout: float = 20) -> dict:
         """Wait until both agents acked the controller's latest version (>= min_version)."""
-        out = self.support(
-            self.ctl,
-            "agents",
-            "--controller",
-            CTL,
-            "--wait-nodes",
-            ",".join(LBS),
-            "--min-version",
-            str(min_version),
-            "--timeout",
-            str(timeout),
-            timeout=timeout + 15,
-        )
+        args = ["--controller", CTL, "--nodes", ",".join(LBS), "--min-version", str(min_version)]
+        plane = [sys.executable, "-m", "lab.plane", *args, "--timeout", str(timeout)]
+        out = json.loads(self.ctl.run(plane, timeout=timeout + 15))
         assert out["converged"], f"agents did not converge: {json.dumps(out)[:2000]}"
         return out
 
@@ -237,7 +220,7 @@ class Lab:
         seen = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            line = read_line(proc, proc.stderr, deadline - time.monotonic())
+            line = read_line(proc.stderr, deadline - time.monotonic())
             seen.append(line)
             if "listening on" in line or not line:
                 break
@@ -331,7 +314,7 @@ class Stream:
 def ping_held(proc: subprocess.Popen) -> list[str]:
     proc.stdin.write(b"ping\n")
     proc.stdin.flush()
-    line = read_line(proc, proc.stdout, 15)
+    line = read_line(proc.stdout, 15)
     assert line, "the holding client did not answer"
     return json.loads(line)
 
@@ -362,9 +345,7 @@ def cleanup_leftovers() -> None:
     """Namespaces, links and bpffs mounts of an earlier run that was killed mid-way."""
     cleanup_prefix(PREFIX)
     for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}-*"):
-        for mount in old.glob("*-bpf"):
-            sh(["umount", str(mount)], check=False)
-        shutil.rmtree(old, ignore_errors=True)
+        teardown(None, old, prefix=PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +353,6 @@ def lab():
     cleanup_leftovers()
     tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     topo = Topology(PREFIX)
-    lab = None
     try:
         br = topo.bridge("br")
         ctl = topo.host("ctl")
@@ -404,12 +384,7 @@ def lab():
         # one (a physical NIC needs nothing of the kind).
         attach_xdp_pass(peers)
         for name, h in backends.items():
-            proc = h.popen(
-                [sys.executable, str(SUPPORT), "serve", "--name", name, "--port", str(PORT)],
-                stdout=subprocess.PIPE,
-                bufsize=0,
-            )
-            assert "serving" in read_line(proc, proc.stdout, 10), f"{name} server did not start"
+            start_backend(h, name, PORT, lines=True)
         (tmp / "manifests").mkdir()
         lab.write_manifest(list(BACKENDS))
         ctl_log = open(tmp / "controller.log", "ab")
@@ -432,22 +407,12 @@ def lab():
         ctl_log.close()
         for name in LBS:
             mount_bpffs(tmp / f"{name}-bpf")
-            lab.mounts.append(tmp / f"{name}-bpf")
             lab.start_agent(name)
         lab.route_via(*LBS)
         lab.converge(timeout=60)  # the first start compiles the XDP program
         yield lab
     finally:
-        topo.close()
-        if lab is not None:
-            for m in lab.mounts:
-                sh(["umount", str(m)], check=False)
-            for name in ("controller", *LBS):
-                log = tmp / f"{name}.log"
-                if log.exists():
-                    print(f"--- {name} log (tail) ---")
-                    print("\n".join(log.read_text().splitlines()[-40:]))
-        shutil.rmtree(tmp, ignore_errors=True)
+        teardown(topo, tmp, prefix=PREFIX, show_logs=("controller", *LBS), log_lines=40)
 
 
 def by_backend(results: list[dict]) -> collections.Counter:

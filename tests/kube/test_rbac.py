@@ -1,19 +1,24 @@
 """The rendered RBAC covers exactly the API calls weir-controller makes: a real controller
 process runs as its ServiceAccount against the fake, which enforces the rendered rules;
-every request must be allowed, and every granted permission must have been used."""
+every request must be allowed, and every granted permission must have been used. An agent
+reports a BGP session (the leader writes the BGPPeer status) and a node is drained (the
+controller patches the Node's annotation)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
+
+from common.pb import pb, pb_grpc
 
 from . import builders as b
 from .conftest import NAMESPACE, render_deploy
 from .fakeapi import FakeKubeAPI
 from .harness import events, ingress
-from .procs import ControllerProc
+from .procs import Agent, ControllerProc
 from .rbac import Grant, bindings_of, grants_for, service_account_user
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -46,14 +51,28 @@ async def test_controller_rbac_is_exact(fake: FakeKubeAPI, tmp_path: Path) -> No
         "--retry-period",
         "0.5",
     )
+    fake.create(b.peer("router", "10.0.0.254"))
     await ctl.start()
+    agent = Agent(ctl.target, "node-a")
+    agent.client.report_status(
+        pb.NodeStatus(
+            bgp_sessions=[pb.BGPSessionStatus(peer="router", state="established", routes_sent=1)]
+        )
+    )
+    agent.start()
     try:
+        await agent.until(lambda a: a.view is not None and a.view.bgp.local_asn != 0, within=30)
+        async with grpc.aio.insecure_channel(ctl.target) as ch:
+            await pb_grpc.NodePlaneStub(ch).SetNodeDrain(
+                pb.SetNodeDrainRequest(node="node-a", drain=True), timeout=10
+            )
         await fake.wait_until(
             lambda: (
                 ingress(fake, "a-web")
                 and ingress(fake, "b-api")
                 and events(fake, "c-late")
                 and len(fake.calls(user=user, verb="update", resource="leases")) >= 1
+                and peer_established(fake) == 1
             ),
             within=30,
         )
@@ -68,6 +87,7 @@ async def test_controller_rbac_is_exact(fake: FakeKubeAPI, tmp_path: Path) -> No
         )
         raise
     finally:
+        await agent.stop()
         await ctl.close()
     calls = fake.calls(user=user)
     denied = sorted(
@@ -79,6 +99,11 @@ async def test_controller_rbac_is_exact(fake: FakeKubeAPI, tmp_path: Path) -> No
         used |= {g for g in grants if g.allows(rec)}
     unused = sorted(grants - used, key=str)
     assert not unused, f"the rendered RBAC grants what the controller never uses: {unused}"
+
+
+def peer_established(fake: FakeKubeAPI) -> int:
+    obj = fake.get(b.WEIR, "BGPPeer", "", "router") or {}
+    return (obj.get("status") or {}).get("established", 0)
 
 
 def test_agent_has_no_api_access() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Topology, cleanup_prefix
+from tests.nodeagent.segment import lb_segment
 
 pytestmark = [
     pytest.mark.root,
@@ -69,13 +70,7 @@ def node():
         shutil.rmtree(old, ignore_errors=True)
     pins = BPFFS / f"{PREFIX}-{uuid.uuid4().hex[:8]}"
     with Topology(PREFIX) as t:
-        br = t.bridge("br")
-        lb = t.host("lb")
-        t.link(lb, br, "10.78.0.1/24")
-        b1 = t.host("b1")
-        t.link(b1, br, "10.78.0.11/24")
-        b2 = t.host("b2")
-        t.link(b2, br, "10.78.0.12/24")
+        lb, b1, b2 = lb_segment(t, "10.78.0")
         try:
             yield lb, b1, b2, pins
         finally:

@@ -10,6 +10,7 @@ import pytest
 
 from lab.netns import Topology, cleanup_prefix
 from nodeagent.neighbors import NeighborResolver, mac_bytes
+from tests.nodeagent.segment import lb_segment
 
 pytestmark = [
     pytest.mark.root,
@@ -26,14 +27,7 @@ PREFIX = "wagn"
 def topo():
     cleanup_prefix(PREFIX)
     with Topology(PREFIX) as t:
-        br = t.bridge("br")
-        lb = t.host("lb")
-        t.link(lb, br, "10.77.0.1/24")
-        b1 = t.host("b1")
-        t.link(b1, br, "10.77.0.11/24")
-        b2 = t.host("b2")
-        t.link(b2, br, "10.77.0.12/24")
-        yield t, lb, b1, b2
+        yield t, *lb_segment(t, "10.77.0")
 
 
 async def test_resolves_present_and_reports_missing_and_routed(topo) -> None:
