@@ -149,13 +149,9 @@ class Dataplane:
             dp = cls(cfg, bpf, xdp.fd, commit_fn.fd, maps, ifindex, caps)
             dp._set_node_mac(node_mac)
             dp._load_state()
-            dp.xdp_mode, _ = loader.attach(ifindex, cfg.interface, xdp.fd, cfg.xdp_mode)
-            attached = loader.attached_program(ifindex)
-            if attached is not None:
-                try:
-                    loader.pin_program(attached[0], cfg.bpffs / layout.PROG_PIN)
-                finally:
-                    os.close(attached[0])
+            dp.xdp_mode, _ = loader.attach(
+                ifindex, cfg.interface, xdp.fd, cfg.xdp_mode, cfg.bpffs / layout.PROG_PIN
+            )
         except BaseException:
             if dp is not None:
                 dp._release()
@@ -180,8 +176,10 @@ class Dataplane:
                             "close(detach=True) must run in the network namespace the data "
                             "plane was opened in"
                         )
-                    loader.detach(self._ifindex, self.cfg.interface)
-                    for name in (*layout.MAPS, layout.PROG_PIN):
+                    loader.detach(
+                        self._ifindex, self.cfg.interface, self.cfg.bpffs / layout.PROG_PIN
+                    )
+                    for name in layout.MAPS:
                         (self.cfg.bpffs / name).unlink(missing_ok=True)
             finally:
                 self._release()

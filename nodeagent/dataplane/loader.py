@@ -5,7 +5,9 @@ creating it, so a restarted agent keeps the live maps (tables, conntrack, counte
 The capacities compiled in are then the pinned maps' own, whatever the new
 configuration says (resizing means removing the pins, which drops conntrack).
 The program attached to the interface is replaced atomically, and only when its code
-changed: forwarding never stops.
+changed: forwarding never stops. It is identified through its pin (BPF_OBJ_GET), not by
+id (BPF_PROG_GET_FD_BY_ID is CAP_SYS_ADMIN only), and pinned before it is attached so
+that an agent killed at any point leaves it named.
 """
 
 from __future__ import annotations
@@ -153,21 +155,6 @@ def interface_driver(name: str) -> str:
     return buf.raw[4:36].split(b"\0")[0].decode(errors="replace")
 
 
-def pin_program(prog_fd: int, path: Path) -> None:
-    """Pin (or re-pin) the attached program so it can be found and inspected."""
-    if path.exists():
-        try:
-            old = bpfsys.obj_get(str(path))
-            same = bpfsys.prog_info(old).id == bpfsys.prog_info(prog_fd).id
-            os.close(old)
-        except OSError:
-            same = False
-        if same:
-            return
-        path.unlink()
-    bpfsys.obj_pin(prog_fd, str(path))
-
-
 _MODE_FLAGS = {
     "native": bpfsys.XDP_FLAGS_DRV_MODE,
     "generic": bpfsys.XDP_FLAGS_SKB_MODE,
@@ -175,23 +162,67 @@ _MODE_FLAGS = {
 _MODE_NAMES = {bpfsys.XDP_ATTACHED_DRV: "native", bpfsys.XDP_ATTACHED_SKB: "generic"}
 
 
-def attached_program(ifindex: int) -> tuple[int, str] | None:
-    """(program fd, mode) of the XDP program on the interface, or None."""
-    state = bpfsys.xdp_query(ifindex)
-    if not state.prog_id:
+def _staged(pin: Path) -> Path:
+    return pin.with_name(pin.name + "_next")  # bpffs refuses dots in names
+
+
+def _stage(prog_fd: int, pin: Path) -> None:
+    """Pin prog_fd under the staging name before attaching it: whatever happens next, one
+    of the two names holds the attached program, so the next agent can identify it."""
+    staged = _staged(pin)
+    staged.unlink(missing_ok=True)
+    bpfsys.obj_pin(prog_fd, str(staged))
+
+
+def _commit_pin(pin: Path) -> None:
+    """The staged (now attached) program becomes the pin, atomically (a bpffs rename)."""
+    os.replace(_staged(pin), pin)
+
+
+def _open_attached(prog_id: int, pin: Path) -> int | None:
+    """A file descriptor of the attached program prog_id, or None when it cannot be opened.
+
+    Through its pin (BPF_OBJ_GET needs CAP_BPF only), the way the agent finds its own
+    program; by id only when no pin names it (pins removed, or another tool's program), as
+    BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN."""
+    for path in (pin, _staged(pin)):
+        try:
+            fd = bpfsys.obj_get(str(path))
+        except FileNotFoundError:
+            continue
+        try:
+            if bpfsys.prog_info(fd).id == prog_id:
+                return fd
+        except OSError:
+            pass  # not a program
+        os.close(fd)
+    try:
+        return bpfsys.prog_fd_by_id(prog_id)
+    except PermissionError:
         return None
-    return bpfsys.prog_fd_by_id(state.prog_id), _MODE_NAMES.get(state.mode, "other")
 
 
-def attach(ifindex: int, interface: str, prog_fd: int, mode: str) -> tuple[str, bool]:
-    """Make prog_fd the interface's XDP program. Returns (mode, replaced?).
+def attach(ifindex: int, interface: str, prog_fd: int, mode: str, pin: Path) -> tuple[str, bool]:
+    """Make prog_fd the interface's XDP program, pinned at pin. Returns (mode, replaced?).
 
     An attached Weir program with the same code and maps is kept as it is; one with other
     code (or maps: pins recreated) is swapped atomically in its current mode; a foreign
-    program is an error."""
-    current = attached_program(ifindex)
-    if current is not None:
-        old_fd, old_mode = current
+    program is an error, and so is one that no pin names when the process cannot read
+    programs by id (no CAP_SYS_ADMIN): it cannot tell Weir's from another tool's."""
+    state = bpfsys.xdp_query(ifindex)
+    if state.prog_id:
+        old_mode = _MODE_NAMES.get(state.mode, "other")
+        try:
+            old_fd = _open_attached(state.prog_id, pin)
+        except OSError as exc:
+            raise DataplaneError(f"cannot read the XDP program on {interface}: {exc}") from exc
+        if old_fd is None:
+            raise DataplaneError(
+                f"interface {interface} already runs XDP program id {state.prog_id}, which no "
+                f"pin under {pin.parent} names, and telling whether it is Weir's needs "
+                f"CAP_SYS_ADMIN; if it is (its pins were removed), detach it first "
+                f"(ip link set dev {interface} xdp off)"
+            )
         try:
             old = bpfsys.prog_info(old_fd)
             if old.name != layout.XDP_FUNC:
@@ -200,11 +231,15 @@ def attach(ifindex: int, interface: str, prog_fd: int, mode: str) -> tuple[str, 
                 )
             same_maps = bpfsys.prog_map_ids(old_fd) == bpfsys.prog_map_ids(prog_fd)
             if old.tag == bpfsys.prog_info(prog_fd).tag and same_maps:
+                _stage(old_fd, pin)
+                _commit_pin(pin)
                 return old_mode, False
             if old_mode not in _MODE_FLAGS:
                 raise DataplaneError(f"interface {interface}: XDP attached in mode {old_mode}")
             if mode in ("auto", old_mode):
+                _stage(prog_fd, pin)
                 bpfsys.xdp_attach(ifindex, prog_fd, _MODE_FLAGS[old_mode], old_prog_fd=old_fd)
+                _commit_pin(pin)
                 return old_mode, True
             # A different mode was asked for: the kernel cannot swap modes in place.
             bpfsys.xdp_detach(ifindex, _MODE_FLAGS[old_mode])
@@ -218,25 +253,37 @@ def attach(ifindex: int, interface: str, prog_fd: int, mode: str) -> tuple[str, 
         # peer runs XDP too (else they count as TX drops): generic always delivers.
         tries = ["generic"]
     errors = []
-    for m in tries:
-        try:
-            bpfsys.xdp_attach(ifindex, prog_fd, _MODE_FLAGS[m] | bpfsys.XDP_FLAGS_UPDATE_IF_NOEXIST)
+    try:
+        _stage(prog_fd, pin)
+        for m in tries:
+            try:
+                flags = _MODE_FLAGS[m] | bpfsys.XDP_FLAGS_UPDATE_IF_NOEXIST
+                bpfsys.xdp_attach(ifindex, prog_fd, flags)
+            except OSError as exc:
+                errors.append(f"{m}: {exc}")
+                continue
+            _commit_pin(pin)
             return m, True
-        except OSError as exc:
-            errors.append(f"{m}: {exc}")
+        _staged(pin).unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataplaneError(f"cannot pin the XDP program at {pin}: {exc}") from exc
     raise DataplaneError(f"cannot attach XDP to {interface}: {'; '.join(errors)}")
 
 
-def detach(ifindex: int, interface: str) -> None:
-    """Detach the interface's XDP program if it is Weir's."""
-    current = attached_program(ifindex)
-    if current is None:
-        return
-    fd, mode = current
+def detach(ifindex: int, interface: str, pin: Path) -> None:
+    """Detach the interface's XDP program if it is Weir's (found as in attach), and remove
+    its pins."""
+    fd = None
     try:
-        if bpfsys.prog_info(fd).name == layout.XDP_FUNC and mode in _MODE_FLAGS:
+        state = bpfsys.xdp_query(ifindex)
+        fd = _open_attached(state.prog_id, pin) if state.prog_id else None
+        mode = _MODE_NAMES.get(state.mode, "other")
+        if fd is not None and bpfsys.prog_info(fd).name == layout.XDP_FUNC and mode in _MODE_FLAGS:
             bpfsys.xdp_detach(ifindex, _MODE_FLAGS[mode])
+        for path in (pin, _staged(pin)):
+            path.unlink(missing_ok=True)
     except OSError as exc:
         raise DataplaneError(f"cannot detach XDP from {interface}: {exc}") from exc
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)

@@ -1,9 +1,11 @@
 """The agent DaemonSet's capabilities against the real data plane: a process holding exactly
-the rendered set compiles the XDP program with bcc, loads and attaches it, pins its maps and
-programs a service; and without NET_ADMIN or SYS_ADMIN it cannot (so when the data plane stops
-needing SYS_ADMIN, this test says to drop it). SYS_ADMIN also covers what BPF and PERFMON
-grant (the kernel accepts either), so those two cannot be shown necessary while it is there;
-they are what the data plane needs once SYS_ADMIN goes."""
+the rendered set compiles the XDP program with bcc, loads, attaches and pins it, programs a
+service, and a second open (a restarted agent) adopts the pinned maps and the attached
+program (kept, not replaced) before it detaches. Without NET_ADMIN it cannot attach; without
+SYS_ADMIN the second open fails in bcc itself, which reopens an existing BPF_TABLE_PINNED map
+by id (BPF_MAP_GET_FD_BY_ID, CAP_SYS_ADMIN only); when bcc stops doing that, this test says
+to drop SYS_ADMIN. SYS_ADMIN also covers what BPF and PERFMON grant (the kernel accepts
+either), so those two cannot be shown necessary while it is there."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .conftest import REPO, render_deploy
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(180)]
 
-PREFIX = "wkc"  # this test's namespaces and links
+PREFIX = "wdr"  # this test's namespaces and links
 
 CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
 
@@ -29,6 +31,7 @@ CHILD = r"""
 import sys
 from pathlib import Path
 from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
+from nodeagent.dataplane import bpfsys, loader
 from nodeagent.maglev import backend_id, build_table
 
 status = open("/proc/self/status").read()
@@ -36,13 +39,27 @@ print(next(l for l in status.splitlines() if l.startswith("CapEff")), flush=True
 cfg = DataplaneConfig(interface="eth0", bpffs=Path(sys.argv[1]), xdp_mode="generic",
                       max_services=64, max_backends=1024, max_table_slots=16 * 4096,
                       conntrack_entries=4096)
+fe = Frontend("192.0.2.1:80/TCP", "192.0.2.1", 80, 6, "maglev")
+bes = [BackendTarget("10.77.0.2", 8080, bytes.fromhex("020000000002"))]
+table = build_table([backend_id("10.77.0.2", 8080, "TCP")], 251)
+
+
+def attached():
+    return bpfsys.xdp_query(loader.interface_index("eth0")).prog_id
+
+
 dp = Dataplane.open(cfg)
 dp.set_seed(7)
-table = build_table([backend_id("10.77.0.2", 8080, "TCP")], 251)
-dp.apply_service(Frontend("192.0.2.1:80/TCP", "192.0.2.1", 80, 6, "maglev"),
-                 [BackendTarget("10.77.0.2", 8080, bytes.fromhex("020000000002"))], table)
-print("applied", sorted(dp.applied()), flush=True)
+assert dp.apply_service(fe, bes, table) is True
+prog = attached()
+dp.close()  # no detach: the program keeps forwarding from the pinned maps
+dp = Dataplane.open(cfg)  # a restarted agent
+assert attached() == prog, "the attached program was replaced instead of adopted"
+assert dp.apply_service(fe, bes, table) is False  # the pinned maps already hold it
+print("adopted", sorted(dp.applied()), flush=True)
 dp.close(detach=True)
+assert attached() == 0
+print("detached", flush=True)
 """
 
 
@@ -96,9 +113,12 @@ def test_rendered_capabilities_run_the_data_plane() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     eff = int(proc.stdout.splitlines()[0].split()[1], 16)
     assert eff == sum(1 << CAP_NUMBERS[c] for c in caps), hex(eff)
-    assert "applied ['192.0.2.1:80/TCP']" in proc.stdout
-    for needed in ("NET_ADMIN", "SYS_ADMIN"):
-        if needed in caps:
-            without = run_data_plane([c for c in caps if c != needed])
-            assert without.returncode != 0, f"{needed} is granted but not needed any more"
-            assert "Operation not permitted" in without.stderr or "privileges" in without.stderr
+    assert "adopted ['192.0.2.1:80/TCP']" in proc.stdout
+    assert "detached" in proc.stdout
+    # What each capability is needed for: the message that names it when it is missing.
+    needed = {"NET_ADMIN": "Operation not permitted", "SYS_ADMIN": "could not open bpf map"}
+    for cap, symptom in needed.items():
+        if cap in caps:
+            without = run_data_plane([c for c in caps if c != cap])
+            assert without.returncode != 0, f"{cap} is granted but not needed any more"
+            assert symptom in without.stderr, without.stderr[-3000:]
