@@ -32,7 +32,8 @@ static __always_inline void weir_mix(u32 *pa, u32 *pb, u32 *pc)
 
 /* Maglev flow hash over (src addr, src port, dst port, proto) with the cluster seed.
  * Host-order inputs, so every node computes the same value whatever its endianness.
- * The destination address is left out, as the issue specifies the inputs. */
+ * The destination address is left out, as the issue specifies the inputs. A ClientIP
+ * affinity service passes a source port of 0 (ports = dst port only). */
 static __always_inline u32 weir_flow_hash(u32 saddr, u32 ports, u32 proto, u32 seed)
 {
 	u32 a = WEIR_HASH_INIT + seed + saddr;

@@ -13,7 +13,7 @@
  *
  * Atomic apply (see nodeagent/dataplane/README.md for the full argument):
  *   - A service's current table is described by ONE 64-bit word (svc_value.word):
- *     base slot, size, half, strategy. Userspace never memcpy's it: the commit
+ *     base slot, size, half, strategy, affinity. Userspace never memcpy's it: the commit
  *     program (weir_commit, run with BPF_PROG_TEST_RUN) swaps it with an atomic xchg.
  *     The fast path reads it with one 8-byte load, so a packet uses either the old
  *     descriptor or the new one, whole.
@@ -45,6 +45,8 @@ struct svc_key {
 #define SVC_SIZE_MASK 0x1ffffULL
 #define SVC_F_HALF (1ULL << 56)            /* which half is active (for inspection) */
 #define SVC_F_RANDOM (1ULL << 57)          /* strategy random: new flows pick any slot */
+#define SVC_F_CLIENT_IP (1ULL << 58)       /* ClientIP affinity: new flows hash without
+					    * the source port (wins over SVC_F_RANDOM) */
 
 struct svc_value {
 	u64 word;

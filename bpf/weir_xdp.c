@@ -98,7 +98,7 @@ static __always_inline int weir_new_flow(struct ethhdr *eth, struct iphdr *ip,
 	struct svc_value *svc = services.lookup(sk);
 	struct slot_line *line;
 	struct backend *be;
-	u32 size, hash, slot, line_idx, id;
+	u32 size, hport, hash, slot, line_idx, id;
 	u64 word, handle;
 
 	if (!svc)
@@ -108,12 +108,17 @@ static __always_inline int weir_new_flow(struct ethhdr *eth, struct iphdr *ip,
 	size = (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK;
 	if (!size)
 		return weir_drop(DROP_TABLE_EMPTY, bytes);
-	if (word & SVC_F_RANDOM)
+	/* ClientIP affinity: the source port stays out of the hash, so every connection of
+	 * a client lands on one backend, on every node (same seed, same table). It wins
+	 * over random, which could not keep a client anywhere. */
+	hport = bpf_ntohs(ports->dst);
+	if (!(word & SVC_F_CLIENT_IP))
+		hport |= (u32)bpf_ntohs(ports->src) << 16;
+	if ((word & (SVC_F_RANDOM | SVC_F_CLIENT_IP)) == SVC_F_RANDOM)
 		hash = bpf_get_prandom_u32();
 	else
-		hash = weir_flow_hash(bpf_ntohl(ip->saddr),
-				      ((u32)bpf_ntohs(ports->src) << 16) | bpf_ntohs(ports->dst),
-				      ip->protocol, (u32)WEIR_READ_ONCE(cfg->seed));
+		hash = weir_flow_hash(bpf_ntohl(ip->saddr), hport, ip->protocol,
+				      (u32)WEIR_READ_ONCE(cfg->seed));
 	slot = (u32)(word & SVC_BASE_MASK) + weir_reduce(hash, size);
 	line_idx = slot / SLOTS_PER_LINE;
 	line = slots.lookup(&line_idx);

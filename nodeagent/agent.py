@@ -144,6 +144,7 @@ class Agent:
         self._failed: dict[str, str] = {}  # service id -> error (not applied)
         self._incomplete: dict[str, dict[str, str]] = {}  # id -> excluded address -> reason
         self._programmed: dict[str, int] = {}  # id -> backends programmed
+        self._affinity_noted: set[str] = set()  # ClientIP services whose timeout was explained
         self._version = 0
         self._uplink_ok = True
         self._status_sink: Callable[[pb.NodeStatus], None] | None = None
@@ -251,6 +252,7 @@ class Agent:
         """Resolve, build and write specs; record per-service errors. Returns those applied."""
         if not specs:
             return []
+        self._note_affinity(specs)
         resolution = await self._resolve({b.address for s in specs for b in s.backends})
         work = [self._prepare(spec, resolution) for spec in specs]
         results = await asyncio.to_thread(self._write_all, work, seed)
@@ -274,6 +276,18 @@ class Agent:
                 self._macs[t.address] = t.mac
             outcome["written" if res.written else "unchanged"] += 1
         return applied
+
+    def _note_affinity(self, specs: Sequence[ServiceSpec]) -> None:
+        """Once per service: ClientIP affinity is hash-based here, its timeout is moot."""
+        for spec in specs:
+            if spec.client_ip and spec.id not in self._affinity_noted:
+                self._affinity_noted.add(spec.id)
+                log.info(
+                    "ClientIP affinity is hash-based: a client keeps its backend while the "
+                    "backend set is stable, on every node; the timeout has no effect",
+                    service=spec.id,
+                    timeout_seconds=spec.affinity_timeout,
+                )
 
     async def _resolve(self, addresses: set[str], *, reprobe: bool = False) -> Resolution:
         try:
@@ -474,6 +488,7 @@ def _frontend(spec: ServiceSpec) -> Frontend:
         port=spec.port,
         protocol=spec.protocol,
         strategy=spec.strategy,  # type: ignore[arg-type]
+        affinity="client_ip" if spec.client_ip else "none",
     )
 
 

@@ -44,6 +44,12 @@ class ServiceSpec:
     backends: tuple[BackendSpec, ...]  # the backends that take new flows, sorted
 
     @property
+    def client_ip(self) -> bool:
+        """ClientIP affinity: new flows hash over the client address only (also when the
+        strategy is random: affinity wins), so its table depends on the seed too."""
+        return self.affinity == pb.SESSION_AFFINITY_CLIENT_IP
+
+    @property
     def weights(self) -> tuple[int, ...] | None:
         """Per-backend weights, or None when all are equal (the unweighted table)."""
         ws = tuple(b.weight for b in self.backends)
@@ -230,7 +236,7 @@ def make_plan(applied: AppliedState, view: View) -> Plan:
             changed.append(ServiceChange(None, new, frozenset({ChangeKind.ADOPTED})))
             continue
         kinds = classify(old, new)
-        if reseed and new.strategy == "maglev":
+        if reseed and (new.strategy == "maglev" or new.client_ip):
             kinds |= {ChangeKind.SEED}
         if kinds:
             changed.append(ServiceChange(old, new, kinds))

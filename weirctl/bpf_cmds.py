@@ -71,7 +71,7 @@ def nat_dump(maps: PinnedMaps, args: argparse.Namespace) -> int:
         rec = svc.record
         print(
             f"{rec.vip} port {rec.port} proto {rec.proto} id {rec.index} "
-            f"count {len(svc.backends)} flags {svc.strategy}"
+            f"count {len(svc.backends)} flags {svc.flags}"
         )
         for i, b in enumerate(svc.backends):
             print(f"\t{rec.index}:{i}\t {b.address}:{b.port} mac {mac_text(b.mac)} slots {b.slots}")
@@ -96,7 +96,7 @@ def maglev(maps: PinnedMaps, args: argparse.Namespace) -> int:
     for svc in found:
         print(
             f"service {svc.id} ({PROTO_NAMES.get(svc.record.proto, svc.record.proto)}) "
-            f"strategy {svc.strategy}"
+            f"strategy {svc.strategy}, affinity {svc.affinity}"
         )
         print(
             f"table size {svc.table_size}, active half {svc.active_half} (base {svc.base}), "

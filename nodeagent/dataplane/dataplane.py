@@ -85,7 +85,9 @@ class Dataplane:
     open(cfg) -> Dataplane                 load, or adopt pins; attach XDP
     set_seed(seed)                         cluster Maglev seed for new flows
     apply_service(fe, backends, table)     -> bool (False: already so, nothing written);
-                                           CapacityError / DataplaneError otherwise
+                                           CapacityError / DataplaneError otherwise;
+                                           fe.affinity "client_ip": new flows hash on
+                                           the client address only (README.md)
     remove_service(service_id)             no-op when unknown
     applied() -> {id: AppliedService}      read back from the pinned maps
     usage() -> [MapUsage]                  services, backends, table_slots, conntrack
@@ -256,7 +258,7 @@ class Dataplane:
         self._grace()
 
     def _service_from_record(self, rec: ServiceRecord) -> _Service:
-        base, size, half, random = layout.word_fields(rec.word)
+        base, size, half, random, client_ip = layout.word_fields(rec.word)
         halves = [
             _Half(rec.meta.half[h].base, rec.meta.half[h].size, bytes(rec.meta.half[h].tag))
             for h in (0, 1)
@@ -268,6 +270,7 @@ class Dataplane:
             port=rec.port,
             protocol=rec.proto,
             strategy="random" if random else "maglev",
+            affinity="client_ip" if client_ip else "none",
         )
         return _Service(frontend, rec.key, rec.index, half, halves, {}, retired_epoch=0)
 
@@ -498,7 +501,10 @@ class Dataplane:
         A new service becomes visible by inserting its (complete) element instead."""
         h = 1 - svc.active
         target = svc.halves[h]
-        word = layout.word_of(target.base, spec.size, h, spec.frontend.strategy == "random")
+        fe = spec.frontend
+        word = layout.word_of(
+            target.base, spec.size, h, fe.strategy == "random", fe.affinity == "client_ip"
+        )
         if new_service:
             commit(self._commit_fd, ops)
             self._register(svc)

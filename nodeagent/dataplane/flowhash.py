@@ -54,9 +54,12 @@ def reduce(hash_: int, size: int) -> int:
     return (hash_ * size) >> 32
 
 
-def maglev_slot(saddr: str, sport: int, dport: int, proto: int, seed: int, size: int) -> int:
-    """The table slot a new flow of a Maglev service lands on."""
-    return reduce(flow_hash(saddr, sport, dport, proto, seed), size)
+def maglev_slot(
+    saddr: str, sport: int, dport: int, proto: int, seed: int, size: int, client_ip: bool = False
+) -> int:
+    """The table slot a new flow of a Maglev service lands on. client_ip: the service has
+    ClientIP affinity (also with the random strategy), so the source port is not hashed."""
+    return reduce(flow_hash(saddr, 0 if client_ip else sport, dport, proto, seed), size)
 
 
 def _raw32(b: bytes) -> int:

@@ -35,12 +35,18 @@ class NatService:
     record: ServiceRecord
     id: str
     strategy: str
+    affinity: str  # "none" or "client_ip"
     table_size: int
     active_half: int
     base: int
     inactive_base: int
     inactive_size: int
     backends: list[NatBackend]
+
+    @property
+    def flags(self) -> str:
+        """e.g. "maglev" or "maglev,affinity" (weirctl bpf nat dump)."""
+        return self.strategy + (",affinity" if self.affinity == "client_ip" else "")
 
 
 def nat_services(maps: PinnedMaps) -> list[NatService]:
@@ -52,7 +58,7 @@ def nat_services(maps: PinnedMaps) -> list[NatService]:
     slots = maps.slots()
     out = []
     for rec in maps.services():
-        base, size, half, random = layout.word_fields(rec.word)
+        base, size, half, random, client_ip = layout.word_fields(rec.word)
         ids, n = numpy.unique(slots[base : base + size], return_counts=True)
         counts = dict(zip(ids.tolist(), n.tolist(), strict=True))
         backends = [
@@ -67,6 +73,7 @@ def nat_services(maps: PinnedMaps) -> list[NatService]:
                 record=rec,
                 id=rec.meta.id.decode(),
                 strategy="random" if random else "maglev",
+                affinity="client_ip" if client_ip else "none",
                 table_size=size,
                 active_half=half,
                 base=base,
@@ -96,7 +103,14 @@ def applied_services(maps: PinnedMaps) -> dict[str, AppliedService]:
             found = indices[order][at] == region
             table = numpy.where(found, order[at], NO_BACKEND).astype(numpy.uint32)
         rec = svc.record
-        fe = Frontend(svc.id, rec.vip, rec.port, rec.proto, svc.strategy)  # type: ignore[arg-type]
+        fe = Frontend(
+            svc.id,
+            rec.vip,
+            rec.port,
+            rec.proto,
+            svc.strategy,  # type: ignore[arg-type]
+            svc.affinity,  # type: ignore[arg-type]
+        )
         out[svc.id] = AppliedService(
             frontend=fe,
             backends=tuple(BackendTarget(b.address, b.port, b.mac) for b in svc.backends),

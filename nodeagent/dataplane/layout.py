@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes as ct
 from pathlib import Path
+from typing import NamedTuple
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 XDP_SOURCE = BPF_DIR / "weir_xdp.c"
@@ -21,6 +22,7 @@ SVC_SIZE_SHIFT = 32
 SVC_SIZE_MASK = 0x1FFFF
 SVC_F_HALF = 1 << 56
 SVC_F_RANDOM = 1 << 57
+SVC_F_CLIENT_IP = 1 << 58
 
 BE_INDEX_BITS = 20
 BE_INDEX_MASK = (1 << BE_INDEX_BITS) - 1
@@ -138,22 +140,33 @@ MAPS: dict[str, tuple[type, type]] = {
 }
 
 
-def word_of(base: int, size: int, half: int, random: bool) -> int:
+def word_of(base: int, size: int, half: int, random: bool, client_ip: bool = False) -> int:
     word = (base & SVC_BASE_MASK) | ((size & SVC_SIZE_MASK) << SVC_SIZE_SHIFT)
     if half:
         word |= SVC_F_HALF
     if random:
         word |= SVC_F_RANDOM
+    if client_ip:
+        word |= SVC_F_CLIENT_IP
     return word
 
 
-def word_fields(word: int) -> tuple[int, int, int, bool]:
-    """(base, size, half, random) of a service word."""
-    return (
+class WordFields(NamedTuple):
+    base: int
+    size: int
+    half: int
+    random: bool
+    client_ip: bool
+
+
+def word_fields(word: int) -> WordFields:
+    """The fields of a service word."""
+    return WordFields(
         word & SVC_BASE_MASK,
         (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK,
         1 if word & SVC_F_HALF else 0,
         bool(word & SVC_F_RANDOM),
+        bool(word & SVC_F_CLIENT_IP),
     )
 
 

@@ -21,6 +21,9 @@ class CapacityError(DataplaneError):
 
 XdpMode = Literal["auto", "native", "generic"]
 Strategy = Literal["maglev", "random"]
+# client_ip: new flows hash over the client address only (Kubernetes sessionAffinity:
+# ClientIP), so all of a client's connections reach one backend; see README.md.
+Affinity = Literal["none", "client_ip"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Frontend:
     port: int
     protocol: int  # 6 TCP, 17 UDP
     strategy: Strategy = "maglev"
+    affinity: Affinity = "none"
 
 
 @dataclass(frozen=True, order=True)

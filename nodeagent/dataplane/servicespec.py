@@ -76,6 +76,8 @@ def build_spec(
         raise DataplaneError(f"{where}: port {fe.port} is out of range")
     if fe.strategy not in ("maglev", "random"):
         raise DataplaneError(f"{where}: strategy {fe.strategy!r} is not maglev or random")
+    if fe.affinity not in ("none", "client_ip"):
+        raise DataplaneError(f"{where}: affinity {fe.affinity!r} is not none or client_ip")
     for b in backends:
         _ipv4(b.address, f"{where}: backend")
         if not 0 <= b.port <= 65535:
@@ -102,7 +104,7 @@ def build_spec(
         canon_table = numpy.zeros(0, dtype=numpy.uint32)
 
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((fe.id, fe.vip, fe.port, fe.protocol, fe.strategy)).encode())
+    h.update(repr((fe.id, fe.vip, fe.port, fe.protocol, fe.strategy, fe.affinity)).encode())
     for b in canonical:
         h.update(repr((b.address, b.port, b.mac.hex())).encode())
     h.update(canon_table.tobytes())

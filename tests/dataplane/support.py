@@ -146,7 +146,10 @@ def run_xdp(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
     return out.retval, out.data_out
 
 
-def predicted_backend(flow: Flow, seed: int, table, size: int | None = None) -> int:
+def predicted_backend(
+    flow: Flow, seed: int, table, size: int | None = None, client_ip: bool = False
+) -> int:
     """Index into the backends list the XDP program must pick for a new flow."""
     size = size or len(table)
-    return int(table[maglev_slot(flow.saddr, flow.sport, flow.dport, flow.proto, seed, size)])
+    f = flow
+    return int(table[maglev_slot(f.saddr, f.sport, f.dport, f.proto, seed, size, client_ip)])

@@ -18,7 +18,9 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pytest
 
 from lab.netns import Host, Topology, cleanup_prefix
@@ -106,10 +108,27 @@ def xdp_pass_on(link: str) -> Iterator[None]:
         prog.cleanup()
 
 
-@pytest.mark.parametrize("mode", ["generic", "native"])
-def test_tcp_reaches_the_maglev_backend_and_replies_bypass_the_lb(
-    privileged: None, mode: str
-) -> None:
+@dataclass
+class Lab:
+    client: Host
+    lb: Host
+    backends: list[Host]
+    targets: list[BackendTarget]
+    table: np.ndarray
+    dp: Dataplane
+
+    def connect(self, source: str, first: int, last: int) -> dict[str, str]:
+        """Connections from source ports first..last-1: {port: name of the answering backend}."""
+        args = [sys.executable, "-c", CLIENT, source, str(first), str(last), VIP, str(PORT)]
+        out = json.loads(self.client.run(args, timeout=120))
+        errors = {p: r for p, r in out.items() if r.startswith("error")}
+        assert not errors, errors
+        return out
+
+
+@contextlib.contextmanager
+def dsr_lab(mode: str, frontend: Frontend) -> Iterator[Lab]:
+    """The topology above, with `frontend` programmed on the lb over be1 and be2."""
     cleanup_prefix(PREFIX)
     with Topology(PREFIX) as topo, bpffs_mount() as bpffs, contextlib.ExitStack() as stack:
         lan = topo.bridge("lan")
@@ -138,38 +157,60 @@ def test_tcp_reaches_the_maglev_backend_and_replies_bypass_the_lb(
         try:
             assert dp.xdp_mode == mode
             dp.set_seed(SEED)
-            dp.apply_service(Frontend(f"{VIP}:{PORT}/TCP", VIP, PORT, 6), targets, table)
-            first, last = 20000, 20040
-            rx_before = rx_packets(lb)
-            args = [sys.executable, "-c", CLIENT, "10.98.0.2", str(first), str(last), VIP]
-            out = json.loads(client.run([*args, str(PORT)], timeout=120))
-            errors = {p: r for p, r in out.items() if r.startswith("error")}
-            assert not errors, errors
-            for port, name in out.items():
-                flow = Flow("10.98.0.2", VIP, int(port), PORT)
-                assert name == backends[predicted_backend(flow, SEED, table)].name
-            assert {name for name in out.values()} == {be.name for be in backends}
-            # The replies went straight to the client: the lb received the client's
-            # packets (all forwarded by XDP) and little else (ARP, IPv6 chatter),
-            # not the 3+ reply packets of each connection.
-            received = rx_packets(lb) - rx_before
-            [(svc, _)], _ = stats(dp.maps)
-            assert svc.packets >= 3 * (last - first)  # SYN, ACK, FIN at least
-            assert received - svc.packets < 20, (received, svc.packets)
-
-            # The client still sends to a node that is gone: the bridge floods those frames
-            # to every port, this node's too. They are not ours: passed, counted, not sent.
-            client.run(["ip", "neigh", "replace", "10.98.0.3", "lladdr", GONE_MAC,
-                        "dev", "eth0", "nud", "permanent"])  # fmt: skip
-            [(svc, _)], _ = stats(dp.maps)  # late segments of the connections above included
-            want = pass_counts(dp.maps)[0].packets + 20
-            client.run([sys.executable, "-c", SYNS, VIP, str(PORT), "20"])
-            deadline = time.monotonic() + 10
-            while pass_counts(dp.maps)[0].packets < want and time.monotonic() < deadline:
-                time.sleep(0.01)  # frames cross the veth asynchronously; no event to await
-            assert pass_counts(dp.maps)[0].packets >= want
-            [(after, _)], _ = stats(dp.maps)
-            assert after.packets == svc.packets
+            dp.apply_service(frontend, targets, table)
+            yield Lab(client, lb, backends, targets, table, dp)
         finally:
             with in_netns(lb.name):
                 dp.close(detach=True)
+
+
+FRONTEND = Frontend(f"{VIP}:{PORT}/TCP", VIP, PORT, 6)
+
+
+@pytest.mark.parametrize("mode", ["generic", "native"])
+def test_tcp_reaches_the_maglev_backend_and_replies_bypass_the_lb(
+    privileged: None, mode: str
+) -> None:
+    with dsr_lab(mode, FRONTEND) as lab:
+        client, lb, backends, dp = lab.client, lab.lb, lab.backends, lab.dp
+        first, last = 20000, 20040
+        rx_before = rx_packets(lb)
+        out = lab.connect("10.98.0.2", first, last)
+        for port, name in out.items():
+            flow = Flow("10.98.0.2", VIP, int(port), PORT)
+            assert name == backends[predicted_backend(flow, SEED, lab.table)].name
+        assert {name for name in out.values()} == {be.name for be in backends}
+        # The replies went straight to the client: the lb received the client's
+        # packets (all forwarded by XDP) and little else (ARP, IPv6 chatter),
+        # not the 3+ reply packets of each connection.
+        received = rx_packets(lb) - rx_before
+        [(svc, _)], _ = stats(dp.maps)
+        assert svc.packets >= 3 * (last - first)  # SYN, ACK, FIN at least
+        assert received - svc.packets < 20, (received, svc.packets)
+
+        # The client still sends to a node that is gone: the bridge floods those frames
+        # to every port, this node's too. They are not ours: passed, counted, not sent.
+        client.run(["ip", "neigh", "replace", "10.98.0.3", "lladdr", GONE_MAC,
+                    "dev", "eth0", "nud", "permanent"])  # fmt: skip
+        [(svc, _)], _ = stats(dp.maps)  # late segments of the connections above included
+        want = pass_counts(dp.maps)[0].packets + 20
+        client.run([sys.executable, "-c", SYNS, VIP, str(PORT), "20"])
+        deadline = time.monotonic() + 10
+        while pass_counts(dp.maps)[0].packets < want and time.monotonic() < deadline:
+            time.sleep(0.01)  # frames cross the veth asynchronously; no event to await
+        assert pass_counts(dp.maps)[0].packets >= want
+        [(after, _)], _ = stats(dp.maps)
+        assert after.packets == svc.packets
+
+
+def test_client_ip_affinity_keeps_each_client_on_one_backend(privileged: None) -> None:
+    """sessionAffinity: ClientIP: every connection of a client reaches the same backend
+    (12 connections over 2 backends would all agree by chance once in 2048)."""
+    with dsr_lab("generic", replace(FRONTEND, affinity="client_ip")) as lab:
+        for source in ("10.98.0.2", "10.98.0.21", "10.98.0.22"):
+            if source != "10.98.0.2":
+                lab.client.run(["ip", "addr", "add", f"{source}/24", "dev", "eth0"])
+            out = lab.connect(source, 21000, 21012)
+            flow = Flow(source, VIP, 21000, PORT)
+            want = lab.backends[predicted_backend(flow, SEED, lab.table, client_ip=True)].name
+            assert set(out.values()) == {want}, (source, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,8 @@ def test_spec_is_canonical_whatever_the_order() -> None:
     assert np.array_equal(one.table, two.table)
     three = build_spec(FE, [be(1), be(2), be(3)], np.array([0, 1, 2, 0, 2]))
     assert three.tag != one.tag
+    sticky = replace(FE, affinity="client_ip")  # an affinity change must be applied
+    assert build_spec(sticky, [be(1), be(2), be(3)], table).tag != one.tag
 
 
 @pytest.mark.parametrize(
@@ -97,6 +101,7 @@ def test_spec_is_canonical_whatever_the_order() -> None:
         (FE, [be(1)], [0, 1], "outside"),
         (FE, [be(1)], [], "non-empty"),
         (FE, [BackendTarget("10.1.0.1", 80, b"\x02")], [0], "MAC"),
+        (Frontend("x", "10.0.0.1", 80, 6, affinity="sticky"), [], [], "affinity"),  # type: ignore[arg-type]
     ],
 )
 def test_spec_rejects_bad_input(fe, backends, table, message) -> None:

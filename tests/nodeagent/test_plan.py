@@ -149,10 +149,18 @@ def test_removed_and_unchanged() -> None:
 
 
 def test_seed_change_rebuilds_every_maglev_table() -> None:
-    old = view(service(port=80), service(port=81, strategy=pb.STRATEGY_RANDOM), seed=1)
+    # random + ClientIP hashes the client address: its table must follow the seed too,
+    # or nodes that built it under different seeds would disagree on a client's backend.
+    sticky = service(
+        port=82, strategy=pb.STRATEGY_RANDOM, session_affinity=pb.SESSION_AFFINITY_CLIENT_IP
+    )
+    old = view(service(port=80), service(port=81, strategy=pb.STRATEGY_RANDOM), sticky, seed=1)
     plan = make_plan(applied_from(old), view(*old.services, seed=2))
     assert plan.seed_changed and plan.seed == 2
-    assert [(c.id, c.kinds) for c in plan.changed] == [("192.0.2.10:80/TCP", {ChangeKind.SEED})]
+    assert [(c.id, c.kinds) for c in plan.changed] == [
+        ("192.0.2.10:80/TCP", {ChangeKind.SEED}),
+        ("192.0.2.10:82/TCP", {ChangeKind.SEED}),
+    ]
     assert plan.unchanged == ("192.0.2.10:81/TCP",)
 
 
