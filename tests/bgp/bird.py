@@ -140,6 +140,21 @@ class Bird:
     def established(self, name: str) -> bool:
         return self.protocol(name)[2].startswith("Established")
 
+    def established_before(self, name: str, moment: float) -> bool:
+        """The session is Established, and has been since before `moment` (a time.time()).
+
+        BIRD prints "since" as wall-clock time of day converted from its monotonic clock, so
+        two reads of an unchanged session can differ by a millisecond: compare it with a
+        moment, never with an earlier read."""
+        _, since, info = self.protocol(name)
+        if not info.startswith("Established"):
+            return False
+        h, m, s = since.split(":")
+        started = int(h) * 3600 + int(m) * 60 + float(s)
+        t = time.localtime(moment)
+        at = t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec + moment % 1
+        return 0 < (at - started) % 86400 < 3600  # modulo: midnight may fall in between
+
     def bgp_next_hops(self, prefix: str) -> set[str]:
         """Next hops of the BGP routes BIRD has for prefix (all paths, not only the best)."""
         out = self.birdc("show", "route", "for", prefix, "all", check=False)

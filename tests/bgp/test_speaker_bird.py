@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -207,13 +208,14 @@ async def test_peers_change_at_runtime(topo: Topology, tmp_path: Path) -> None:
         await sp.configure(bgp_config(node, peers=(p1,)))
         await sp.announce({VIP})
         await async_wait_until(lambda: established(sp, "r1"), 20, "r1 up")
-        bird_since = birds[0].protocol("n1")
+        await async_wait_until(lambda: birds[0].bgp_next_hops(VIP), 10, "VIP at r1")
+        reconfigured = time.time()  # a reset of r1's session would start after this
 
         # Add r2: it comes up with the VIP; r1's session is not touched.
         await sp.configure(bgp_config(node, (VIP, VIP2), peers=(p1, p2)))
         await async_wait_until(lambda: established(sp, "r2"), 20, "r2 up")
         await async_wait_until(lambda: birds[1].bgp_next_hops(VIP), 10, "VIP at r2")
-        assert birds[0].protocol("n1") == bird_since, "r1's session was reset"
+        assert birds[0].established_before("n1", reconfigured), "r1's session was reset"
 
         # A route change after the reload reaches both.
         await sp.announce({VIP, VIP2})
@@ -227,7 +229,7 @@ async def test_peers_change_at_runtime(topo: Topology, tmp_path: Path) -> None:
         await async_wait_until(lambda: "hold" in bird_hold(birds[1]), 20, "r2 renegotiated")
         await async_wait_until(lambda: established(sp, "r2"), 20, "r2 up again")
         await async_wait_until(lambda: birds[1].bgp_next_hops(VIP2), 10, "VIP2 at r2 again")
-        assert birds[0].protocol("n1") == bird_since
+        assert birds[0].established_before("n1", reconfigured), "r1's session was reset"
 
         # Remove r1: that session closes and sessions() forgets it.
         await sp.configure(bgp_config(node, (VIP, VIP2), peers=(p2b,)))
