@@ -2,8 +2,9 @@
 allocator on the elected leader (or always, without --leader-elect).
 
 Every replica watches (the source feeds the allocator's view next to the cluster state) and
-serves the NodePlane; only the Lease holder writes Service status, Events, pool status and
-BGPPeer status (controller/peerstatus.py).
+serves the NodePlane and writes the BGPPeer status entries of the agents connected to it
+(controller/peerstatus.py); only the Lease holder writes Service status, Events and pool
+status, and removes the BGPPeer status entries of gone replicas.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default="",
         help="this replica's name in the Lease (default: $POD_NAME or the host name, with a "
         "random suffix)",
+    )
+    g.add_argument(
+        "--peer-status-refresh",
+        type=float,
+        default=30.0,
+        help="seconds between renewals of this replica's BGPPeer status entries; the leader "
+        "removes other replicas' entries older than 3 times this",
     )
     g.add_argument(
         "--health-listen",
@@ -99,19 +107,24 @@ def leader_task(args: argparse.Namespace, source: KubernetesSource) -> TaskFacto
             instance=identity,
             fence=lambda: source.resync(WATCHED_KINDS),
         )
-        peer_status = PeerStatusWriter(source.api, ctl.plane, ctl.state)
+        peer_status = PeerStatusWriter(
+            source.api, ctl.plane, ctl.state, reporter=identity, refresh=args.peer_status_refresh
+        )
 
         async def lead() -> None:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(allocator.run(), name="allocator")
-                tg.create_task(peer_status.run(), name="bgppeer-status")
+                tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
 
         try:
-            if lease is None:
-                log.info("no leader election: this replica allocates")
-                await lead()
-            else:
-                await LeaderElector(source.api, lease).run(lead)
+            async with asyncio.TaskGroup() as tg:
+                # Every replica: its agents are connected to it only.
+                tg.create_task(peer_status.run(), name="bgppeer-status")
+                if lease is None:
+                    log.info("no leader election: this replica allocates")
+                    tg.create_task(lead(), name="lead")
+                else:
+                    tg.create_task(LeaderElector(source.api, lease).run(lead), name="elector")
         finally:
             # Only at shutdown (or when the controller fails anyway), after the Lease was
             # released: the API client goes with the process.

@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument(
         "--plaintext", action="store_true", help="serve without TLS (labs and tests only)"
     )
+    tls.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="client certificate identity (DNS SAN, else CN) allowed to call mutating RPCs "
+        "(SetNodeDrain); repeatable. Any CA-signed certificate may inspect. Not checked "
+        "with --plaintext",
+    )
     from controller.kubewire import add_flags as add_kubernetes_flags
 
     add_kubernetes_flags(p)
@@ -195,7 +204,11 @@ async def run(args: argparse.Namespace, extra_tasks: Sequence[TaskFactory] = ())
         required_kinds=ALL_KINDS,
     )
     plane = NodePlane(
-        store, errors=publisher.errors, metrics=metrics, drainer=make_drainer(args, source, state)
+        store,
+        errors=publisher.errors,
+        metrics=metrics,
+        drainer=make_drainer(args, source, state),
+        operators=args.operator,
     )
     ctl = Controller(args, state, store, plane, publisher, metrics)
 

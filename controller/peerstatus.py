@@ -1,25 +1,30 @@
-"""The leader's BGPPeer status writer: each node's session with the peer, from the agents'
-NodeStatus, into the BGPPeer status subresource.
+"""BGPPeer status: each node's session with the peer, from the agents' NodeStatus, in the
+BGPPeer status subresource.
 
     status:
       established: 2            # nodes whose session with this peer is established
-      nodes:                    # sorted by node
-        - node: lb-1
+      nodes:                    # keyed by node
+        lb-1:
           state: established    # idle, connect, active, opensent, openconfirm, established
           establishedSince: "2026-01-01T10:00:00Z"   # only while established
           routesSent: 3
           draining: false
+          reporter: weir-controller-7d9-x2k4   # the replica the node's agent is connected to
+          observedTime: "2026-01-01T10:05:00Z"
 
-Writes go out only when this content changes, and at most once per `min_interval` seconds
-(session flaps on many nodes coalesce into one write per peer). establishedSince is
-derived from the reported uptime (the earliest start seen for the session, as reports lag),
-so the uptime going by is not a change.
+Agents connect to any replica, so every replica (not only the leader) writes the entries of
+the agents connected to it: a JSON merge patch on a map keyed by node touches only those
+keys, and carries the resourceVersion listed just before, so `established` (counted over
+the whole map) stays true and a replica removes an entry only if it still reports it (an
+agent that moved to another replica keeps the entry that replica wrote). A 409 is retried
+from a fresh list. Reading uses list, which the controller may already do (no `get`).
 
-The status covers the agents whose streams reach this replica: with several replicas, an
-agent connected to a standby is missing here (as it is from the leader's `weirctl bgp peers`)
-until its stream lands on the leader.
-
-A new leader starts from nothing it wrote and writes every peer once.
+Writes go out when a replica's entries change, at most once per `min_interval` seconds
+(session flaps on many nodes coalesce into one write per peer), and every `refresh` seconds
+to renew observedTime. The leader removes entries of other replicas not renewed for
+3 x refresh (their replica is gone), which assumes clocks agree to well within that.
+establishedSince is derived from the reported uptime (the earliest start seen for the
+session, as reports lag), so the uptime going by is not a change.
 """
 
 from __future__ import annotations
@@ -40,9 +45,29 @@ from controller.state import ClusterState
 
 log = get_logger("weir.peerstatus")
 
+Entries = dict[str, dict[str, Any]]  # node -> entry (without reporter and observedTime)
+STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
 
 def _stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime(STAMP)
+
+
+def _parse_stamp(s: Any) -> float | None:
+    try:
+        return datetime.strptime(s, STAMP).replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _nodes(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The node map of a BGPPeer's status (an older list form counts as empty)."""
+    nodes = (obj.get("status") or {}).get("nodes")
+    return nodes if isinstance(nodes, dict) else {}
+
+
+def _established(nodes: Mapping[str, Any]) -> int:
+    return sum(1 for e in nodes.values() if isinstance(e, dict) and e.get("state") == "established")
 
 
 class PeerStatusWriter:
@@ -52,45 +77,59 @@ class PeerStatusWriter:
         plane: NodePlane,
         state: ClusterState,
         *,
+        reporter: str,
+        refresh: float = 30.0,
         min_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api, self.plane, self.state = api, plane, state
+        self.reporter = reporter
+        self.refresh, self.ttl = refresh, 3 * refresh
         self.min_interval = min_interval
         self._clock = clock
         # (peer, node) -> (established at, last reported uptime): an uptime going down is
         # a new session.
         self._since: dict[tuple[str, str], tuple[float, int]] = {}
-        self._written: dict[str, dict[str, Any]] = {}  # peer -> status written
+        self._written: dict[str, Entries] = {}  # peer -> this replica's entries written
 
     async def run(self) -> None:
-        """Until cancelled (on the leader)."""
-        log.info("BGPPeer status writer running")
+        """Write this replica's entries, until cancelled (on every replica)."""
+        log.info("BGPPeer status writer running", reporter=self.reporter)
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time()
         while True:
-            await self.plane.wait_for(lambda: self.desired() != self._written)
-            await self.write_changed()
+            try:
+                async with asyncio.timeout_at(renew_at):
+                    await self.plane.wait_for(lambda: self._changed(self.desired()))
+            except TimeoutError:
+                pass
+            renew = loop.time() >= renew_at
+            if await self.write_changed(renew=renew) and renew:
+                renew_at = loop.time() + self.refresh
             await asyncio.sleep(self.min_interval)
 
-    def desired(self) -> dict[str, dict[str, Any]]:
-        """The status each BGPPeer should carry now."""
+    async def collect_garbage(self) -> None:
+        """Remove the entries of gone replicas, until cancelled (on the leader)."""
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self.refresh)
+
+    def _changed(self, desired: Mapping[str, Entries]) -> bool:
+        return any(self._written.get(peer, {}) != entries for peer, entries in desired.items())
+
+    def desired(self) -> dict[str, Entries]:
+        """This replica's entries for each BGPPeer now (its connected agents)."""
         now = self._clock()
-        peers = self.state.inputs().bgp_peers
-        nodes: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
+        nodes: dict[str, Entries] = {name: {} for name in self.state.inputs().bgp_peers}
         since: dict[tuple[str, str], tuple[float, int]] = {}
         for agent in self.plane.list_agents().agents:
             if not agent.connected:
                 continue
             for s in agent.status.bgp_sessions:
                 if s.peer in nodes:
-                    nodes[s.peer].append(self._entry(agent, s, now, since))
+                    nodes[s.peer][agent.node] = self._entry(agent, s, now, since)
         self._since = since
-        return {
-            peer: {
-                "established": sum(1 for e in entries if e["state"] == "established"),
-                "nodes": sorted(entries, key=lambda e: e["node"]),
-            }
-            for peer, entries in nodes.items()
-        }
+        return nodes
 
     def _entry(
         self,
@@ -100,7 +139,6 @@ class PeerStatusWriter:
         since: dict[tuple[str, str], tuple[float, int]],
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "node": agent.node,
             "state": s.state or "idle",
             "routesSent": s.routes_sent,
             "draining": agent.status.draining,
@@ -117,30 +155,107 @@ class PeerStatusWriter:
             entry["establishedSince"] = _stamp(start)
         return entry
 
-    async def write_changed(self) -> bool:
-        """Write the peers whose status changed; False when some write failed."""
+    async def write_changed(self, *, renew: bool = False) -> bool:
+        """Write the peers whose entries here changed (every peer when renewing); False when
+        some write failed (or lost a race: the next pass retries from a fresh list)."""
+        desired = self.desired()
+        due = [p for p, e in desired.items() if renew or self._written.get(p, {}) != e]
+        for gone in set(self._written) - set(desired):
+            del self._written[gone]
+        if not due:
+            return True
+        peers = await self._list()
+        if peers is None:
+            return False
         ok = True
-        for peer, status in self.desired().items():
-            if self._written.get(peer) == status:
+        observed = _stamp(self._clock())
+        for peer in due:
+            obj = peers.get(peer)
+            if obj is None:  # deleted meanwhile: nothing to write
+                self._written[peer] = desired[peer]
                 continue
-            if await self._write(peer, status):
-                self._written[peer] = status
+            mine = {
+                node: {**e, "reporter": self.reporter, "observedTime": observed}
+                for node, e in desired[peer].items()
+            }
+            # This replica's entries for agents no longer here; not another replica's.
+            mine.update(
+                (node, None)
+                for node, e in _nodes(obj).items()
+                if node not in mine and isinstance(e, dict) and e.get("reporter") == self.reporter
+            )
+            if not mine or await self._patch(obj, mine):
+                self._written[peer] = desired[peer]
             else:
                 ok = False
-        for gone in set(self._written) - set(self.state.inputs().bgp_peers):
-            del self._written[gone]
         return ok
 
-    async def _write(self, peer: str, status: Mapping[str, Any]) -> bool:
+    async def sweep(self) -> bool:
+        """Remove other replicas' entries not renewed within the TTL, and set `established`
+        where it is missing or off; False when some write failed."""
+        peers = await self._list()
+        if peers is None:
+            return False
+        ok = True
+        oldest = self._clock() - self.ttl
+        for obj in peers.values():
+            stale: dict[str, Any] = {
+                node: None
+                for node, e in _nodes(obj).items()
+                if not isinstance(e, dict)
+                or (
+                    e.get("reporter") != self.reporter
+                    and (_parse_stamp(e.get("observedTime")) or 0.0) < oldest
+                )
+            }
+            kept = {n: e for n, e in _nodes(obj).items() if n not in stale}
+            if stale or (obj.get("status") or {}).get("established") != _established(kept):
+                if stale:
+                    log.info(
+                        "removing stale BGPPeer status entries",
+                        peer=obj["metadata"]["name"],
+                        nodes=sorted(stale),
+                    )
+                ok = await self._patch(obj, stale) and ok
+        return ok
+
+    async def _list(self) -> dict[str, dict[str, Any]] | None:
+        peers: dict[str, dict[str, Any]] = {}
+        cont = ""
         try:
-            await self.api.patch(BGP_PEERS, "", peer, {"status": status}, subresource="status")
+            while True:
+                page = await self.api.list_page(BGP_PEERS, cont=cont)
+                for obj in page.get("items") or []:
+                    peers[obj["metadata"]["name"]] = obj
+                cont = (page.get("metadata") or {}).get("continue") or ""
+                if not cont:
+                    return peers
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("listing BGPPeers failed", error=repr(e))
+            return None
+
+    async def _patch(self, obj: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:
+        """Merge nodes (None removes) into obj's status, if obj is still as listed."""
+        peer = obj["metadata"]["name"]
+        merged = {n: e for n, e in {**_nodes(obj), **nodes}.items() if e is not None}
+        patch = {
+            "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+            "status": {"established": _established(merged), "nodes": nodes},
+        }
+        if not isinstance((obj.get("status") or {}).get("nodes"), dict):
+            patch["status"]["nodes"] = merged  # replaces the older list form whole
+        try:
+            await self.api.patch(BGP_PEERS, "", peer, patch, subresource="status")
         except ApiError as e:
             if e.status == 404:
                 return True  # deleted meanwhile: nothing to write
-            log.warning("BGPPeer status write failed", peer=peer, error=str(e))
+            if e.status == 409:
+                log.debug("BGPPeer status changed meanwhile, retrying", peer=peer)
+            else:
+                log.warning("BGPPeer status write failed", peer=peer, error=str(e))
             return False
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("BGPPeer status write failed", peer=peer, error=repr(e))
             return False
-        log.debug("BGPPeer status written", peer=peer, established=status["established"])
+        log.debug("BGPPeer status written", peer=peer, established=patch["status"]["established"])
         return True

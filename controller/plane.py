@@ -10,6 +10,12 @@ node the Hello asks for.
 
 SetNodeDrain hands the setting to the drainer (controller/drain.py) and answers once a
 published version carries it (or at once for a node with no BGP settings).
+
+Authorization: the client CA signs node certificates too, so a signed certificate alone
+must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain) need a
+certificate identity listed in `operators` (--operator); the inspection RPCs stay open to
+any certificate the CA signed (they redact BGP passwords). In plaintext mode (only on an
+explicit --plaintext) there is no identity to check, and every RPC is allowed.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class NodePlane:
         max_disconnected: int = 4096,
         drainer: Drainer | None = None,
         drain_timeout: float = 10.0,
+        operators: Iterable[str] = (),
     ) -> None:
         self.store = store
         self._errors = errors
@@ -93,6 +100,7 @@ class NodePlane:
         self._max_disconnected = max_disconnected
         self._drainer = drainer
         self._drain_timeout = drain_timeout
+        self._operators = frozenset(operators)
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
@@ -384,6 +392,7 @@ class NodePlane:
     async def SetNodeDrain(
         self, request: pb.SetNodeDrainRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetNodeDrainResponse:
+        await self._require_operator(context, "SetNodeDrain")
         if self._drainer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller cannot drain")
         if not request.node:
@@ -402,6 +411,23 @@ class NodePlane:
             )
         log.info("node drain set", node=request.node, drain=request.drain)
         return pb.SetNodeDrainResponse(version=self.store.version)
+
+    async def _require_operator(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Abort with PERMISSION_DENIED unless the certificate names an operator (TLS only)."""
+        names = peer_names(context)
+        if names is None or names & self._operators:
+            return
+        log.warning(
+            "mutating call refused: not an operator",
+            method=method,
+            certificate=sorted(names),
+            peer=context.peer(),
+        )
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{method}: certificate identity {sorted(names)} is not an operator "
+            "(weir-controller --operator)",
+        )
 
     def _drain_published(self, node: str, drain: bool) -> bool:
         cluster = self.store.cluster()

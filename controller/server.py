@@ -61,7 +61,8 @@ def _passthrough(message: bytes) -> bytes:
     return message
 
 
-# The unary RPCs (inspection, and drain): (method, request type, response type).
+# The unary RPCs (method, request type, response type): inspection, open to any certificate
+# the client CA signed, and drain, for --operator identities only (controller/plane.py).
 UNARY_METHODS = (
     ("GetSnapshot", pb.GetSnapshotRequest, pb.ClusterSnapshot),
     ("GetNodeSnapshot", pb.GetNodeSnapshotRequest, pb.Snapshot),

@@ -1,4 +1,4 @@
-"""mTLS: the client certificate must name the node the agent asks for."""
+"""mTLS: the client certificate must name the node the agent asks for; only operators drain."""
 
 from __future__ import annotations
 
@@ -133,3 +133,64 @@ async def test_weirctl_over_mtls(ca: ThrowawayCA, server_tls: ServerTLS, capsys)
         assert '"192.0.2.1:80/TCP"' in capsys.readouterr().out
         assert await asyncio.to_thread(weirctl_main, argv) == 1  # no client certificate
         assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+class RecordingDrainer:
+    """Records the drain settings that got through authorization."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    async def set(self, node: str, drain: bool) -> None:
+        self.calls.append((node, drain))
+
+
+async def test_only_operators_may_drain(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
+    drainer = RecordingDrainer()
+    async with Plane(tls=server_tls, drainer=drainer, operators=["weirctl-admin"]) as p:
+        p.store.publish(cluster([S1]))
+        drain = pb.SetNodeDrainRequest(node="lb-2", drain=True)
+        # A node's own certificate is CA-signed, but a node must not drain the others.
+        async with channel(p.target, ca, ca.issue("lb-1", dns=["lb-1"])) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_grpc.NodePlaneStub(ch).SetNodeDrain(drain, timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'lb-1'" in err.value.details() and "--operator" in err.value.details()
+        # The CN does not count when a DNS SAN is present (same identity as Connect).
+        mixed = ca.issue("weirctl-admin", dns=["lb-3"])
+        async with channel(p.target, ca, mixed) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_grpc.NodePlaneStub(ch).SetNodeDrain(drain, timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert drainer.calls == []
+        # The operator's certificate (CN only), through weirctl.
+        admin = ca.issue("weirctl-admin")
+        argv = ["--controller", p.target, "node", "drain", "lb-2", "--timeout", "0"]
+        tls = ["--ca", str(ca.ca), "--server-name", "weir-controller"]
+        creds = ["--cert", str(admin.cert), "--key", str(admin.key)]
+        assert await asyncio.to_thread(weirctl_main, [*argv, *tls, *creds]) == 0
+        assert drainer.calls == [("lb-2", True)]
+
+
+async def test_non_operators_may_still_inspect(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
+    async with Plane(tls=server_tls, drainer=RecordingDrainer(), operators=["weirctl-admin"]) as p:
+        v = p.store.publish(cluster([S1]))
+        agent = p.agent("lb-1", tls=client_tls(ca, ca.issue("lb-1", dns=["lb-1"])))
+        async with asyncio.timeout(10):
+            await agent.wait_version(v)
+        async with channel(p.target, ca, ca.issue("viewer", dns=["viewer"])) as ch:
+            stub = pb_grpc.NodePlaneStub(ch)
+            snap = await stub.GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
+            agents = await stub.ListAgents(pb.ListAgentsRequest(), timeout=10)
+        assert [s.id for s in snap.services] == [S1.id]
+        assert [a.node for a in agents.agents] == ["lb-1"]
+
+
+async def test_plaintext_has_no_identity_and_may_drain() -> None:
+    drainer = RecordingDrainer()
+    async with Plane(drainer=drainer, operators=["weirctl-admin"]) as p:
+        p.store.publish(cluster([S1]))
+        async with p.channel() as ch:
+            drain = pb.SetNodeDrainRequest(node="lb-2", drain=True)
+            await pb_grpc.NodePlaneStub(ch).SetNodeDrain(drain, timeout=10)
+        assert drainer.calls == [("lb-2", True)]

@@ -191,7 +191,10 @@ async def test_write_conflicts_are_retried(ctl: Harness, fake: FakeKubeAPI) -> N
 async def test_dual_stack_and_pool_changes(ctl: Harness, fake: FakeKubeAPI) -> None:
     fake.create(b.pool("v6", "2001:db8::/120"))
     fake.create(b.service("both", ipFamilies=["IPv6", "IPv4"], ipFamilyPolicy="RequireDualStack"))
-    await fake.wait_until(lambda: bool(ingress(fake, "both")))
+    # The pool's status is written after the Service's: wait for both.
+    await fake.wait_until(
+        lambda: bool(ingress(fake, "both")) and "assignedIPv6" in pool_status(fake, "v6")
+    )
     assert ingress(fake, "both") == ["2001:db8::", "192.0.2.0"]
     assert pool_status(fake, "v6")["assignedIPv6"] == 1
     assert pool_status(fake, "v6")["availableIPv6"] == 255

@@ -106,6 +106,8 @@ def test_controller_deployment(docs: list[dict]) -> None:
     env_free = [a.replace("$(POD_NAMESPACE)", NAMESPACE).replace("$(POD_NAME)", "p") for a in args]
     parsed = build_parser().parse_args(env_free)
     assert parsed.source == "kubernetes" and parsed.leader_elect
+    # Only the operator identity may drain: node certificates are signed by the same CA.
+    assert parsed.operator == ["weirctl-admin"]
     svc = one(docs, "Service", "weir-controller")
     assert svc["spec"]["selector"].items() <= labels.items()
     assert svc["spec"]["ports"][0]["targetPort"] == "nodeplane"

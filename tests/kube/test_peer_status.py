@@ -1,7 +1,9 @@
 """BGP session state in the BGPPeer status: agents (the real ControllerClient) report their
 sessions to a real NodePlane server; PeerStatusWriter writes them per node into each
 BGPPeer's status subresource of the fake API server (which prunes what the CRD schema does
-not allow), only on change and rate-limited. Draining a node with the Kubernetes source
+not allow), only on change and rate-limited. Two replicas (two NodePlanes, one writer each)
+write their own agents' entries side by side, and the leader removes a gone replica's
+entries. Draining a node with the Kubernetes source
 patches its weir.dev/drain annotation."""
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ async def test_sessions_go_to_the_bgppeer_status(
 ) -> None:
     clock = Clock()
     async with Plane() as plane:
-        writer = PeerStatusWriter(kube, plane.plane, harness.state, min_interval=0.3, clock=clock)
+        writer = PeerStatusWriter(
+            kube, plane.plane, harness.state, reporter="r1", min_interval=0.3, clock=clock
+        )
         task = asyncio.create_task(writer.run())
         try:
             lb1 = plane.agent("lb-1")
@@ -100,24 +104,32 @@ async def test_sessions_go_to_the_bgppeer_status(
                 )
             )
             lb2.report_status(pb.NodeStatus(bgp_sessions=[session("router", "connect")]))
+            mark = {"reporter": "r1", "observedTime": stamp(T0)}
             want_router = {
                 "established": 1,
-                "nodes": [
-                    {
-                        "node": "lb-1",
+                "nodes": {
+                    "lb-1": {
                         "state": "established",
                         "establishedSince": stamp(T0 - 30),
                         "routesSent": 2,
                         "draining": False,
+                        **mark,
                     },
-                    {"node": "lb-2", "state": "connect", "routesSent": 0, "draining": False},
-                ],
+                    "lb-2": {"state": "connect", "routesSent": 0, "draining": False, **mark},
+                },
             }
             await fake.wait_until(lambda: peer_status(fake, "router") == want_router)
-            assert peer_status(fake, "backup") == {
-                "established": 0,
-                "nodes": [{"node": "lb-1", "state": "active", "routesSent": 0, "draining": False}],
-            }
+            await fake.wait_until(
+                lambda: (
+                    peer_status(fake, "backup")
+                    == {
+                        "established": 0,
+                        "nodes": {
+                            "lb-1": {"state": "active", "routesSent": 0, "draining": False, **mark}
+                        },
+                    }
+                )
+            )
 
             # The uptime going by (reported late, as agents report every few seconds) is no
             # change: nothing is written.
@@ -145,22 +157,79 @@ async def test_sessions_go_to_the_bgppeer_status(
                     )
                 )
             await fake.wait_until(
-                lambda: peer_status(fake, "router")["nodes"][0]["routesSent"] == 8
+                lambda: peer_status(fake, "router")["nodes"]["lb-1"]["routesSent"] == 8
             )
             assert status_writes(fake, "router") - writes <= 2
-            assert peer_status(fake, "router")["nodes"][0]["draining"] is True
+            assert peer_status(fake, "router")["nodes"]["lb-1"]["draining"] is True
             # lb-1 dropped its backup session from its report: the entry goes.
-            await fake.wait_until(lambda: peer_status(fake, "backup")["nodes"] == [])
+            await fake.wait_until(lambda: peer_status(fake, "backup")["nodes"] == {})
 
             # An agent that goes away leaves the status.
             await plane.stop_agent(lb2)
-            await fake.wait_until(
-                lambda: [n["node"] for n in peer_status(fake, "router")["nodes"]] == ["lb-1"]
-            )
+            await fake.wait_until(lambda: list(peer_status(fake, "router")["nodes"]) == ["lb-1"])
+            assert peer_status(fake, "router")["established"] == 1
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_two_replicas_write_side_by_side(
+    fake: FakeKubeAPI, kube: KubeAPI, harness: Harness
+) -> None:
+    """Each replica writes the entries of its own agents; one removes only its own; the
+    leader removes a gone replica's entries once they are older than the TTL. The passes
+    are driven one by one here: the order of the replicas' writes is the point."""
+    clock = Clock()
+    async with Plane() as p1, Plane() as p2:
+        w1, w2 = (
+            PeerStatusWriter(kube, p.plane, harness.state, reporter=r, refresh=10, clock=clock)
+            for p, r in ((p1, "r1"), (p2, "r2"))
+        )
+
+        def router() -> dict[str, Any]:
+            return peer_status(fake, "router")
+
+        def reporters() -> dict[str, str]:
+            return {n: e["reporter"] for n, e in router()["nodes"].items()}
+
+        established = pb.NodeStatus(bgp_sessions=[session("router", "established", uptime=5)])
+        lb1, lb2 = p1.agent("lb-1"), p2.agent("lb-2")
+        await report_and_settle(p1, lb1, established)
+        await report_and_settle(p2, lb2, pb.NodeStatus(bgp_sessions=[session("router", "connect")]))
+        assert await w1.write_changed() and await w2.write_changed()
+        assert reporters() == {"lb-1": "r1", "lb-2": "r2"}
+        assert router()["established"] == 1
+
+        # lb-1's agent moves to replica 2, which writes first; replica 1 then sees its stream
+        # end and leaves replica 2's entry alone.
+        await report_and_settle(p2, p2.agent("lb-1"), established)
+        assert await w2.write_changed()
+        await p1.stop_agent(lb1)
+        assert await w1.write_changed()
+        assert reporters() == {"lb-1": "r2", "lb-2": "r2"}
+        assert router()["established"] == 1
+
+        # Replica 1 reports lb-3, then is gone; replica 2 is the leader and renews its own.
+        await report_and_settle(
+            p1, p1.agent("lb-3"), pb.NodeStatus(bgp_sessions=[session("router", "active")])
+        )
+        assert await w1.write_changed()
+        assert reporters() == {"lb-1": "r2", "lb-2": "r2", "lb-3": "r1"}
+        clock.now += w2.ttl - 1
+        assert await w2.write_changed(renew=True) and await w2.sweep()
+        assert "lb-3" in reporters()  # not older than the TTL yet
+        clock.now += 2
+        assert await w2.sweep()
+        assert reporters() == {"lb-1": "r2", "lb-2": "r2"}
+        assert router()["established"] == 1
+
+        # A write from a stale read loses (409) and changes nothing.
+        stale = fake.get(b.WEIR, "BGPPeer", "", "router")
+        await p2.stop_agent(lb2)
+        assert await w2.write_changed()
+        assert not await w2._patch(stale, {"lb-9": None})
+        assert reporters() == {"lb-1": "r2"}
 
 
 async def report_and_settle(plane: Plane, client: ControllerClient, status: pb.NodeStatus) -> None:
