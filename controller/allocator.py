@@ -32,7 +32,7 @@ import aiohttp
 from common.logs import get_logger
 from common.pb import pb
 from controller.ipam import Allocation, FamilyPolicy, PoolUsage, allocate, handles
-from controller.kubeapi import EVENTS, IP_POOLS, SERVICES, ApiError, KubeAPI
+from controller.kubeapi import EVENTS, IP_POOLS, SERVICES, ApiError, KubeAPI, WriteFailure, write
 from controller.objects import IP_POOL, SERVICE
 from controller.sources.base import StateSink
 from controller.state import ClusterState
@@ -276,19 +276,10 @@ class Allocator:
             return await write
 
     async def _patch(self, what: str, call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        try:
-            obj = await call
-        except ApiError as e:
-            if e.status == 409:
-                log.debug("conflict; retrying with the newer object", object=what)
-            elif e.status == 404:
-                log.debug("gone before the write", object=what)
-                return {}
-            else:
-                log.warning("status write failed", object=what, error=str(e))
-            return None
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            log.warning("status write failed", object=what, error=repr(e))
+        obj = await write(call, what)
+        if obj is WriteFailure.GONE:
+            return {}
+        if isinstance(obj, WriteFailure):
             return None
         self.sink.upsert(obj)
         return obj

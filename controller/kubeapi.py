@@ -8,14 +8,19 @@ in-cluster configuration, TLS, bearer tokens and their refresh.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client, config
+
+from common.logs import get_logger
+
+log = get_logger("weir.kubeapi")
 
 MAX_EVENT_BYTES = 16 * 2**20  # one watch event line; etcd objects are at most 1.5 MiB
 
@@ -77,6 +82,34 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
+
+class WriteFailure(enum.Enum):
+    """Why a write did not happen (write() returns it instead of raising)."""
+
+    CONFLICT = "conflict"  # 409: the object changed; retry from a fresh read
+    GONE = "gone"  # 404: deleted meanwhile, nothing left to write
+    ERROR = "error"  # any other refusal, or the API unreachable: logged
+
+
+T = TypeVar("T")
+
+
+async def write(call: Awaitable[T], what: str) -> T | WriteFailure:
+    """Await one write to the API; a refusal becomes a WriteFailure, logged once here."""
+    try:
+        return await call
+    except ApiError as e:
+        if e.status == 409:
+            log.debug("conflict; retrying from a fresh read", object=what)
+            return WriteFailure.CONFLICT
+        if e.status == 404:
+            log.debug("gone before the write", object=what)
+            return WriteFailure.GONE
+        log.warning("write failed", object=what, error=str(e))
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        log.warning("write failed", object=what, error=repr(e))
+    return WriteFailure.ERROR
 
 
 async def load_client(

@@ -39,7 +39,7 @@ import aiohttp
 
 from common.logs import get_logger
 from common.pb import pb
-from controller.kubeapi import BGP_PEERS, ApiError, KubeAPI
+from controller.kubeapi import BGP_PEERS, ApiError, KubeAPI, WriteFailure, write
 from controller.plane import NodePlane
 from controller.state import ClusterState
 
@@ -244,18 +244,12 @@ class PeerStatusWriter:
         }
         if not isinstance((obj.get("status") or {}).get("nodes"), dict):
             patch["status"]["nodes"] = merged  # replaces the older list form whole
-        try:
-            await self.api.patch(BGP_PEERS, "", peer, patch, subresource="status")
-        except ApiError as e:
-            if e.status == 404:
-                return True  # deleted meanwhile: nothing to write
-            if e.status == 409:
-                log.debug("BGPPeer status changed meanwhile, retrying", peer=peer)
-            else:
-                log.warning("BGPPeer status write failed", peer=peer, error=str(e))
-            return False
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            log.warning("BGPPeer status write failed", peer=peer, error=repr(e))
+        done = await write(
+            self.api.patch(BGP_PEERS, "", peer, patch, subresource="status"), f"BGPPeer {peer}"
+        )
+        if done is WriteFailure.GONE:
+            return True  # deleted meanwhile: nothing to write
+        if isinstance(done, WriteFailure):
             return False
         log.debug("BGPPeer status written", peer=peer, established=patch["status"]["established"])
         return True
