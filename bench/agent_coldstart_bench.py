@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from lab.netns import Topology, cleanup_prefix, sh
+from weir.lab.netns import Topology, cleanup_prefix, sh
 
 PREFIX = "wagb"
 SUBNET = ipaddress.ip_network("10.90.0.0/16")
@@ -42,8 +42,8 @@ def id_of(vip: str) -> str:
 
 
 def build_snapshot(services: int, backends: int, pool: list[str], size: int):
-    from common import viewhash
-    from common.pb import pb
+    from weir.common import viewhash
+    from weir.common.pb import pb
 
     snap = pb.Snapshot(version=1, node="bench", maglev_seed=42)
     vips = sorted((str(ipaddress.ip_address("198.18.0.0") + i) for i in range(services)), key=id_of)
@@ -64,13 +64,13 @@ def build_snapshot(services: int, backends: int, pool: list[str], size: int):
 
 
 async def measure(pins: Path, args: argparse.Namespace, pool: list[str]) -> dict:
-    from common.pb import pb
-    from nodeagent.agent import Agent, AgentConfig
-    from nodeagent.controller_client import apply_message
-    from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
-    from nodeagent.maglev import TableCache, backend_id
-    from nodeagent.neighbors import NeighborResolver
-    from nodeagent.plan import service_spec
+    from weir.common.pb import pb
+    from weir.nodeagent.agent import Agent, AgentConfig
+    from weir.nodeagent.controller_client import apply_message
+    from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
+    from weir.nodeagent.maglev import TableCache, backend_id
+    from weir.nodeagent.neighbors import NeighborResolver
+    from weir.nodeagent.plan import service_spec
 
     snap = build_snapshot(args.services, args.backends, pool, args.table_size)
     msg = pb.ControllerMessage(snapshot=snap)
@@ -157,7 +157,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (namespaces, XDP, bpffs)", file=sys.stderr)
         return 2
-    from common.logs import configure
+    from weir.common.logs import configure
 
     configure("console", "warning")
     cleanup_prefix(PREFIX)

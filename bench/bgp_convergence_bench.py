@@ -33,8 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.bgp support modules
 
-from lab.netns import Topology, cleanup_prefix
-from nodeagent.bgp import BGPSpeaker, ExaBGPOptions
+from weir.lab.netns import Topology, cleanup_prefix
+from weir.nodeagent.bgp import BGPSpeaker, ExaBGPOptions
+
 from tests.bgp.support import VIP, Lab, bgp_config, build
 
 PREFIX = "wbgb"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
-from nodeagent.maglev import backend_id, build_table
+from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
+from weir.nodeagent.maglev import backend_id, build_table
+
 from tests.dataplane.support import bpffs_mount, in_netns, missing_privileges, veth_netns
 
 SIZE = 16381

@@ -1,6 +1,6 @@
 """New TCP connections per second and their latency through the lab: Weir vs nftables DNAT.
 
-One lab network (python -m lab's: clients, a router with an ECMP route over three LB nodes,
+One lab network (python -m weir.lab's: clients, a router with an ECMP route over three LB nodes,
 four HTTP backends), two ways to balance on the LB nodes, measured in the same run:
   baseline  nftables DNAT to a random backend + masquerade on each LB node, what kube-proxy's
             nftables mode does for a LoadBalancer Service: replies come back through the node
@@ -25,9 +25,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.netns import Host, Topology
-from lab.stack import WORKDIR, Stack, teardown
-from lab.topology import BACKENDS, NODES, PORT, PREFIX, VIP, build
+from weir.lab.netns import Host, Topology
+from weir.lab.stack import WORKDIR, Stack, teardown
+from weir.lab.topology import BACKENDS, NODES, PORT, PREFIX, VIP, build
 
 NFT_TABLE = "wlb_kubeproxy"
 

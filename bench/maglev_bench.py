@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from nodeagent.maglev import backend_id, build_table, disruption
+from weir.nodeagent.maglev import backend_id, build_table, disruption
 
 HERE = Path(__file__).resolve().parent
 SEED = 0x5EED

@@ -27,15 +27,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from reduce_bench import generate
-
-from common.logs import configure
-from controller.objects import ALL_KINDS
-from controller.plane import NodePlane
-from controller.publish import DEFAULT_DEBOUNCE, Publisher
-from controller.reduce import ReduceConfig
-from controller.server import start_server
-from controller.snapshots import SnapshotStore
-from controller.state import ClusterState
+from weir.common.logs import configure
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.publish import DEFAULT_DEBOUNCE, Publisher
+from weir.controller.core.reduce import ReduceConfig
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.state import ClusterState
+from weir.controller.plane.server import start_server
+from weir.controller.plane.servicer import NodePlane
 
 TARGET_P99 = 0.100
 MODES = ("baseline", "pipeline", "default")

@@ -14,10 +14,9 @@ import signal
 import sys
 
 from grpc.experimental.aio import init_grpc_aio
-
-from common.logs import configure
-from common.pb import pb
-from nodeagent.controller_client import ControllerClient, Update
+from weir.common.logs import configure
+from weir.common.pb import pb
+from weir.nodeagent.controller_client import ControllerClient, Update
 
 
 async def ack(update: Update) -> pb.Ack:

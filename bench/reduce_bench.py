@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.gcpause import gc_paused
-from controller.objects import ALL_KINDS
-from controller.reduce import ReduceConfig, reduce
-from controller.state import ClusterState
-from controller.views import node_view, node_view_hash
+from weir.controller.core.gcpause import gc_paused
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.reduce import ReduceConfig, reduce
+from weir.controller.core.state import ClusterState
+from weir.controller.core.views import node_view, node_view_hash
 
 TARGET_SECONDS = 1.0
 

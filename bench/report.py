@@ -250,7 +250,7 @@ PLANE_NAMES = {
 
 def plane_labels() -> dict[str, str]:
     """plane_bench's row labels, as it prints them."""
-    from controller.publish import DEFAULT_DEBOUNCE
+    from weir.controller.core.publish import DEFAULT_DEBOUNCE
 
     return {
         "baseline": "baseline: store.publish -> 200 acks",
@@ -325,9 +325,8 @@ def reduce_(quick: bool) -> Section:
 
 def disruption(quick: bool) -> Section:
     import numpy as np
-
-    from nodeagent.maglev import backend_id, build_table
-    from nodeagent.maglev import disruption as needless
+    from weir.nodeagent.maglev import backend_id, build_table
+    from weir.nodeagent.maglev import disruption as needless
 
     sec = Section(
         "5. Disruption: table slots that change when 1 of N backends leaves", "5. Disruption"

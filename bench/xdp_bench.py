@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from nodeagent.dataplane import (  # noqa: E402
+from weir.nodeagent.dataplane import (  # noqa: E402
     BackendTarget,
     Dataplane,
     DataplaneConfig,
@@ -49,7 +49,8 @@ from nodeagent.dataplane import (  # noqa: E402
     layout,
     loader,
 )
-from nodeagent.maglev import backend_id, build_table  # noqa: E402
+from weir.nodeagent.maglev import backend_id, build_table  # noqa: E402
+
 from tests.dataplane.support import (  # noqa: E402
     Flow,
     bpffs_mount,

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Collection
 from typing import Any
 
-from common.pb import pb
+from weir.common.pb import pb
 
 
 def encode(message: Any) -> bytes:

@@ -22,18 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from grpc.experimental.aio import init_grpc_aio
-
-from common.logs import configure, get_logger
-from controller.drain import Drainer, MemoryDrainer
-from controller.metrics import Metrics, serve_metrics
-from controller.objects import ALL_KINDS
-from controller.plane import NodePlane
-from controller.publish import Publisher
-from controller.reduce import ReduceConfig
-from controller.server import ServerTLS, serve
-from controller.snapshots import DEFAULT_HISTORY, SnapshotStore
-from controller.sources.base import Source
-from controller.state import ClusterState
+from weir.common.logs import configure, get_logger
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.publish import Publisher
+from weir.controller.core.reduce import ReduceConfig
+from weir.controller.core.snapshots import DEFAULT_HISTORY, SnapshotStore
+from weir.controller.core.state import ClusterState
+from weir.controller.metrics import Metrics, serve_metrics
+from weir.controller.plane.drain import Drainer, MemoryDrainer
+from weir.controller.plane.server import ServerTLS, serve
+from weir.controller.plane.servicer import NodePlane
+from weir.controller.sources.base import Source
 
 log = get_logger("weir.controller")
 
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(SetNodeDrain); repeatable. Any CA-signed certificate may inspect. Not checked "
         "with --plaintext",
     )
-    from controller.kubewire import add_flags as add_kubernetes_flags
+    from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
 
     add_kubernetes_flags(p)
     return p
@@ -147,14 +146,14 @@ def server_tls(args: argparse.Namespace) -> ServerTLS | None:
 
 async def make_source(args: argparse.Namespace) -> Source:
     if args.source == "file":
-        from controller.sources.files import FileSource
+        from weir.controller.sources.files import FileSource
 
         return FileSource(args.manifests)
     try:
-        from controller.kubeapi import KubeAPI, load_client
-        from controller.sources.kubernetes import KubernetesSource
+        from weir.controller.kube.api import KubeAPI, load_client
+        from weir.controller.sources.kubernetes import KubernetesSource
     except ModuleNotFoundError as exc:
-        if exc.name not in ("controller.kubeapi", "controller.sources.kubernetes"):
+        if exc.name not in ("weir.controller.kube.api", "weir.controller.sources.kubernetes"):
             raise
         raise SystemExit(
             "weir-controller: the kubernetes source is not available in this build "
@@ -167,7 +166,7 @@ async def make_source(args: argparse.Namespace) -> Source:
 def make_drainer(args: argparse.Namespace, source: Source, state: ClusterState) -> Drainer:
     """The Node annotation with the Kubernetes source, memory with the file source."""
     if args.source == "kubernetes":
-        from controller.kubedrain import AnnotationDrainer
+        from weir.controller.kube.drain import AnnotationDrainer
 
         return AnnotationDrainer(source.api)  # type: ignore[attr-defined]
     return MemoryDrainer(state)
@@ -184,7 +183,7 @@ async def run(args: argparse.Namespace, extra_tasks: Sequence[TaskFactory] = ())
     tls = server_tls(args)
     source = await make_source(args)
     if args.source == "kubernetes":  # IPAM and status writes on the Lease holder; probes
-        from controller.kubewire import kubernetes_tasks
+        from weir.controller.kube.wiring import kubernetes_tasks
 
         extra_tasks = (*extra_tasks, *kubernetes_tasks(args, source))
     metrics = Metrics()

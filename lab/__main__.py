@@ -1,9 +1,9 @@
 """Weir end to end on one machine, in network namespaces (run as root):
 
-    python -m lab            # build, show balancing, LB node failure, backend removal; clean up
-    python -m lab --quick    # the same with fewer connections
-    python -m lab --keep     # leave it running and print how to explore it
-    python -m lab down       # remove a kept (or killed) lab
+    python -m weir.lab         # build, show balancing, LB node failure, backend removal; clean up
+    python -m weir.lab --quick # the same with fewer connections
+    python -m weir.lab --keep  # leave it running and print how to explore it
+    python -m weir.lab down    # remove a kept (or killed) lab
 
 Traffic goes only between the lab's own namespaces. Nothing is left behind (namespaces,
 links, bpffs pins, processes), also on Ctrl-C, SIGTERM or an error.
@@ -17,14 +17,14 @@ import signal
 import sys
 import time
 
-from lab import demo, show
-from lab.netns import Topology
-from lab.stack import WORKDIR, LabError, Stack, agent_supports_bgp, leftovers, teardown
-from lab.topology import CLIENTS, NODES, PREFIX, VIP, build
+from weir.lab import demo, show
+from weir.lab.netns import Topology
+from weir.lab.stack import WORKDIR, LabError, Stack, agent_supports_bgp, leftovers, teardown
+from weir.lab.topology import CLIENTS, NODES, PREFIX, VIP, build
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m weir.lab", description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", choices=("run", "down"), default="run")
     p.add_argument("--keep", action="store_true", help="leave the lab running at the end")
     p.add_argument("--quick", action="store_true", help="fewer connections (tests)")

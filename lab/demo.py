@@ -14,9 +14,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lab import show
-from lab.stack import LabError, Stack, read_line
-from lab.topology import BACKENDS, NODES
+from weir.lab import show
+from weir.lab.stack import LabError, Stack, read_line
+from weir.lab.topology import BACKENDS, NODES
 
 SPORT_BASE = 20000
 FAILED_NODE = "lb3"

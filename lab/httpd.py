@@ -1,7 +1,7 @@
 """A tiny HTTP/1.1 server for the lab's backends: every request is answered with its name.
 
-    python -m lab.httpd --name b1 --port 80
-    python -m lab.httpd --name b1 --port 80 --lines   # raw TCP: each line read is a request
+    python -m weir.lab.httpd --name b1 --port 80
+    python -m weir.lab.httpd --name b1 --port 80 --lines   # raw TCP: each line read is a request
 
 Keep-alive is honoured (the lab's long-lived connections send a request every so often on
 one connection); "Connection: close" closes after the answer. With --lines every line read
@@ -92,7 +92,7 @@ async def serve(name: str, port: int, *, lines: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lab.httpd", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="weir.lab.httpd", description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=80)
     p.add_argument("--lines", action="store_true", help="answer each line read (raw TCP)")

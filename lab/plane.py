@@ -1,6 +1,6 @@
 """Ask the controller whether the agents caught up; run inside the controller's namespace.
 
-    python -m lab.plane --controller 127.0.0.1:9443 --nodes lb1,lb2 --min-version 3 --timeout 20
+    python -m weir.lab.plane --controller 127.0.0.1:9443 --nodes lb1,lb2 --min-version 3
 
 Prints one JSON document: the controller's version, each agent's acked version and whether
 every named node is connected and acked the current version (>= min-version) in time; and,
@@ -17,8 +17,7 @@ import time
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-
-from common.pb import pb, pb_grpc
+from weir.common.pb import pb, pb_grpc
 
 RPC_TIMEOUT = 3.0
 
@@ -54,7 +53,7 @@ async def wait_acked(controller: str, nodes: list[str], min_version: int, within
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lab.plane", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="weir.lab.plane", description=__doc__.splitlines()[0])
     p.add_argument("--controller", required=True)
     p.add_argument("--nodes", default="")
     p.add_argument("--min-version", type=int, default=0)

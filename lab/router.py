@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lab.netns import Host
+from weir.lab.netns import Host
 
 Routing = Literal["static", "bgp"]
 ROUTER_ASN = 64512

@@ -2,7 +2,7 @@
 lab manifests, one weir-agent per load-balancer node; and the operations the demo performs.
 
 Everything lives under one work directory (manifests, logs, each node's bpffs mount), so
-`python -m lab down` can remove what a killed run left behind.
+`python -m weir.lab down` can remove what a killed run left behind.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-from lab.netns import Host, Topology, cleanup_prefix, sh
-from lab.router import Router, Routing
-from lab.topology import BACKENDS, CONTROLLER, NODES, PORT, PREFIX, ROUTER_SERVER, VIP, LabNet
+from weir.lab.netns import Host, Topology, cleanup_prefix, sh
+from weir.lab.router import Router, Routing
+from weir.lab.topology import BACKENDS, CONTROLLER, NODES, PORT, PREFIX, ROUTER_SERVER, VIP, LabNet
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "deploy" / "examples" / "lab"
@@ -136,7 +135,7 @@ class Stack:
         """Wait until the nodes acked the controller's latest version; returns it."""
         nodes = list(self.agents) if nodes is None else nodes
         out = self.net.ctl.run(
-            [sys.executable, "-m", "lab.plane", "--controller", f"127.0.0.1:{CTL_PORT}",
+            [sys.executable, "-m", "weir.lab.plane", "--controller", f"127.0.0.1:{CTL_PORT}",
              "--nodes", ",".join(nodes), "--min-version", str(min_version),
              "--timeout", str(timeout)],
             timeout=timeout + 30,
@@ -148,8 +147,8 @@ class Stack:
 
     def new_flows(self, node: str) -> int:
         """New flows this node's XDP program has balanced (all services), from its maps."""
-        from nodeagent.dataplane.inspection import stats
-        from nodeagent.dataplane.pinned import PinnedMaps
+        from weir.nodeagent.dataplane.inspection import stats
+        from weir.nodeagent.dataplane.pinned import PinnedMaps
 
         maps = PinnedMaps(self.bpffs(node))
         try:
@@ -159,8 +158,8 @@ class Stack:
 
     def tracked_ports(self, node: str) -> set[int]:
         """Client ports of the flows this node's conntrack holds."""
-        from nodeagent.dataplane.inspection import ct_entries
-        from nodeagent.dataplane.pinned import PinnedMaps
+        from weir.nodeagent.dataplane.inspection import ct_entries
+        from weir.nodeagent.dataplane.pinned import PinnedMaps
 
         maps = PinnedMaps(self.bpffs(node))
         try:
@@ -170,8 +169,8 @@ class Stack:
 
     def maglev_table(self, node: str) -> list[str]:
         """The active Maglev table of the node's (only) service, as backend addresses."""
-        from nodeagent.dataplane.inspection import nat_services
-        from nodeagent.dataplane.pinned import PinnedMaps
+        from weir.nodeagent.dataplane.inspection import nat_services
+        from weir.nodeagent.dataplane.pinned import PinnedMaps
 
         maps = PinnedMaps(self.bpffs(node))
         try:
@@ -226,7 +225,7 @@ class Stack:
 
     def traffic(self, client: str, *args: str) -> subprocess.Popen:
         return self.net.clients[client].popen(
-            [sys.executable, "-m", "lab.traffic", *args, "--vip", VIP, "--port", str(PORT)],
+            [sys.executable, "-m", "weir.lab.traffic", *args, "--vip", VIP, "--port", str(PORT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=REPO,
@@ -239,7 +238,7 @@ class Stack:
 def start_backend(host: Host, name: str, port: int, *, lines: bool = False) -> subprocess.Popen:
     """lab.httpd in host, answering with name (over HTTP, or each line with --lines); returns
     once it listens."""
-    args = [sys.executable, "-m", "lab.httpd", "--name", name, "--port", str(port)]
+    args = [sys.executable, "-m", "weir.lab.httpd", "--name", name, "--port", str(port)]
     proc = host.popen(args + ["--lines"] * lines, stdout=subprocess.PIPE, cwd=REPO)
     if "serving" not in read_line(proc.stdout, 10):
         raise LabError(f"backend {name} did not start")

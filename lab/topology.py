@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.netns import Host, Topology
+from weir.lab.netns import Host, Topology
 
 PREFIX = "wlb"
 VIP = "192.0.2.10"

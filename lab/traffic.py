@@ -1,8 +1,8 @@
 """The lab's HTTP clients, run inside a client namespace; results go to stdout as JSON.
 
-    python -m lab.traffic burst --vip V --count 600 [--sport-base 20000]   # one line per conn
-    python -m lab.traffic rate --vip V --seconds 8 --concurrency 32          # summary line
-    python -m lab.traffic hold --vip V --count 24                            # long-lived conns
+    python -m weir.lab.traffic burst --vip V --count 600 [--sport-base 20000]   # one line per conn
+    python -m weir.lab.traffic rate --vip V --seconds 8 --concurrency 32          # summary line
+    python -m weir.lab.traffic hold --vip V --count 24                            # long-lived conns
 
 burst: new connections (one GET each), one JSON line per finished connection, so the caller
 shows progress; with --sport-base the source ports are fixed, so the same flows can be
@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from lab.httpd import read_headers
+from weir.lab.httpd import read_headers
 
 IO_TIMEOUT = 3.0
 MAX_HEADER_LINES = 50
@@ -164,7 +164,7 @@ async def hold(vip: str, port: int, count: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lab.traffic", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="weir.lab.traffic", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
     for mode in ("burst", "rate", "hold"):
         c = sub.add_parser(mode)

@@ -33,15 +33,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-
-from common.logs import get_logger
-from common.pb import pb
-from common.tablesize import validate_table_size
-from nodeagent.controller_client import Update
-from nodeagent.dataplane import BackendTarget, Dataplane, Frontend
-from nodeagent.maglev import NoBackendsError, TableCache, backend_id
-from nodeagent.neighbors import NeighborError, Resolution
-from nodeagent.plan import AppliedState, BackendSpec, ServiceSpec, make_plan
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.common.tablesize import validate_table_size
+from weir.nodeagent.controller_client import Update
+from weir.nodeagent.dataplane import BackendTarget, Dataplane, Frontend
+from weir.nodeagent.maglev import NoBackendsError, TableCache, backend_id
+from weir.nodeagent.neighbors import NeighborError, Resolution
+from weir.nodeagent.plan import AppliedState, BackendSpec, ServiceSpec, make_plan
 
 log = get_logger("weir.agent")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from common.pb import pb
+from weir.common.pb import pb
 
 
 class PromMetrics:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
-from common import viewhash
-from common.logs import get_logger
-from common.pb import ACCEPTED_KEY, pb, pb_grpc
+from weir.common import viewhash
+from weir.common.logs import get_logger
+from weir.common.pb import ACCEPTED_KEY, pb, pb_grpc
 
 log = get_logger("weir.controller_client")
 

@@ -28,9 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from common.tablesize import MAX_TABLE_SIZE, validate_table_size
-from nodeagent import _maglev
+from weir.common.tablesize import MAX_TABLE_SIZE, validate_table_size
+from weir.nodeagent import _maglev
 
 MAX_WEIGHT = 2**32 - 1
 MAX_SEED = 2**64 - 1

@@ -17,13 +17,13 @@ import socket
 import sys
 from pathlib import Path
 
-from common import logs
-from nodeagent.agent import Agent, AgentConfig
-from nodeagent.bgp import AgentBGP, BGPSpeaker
-from nodeagent.controller_client import ControllerClient, TLSConfig
-from nodeagent.dataplane import Dataplane, DataplaneConfig
-from nodeagent.maglev import TableCache
-from nodeagent.neighbors import NeighborResolver
+from weir.common import logs
+from weir.nodeagent.agent import Agent, AgentConfig
+from weir.nodeagent.bgp import AgentBGP, BGPSpeaker
+from weir.nodeagent.controller_client import ControllerClient, TLSConfig
+from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
+from weir.nodeagent.maglev import TableCache
+from weir.nodeagent.neighbors import NeighborResolver
 
 log = logs.get_logger("weir.agent")
 
@@ -98,7 +98,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     metrics = None
     if args.metrics_address:
-        from nodeagent.agent_metrics import PromMetrics
+        from weir.nodeagent.agent_metrics import PromMetrics
 
         metrics = PromMetrics(args.node)
         metrics.serve(args.metrics_address)

@@ -43,8 +43,7 @@ from pyroute2.netlink.rtnl.ndmsg import (
     NUD_REACHABLE,
     NUD_STALE,
 )
-
-from common.logs import get_logger
+from weir.common.logs import get_logger
 
 log = get_logger(__name__)
 

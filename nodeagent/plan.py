@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from common.pb import pb
+from weir.common.pb import pb
 
 STRATEGY_NAMES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
 
@@ -58,7 +58,7 @@ class ServiceSpec:
 
 def table_backends(svc: pb.Service) -> tuple[BackendSpec, ...]:
     """The backends that take new flows: all the controller sent. It already chose them
-    (controller/endpoints.py: ready ones, else serving-terminating ones, as kube-proxy does);
+    (controller/core/endpoints.py: ready ones, else serving-terminating ones, as kube-proxy does);
     the flags ride along for inspection, and a second opinion here could only disagree."""
     return tuple(sorted(BackendSpec(b.address, b.port, b.weight or 1) for b in svc.backends))
 

@@ -10,10 +10,9 @@ import argparse
 import json
 
 from google.protobuf import json_format
-
-from common.pb import pb
-from weirctl.channel import add_tls_args, call
-from weirctl.controller_cmds import TIMEOUT, _age, table
+from weir.common.pb import pb
+from weir.ctl.channel import add_tls_args, call
+from weir.ctl.controller_cmds import TIMEOUT, _age, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from nodeagent.dataplane.inspection import (
+from weir.nodeagent.dataplane.inspection import (
     PROTO_NAMES,
     ct_entries,
     mac_text,
@@ -17,8 +17,8 @@ from nodeagent.dataplane.inspection import (
     pass_counts,
     stats,
 )
-from nodeagent.dataplane.model import DataplaneError
-from nodeagent.dataplane.pinned import PinnedMaps
+from weir.nodeagent.dataplane.model import DataplaneError
+from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 DEFAULT_BPFFS = Path("/sys/fs/bpf/weir")
 

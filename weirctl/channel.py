@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
-from common.pb import pb_grpc
+from weir.common.pb import pb_grpc
 
 
 def add_tls_args(parser: argparse.ArgumentParser) -> None:

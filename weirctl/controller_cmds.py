@@ -9,9 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import json_format
-
-from common.pb import pb, pb_grpc
-from weirctl.channel import add_tls_args, call
+from weir.common.pb import pb, pb_grpc
+from weir.ctl.channel import add_tls_args, call
 
 PROTOCOLS = {pb.PROTOCOL_TCP: "TCP", pb.PROTOCOL_UDP: "UDP", pb.PROTOCOL_SCTP: "SCTP"}
 STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}

@@ -15,10 +15,10 @@ import sys
 # Modules that define register(subparsers). Missing ones are skipped so a partial
 # install (no bcc on a workstation) still has the controller commands.
 GROUPS = (
-    "weirctl.controller_cmds",
-    "weirctl.bpf_cmds",
-    "weirctl.bgp_cmds",
-    "weirctl.node_cmds",
+    "weir.ctl.controller_cmds",
+    "weir.ctl.bpf_cmds",
+    "weir.ctl.bgp_cmds",
+    "weir.ctl.node_cmds",
 )
 
 

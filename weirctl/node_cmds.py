@@ -14,9 +14,9 @@ import argparse
 import sys
 import time
 
-from common.pb import pb
-from weirctl.channel import add_tls_args, call
-from weirctl.controller_cmds import TIMEOUT
+from weir.common.pb import pb
+from weir.ctl.channel import add_tls_args, call
+from weir.ctl.controller_cmds import TIMEOUT
 
 POLL = 0.2  # seconds between ListAgents calls while waiting
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from common.pb import pb
+from weir.common.pb import pb
 
 
 class StateSink(Protocol):

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from common.logs import get_logger
-from common.pb import pb
-from controller.objects import ALL_KINDS, object_ref
-from controller.sources.base import StateSink
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.objects import ALL_KINDS, object_ref
+from weir.controller.sources.base import StateSink
 
 log = get_logger("weir.controller.files")
 

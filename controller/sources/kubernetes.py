@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
-
-from common.logs import get_logger
-from common.pb import pb
-from controller.kubeapi import (
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.kube.api import (
     BGP_ADVERTISEMENTS,
     BGP_PEERS,
     ENDPOINT_SLICES,
@@ -39,7 +38,7 @@ from controller.kubeapi import (
     Resource,
     read_event,
 )
-from controller.sources.base import StateSink
+from weir.controller.sources.base import StateSink
 
 log = get_logger("weir.source.kubernetes")
 _T = TypeVar("_T")

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from common.pb import pb
+from weir.common.pb import pb
 
 MAX_ASN = 2**32 - 1
 MAX_GR_TIME = 4095  # the graceful restart capability carries the time in 12 bits

@@ -12,7 +12,7 @@ import base64
 import ipaddress
 from collections.abc import Sequence
 
-from nodeagent.bgp.config import Peer, Route, SpeakerConfig
+from weir.nodeagent.bgp.config import Peer, Route, SpeakerConfig
 
 PROCESS = "weir"  # the API helper process (nodeagent/bgp/relay.py)
 

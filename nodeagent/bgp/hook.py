@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from common.pb import pb
-from nodeagent.bgp.speaker import BGPSpeaker
+from weir.common.pb import pb
+from weir.nodeagent.bgp.speaker import BGPSpeaker
 
 StopMode = Literal["drain", "restart"]
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.logs import get_logger
-from nodeagent.bgp.events import Answer, Message, parse_line
+from weir.common.logs import get_logger
+from weir.nodeagent.bgp.events import Answer, Message, parse_line
 
 RELAY = Path(__file__).with_name("relay.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from common.pb import pb
-from nodeagent.bgp.config import Peer
-from nodeagent.bgp.events import NeighborEvent, SentUpdate
+from weir.common.pb import pb
+from weir.nodeagent.bgp.config import Peer
+from weir.nodeagent.bgp.events import NeighborEvent, SentUpdate
 
 
 @dataclass

@@ -57,14 +57,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common.logs import get_logger
-from common.pb import pb
-from nodeagent.bgp import config as bgpconfig
-from nodeagent.bgp import exaconf
-from nodeagent.bgp.config import Route, SpeakerConfig
-from nodeagent.bgp.events import Message, NeighborEvent, SentUpdate
-from nodeagent.bgp.process import ExaBGPError, ExaBGPOptions, ExaBGPProcess
-from nodeagent.bgp.sessions import SessionTable
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.nodeagent.bgp import config as bgpconfig
+from weir.nodeagent.bgp import exaconf
+from weir.nodeagent.bgp.config import Route, SpeakerConfig
+from weir.nodeagent.bgp.events import Message, NeighborEvent, SentUpdate
+from weir.nodeagent.bgp.process import ExaBGPError, ExaBGPOptions, ExaBGPProcess
+from weir.nodeagent.bgp.sessions import SessionTable
 
 log = get_logger("weir.bgp")
 

@@ -7,8 +7,8 @@ services atomically, read them back. See README.md in this directory for the des
     dp.applied(); dp.usage(); dp.close()
 """
 
-from nodeagent.dataplane.dataplane import Dataplane
-from nodeagent.dataplane.model import (
+from weir.nodeagent.dataplane.dataplane import Dataplane
+from weir.nodeagent.dataplane.model import (
     AppliedService,
     BackendTarget,
     CapacityError,

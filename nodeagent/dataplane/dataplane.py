@@ -24,10 +24,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy
-
-from nodeagent.dataplane import bpfsys, layout, loader
-from nodeagent.dataplane.inspection import applied_services
-from nodeagent.dataplane.model import (
+from weir.nodeagent.dataplane import bpfsys, layout, loader
+from weir.nodeagent.dataplane.inspection import applied_services
+from weir.nodeagent.dataplane.model import (
     AppliedService,
     BackendTarget,
     CapacityError,
@@ -36,12 +35,12 @@ from nodeagent.dataplane.model import (
     Frontend,
     MapUsage,
 )
-from nodeagent.dataplane.ordering import GraceBarrier, commit
-from nodeagent.dataplane.pinned import PinnedMaps, ServiceRecord
-from nodeagent.dataplane.pools import BackendPool, GracePool
-from nodeagent.dataplane.regions import RegionAllocator
-from nodeagent.dataplane.servicespec import ServiceSpec, build_spec
-from nodeagent.dataplane.vipset import VipSet
+from weir.nodeagent.dataplane.ordering import GraceBarrier, commit
+from weir.nodeagent.dataplane.pinned import PinnedMaps, ServiceRecord
+from weir.nodeagent.dataplane.pools import BackendPool, GracePool
+from weir.nodeagent.dataplane.regions import RegionAllocator
+from weir.nodeagent.dataplane.servicespec import ServiceSpec, build_spec
+from weir.nodeagent.dataplane.vipset import VipSet
 
 NO_TAG = bytes(16)
 

@@ -12,7 +12,7 @@ import socket
 import struct
 import sys
 
-from nodeagent.dataplane.layout import VIPF_HASH_MUL, VIPF_WORDS
+from weir.nodeagent.dataplane.layout import VIPF_HASH_MUL, VIPF_WORDS
 
 _M32 = 0xFFFFFFFF
 HASH_INIT = 0x9E3779B9

@@ -7,11 +7,10 @@ import socket
 from dataclasses import dataclass
 
 import numpy
-
-from nodeagent.dataplane import layout
-from nodeagent.dataplane.flowhash import ct_position
-from nodeagent.dataplane.model import AppliedService, BackendTarget, Frontend
-from nodeagent.dataplane.pinned import BackendRecord, PinnedMaps, ServiceRecord, ip_of, port_of
+from weir.nodeagent.dataplane import layout
+from weir.nodeagent.dataplane.flowhash import ct_position
+from weir.nodeagent.dataplane.model import AppliedService, BackendTarget, Frontend
+from weir.nodeagent.dataplane.pinned import BackendRecord, PinnedMaps, ServiceRecord, ip_of, port_of
 
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 

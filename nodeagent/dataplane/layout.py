@@ -7,10 +7,20 @@ header, field by field, so the two cannot drift apart silently.
 from __future__ import annotations
 
 import ctypes as ct
+from importlib.resources import files
 from pathlib import Path
 from typing import NamedTuple
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+def _bpf_dir() -> Path:
+    # bcc needs real files (the program #includes its headers from the same folder).
+    found = files("weir.bpf")
+    if not isinstance(found, Path):
+        raise RuntimeError(f"weir.bpf is not on a filesystem ({found!r}): cannot compile")
+    return found
+
+
+BPF_DIR = _bpf_dir()
 XDP_SOURCE = BPF_DIR / "weir_xdp.c"
 XDP_FUNC = "weir_xdp"
 COMMIT_FUNC = "weir_commit"

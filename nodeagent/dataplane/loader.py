@@ -20,8 +20,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeagent.dataplane import bpfsys, layout
-from nodeagent.dataplane.model import DataplaneConfig, DataplaneError
+from weir.nodeagent.dataplane import bpfsys, layout
+from weir.nodeagent.dataplane.model import DataplaneConfig, DataplaneError
 
 BPF_FS_MAGIC = 0xCAFE4A11
 SIOCGIFHWADDR = 0x8927

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy
-
-from nodeagent.dataplane.layout import MAX_BACKENDS_LIMIT, SLOTS_PER_LINE
+from weir.nodeagent.dataplane.layout import MAX_BACKENDS_LIMIT, SLOTS_PER_LINE
 
 
 class DataplaneError(RuntimeError):

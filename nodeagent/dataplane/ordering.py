@@ -19,8 +19,8 @@ import os
 import time
 from collections.abc import Sequence
 
-from nodeagent.dataplane import bpfsys, layout
-from nodeagent.dataplane.model import DataplaneError
+from weir.nodeagent.dataplane import bpfsys, layout
+from weir.nodeagent.dataplane.model import DataplaneError
 
 
 def commit(prog_fd: int, ops: Sequence[tuple[int, int, int]]) -> None:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
-
-from nodeagent.dataplane import bpfsys, layout
-from nodeagent.dataplane.model import DataplaneError
+from weir.nodeagent.dataplane import bpfsys, layout
+from weir.nodeagent.dataplane.model import DataplaneError
 
 
 def possible_cpus() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
-from nodeagent.dataplane.layout import BE_GEN_MASK
+from weir.nodeagent.dataplane.layout import BE_GEN_MASK
 
 
 class GracePool:

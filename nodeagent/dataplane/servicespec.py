@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy
-
-from nodeagent.dataplane.layout import (
+from weir.nodeagent.dataplane.layout import (
     STRATEGY_MAGLEV,
     STRATEGY_RANDOM,
     SVC_ID_LEN,
     SVC_SIZE_MASK,
     SvcKey,
 )
-from nodeagent.dataplane.model import BackendTarget, DataplaneError, Frontend
+from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError, Frontend
 
 PROTOCOLS = {6: "TCP", 17: "UDP"}
 

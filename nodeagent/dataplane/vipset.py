@@ -14,9 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 import numpy
-
-from nodeagent.dataplane import bpfsys, layout
-from nodeagent.dataplane.flowhash import vipf_bit
+from weir.nodeagent.dataplane import bpfsys, layout
+from weir.nodeagent.dataplane.flowhash import vipf_bit
 
 
 def _bit(vip: bytes) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from lab.netns import Host
+from weir.lab.netns import Host
 
 T = TypeVar("T")
 

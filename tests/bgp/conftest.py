@@ -8,8 +8,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-
-from lab.netns import Topology, cleanup_prefix
+from weir.lab.netns import Topology, cleanup_prefix
 
 PREFIX = "wbgt"  # the speaker tests: namespaces, links and bridges (wbgb: bench, wbgf: failover)
 

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.pb import pb
-from lab.netns import Host, Topology
-from nodeagent.bgp import BGPSpeaker, ExaBGPOptions
+from weir.common.pb import pb
+from weir.lab.netns import Host, Topology
+from weir.nodeagent.bgp import BGPSpeaker, ExaBGPOptions
+
 from tests.bgp.bird import Bird, BirdPeer
 
 ROUTER = "10.98.0.1"

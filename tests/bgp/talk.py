@@ -4,7 +4,7 @@
 
 Opens `count` connections (each from its own source port, so ECMP spreads them), then on
 every connection sends a line every `interval` seconds and reads the backend's answers
-(`python -m lab.httpd --lines` answers each line with its own name). Prints one JSON line
+(`python -m weir.lab.httpd --lines` answers each line with its own name). Prints one JSON line
 {"ready": n, "failed": m} once every connection has had its first answer (or failed). Then
 it reads commands from stdin: "stalled" prints {"stalled": n, "errors": m}, n counting the
 live connections with no answer for 3 intervals (plus 0.3 s); "stop" (or EOF) prints the

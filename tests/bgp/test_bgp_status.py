@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from weir.common.pb import pb
+from weir.lab.netns import Topology
+from weir.nodeagent.bgp import BGPSpeaker
 
-from common.pb import pb
-from lab.netns import Topology
-from nodeagent.bgp import BGPSpeaker
 from tests.bgp.support import VIP, bgp_config, build, speaker_on
 from tests.controller.plane_support import Plane
 

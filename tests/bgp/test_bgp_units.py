@@ -8,16 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from common.pb import pb
-from nodeagent.bgp import config as bgpconfig
-from nodeagent.bgp import exaconf
-from nodeagent.bgp.config import Route
-from nodeagent.bgp.events import Answer, NeighborEvent, Other, SentUpdate, parse_line
-from nodeagent.bgp.process import RELAY
-from nodeagent.bgp.sessions import SessionTable
-from nodeagent.bgp.speaker import BGPSpeaker
-from weirctl.bgp_cmds import format_peers, peers_json
+from weir.common.pb import pb
+from weir.ctl.bgp_cmds import format_peers, peers_json
+from weir.nodeagent.bgp import config as bgpconfig
+from weir.nodeagent.bgp import exaconf
+from weir.nodeagent.bgp.config import Route
+from weir.nodeagent.bgp.events import Answer, NeighborEvent, Other, SentUpdate, parse_line
+from weir.nodeagent.bgp.process import RELAY
+from weir.nodeagent.bgp.sessions import SessionTable
+from weir.nodeagent.bgp.speaker import BGPSpeaker
 
 
 def peer(name: str = "r1", address: str = "10.0.0.1", **kw: object) -> pb.BGPPeer:

@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from weir.lab.netns import Host, Topology, cleanup_prefix, sh
+from weir.lab.stack import read_line, start_backend, teardown
+from weir.nodeagent.dataplane import inspection
+from weir.nodeagent.dataplane.pinned import PinnedMaps
 
-from lab.netns import Host, Topology, cleanup_prefix, sh
-from lab.stack import read_line, start_backend, teardown
-from nodeagent.dataplane import inspection
-from nodeagent.dataplane.pinned import PinnedMaps
 from tests.bgp.bird import Bird, BirdPeer, wait_until
 
 pytestmark = [

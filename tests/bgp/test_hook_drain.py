@@ -4,8 +4,8 @@ stand-in for the speaker; the real one is exercised with BIRD in test_node_drain
 
 from __future__ import annotations
 
-from common.pb import pb
-from nodeagent.bgp.hook import AgentBGP
+from weir.common.pb import pb
+from weir.nodeagent.bgp.hook import AgentBGP
 
 
 class RecordingSpeaker:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from weir.lab.netns import Host, Topology, cleanup_prefix, sh
+from weir.nodeagent.dataplane import inspection
+from weir.nodeagent.dataplane.pinned import PinnedMaps
 
-from lab.netns import Host, Topology, cleanup_prefix, sh
-from nodeagent.dataplane import inspection
-from nodeagent.dataplane.pinned import PinnedMaps
 from tests.bgp.bird import Bird, BirdPeer, wait_until
 
 pytestmark = [

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from weir.common.pb import pb
+from weir.lab.netns import Host, Topology
 
-from common.pb import pb
-from lab.netns import Host, Topology
 from tests.bgp.bird import Bird, BirdPeer, async_wait_until
 from tests.bgp.support import (
     NODE_ASN,

@@ -15,12 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from common.pb import pb, pb_grpc
-from controller.plane import NodePlane
-from controller.server import ServerTLS, start_server
-from controller.snapshots import SnapshotStore
-from nodeagent.controller_client import ControllerClient, Handler, Update
+from weir.common.pb import pb, pb_grpc
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.plane.server import ServerTLS, start_server
+from weir.controller.plane.servicer import NodePlane
+from weir.nodeagent.controller_client import ControllerClient, Handler, Update
 
 
 def service(vip: str, port: int, backends: list[tuple[str, int]], name: str = "") -> pb.Service:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from controller.objects import ALL_KINDS
-from controller.reduce import ReduceConfig, ReduceResult, reduce
-from controller.state import ClusterState
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.reduce import ReduceConfig, ReduceResult, reduce
+from weir.controller.core.state import ClusterState
 
 FILES = ReduceConfig(maglev_seed=7, vips_from_annotation=True)
 KUBE = ReduceConfig(maglev_seed=7, vips_from_annotation=False)

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from weir.common.pb import pb
+from weir.controller.core.reduce import reduce
+from weir.nodeagent.controller_client import ControllerClient, Update
 
-from common.pb import pb
-from controller.reduce import reduce
-from nodeagent.controller_client import ControllerClient, Update
 from tests.controller.reduce_support import FILES, node, peer, run, state_of
 from tests.controller.test_plane_command import Controller, free_port
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from weir.controller.core.reduce import reduce
+from weir.controller.core.state import ClusterState
+from weir.controller.sources.files import FileSource
 
-from controller.reduce import reduce
-from controller.sources.files import FileSource
-from controller.state import ClusterState
 from tests.controller.reduce_support import FILES, endpoint_slice, service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "files"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from weir.common.pb import pb, pb_grpc
+from weir.controller.plane.server import ServerTLS
+from weir.ctl.main import main as weirctl_main
+from weir.nodeagent.controller_client import TLSConfig
 
-from common.pb import pb, pb_grpc
-from controller.server import ServerTLS
-from nodeagent.controller_client import TLSConfig
 from tests.controller.plane_support import Cert, Plane, Recorder, ThrowawayCA, cluster, service
-from weirctl.main import main as weirctl_main
 
 pytestmark = pytest.mark.timeout(60)
 

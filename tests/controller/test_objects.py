@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from controller.objects import (
+from weir.controller.core.objects import (
     ALL_KINDS,
     ParseError,
     object_ref,
@@ -22,7 +21,8 @@ from controller.objects import (
     parse_secret,
     parse_service,
 )
-from controller.selectors import parse_selector
+from weir.controller.core.selectors import parse_selector
+
 from tests.controller.reduce_support import endpoint_slice, node, peer, service, weir
 from tests.kube.builders import secret
 

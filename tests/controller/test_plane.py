@@ -9,12 +9,12 @@ import socket
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from weir.common.pb import pb, pb_grpc
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.plane.server import start_server
+from weir.controller.plane.servicer import NodePlane
+from weir.nodeagent.controller_client import ControllerClient, Update
 
-from common.pb import pb, pb_grpc
-from controller.plane import NodePlane
-from controller.server import start_server
-from controller.snapshots import SnapshotStore
-from nodeagent.controller_client import ControllerClient, Update
 from tests.controller.plane_support import (
     Plane,
     Recorder,

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from weir.common.pb import pb
+from weir.ctl.controller_cmds import format_agents, format_errors
+from weir.nodeagent.controller_client import ControllerClient
 
-from common.pb import pb
-from nodeagent.controller_client import ControllerClient
 from tests.controller.plane_support import Recorder
-from weirctl.controller_cmds import format_agents, format_errors
 
 pytestmark = pytest.mark.timeout(90)
 

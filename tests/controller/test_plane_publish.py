@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.publish import Publisher
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.state import ClusterState
 
-from controller.objects import ALL_KINDS
-from controller.publish import Publisher
-from controller.snapshots import SnapshotStore
-from controller.state import ClusterState
 from tests.controller.reduce_support import FILES, endpoint_slice, service
 
 pytestmark = pytest.mark.timeout(30)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from weir.common.pb import pb
+from weir.nodeagent.controller_client import Update
 
-from common.pb import pb
-from nodeagent.controller_client import Update
 from tests.controller.plane_support import Plane, Recorder, bgp_config, cluster, service
 
 pytestmark = pytest.mark.timeout(120)

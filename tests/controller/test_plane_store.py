@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from weir.common import viewhash
+from weir.common.pb import pb
+from weir.controller.core.snapshots import SnapshotStore
+from weir.nodeagent.controller_client import NodeView, ResyncNeeded, apply_message
 
-from common import viewhash
-from common.pb import pb
-from controller.snapshots import SnapshotStore
-from nodeagent.controller_client import NodeView, ResyncNeeded, apply_message
 from tests.controller.plane_support import bgp_config, cluster, service
 
 S1 = service("192.0.2.1", 80, [("10.0.0.1", 8080)])
@@ -50,7 +50,7 @@ def test_full_snapshot_is_the_node_view() -> None:
 
 
 def test_full_snapshot_matches_controller_views() -> None:
-    views = pytest.importorskip("controller.views")
+    views = pytest.importorskip("weir.controller.core.views")
     store = SnapshotStore()
     c = cluster([S1, S2], {"a": BGP_A})
     v = store.publish(c)

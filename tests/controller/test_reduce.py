@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from weir.common.pb import pb
+from weir.common.tablesize import DEFAULT_TABLE_SIZE
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.reduce import ReduceConfig, frontend_id, reduce
+from weir.controller.core.state import ClusterState
 
-from common.pb import pb
-from common.tablesize import DEFAULT_TABLE_SIZE
-from controller.objects import ALL_KINDS
-from controller.reduce import ReduceConfig, frontend_id, reduce
-from controller.state import ClusterState
 from tests.controller.reduce_support import (
     FILES,
     KUBE,

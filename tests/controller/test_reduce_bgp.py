@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.pb import pb
-from controller.reduce import reduce
+from weir.common.pb import pb
+from weir.controller.core.reduce import reduce
+
 from tests.controller.reduce_support import (
     FILES,
     endpoint_slice,

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from nodeagent.dataplane import Dataplane, DataplaneConfig
+from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
 
 from .support import bpffs_mount, in_netns, missing_privileges, veth_netns
 

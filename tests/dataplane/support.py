@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeagent.dataplane import bpfsys
-from nodeagent.dataplane.flowhash import maglev_slot
+from weir.nodeagent.dataplane import bpfsys
+from weir.nodeagent.dataplane.flowhash import maglev_slot
 
 PREFIX = "wdp"  # helper D's namespaces, links and pins
 CLONE_NEWNET = 0x40000000

@@ -6,8 +6,8 @@ import ctypes as ct
 import dataclasses
 import os
 
-from nodeagent.dataplane import Dataplane, Frontend, bpfsys, layout, loader
-from nodeagent.dataplane.inspection import NatBackend, nat_services
+from weir.nodeagent.dataplane import Dataplane, Frontend, bpfsys, layout, loader
+from weir.nodeagent.dataplane.inspection import NatBackend, nat_services
 
 from .conftest import Node
 from .support import in_netns
@@ -65,7 +65,7 @@ def test_restart_repairs_a_half_done_apply(node: Node) -> None:
         bpfsys.lookup(dp.maps.fds["backends"], ct.c_uint32(0), stray)
         stray.port_be, stray.handle = 9999, 0
         bpfsys.update(dp.maps.fds["backends"], ct.c_uint32(100), stray)
-        from nodeagent.dataplane.ordering import commit
+        from weir.nodeagent.dataplane.ordering import commit
 
         commit(dp._commit_fd, [(layout.COMMIT_BACKEND, 100, layout.handle_of(100, 1))])
         applied = dp.applied()

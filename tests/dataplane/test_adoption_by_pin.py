@@ -9,8 +9,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-
-from nodeagent.dataplane import DataplaneError, bpfsys, layout, loader
+from weir.nodeagent.dataplane import DataplaneError, bpfsys, layout, loader
 
 from .conftest import Node
 from .support import in_netns

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from nodeagent.dataplane import Dataplane, Frontend
+from weir.nodeagent.dataplane import Dataplane, Frontend
 
 from .conftest import Node
 from .support import Flow, predicted_backend

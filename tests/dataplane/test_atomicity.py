@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 
-from nodeagent.dataplane import Dataplane
+from weir.nodeagent.dataplane import Dataplane
 
 from .support import XDP_TX, packet, predicted_backend, run_xdp
 from .test_xdp import FE, NODE_MAC, SEED, flows, maglev, targets

@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
-
-from lab.netns import Host, Topology, cleanup_prefix
-from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
-from nodeagent.dataplane.inspection import pass_counts, stats
-from nodeagent.maglev import backend_id, build_table
+from weir.lab.netns import Host, Topology, cleanup_prefix
+from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
+from weir.nodeagent.dataplane.inspection import pass_counts, stats
+from weir.nodeagent.maglev import backend_id, build_table
 
 from .support import Flow, bpffs_mount, in_netns, mac, predicted_backend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes as ct
 
-from nodeagent.dataplane import layout, loader
+from weir.nodeagent.dataplane import layout, loader
 
 from .support import bpffs_mount
 

@@ -6,12 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
-from nodeagent.dataplane import BackendTarget, DataplaneConfig, DataplaneError, Frontend
-from nodeagent.dataplane.flowhash import ct_position, flow_hash, reduce
-from nodeagent.dataplane.pools import BackendPool, GracePool
-from nodeagent.dataplane.regions import RegionAllocator
-from nodeagent.dataplane.servicespec import build_spec
+from weir.nodeagent.dataplane import BackendTarget, DataplaneConfig, DataplaneError, Frontend
+from weir.nodeagent.dataplane.flowhash import ct_position, flow_hash, reduce
+from weir.nodeagent.dataplane.pools import BackendPool, GracePool
+from weir.nodeagent.dataplane.regions import RegionAllocator
+from weir.nodeagent.dataplane.servicespec import build_spec
 
 FE = Frontend("10.0.0.10:80/TCP", "10.0.0.10", 80, 6, "maglev")
 

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from nodeagent.dataplane import Dataplane, Frontend
-from weirctl.main import main
+from weir.ctl.main import main
+from weir.nodeagent.dataplane import Dataplane, Frontend
 
 from .conftest import Node
 from .support import packet, run_xdp

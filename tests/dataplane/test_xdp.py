@@ -7,10 +7,9 @@ import struct
 
 import numpy as np
 import pytest
-
-from nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, Frontend
-from nodeagent.dataplane.inspection import ct_entries, pass_counts, stats
-from nodeagent.maglev import backend_id, build_table
+from weir.nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, Frontend
+from weir.nodeagent.dataplane.inspection import ct_entries, pass_counts, stats
+from weir.nodeagent.maglev import backend_id, build_table
 
 from .conftest import NODE_MAC, Node
 from .support import XDP_DROP, XDP_PASS, XDP_TX, Flow, packet, predicted_backend, run_xdp
@@ -299,8 +298,8 @@ def test_removed_service_stops_at_once(dp: Dataplane) -> None:
 def test_a_failed_write_leaves_the_old_table_and_the_bookkeeping_sound(
     dp: Dataplane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nodeagent.dataplane import DataplaneError
-    from nodeagent.dataplane import dataplane as module
+    from weir.nodeagent.dataplane import DataplaneError
+    from weir.nodeagent.dataplane import dataplane as module
 
     dp.set_seed(SEED)
     bes = targets(1, 3)

@@ -4,7 +4,7 @@
     python -m tests.e2e.support stream --vip V --port 80 --seconds 3  # timed, one line each
     python -m tests.e2e.support hold --vip V --port 80 --count 6      # long-lived connections
 
-They talk to the backends' `python -m lab.httpd --lines`, which answers every line it reads
+They talk to the backends' `python -m weir.lab.httpd --lines`, which answers every line it reads
 with its own name. Each mode prints JSON (burst: one document; stream: one line per
 connection as it completes; hold: one line per command read from stdin) so the test
 process, outside the namespaces, reads results from the child's stdout. Every network
@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from lab.traffic import reset
+from weir.lab.traffic import reset
 
 IO_TIMEOUT = 3.0
 

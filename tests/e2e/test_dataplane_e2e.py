@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from lab.netns import Host, Topology, cleanup_prefix, sh
-from lab.stack import read_line, start_backend, teardown
+from weir.lab.netns import Host, Topology, cleanup_prefix, sh
+from weir.lab.stack import read_line, start_backend, teardown
 
 pytestmark = [
     pytest.mark.root,
@@ -177,7 +176,7 @@ class Lab:
     def converge(self, min_version: int = 0, timeout: float = 20) -> dict:
         """Wait until both agents acked the controller's latest version (>= min_version)."""
         args = ["--controller", CTL, "--nodes", ",".join(LBS), "--min-version", str(min_version)]
-        plane = [sys.executable, "-m", "lab.plane", *args, "--timeout", str(timeout)]
+        plane = [sys.executable, "-m", "weir.lab.plane", *args, "--timeout", str(timeout)]
         out = json.loads(self.ctl.run(plane, timeout=timeout + 15))
         assert out["converged"], f"agents did not converge: {json.dumps(out)[:2000]}"
         return out

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes_asyncio import client, config
-
-from controller.kubeapi import KubeAPI
+from weir.controller.kube.api import KubeAPI
 
 from .fakeapi import FakeKubeAPI
 

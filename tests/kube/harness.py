@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from controller.allocator import WATCHED_KINDS, Allocator, AllocatorView
-from controller.kubeapi import KubeAPI
-from controller.sources.kubernetes import FanOutSink, KubernetesSource
-from controller.state import ClusterState
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from weir.controller.kube.api import KubeAPI
+from weir.controller.sources.kubernetes import FanOutSink, KubernetesSource
 
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-
-from common.pb import pb, pb_grpc
-from nodeagent.controller_client import ControllerClient, NodeView, Update
+from weir.common.pb import pb, pb_grpc
+from weir.nodeagent.controller_client import ControllerClient, NodeView, Update
 
 from .conftest import NAMESPACE, REPO
 
@@ -36,7 +35,7 @@ class ControllerProc:
         self.argv = [
             sys.executable,
             "-m",
-            "controller.main",
+            "weir.controller.main",
             "--source",
             "kubernetes",
             "--kubeconfig",

@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from lab.netns import Topology, cleanup_prefix
+from weir.lab.netns import Topology, cleanup_prefix
 
 from .conftest import REPO, render_deploy
 
@@ -30,9 +29,9 @@ CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 
 CHILD = r"""
 import sys
 from pathlib import Path
-from nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
-from nodeagent.dataplane import bpfsys, loader
-from nodeagent.maglev import backend_id, build_table
+from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
+from weir.nodeagent.dataplane import bpfsys, loader
+from weir.nodeagent.maglev import backend_id, build_table
 
 status = open("/proc/self/status").read()
 print(next(l for l in status.splitlines() if l.startswith("CapEff")), flush=True)

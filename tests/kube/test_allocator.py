@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
-from controller.kubeapi import KubeAPI
+from weir.controller.kube.api import KubeAPI
 
 from . import builders as b
 from .fakeapi import FakeKubeAPI

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from controller.kubeapi import KubeAPI
-from controller.objects import parse_object
+from weir.controller.core.objects import parse_object
+from weir.controller.kube.api import KubeAPI
 
 from .conftest import NAMESPACE, REPO, render_deploy
 from .fakeapi import FakeKubeAPI
@@ -101,7 +100,7 @@ def test_controller_deployment(docs: list[dict]) -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     # The controller's flags parse (the ones the kubelet substitutes aside).
-    from controller.main import build_parser
+    from weir.controller.main import build_parser
 
     env_free = [a.replace("$(POD_NAMESPACE)", NAMESPACE).replace("$(POD_NAME)", "p") for a in args]
     parsed = build_parser().parse_args(env_free)
@@ -136,7 +135,7 @@ def test_agent_daemonset(docs: list[dict]) -> None:
         assert args[flag].startswith(mounts["pki"] + "/")
     assert "--plaintext" not in c["args"]
     # The agent's flags parse (the node name is the kubelet's substitution).
-    from nodeagent.main import parse_args
+    from weir.nodeagent.main import parse_args
 
     parsed = parse_args([a.replace("$(NODE_NAME)", "node-a") for a in c["args"]])
     assert parsed.node == "node-a" and parsed.tls_server_name == "weir-controller.weir-system.svc"

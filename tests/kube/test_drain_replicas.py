@@ -9,8 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from common.pb import pb, pb_grpc
+from weir.common.pb import pb, pb_grpc
 
 from . import builders as b
 from .fakeapi import FakeKubeAPI

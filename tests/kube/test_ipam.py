@@ -1,4 +1,4 @@
-"""IPAM rules (controller/ipam.py): pure, so tested directly and with hypothesis."""
+"""IPAM rules (controller/kube/ipam.py): pure, so tested directly and with hypothesis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from controller.ipam import (
+from weir.controller.core.objects import IPPool, Service, parse_ip_pool, parse_service
+from weir.controller.kube.ipam import (
     ALLOCATED,
     CONFLICT,
     EXHAUSTED,
@@ -19,7 +19,6 @@ from controller.ipam import (
     IPAMResult,
     allocate,
 )
-from controller.objects import IPPool, Service, parse_ip_pool, parse_service
 
 from . import builders as b
 

@@ -1,4 +1,4 @@
-"""controller.kubeapi: client configuration (kubeconfig and in-cluster) and raw requests."""
+"""weir.controller.kube.api: client configuration (kubeconfig and in-cluster) and raw requests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio.config import incluster_config
-
-from controller.kubeapi import SERVICES, ApiError, KubeAPI, load_client
+from weir.controller.kube.api import SERVICES, ApiError, KubeAPI, load_client
 
 from . import builders as b
 from .fakeapi import FakeKubeAPI

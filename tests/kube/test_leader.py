@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client, config
-
-from controller.kubeapi import KubeAPI
-from controller.leader import LeaderElector, LeaseConfig
+from weir.controller.kube.api import KubeAPI
+from weir.controller.kube.leader import LeaderElector, LeaseConfig
 
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI

@@ -16,14 +16,14 @@ from typing import Any
 
 import grpc
 import pytest
+from weir.common.pb import pb
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.api import KubeAPI
+from weir.controller.kube.drain import AnnotationDrainer
+from weir.controller.kube.peerstatus import PeerStatusWriter
+from weir.controller.plane.drain import DrainError
+from weir.nodeagent.controller_client import ControllerClient
 
-from common.pb import pb
-from controller.drain import DrainError
-from controller.kubeapi import KubeAPI
-from controller.kubedrain import AnnotationDrainer
-from controller.peerstatus import PeerStatusWriter
-from controller.state import ClusterState
-from nodeagent.controller_client import ControllerClient
 from tests.controller.plane_support import Plane
 
 from . import builders as b

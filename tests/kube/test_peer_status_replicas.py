@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from common.pb import pb
+from weir.common.pb import pb
 
 from . import builders as b
 from .conftest import NAMESPACE

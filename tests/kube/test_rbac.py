@@ -11,8 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from common.pb import pb, pb_grpc
+from weir.common.pb import pb, pb_grpc
 
 from . import builders as b
 from .conftest import NAMESPACE, render_deploy

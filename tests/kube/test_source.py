@@ -7,11 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-
-from controller.kubeapi import KubeAPI
-from controller.objects import ALL_KINDS
-from controller.sources.kubernetes import KubernetesSource
-from controller.state import ClusterState
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.api import KubeAPI
+from weir.controller.sources.kubernetes import KubernetesSource
 
 from .builders import node, pool, secret, service
 from .conftest import NAMESPACE

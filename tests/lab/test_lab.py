@@ -1,4 +1,4 @@
-"""The lab (python -m lab): its network builds and goes away without a trace, and a short
+"""The lab (python -m weir.lab): its network builds and goes away without a trace, and a short
 run of the whole demo (real controller, agents, XDP, BIRD, HTTP) passes every check."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lab.netns import Topology
-from lab.stack import leftovers, teardown
-from lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
+from weir.lab.netns import Topology
+from weir.lab.stack import leftovers, teardown
+from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
 
 pytestmark = [
     pytest.mark.root,
@@ -43,7 +42,7 @@ def test_topology_builds_and_leaves_nothing_behind() -> None:
 @pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (apt bird2)")
 def test_quick_lab_run_passes_every_check() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lab", "--quick"],
+        [sys.executable, "-m", "weir.lab", "--quick"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.netns import Host, Topology
+from weir.lab.netns import Host, Topology
 
 
 def lb_segment(t: Topology, net: str) -> tuple[Host, Host, Host]:

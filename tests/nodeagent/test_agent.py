@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from weir.lab.netns import Topology, cleanup_prefix
 
-from lab.netns import Topology, cleanup_prefix
 from tests.nodeagent.segment import lb_segment
 
 pytestmark = [
@@ -81,9 +81,9 @@ def node():
 
 
 def _view(version: int, services, seed: int = 7):
-    from common import viewhash
-    from common.pb import pb
-    from nodeagent.controller_client import apply_message
+    from weir.common import viewhash
+    from weir.common.pb import pb
+    from weir.nodeagent.controller_client import apply_message
 
     services = sorted(services, key=lambda s: s.id)  # a view's services are sorted by id
     snap = pb.Snapshot(version=version, node="lb", maglev_seed=seed, services=services)
@@ -92,7 +92,7 @@ def _view(version: int, services, seed: int = 7):
 
 
 def _service(vip: str, addrs: list[str], table_size: int = 251):
-    from common.pb import pb
+    from weir.common.pb import pb
 
     return pb.Service(
         id=f"{vip}:80/TCP",
@@ -106,7 +106,7 @@ def _service(vip: str, addrs: list[str], table_size: int = 251):
 
 
 def _config(pins: Path, **sizes):
-    from nodeagent.dataplane import DataplaneConfig
+    from weir.nodeagent.dataplane import DataplaneConfig
 
     return DataplaneConfig(interface="eth0", bpffs=pins, xdp_mode="generic", **sizes)
 
@@ -121,8 +121,8 @@ def _backends_of(dp, sid: str) -> list[tuple[str, bytes]]:
 
 
 async def _make_agent(cfg, resolver, **kw):
-    from nodeagent.agent import Agent, AgentConfig
-    from nodeagent.dataplane import Dataplane
+    from weir.nodeagent.agent import Agent, AgentConfig
+    from weir.nodeagent.dataplane import Dataplane
 
     dp = await asyncio.to_thread(Dataplane.open, cfg)
     agent = Agent(AgentConfig(node="lb"), dp, resolver, **kw)
@@ -134,7 +134,7 @@ async def _make_agent(cfg, resolver, **kw):
 
 
 async def scenario_per_service_errors(pins: Path) -> dict:
-    from nodeagent.neighbors import NeighborResolver
+    from weir.nodeagent.neighbors import NeighborResolver
 
     ok1 = _service("192.0.2.1", ["10.78.0.11"])
     bad = _service("192.0.2.2", ["10.78.0.11"], table_size=100)
@@ -176,8 +176,8 @@ def test_one_bad_service_does_not_block_the_others(node) -> None:
 
 
 async def scenario_unresolved_backend(pins: Path, b2_ns: str) -> dict:
-    from lab.netns import sh
-    from nodeagent.neighbors import NeighborResolver
+    from weir.lab.netns import sh
+    from weir.nodeagent.neighbors import NeighborResolver
 
     svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.99"])
     async with NeighborResolver("eth0", timeout=0.3) as res:
@@ -224,7 +224,7 @@ def test_unresolved_backend_is_excluded_then_retried(node) -> None:
 
 
 async def scenario_restart(pins: Path) -> dict:
-    from nodeagent.neighbors import NeighborResolver
+    from weir.nodeagent.neighbors import NeighborResolver
 
     services = [
         _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"]),
@@ -267,8 +267,8 @@ def test_restart_adopts_pins_and_rewrites_nothing(node) -> None:
 
 
 async def scenario_mac_change(pins: Path, b1_ns: str) -> dict:
-    from lab.netns import sh
-    from nodeagent.neighbors import NeighborResolver
+    from weir.lab.netns import sh
+    from weir.nodeagent.neighbors import NeighborResolver
 
     svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"])
     new_mac = "02:00:00:78:00:11"
@@ -309,9 +309,8 @@ def test_changed_backend_mac_is_reprogrammed(node) -> None:
 
 async def scenario_client_ip_affinity(pins: Path) -> dict:
     from structlog.testing import capture_logs
-
-    from common.pb import pb
-    from nodeagent.neighbors import NeighborResolver
+    from weir.common.pb import pb
+    from weir.nodeagent.neighbors import NeighborResolver
 
     plain = _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"])
     sticky = pb.Service()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import generate_latest
-
-from common.pb import pb
-from nodeagent.agent_metrics import PromMetrics
+from weir.common.pb import pb
+from weir.nodeagent.agent_metrics import PromMetrics
 
 
 def test_metrics_exposition() -> None:

@@ -7,9 +7,9 @@ import os
 import shutil
 
 import pytest
+from weir.lab.netns import Topology, cleanup_prefix
+from weir.nodeagent.neighbors import NeighborResolver, mac_bytes
 
-from lab.netns import Topology, cleanup_prefix
-from nodeagent.neighbors import NeighborResolver, mac_bytes
 from tests.nodeagent.segment import lb_segment
 
 pytestmark = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from common.pb import pb
-from nodeagent.agent import Agent, AgentConfig, NoBGP
+from weir.common.pb import pb
+from weir.nodeagent.agent import Agent, AgentConfig, NoBGP
 
 
 class StubDataplane:

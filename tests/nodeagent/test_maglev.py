@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from nodeagent import _maglev
-from nodeagent.maglev import (
+from weir.nodeagent import _maglev
+from weir.nodeagent.maglev import (
     NoBackendsError,
     TableCache,
     backend_id,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.pb import pb
-from nodeagent.plan import (
+from weir.common.pb import pb
+from weir.nodeagent.plan import (
     AppliedState,
     BackendSpec,
     ChangeKind,
@@ -211,7 +211,7 @@ def test_bgp_changes() -> None:
 
 
 def test_accepts_the_clients_node_view() -> None:
-    from nodeagent.controller_client import NodeView
+    from weir.nodeagent.controller_client import NodeView
 
     snap = view(service(port=80), service(port=443))
     snap.hash = "x"

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from common.tablesize import validate_table_size
-from controller.parsing import (
+from weir.common.tablesize import validate_table_size
+from weir.controller.core.parsing import (
     EMPTY_MAP,
     ParseError,
     boolean,
@@ -37,7 +37,7 @@ from controller.parsing import (
     string,
     string_map,
 )
-from controller.selectors import MATCH_ALL, LabelSelector, parse_selector, parse_selectors
+from weir.controller.core.selectors import MATCH_ALL, LabelSelector, parse_selector, parse_selectors
 
 WEIR_API_VERSION = "weir.dev/v1alpha1"
 LOAD_BALANCER_CLASS = "weir.dev/maglev"

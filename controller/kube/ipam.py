@@ -28,7 +28,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from controller.objects import ANN_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS, IPPool, Service
+from weir.controller.core.objects import ANN_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS, IPPool, Service
 
 Key = tuple[str, str]  # (namespace, name)
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address

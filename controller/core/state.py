@@ -1,7 +1,7 @@
 """The controller's in-memory cluster state: what the sources fed it, parsed and typed.
 
 ClusterState is the StateSink every source writes into (controller/sources/base.py). It parses
-each object at the boundary (controller/objects.py), keeps an ObjectError for each object it
+each object at the boundary (controller/core/objects.py), keeps an ObjectError for each object it
 could not parse, and bumps `generation` only when something really changed: a relist of
 identical objects, or an update that parses to the same object, leaves it alone.
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from common.logs import get_logger
-from common.pb import pb
-from controller.gcpause import gc_paused
-from controller.objects import (
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.gcpause import gc_paused
+from weir.controller.core.objects import (
     ALL_KINDS,
     BGP_ADVERTISEMENT,
     BGP_PEER,

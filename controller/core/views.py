@@ -12,8 +12,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from common import viewhash
-from common.pb import pb
+from weir.common import viewhash
+from weir.common.pb import pb
 
 view_hash = viewhash.view_hash  # sha256 hex of a view's content; versions and hash excluded
 

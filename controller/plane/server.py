@@ -24,10 +24,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from common.logs import get_logger
-from common.pb import SERVICE_NAME, pb
-from controller.plane import NodePlane
+from weir.common.logs import get_logger
+from weir.common.pb import SERVICE_NAME, pb
+from weir.controller.plane.servicer import NodePlane
 
 log = get_logger("weir.server")
 
@@ -62,7 +61,7 @@ def _passthrough(message: bytes) -> bytes:
 
 
 # The unary RPCs (method, request type, response type): inspection, open to any certificate
-# the client CA signed, and drain, for --operator identities only (controller/plane.py).
+# the client CA signed, and drain, for --operator identities only (controller/plane/servicer.py).
 UNARY_METHODS = (
     ("GetSnapshot", pb.GetSnapshotRequest, pb.ClusterSnapshot),
     ("GetNodeSnapshot", pb.GetNodeSnapshotRequest, pb.Snapshot),

@@ -36,12 +36,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-
-from common.logs import get_logger
-from common.pb import pb
-from controller.kubeapi import BGP_PEERS, ApiError, KubeAPI, WriteFailure, write
-from controller.plane import NodePlane
-from controller.state import ClusterState
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.api import BGP_PEERS, ApiError, KubeAPI, WriteFailure, write
+from weir.controller.plane.servicer import NodePlane
 
 log = get_logger("weir.peerstatus")
 

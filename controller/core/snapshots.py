@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from common import viewhash
-from common.pb import pb
+from weir.common import viewhash
+from weir.common.pb import pb
 
 DEFAULT_HISTORY = 64
 _MAX_TRAILERS = 16384

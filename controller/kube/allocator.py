@@ -28,14 +28,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-
-from common.logs import get_logger
-from common.pb import pb
-from controller.ipam import Allocation, FamilyPolicy, PoolUsage, allocate, handles
-from controller.kubeapi import EVENTS, IP_POOLS, SERVICES, ApiError, KubeAPI, WriteFailure, write
-from controller.objects import IP_POOL, SERVICE
-from controller.sources.base import StateSink
-from controller.state import ClusterState
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.objects import IP_POOL, SERVICE
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.api import (
+    EVENTS,
+    IP_POOLS,
+    SERVICES,
+    ApiError,
+    KubeAPI,
+    WriteFailure,
+    write,
+)
+from weir.controller.kube.ipam import Allocation, FamilyPolicy, PoolUsage, allocate, handles
+from weir.controller.sources.base import StateSink
 
 log = get_logger("weir.allocator")
 

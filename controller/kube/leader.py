@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-
-from common.logs import get_logger
-from controller.kubeapi import LEASES, ApiError, KubeAPI
+from weir.common.logs import get_logger
+from weir.controller.kube.api import LEASES, ApiError, KubeAPI
 
 log = get_logger("weir.leader")
 

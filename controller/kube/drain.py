@@ -1,15 +1,14 @@
 """Draining a node with the Kubernetes source: the Node annotation weir.dev/drain (see
-controller/drain.py)."""
+controller/plane/drain.py)."""
 
 from __future__ import annotations
 
 import aiohttp
 import grpc
-
-from common.logs import get_logger
-from controller.drain import DrainError
-from controller.kubeapi import NODES, ApiError, KubeAPI
-from controller.objects import ANN_DRAIN
+from weir.common.logs import get_logger
+from weir.controller.core.objects import ANN_DRAIN
+from weir.controller.kube.api import NODES, ApiError, KubeAPI
+from weir.controller.plane.drain import DrainError
 
 log = get_logger("weir.drain")
 

@@ -13,9 +13,8 @@ import asyncio
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from common.logs import get_logger
-from controller.snapshots import SnapshotStore
+from weir.common.logs import get_logger
+from weir.controller.core.snapshots import SnapshotStore
 
 log = get_logger("weir.health")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controller.objects import Endpoint, EndpointSlice
+from weir.controller.core.objects import Endpoint, EndpointSlice
 
 Chosen = list[tuple[Endpoint, int]]  # (endpoint, target port)
 

@@ -16,9 +16,9 @@ import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from common.pb import pb
-from controller.objects import BGP_PEER, NODE, BGPAdvertisement, BGPPeer, IPPool
-from controller.state import ClusterInputs
+from weir.common.pb import pb
+from weir.controller.core.objects import BGP_PEER, NODE, BGPAdvertisement, BGPPeer, IPPool
+from weir.controller.core.state import ClusterInputs
 
 ErrorSink = Callable[[str, str, str, str], None]  # (kind, namespace, name, message)
 

@@ -1,10 +1,10 @@
 """Draining a node (weirctl node drain / undrain, the SetNodeDrain RPC): where it is kept.
 
 A drained node keeps its peers and advertisements in its BGPConfig with `drain` set
-(controller/bgpconfig.py): its agent withdraws every route and keeps forwarding, so the
+(controller/core/bgpconfig.py): its agent withdraws every route and keeps forwarding, so the
 routers move its flows to the other nodes without breaking them.
 
-- Kubernetes source (AnnotationDrainer, controller/kubedrain.py): the RPC patches the Node
+- Kubernetes source (AnnotationDrainer, controller/kube/drain.py): the RPC patches the Node
   annotation `weir.dev/drain: "true"` (removes it to undrain). The annotation is the durable
   form: it survives controller restarts, and every replica sees it through its watch, so the
   drained set is the same on all of them whichever replica took the call.
@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import grpc
-
-from common.logs import get_logger
-from controller.objects import ANN_DRAIN
-from controller.state import ClusterState
+from weir.common.logs import get_logger
+from weir.controller.core.objects import ANN_DRAIN
+from weir.controller.core.state import ClusterState
 
 log = get_logger("weir.drain")
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from common.logs import get_logger
-from common.pb import pb
-from controller.metrics import Metrics
-from controller.objects import ALL_KINDS
-from controller.reduce import ReduceConfig, ReduceResult, reduce
-from controller.snapshots import Prepared, SnapshotStore
-from controller.state import ClusterInputs, ClusterState
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.reduce import ReduceConfig, ReduceResult, reduce
+from weir.controller.core.snapshots import Prepared, SnapshotStore
+from weir.controller.core.state import ClusterInputs, ClusterState
+from weir.controller.metrics import Metrics
 
 log = get_logger("weir.publish")
 

@@ -3,7 +3,7 @@ allocator on the elected leader (or always, without --leader-elect).
 
 Every replica watches (the source feeds the allocator's view next to the cluster state) and
 serves the NodePlane and writes the BGPPeer status entries of the agents connected to it
-(controller/peerstatus.py); only the Lease holder writes Service status, Events and pool
+(controller/kube/peerstatus.py); only the Lease holder writes Service status, Events and pool
 status, and removes the BGPPeer status entries of gone replicas.
 """
 
@@ -15,12 +15,12 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from common.logs import get_logger
-from controller.allocator import WATCHED_KINDS, Allocator, AllocatorView
-from controller.healthport import serve_health
-from controller.leader import LeaderElector, LeaseConfig, default_identity
-from controller.peerstatus import PeerStatusWriter
-from controller.sources.kubernetes import FanOutSink, KubernetesSource
+from weir.common.logs import get_logger
+from weir.controller.kube.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from weir.controller.kube.leader import LeaderElector, LeaseConfig, default_identity
+from weir.controller.kube.peerstatus import PeerStatusWriter
+from weir.controller.plane.healthport import serve_health
+from weir.controller.sources.kubernetes import FanOutSink, KubernetesSource
 
 log = get_logger("weir.controller")
 

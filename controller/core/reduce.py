@@ -10,8 +10,8 @@ arrived in: every output list is sorted, and every tie is broken by name.
   (weir.dev/load-balancer-ips) when `vips_from_annotation` (the file source has no IPAM).
 - Two Services claiming one frontend: the oldest (creationTimestamp, then namespace/name)
   keeps it, the other gets an error for that frontend.
-- Backends per controller/endpoints.py (KEP-1669), of the VIP's address family.
-- Per-node BGP per controller/bgpconfig.py.
+- Backends per controller/core/endpoints.py (KEP-1669), of the VIP's address family.
+- Per-node BGP per controller/core/bgpconfig.py.
 - Bad objects become ObjectErrors and are skipped; everything else keeps flowing.
 
 Speed matters (10,000 Services x 20 endpoints in well under a second, cold): messages are built
@@ -24,14 +24,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from common.pb import pb
-from common.tablesize import DEFAULT_TABLE_SIZE
-from controller.bgpconfig import AnnouncedVip, node_configs
-from controller.endpoints import select_backends
-from controller.gcpause import gc_paused
-from controller.objects import ENDPOINT_SLICE, SERVICE, EndpointSlice, Service, ServicePort
-from controller.state import ClusterInputs
-from controller.views import cluster_hash
+from weir.common.pb import pb
+from weir.common.tablesize import DEFAULT_TABLE_SIZE
+from weir.controller.core.bgpconfig import AnnouncedVip, node_configs
+from weir.controller.core.endpoints import select_backends
+from weir.controller.core.gcpause import gc_paused
+from weir.controller.core.objects import (
+    ENDPOINT_SLICE,
+    SERVICE,
+    EndpointSlice,
+    Service,
+    ServicePort,
+)
+from weir.controller.core.state import ClusterInputs
+from weir.controller.core.views import cluster_hash
 
 PROTOCOL = {"TCP": pb.PROTOCOL_TCP, "UDP": pb.PROTOCOL_UDP, "SCTP": pb.PROTOCOL_SCTP}
 STRATEGY = {"maglev": pb.STRATEGY_MAGLEV, "random": pb.STRATEGY_RANDOM}

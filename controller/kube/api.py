@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client, config
-
-from common.logs import get_logger
+from weir.common.logs import get_logger
 
 log = get_logger("weir.kubeapi")
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.parsing import ParseError, mapping, sequence, string
+from weir.controller.core.parsing import ParseError, mapping, sequence, string
 
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 

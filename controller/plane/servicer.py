@@ -8,7 +8,7 @@ queue grows. A nack with `error` makes the next message a full snapshot.
 Under TLS the identity in the client certificate (its DNS SANs, else its CN) must name the
 node the Hello asks for.
 
-SetNodeDrain hands the setting to the drainer (controller/drain.py) and answers once a
+SetNodeDrain hands the setting to the drainer (controller/plane/drain.py) and answers once a
 published version carries it (or at once for a node with no BGP settings).
 
 Authorization: the client CA signs node certificates too, so a signed certificate alone
@@ -28,13 +28,12 @@ from typing import NoReturn
 
 import grpc
 from prometheus_client import Gauge
-
-from common.logs import get_logger
-from common.pb import ACCEPTED_KEY, pb
-from controller.drain import Drainer, DrainError
-from controller.metrics import Metrics
-from controller.snapshots import SnapshotStore
-from controller.views import node_bgp
+from weir.common.logs import get_logger
+from weir.common.pb import ACCEPTED_KEY, pb
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.views import node_bgp
+from weir.controller.metrics import Metrics
+from weir.controller.plane.drain import Drainer, DrainError
 
 log = get_logger("weir.plane")
 
