@@ -178,6 +178,17 @@ struct be_meta {
 	u32 halves;
 };
 
+/* The fast path reads these as whole 64-bit words (one load each: atomic for readers),
+ * and a conntrack bucket is one cache line. */
+_Static_assert(sizeof(struct svc_key) == 8, "svc_key is compared as one u64");
+_Static_assert(sizeof(struct svc_value) == 16, "svc_value layout");
+_Static_assert(__builtin_offsetof(struct backend, svc_key) % 8 == 0,
+	       "backend.svc_key is read as a u64");
+_Static_assert(sizeof(struct backend) == 32, "backend layout");
+_Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
+_Static_assert(sizeof(struct config) == 16, "config words");
+_Static_assert(sizeof(struct counters) == 24, "counters layout");
+
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
 		 WEIR_PIN("services"));
 BPF_TABLE_PINNED("array", u32, struct backend, backends, WEIR_MAX_BACKENDS, WEIR_PIN("backends"));
