@@ -26,6 +26,8 @@
 #ifndef WEIR_MAPS_H
 #define WEIR_MAPS_H
 
+#include "weir_counters.h"
+
 #define WEIR_PIN(name) WEIR_PIN_DIR "/" name
 
 /* --- services: (vip, port, proto) -> service -------------------------------------
@@ -61,20 +63,31 @@ struct svc_value {
  * bumped on each allocation of the index). Tables name backends by index, conntrack
  * by handle. Retiring a backend stores handle = 0 (also atomically): conntrack hits on
  * it stop matching and the flow is picked again, while a packet that read the old
- * table just before the flip still finds the MAC intact (the agent rewrites an entry
- * only one RCU grace period after retiring it). */
+ * table just before the flip still finds the entry intact (the agent rewrites an entry
+ * only one RCU grace period after retiring it).
+ *
+ * Two ways to reach a backend (flags):
+ *   - L2 DSR (0): rewrite the destination MAC to `mac` (the backend's, on the uplink's
+ *     segment; it holds the VIP on its loopback and listens on the service port);
+ *   - BE_F_ENCAP: encapsulate toward the backend's node `node_be` (docs/FORWARDING.md),
+ *     sent to `mac` (the next hop toward that node), carrying addr_be:port_be (the pod
+ *     and its targetPort) for the node to translate to. When node_be is this node's own
+ *     address the encapsulated packet goes up its own stack (XDP_PASS) to the decap. */
 #define BE_INDEX_BITS 20
 #define BE_INDEX_MASK ((1u << BE_INDEX_BITS) - 1)
 #define BE_HANDLE_BITS 40
 #define BE_HANDLE_MASK ((1ULL << BE_HANDLE_BITS) - 1)
+#define BE_F_ENCAP 1u
 
 struct backend {
 	u64 handle;             /* 0 = retired / never live; written only by weir_commit */
 	struct svc_key svc_key; /* the service it belongs to (checked on every use) */
-	u8 mac[6];              /* DSR L2: the backend's MAC on the uplink segment */
-	__be16 port_be;         /* inspection only */
-	__be32 addr_be;         /* inspection only */
+	u8 mac[6];              /* L2 DSR: the backend's MAC; encap: the next hop's */
+	__be16 port_be;         /* encap: the pod's port, sent in the Weir header */
+	__be32 addr_be;         /* encap: the pod's address, sent in the Weir header */
 	u32 svc;                /* service index, for per-service counters */
+	__be32 node_be;         /* encap: the backend's node (outer destination) */
+	u32 flags;              /* BE_F_* */
 };
 
 /* --- slots: the Maglev tables of every service, both halves -----------------------
@@ -119,7 +132,14 @@ struct ct_bucket {
 struct config {
 	u64 node_mac; /* the uplink's MAC in the low 48 bits, byte 0 of the MAC first */
 	u64 seed;     /* cluster Maglev seed (low 32 bits) */
+	u64 encap;    /* encapsulation: see CFG_ENCAP_* (0 = not configured: encap backends
+		       * are dropped as "encap") */
 };
+/* config.encap: this node's address (outer source), the encapsulation's UDP port and the
+ * underlay MTU, in one word so a packet never sees half of a change. */
+#define CFG_ENCAP_ADDR_MASK 0xffffffffULL /* bits 0..31: node address, network order */
+#define CFG_ENCAP_PORT_SHIFT 32           /* bits 32..47: UDP port, network order */
+#define CFG_ENCAP_MTU_SHIFT 48            /* bits 48..63: underlay MTU, host order */
 
 /* --- vip filter: a 65536-bit set of hashed VIP addresses ----------------------------
  * Lets non-VIP traffic leave after one inlined array access instead of a hash lookup.
@@ -131,19 +151,16 @@ struct config {
  * Exact set, read only on the rare paths with no ports (fragments, truncated L4), to
  * drop those packets only when they really are for a VIP. */
 
-/* --- counters (per-CPU arrays) ------------------------------------------------------ */
-struct counters {
-	u64 packets;
-	u64 bytes;
-	u64 new_flows;
-};
+/* --- counters: per-CPU arrays of struct counters (weir_counters.h) --------------------- */
 
 enum drop_reason {
 	DROP_PARSE = 0,      /* VIP packet too short to hold its L4 ports */
 	DROP_FRAGMENT = 1,   /* IPv4 fragment for a VIP (no ports to hash) */
 	DROP_TABLE_EMPTY = 2,/* service has no backends */
 	DROP_NO_BACKEND = 3, /* table slot names a backend of another service (stale map) */
-	DROP_REASONS = 4,
+	DROP_TOO_BIG = 4,    /* too big to encapsulate within the MTU (ICMP sent when DF) */
+	DROP_ENCAP = 5,      /* cannot encapsulate: no room, or encapsulation not configured */
+	DROP_REASONS = 6,
 };
 
 /* Frames for a VIP that the fast path leaves to the kernel on purpose: not addressed
@@ -184,10 +201,9 @@ _Static_assert(sizeof(struct svc_key) == 8, "svc_key is compared as one u64");
 _Static_assert(sizeof(struct svc_value) == 16, "svc_value layout");
 _Static_assert(__builtin_offsetof(struct backend, svc_key) % 8 == 0,
 	       "backend.svc_key is read as a u64");
-_Static_assert(sizeof(struct backend) == 32, "backend layout");
+_Static_assert(sizeof(struct backend) == 40, "backend layout");
 _Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
-_Static_assert(sizeof(struct config) == 16, "config words");
-_Static_assert(sizeof(struct counters) == 24, "counters layout");
+_Static_assert(sizeof(struct config) == 24, "config words");
 
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
 		 WEIR_PIN("services"));

@@ -1,35 +1,33 @@
-/* Weir XDP fast path: Maglev load balancing with Direct Server Return (L2).
+/* Weir XDP fast path: Maglev load balancing with Direct Server Return.
  *
  *   parse Ethernet (+1 VLAN tag) / IPv4 -> VIP filter -> conntrack -> service
- *   -> Maglev slot -> backend -> rewrite MACs -> XDP_TX
+ *   -> Maglev slot -> backend -> L2 DSR (rewrite MACs, XDP_TX)
+ *                              or encapsulate toward the backend's node (XDP_TX)
  *
- * Anything that is not IPv4 to a VIP (or not addressed to this node's MAC) leaves
- * with XDP_PASS untouched. IPv6 is not load-balanced yet: it passes like any other
- * non-VIP traffic (the agent refuses IPv6 VIPs with a clear error).
+ * ICMP errors about a VIP's flows (fragmentation needed on the client's path, ...) go to
+ * the backend that owns the flow they quote, so its stack sees them. Anything that is not
+ * IPv4 to a VIP (or not addressed to this node's MAC) leaves with XDP_PASS untouched.
+ * IPv6 is not load-balanced yet: it passes like any other non-VIP traffic (the agent
+ * refuses IPv6 VIPs with a clear error).
  *
- * Compiled by bcc (nodeagent/dataplane/loader.py) with -D WEIR_PIN_DIR, WEIR_MAX_*
- * and WEIR_CT_BUCKETS. WEIR_BENCH_NEW_FLOWS (bench/xdp_bench.py only) bumps the
- * source address after each VIP packet so BPF_PROG_TEST_RUN repetitions are all
- * new flows.
+ * Compiled by bcc (weir.nodeagent.dataplane.loader) with -D WEIR_PIN_DIR, WEIR_MAX_*
+ * and WEIR_CT_BUCKETS. WEIR_BENCH (bench/xdp_bench.py only) includes weir_bench.h, which
+ * puts each test-run frame back the way it came so repetitions measure the same path.
  */
 #include <linux/in.h>
+#include <linux/icmp.h>
 
 #include "weir_maps.h"
 #include "weir_parse.h"
 #include "weir_hash.h"
+#include "weir_encap.h"
+
+#ifdef WEIR_BENCH_NEW_FLOWS
+#define WEIR_BENCH
+#endif
 
 #define WEIR_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WEIR_WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
-
-/* Every counter of the fast path goes through here (per-CPU values: plain adds). */
-static __always_inline void weir_count(struct counters *c, u64 bytes, u64 new_flow)
-{
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-		c->new_flows += new_flow;
-	}
-}
 
 static __always_inline int weir_drop(u32 reason, u64 bytes)
 {
@@ -68,24 +66,196 @@ static __always_inline int weir_mac_is(const u8 *pkt, u64 word)
 	       *(const u16 *)(pkt + 4) == *(const u16 *)(m + 4);
 }
 
-static __always_inline int weir_forward(struct ethhdr *eth, const struct backend *be, u32 id,
-					u64 node_mac, u64 bytes, u64 new_flow)
-{
-	u32 svc = be->svc;
+/* What forwarding helpers return when they did not forward the packet (dropped it, or
+ * answered it): the XDP action is in the low byte, and the caller counts nothing more. */
+#define WEIR_HANDLED 0x100
 
-	weir_count(be_stats.lookup(&id), bytes, new_flow);
-	weir_count(svc_stats.lookup(&svc), bytes, new_flow);
-	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, &node_mac, ETH_ALEN);
+/* The Ethernet header for a frame this node sends: destination `dest`, source the node's
+ * MAC; a VLAN tag and the EtherType are copied from the frame that arrived (old, l2len
+ * bytes, a constant: 14 or 18). */
+static __always_inline void weir_set_l2(void *new, const void *old, u32 l2len, const u8 *dest,
+					u64 node_mac)
+{
+	if (new != old)
+		__builtin_memcpy(new + 12, old + 12, l2len - 12);
+	__builtin_memcpy(new, dest, ETH_ALEN);
+	__builtin_memcpy(new + ETH_ALEN, &node_mac, ETH_ALEN);
+}
+
+/* The inner packet cannot be encapsulated within the MTU and the client forbade
+ * fragmenting it: answer "fragmentation needed" (RFC 1191) from the VIP, quoting its
+ * IPv4 header and first 8 bytes, with the MTU it must fit. The frame is reused:
+ *
+ *   before  [l2][ip][l4 ...]
+ *   after   [l2][ip VIP->client][icmp 3/4][quoted ip][quoted 8 bytes]
+ */
+#define WEIR_ICMP_QUOTE (sizeof(struct iphdr) + 8)
+#define WEIR_ICMP_LEN (sizeof(struct iphdr) + sizeof(struct icmphdr) + WEIR_ICMP_QUOTE)
+
+static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len, u32 mtu,
+					     u64 bytes)
+{
+	const int room = sizeof(struct iphdr) + sizeof(struct icmphdr);
+	void *data, *data_end, *old;
+	struct iphdr *ip, *quoted;
+	struct icmphdr *icmp;
+	u8 client_mac[ETH_ALEN];
+	u64 node_mac;
+	u32 sum;
+
+	if (bpf_xdp_adjust_head(ctx, -room))
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	old = data + room;
+	ip = data + l2len;
+	icmp = (void *)(ip + 1);
+	quoted = (void *)(icmp + 1);
+	if ((void *)quoted + WEIR_ICMP_QUOTE > data_end)
+		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes);
+	/* Back to the sender of the frame: swap the MACs. */
+	__builtin_memcpy(client_mac, old + ETH_ALEN, ETH_ALEN);
+	__builtin_memcpy(&node_mac, old, ETH_ALEN);
+	weir_set_l2(data, old, l2len, client_mac, node_mac);
+
+	*(u8 *)ip = 0x45;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(WEIR_ICMP_LEN);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(WEIR_IP_DF);
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = quoted->daddr;
+	ip->daddr = quoted->saddr;
+	ip->check = weir_ipv4_csum(ip);
+
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_FRAG_NEEDED;
+	icmp->checksum = 0;
+	icmp->un.frag.__unused = 0;
+	icmp->un.frag.mtu = bpf_htons(mtu);
+	sum = bpf_csum_diff(0, 0, (__be32 *)icmp, sizeof(*icmp) + WEIR_ICMP_QUOTE, 0);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	icmp->checksum = (__sum16)~sum;
+
+	if (bpf_xdp_adjust_tail(ctx, (int)(l2len + WEIR_ICMP_LEN) - (int)(data_end - data)))
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+	weir_drop(DROP_TOO_BIG, bytes);
+	return WEIR_HANDLED | XDP_TX;
+}
+
+/* Encapsulate toward the backend's node (bpf/weir_encap.h has the wire format). l2len is
+ * a constant (14 or 18) so every offset below is one too. */
+static __always_inline int weir_encap(struct xdp_md *ctx, const struct backend *be,
+				      const struct config *cfg, u64 node_mac, const u32 l2len,
+				      u32 entropy, u64 bytes)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *inner = data + l2len, *outer;
+	u64 enc = WEIR_READ_ONCE(cfg->encap);
+	u32 mtu = enc >> CFG_ENCAP_MTU_SHIFT;
+	struct weir_enc_hdr *wh;
+	struct udphdr *udp;
+	__be16 id, frag;
+	u32 len;
+	u8 tos;
+
+	if ((void *)(inner + 1) > data_end)
+		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes);
+	if (!enc)
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+	len = bpf_ntohs(inner->tot_len);
+	if (len + WEIR_ENC_LEN > mtu) {
+		if (inner->frag_off & bpf_htons(WEIR_IP_DF))
+			return weir_icmp_too_big(ctx, l2len, mtu - WEIR_ENC_LEN, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_TOO_BIG, bytes);
+	}
+	id = inner->id;
+	frag = inner->frag_off & bpf_htons(WEIR_IP_DF);
+	tos = inner->tos;
+	if (bpf_xdp_adjust_head(ctx, -(int)WEIR_ENC_LEN))
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	outer = data + l2len;
+	udp = (void *)(outer + 1);
+	wh = (void *)(udp + 1);
+	if ((void *)(wh + 1) > data_end || data + WEIR_ENC_LEN + l2len > data_end)
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+	weir_set_l2(data, data + WEIR_ENC_LEN, l2len, be->mac, node_mac);
+
+	*(u8 *)outer = 0x45;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(len + WEIR_ENC_LEN);
+	outer->id = id;
+	outer->frag_off = frag;
+	outer->ttl = 64;
+	outer->protocol = IPPROTO_UDP;
+	outer->check = 0;
+	outer->saddr = (__be32)(enc & CFG_ENCAP_ADDR_MASK);
+	outer->daddr = be->node_be;
+	outer->check = weir_ipv4_csum(outer);
+
+	udp->source = bpf_htons(WEIR_ENC_SPORT_BASE | (entropy & WEIR_ENC_SPORT_MASK));
+	udp->dest = (__be16)(enc >> CFG_ENCAP_PORT_SHIFT);
+	udp->len = bpf_htons(len + sizeof(*udp) + sizeof(*wh));
+	udp->check = 0;
+
+	wh->version = WEIR_ENC_VERSION;
+	wh->flags = 0;
+	wh->port_be = be->port_be;
+	wh->addr_be = be->addr_be;
+	/* A backend on this very node: up our own stack, where the tc program decapsulates. */
+	if (outer->daddr == outer->saddr)
+		return XDP_PASS;
 	return XDP_TX;
 }
 
-/* Pick a backend for a flow with no (valid) conntrack entry, remember it in `way` of
- * its bucket, send. */
-static __always_inline int weir_new_flow(struct ethhdr *eth, struct iphdr *ip,
-					 struct weir_ports *ports, struct svc_key *sk,
-					 const struct config *cfg, u64 node_mac, u64 bytes,
-					 struct ct_bucket *bucket, struct weir_ct_pos *pos, u32 way)
+static __always_inline int weir_forward(struct xdp_md *ctx, const struct backend *be, u32 id,
+					const struct config *cfg, u64 node_mac, u32 l2len,
+					u32 entropy, u64 bytes, u64 new_flow)
+{
+	u32 svc = be->svc;
+	int action;
+
+	if (be->flags & BE_F_ENCAP) {
+		if (l2len == ETH_HLEN)
+			action = weir_encap(ctx, be, cfg, node_mac, ETH_HLEN, entropy, bytes);
+		else
+			action = weir_encap(ctx, be, cfg, node_mac,
+					    ETH_HLEN + sizeof(struct weir_vlan_hdr), entropy, bytes);
+		if (action & WEIR_HANDLED)
+			return action & 0xff;
+	} else {
+		void *data = (void *)(long)ctx->data;
+
+		if (data + ETH_HLEN > (void *)(long)ctx->data_end)
+			return XDP_DROP;
+		weir_set_l2(data, data, ETH_HLEN, be->mac, node_mac);
+		action = XDP_TX;
+	}
+	weir_count(be_stats.lookup(&id), bytes, new_flow);
+	weir_count(svc_stats.lookup(&svc), bytes, new_flow);
+	return action;
+}
+
+/* A flow as the client sends it: the key of conntrack and of the Maglev hash. */
+struct weir_flow {
+	__be32 saddr;
+	__be32 daddr;
+	struct weir_ports ports;
+	u8 proto;
+};
+
+/* Pick a backend for a flow with no (valid) conntrack entry; with `track`, remember it
+ * in `way` of its bucket. Returns the backend index, or -1 with *action set. */
+static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *sk,
+				     const struct config *cfg, u64 bytes, struct ct_bucket *bucket,
+				     const struct weir_ct_pos *pos, u32 way, const int track,
+				     int *action)
 {
 	struct svc_value *svc = services.lookup(sk);
 	struct slot_line *line;
@@ -93,87 +263,71 @@ static __always_inline int weir_new_flow(struct ethhdr *eth, struct iphdr *ip,
 	u32 size, hport, hash, slot, line_idx, id;
 	u64 word, handle;
 
-	if (!svc)
-		return XDP_PASS; /* the VIP, but not a port/protocol we serve */
+	if (!svc) {
+		*action = XDP_PASS; /* the VIP, but not a port/protocol we serve */
+		return -1;
+	}
 	/* The one read of the table descriptor: old table or new, never a mix. */
 	word = WEIR_READ_ONCE(svc->word);
 	size = (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK;
-	if (!size)
-		return weir_drop(DROP_TABLE_EMPTY, bytes);
+	if (!size) {
+		*action = weir_drop(DROP_TABLE_EMPTY, bytes);
+		return -1;
+	}
 	/* ClientIP affinity: the source port stays out of the hash, so every connection of
 	 * a client lands on one backend, on every node (same seed, same table). It wins
 	 * over random, which could not keep a client anywhere. */
-	hport = bpf_ntohs(ports->dst);
+	hport = bpf_ntohs(f->ports.dst);
 	if (!(word & SVC_F_CLIENT_IP))
-		hport |= (u32)bpf_ntohs(ports->src) << 16;
+		hport |= (u32)bpf_ntohs(f->ports.src) << 16;
 	if ((word & (SVC_F_RANDOM | SVC_F_CLIENT_IP)) == SVC_F_RANDOM)
 		hash = bpf_get_prandom_u32();
 	else
-		hash = weir_flow_hash(bpf_ntohl(ip->saddr), hport, ip->protocol,
+		hash = weir_flow_hash(bpf_ntohl(f->saddr), hport, f->proto,
 				      (u32)WEIR_READ_ONCE(cfg->seed));
 	slot = (u32)(word & SVC_BASE_MASK) + weir_reduce(hash, size);
 	line_idx = slot / SLOTS_PER_LINE;
 	line = slots.lookup(&line_idx);
-	if (!line)
-		return weir_drop(DROP_NO_BACKEND, bytes);
+	if (!line) {
+		*action = weir_drop(DROP_NO_BACKEND, bytes);
+		return -1;
+	}
 	id = line->id[slot & (SLOTS_PER_LINE - 1)];
 	be = backends.lookup(&id);
-	if (!be || *(u64 *)&be->svc_key != *(u64 *)sk)
-		return weir_drop(DROP_NO_BACKEND, bytes);
+	if (!be || *(u64 *)&be->svc_key != *(u64 *)sk) {
+		*action = weir_drop(DROP_NO_BACKEND, bytes);
+		return -1;
+	}
 	/* handle 0: the backend was retired by the flip this packet raced with; it still
 	 * goes there (old table), but is not remembered. */
 	handle = WEIR_READ_ONCE(be->handle);
-	if (handle) {
+	if (track && handle) {
 		way &= CT_WAYS - 1;
 		WEIR_WRITE_ONCE(bucket->way[way], ((u64)pos->fp << CT_FP_SHIFT) | handle);
-		bucket->client[way].saddr_be = ip->saddr;
-		bucket->client[way].sport_be = ports->src;
+		bucket->client[way].saddr_be = f->saddr;
+		bucket->client[way].sport_be = f->ports.src;
 	}
-	return weir_forward(eth, be, id, node_mac, bytes, 1);
+	return id;
 }
 
-static __always_inline int weir_vip_packet(void *data, void *data_end, struct iphdr *ip)
+/* Conntrack, then Maglev, then forward. Without `track` (ICMP errors about a flow) the
+ * flow's entry is used but none is made. */
+static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_flow *f,
+					const struct config *cfg, u64 node_mac, u32 l2len,
+					u64 bytes, const int track)
 {
-	struct ethhdr *eth = data;
-	u64 bytes = data_end - data;
-	struct weir_ports *ports;
-	struct ct_bucket *bucket;
-	struct weir_ct_pos pos;
-	struct config *cfg;
-	u64 node_mac, hit = 0;
-	u32 zero = 0, way;
-	int match = -1, empty = -1;
-
-	cfg = config.lookup(&zero);
-	if (!cfg)
-		return XDP_PASS;
-	node_mac = WEIR_READ_ONCE(cfg->node_mac);
-	/* Only frames sent to this node's MAC: a flooded or promiscuous uplink must not
-	 * duplicate flows meant for another load-balancer node on the segment. The MAC is
-	 * the one the rewrite below uses: no extra lookup. */
-	if (!weir_mac_is(eth->h_dest, node_mac))
-		return weir_not_for_us(eth->h_dest, ip->daddr, bytes);
-	if (ip->ihl < 5)
-		return XDP_PASS;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return XDP_PASS;
-	ports = (void *)ip + ip->ihl * 4;
-	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK) || (void *)(ports + 1) > data_end) {
-		/* No ports to hash: drop when the address really is a VIP. */
-		if (!vips.lookup(&ip->daddr))
-			return XDP_PASS;
-		if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK))
-			return weir_drop(DROP_FRAGMENT, bytes);
-		return weir_drop(DROP_PARSE, bytes);
-	}
-
 	struct svc_key sk = {
-		.vip_be = ip->daddr,
-		.port_be = ports->dst,
-		.proto = ip->protocol,
+		.vip_be = f->daddr,
+		.port_be = f->ports.dst,
+		.proto = f->proto,
 	};
+	struct weir_ct_pos pos;
+	struct ct_bucket *bucket;
+	int match = -1, empty = -1, action = XDP_PASS, id;
+	u64 hit = 0;
+	u32 way;
 
-	pos = weir_ct_hash(ip->saddr, ip->daddr, *(u32 *)ports, ip->protocol, WEIR_CT_BUCKETS);
+	pos = weir_ct_hash(f->saddr, f->daddr, *(u32 *)&f->ports, f->proto, WEIR_CT_BUCKETS);
 	bucket = conntrack.lookup(&pos.bucket);
 	if (!bucket)
 		return XDP_PASS;
@@ -190,22 +344,112 @@ static __always_inline int weir_vip_packet(void *data, void *data_end, struct ip
 	}
 	if (match >= 0) {
 		u64 handle = hit & BE_HANDLE_MASK;
-		u32 id = handle & BE_INDEX_MASK;
-		struct backend *be = backends.lookup(&id);
+		u32 hid = handle & BE_INDEX_MASK;
+		struct backend *be = backends.lookup(&hid);
 
 		/* Live and the same service (a fingerprint match could be another flow's):
 		 * a retired backend has handle 0, a reused index another generation. */
 		if (be && handle && WEIR_READ_ONCE(be->handle) == handle &&
 		    *(u64 *)&be->svc_key == *(u64 *)&sk)
-			return weir_forward(eth, be, id, node_mac, bytes, 0);
+			return weir_forward(ctx, be, hid, cfg, node_mac, l2len, pos.victim, bytes,
+					    0);
 		way = match;
 	} else if (empty >= 0) {
 		way = empty;
 	} else {
 		way = pos.victim;
 	}
-	return weir_new_flow(eth, ip, ports, &sk, cfg, node_mac, bytes, bucket, &pos, way);
+	id = weir_pick(f, &sk, cfg, bytes, bucket, &pos, way, track, &action);
+	if (id < 0)
+		return action;
+	{
+		u32 bid = id;
+		struct backend *be = backends.lookup(&bid);
+
+		if (!be)
+			return weir_drop(DROP_NO_BACKEND, bytes);
+		return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.victim, bytes, track);
+	}
 }
+
+/* An ICMP error sent to a VIP quotes a packet the VIP sent (a backend's reply): send it to
+ * the backend that owns that flow, as seen from the client, so the backend's stack learns
+ * the path MTU or the failure. Other ICMP (echo to a VIP, ...) is the kernel's. */
+static __always_inline int weir_icmp_error(struct xdp_md *ctx, struct iphdr *ip,
+					   const struct config *cfg, u64 node_mac, u32 l2len,
+					   u64 bytes)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct icmphdr *icmp = (void *)(ip + 1);
+	struct weir_ports *quoted_ports;
+	struct iphdr *quoted;
+	struct weir_flow f;
+
+	if (ip->ihl != 5 || (void *)(icmp + 1) > data_end)
+		return XDP_PASS;
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED)
+		return XDP_PASS;
+	quoted = (void *)(icmp + 1);
+	quoted_ports = (void *)(quoted + 1);
+	if ((void *)(quoted_ports + 1) > data_end || quoted->ihl != 5 ||
+	    quoted->saddr != ip->daddr)
+		return XDP_PASS;
+	if (quoted->protocol != IPPROTO_TCP && quoted->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	f.saddr = quoted->daddr;
+	f.daddr = quoted->saddr;
+	f.ports.src = quoted_ports->dst;
+	f.ports.dst = quoted_ports->src;
+	f.proto = quoted->protocol;
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 0);
+}
+
+static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void *data_end,
+					   struct iphdr *ip)
+{
+	struct ethhdr *eth = data;
+	u64 bytes = data_end - data;
+	u32 l2len = (void *)ip - data;
+	struct weir_ports *ports;
+	struct config *cfg;
+	struct weir_flow f;
+	u64 node_mac;
+	u32 zero = 0;
+
+	cfg = config.lookup(&zero);
+	if (!cfg)
+		return XDP_PASS;
+	node_mac = WEIR_READ_ONCE(cfg->node_mac);
+	/* Only frames sent to this node's MAC: a flooded or promiscuous uplink must not
+	 * duplicate flows meant for another load-balancer node on the segment. The MAC is
+	 * the one the rewrite below uses: no extra lookup. */
+	if (!weir_mac_is(eth->h_dest, node_mac))
+		return weir_not_for_us(eth->h_dest, ip->daddr, bytes);
+	if (ip->ihl < 5)
+		return XDP_PASS;
+	if (ip->protocol == IPPROTO_ICMP)
+		return weir_icmp_error(ctx, ip, cfg, node_mac, l2len, bytes);
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	ports = (void *)ip + ip->ihl * 4;
+	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK) || (void *)(ports + 1) > data_end) {
+		/* No ports to hash: drop when the address really is a VIP. */
+		if (!vips.lookup(&ip->daddr))
+			return XDP_PASS;
+		if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK))
+			return weir_drop(DROP_FRAGMENT, bytes);
+		return weir_drop(DROP_PARSE, bytes);
+	}
+	f.saddr = ip->saddr;
+	f.daddr = ip->daddr;
+	f.ports = *ports;
+	f.proto = ip->protocol;
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 1);
+}
+
+#ifdef WEIR_BENCH
+#include "weir_bench.h"
+#endif
 
 int weir_xdp(struct xdp_md *ctx)
 {
@@ -216,9 +460,9 @@ int weir_xdp(struct xdp_md *ctx)
 
 	if (!ip || !weir_vip_maybe(ip->daddr))
 		return XDP_PASS;
-	action = weir_vip_packet(data, data_end, ip);
-#ifdef WEIR_BENCH_NEW_FLOWS
-	ip->saddr = bpf_htonl(bpf_ntohl(ip->saddr) + 1);
+	action = weir_vip_packet(ctx, data, data_end, ip);
+#ifdef WEIR_BENCH
+	weir_bench_rewind(ctx);
 #endif
 	return action;
 }
@@ -236,7 +480,7 @@ struct commit_op {
 };
 
 #define COMMIT_FLIP 1    /* key: svc_key bytes, value: the service word */
-#define COMMIT_CONFIG 2  /* key: 0 node_mac, 1 seed */
+#define COMMIT_CONFIG 2  /* key: 0 node_mac, 1 seed, 2 encap */
 #define COMMIT_BACKEND 3 /* key: backend index, value: its handle (0 retires it) */
 #define COMMIT_MAX_OPS 128
 
@@ -269,6 +513,9 @@ int weir_commit(struct xdp_md *ctx)
 				op->done = 1;
 			} else if (c && op->key == 1) {
 				__sync_lock_test_and_set(&c->seed, op->value);
+				op->done = 1;
+			} else if (c && op->key == 2) {
+				__sync_lock_test_and_set(&c->encap, op->value);
 				op->done = 1;
 			}
 		} else if (op->op == COMMIT_BACKEND) {

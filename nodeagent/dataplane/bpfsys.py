@@ -341,3 +341,68 @@ def xdp_query(ifindex: int) -> XdpState:
     opts = _XdpQueryOpts(sz=ct.sizeof(_XdpQueryOpts))
     _check(lib().bpf_xdp_query(ifindex, 0, ct.byref(opts)), "XDP query")
     return XdpState(opts.prog_id, opts.attach_mode)
+
+
+BPF_TC_INGRESS = 1
+BPF_TC_EGRESS = 2
+BPF_TC_F_REPLACE = 1
+
+
+class _TcHook(ct.Structure):
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("ifindex", ct.c_int),
+        ("attach_point", ct.c_int),
+        ("parent", ct.c_uint32),
+    ]
+
+
+class _TcOpts(ct.Structure):
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("prog_fd", ct.c_int),
+        ("flags", ct.c_uint32),
+        ("prog_id", ct.c_uint32),
+        ("handle", ct.c_uint32),
+        ("priority", ct.c_uint32),
+    ]
+
+
+def _tc_hook(ifindex: int, point: int) -> _TcHook:
+    return _TcHook(sz=ct.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
+
+
+def tc_hook_create(ifindex: int) -> None:
+    """The interface's clsact qdisc (kept when it exists: other programs may use it)."""
+    ret = lib().bpf_tc_hook_create(ct.byref(_tc_hook(ifindex, BPF_TC_INGRESS)))
+    if ret != -errno.EEXIST:
+        _check(ret, "create clsact qdisc")
+
+
+def tc_attach(ifindex: int, point: int, prog_fd: int, handle: int, priority: int) -> None:
+    """Attach (or atomically replace) the direct-action filter at (handle, priority)."""
+    opts = _TcOpts(
+        sz=ct.sizeof(_TcOpts),
+        prog_fd=prog_fd,
+        flags=BPF_TC_F_REPLACE,
+        handle=handle,
+        priority=priority,
+    )
+    _check(lib().bpf_tc_attach(ct.byref(_tc_hook(ifindex, point)), ct.byref(opts)), "tc attach")
+
+
+def tc_query(ifindex: int, point: int, handle: int, priority: int) -> int:
+    """The id of the program at (handle, priority), 0 when there is none."""
+    opts = _TcOpts(sz=ct.sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = lib().bpf_tc_query(ct.byref(_tc_hook(ifindex, point)), ct.byref(opts))
+    if ret in (-errno.ENOENT, -errno.EINVAL):
+        return 0
+    _check(ret, "tc query")
+    return opts.prog_id
+
+
+def tc_detach(ifindex: int, point: int, handle: int, priority: int) -> None:
+    opts = _TcOpts(sz=ct.sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = lib().bpf_tc_detach(ct.byref(_tc_hook(ifindex, point)), ct.byref(opts))
+    if ret not in (-errno.ENOENT, -errno.EINVAL):
+        _check(ret, "tc detach")

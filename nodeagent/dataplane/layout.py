@@ -46,7 +46,7 @@ CT_HANDLE_MASK = (1 << CT_FP_SHIFT) - 1
 VIPF_WORDS = 1024
 VIPF_HASH_MUL = 0x9E3779B1
 
-DROP_REASONS = ("parse", "fragment", "table_empty", "no_backend")
+DROP_REASONS = ("parse", "fragment", "table_empty", "no_backend", "too_big", "encap")
 # frames for a VIP passed to the kernel untouched because they are not addressed to us
 PASS_REASONS = ("other_host", "multicast")
 
@@ -56,6 +56,12 @@ COMMIT_BACKEND = 3
 COMMIT_MAX_OPS = 128
 CONFIG_NODE_MAC = 0
 CONFIG_SEED = 1
+CONFIG_ENCAP = 2
+CFG_ENCAP_PORT_SHIFT = 32
+CFG_ENCAP_MTU_SHIFT = 48
+BE_F_ENCAP = 1
+# outer IPv4 + UDP + Weir header (bpf/weir_encap.h)
+ENCAP_OVERHEAD = 20 + 8 + 8
 
 STRATEGY_MAGLEV = 1
 STRATEGY_RANDOM = 2
@@ -83,6 +89,8 @@ class Backend(ct.Structure):
         ("port_be", ct.c_uint16),
         ("addr_be", ct.c_uint32),
         ("svc", ct.c_uint32),
+        ("node_be", ct.c_uint32),
+        ("flags", ct.c_uint32),
     ]
 
 
@@ -99,7 +107,7 @@ class CtBucket(ct.Structure):
 
 
 class Config(ct.Structure):
-    _fields_ = [("node_mac", ct.c_uint64), ("seed", ct.c_uint64)]
+    _fields_ = [("node_mac", ct.c_uint64), ("seed", ct.c_uint64), ("encap", ct.c_uint64)]
 
 
 class Counters(ct.Structure):
@@ -182,3 +190,73 @@ def word_fields(word: int) -> WordFields:
 
 def handle_of(index: int, gen: int) -> int:
     return (gen << BE_INDEX_BITS) | index
+
+
+# --- the backend node's maps (bpf/weir_nat_maps.h) -------------------------------------
+TC_SOURCE = BPF_DIR / "weir_tc.c"
+TC_INGRESS_FUNC = "weir_tc_ingress"
+TC_EGRESS_FUNC = "weir_tc_egress"
+NAT_LAYOUT_VERSION = 1
+NAT_EVENTS = ("decap", "reverse", "mss_clamped")
+NAT_DROPS = ("not_lb", "header", "unknown", "decap_failed")
+
+
+class NatConfig(ct.Structure):
+    _fields_ = [
+        ("node_be", ct.c_uint32),
+        ("port_be", ct.c_uint16),
+        ("mss", ct.c_uint16),
+        ("layout", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
+
+
+class NatBackendKey(ct.Structure):
+    _fields_ = [
+        ("vip_be", ct.c_uint32),
+        ("addr_be", ct.c_uint32),
+        ("vport_be", ct.c_uint16),
+        ("port_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    ]
+
+
+class NatBackend(ct.Structure):
+    _fields_ = [("index", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class NatRevKey(ct.Structure):
+    _fields_ = [
+        ("addr_be", ct.c_uint32),
+        ("port_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class NatVip(ct.Structure):
+    _fields_ = [("vip_be", ct.c_uint32), ("vport_be", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class NatFlowKey(ct.Structure):
+    _fields_ = [
+        ("addr_be", ct.c_uint32),
+        ("client_be", ct.c_uint32),
+        ("port_be", ct.c_uint16),
+        ("cport_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    ]
+
+
+NAT_MAPS: dict[str, tuple[type, type]] = {
+    "nat_config": (ct.c_uint32, NatConfig),
+    "lb_nodes": (ct.c_uint32, ct.c_uint32),
+    "local_backends": (NatBackendKey, NatBackend),
+    "rev_default": (NatRevKey, NatVip),
+    "nat_flows": (NatFlowKey, NatVip),
+    "nat_events": (ct.c_uint32, Counters),
+    "nat_drops": (ct.c_uint32, Counters),
+    "be_nat_stats": (ct.c_uint32, Counters),
+}

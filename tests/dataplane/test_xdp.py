@@ -191,7 +191,9 @@ def test_drops_are_counted_by_reason(dp: Dataplane) -> None:
     assert send(dp, f, frag=0x0010)[0] == XDP_DROP  # later fragment
     _, drops = stats(dp.maps)
     counted = {d.name: d.packets for d in drops}
-    assert counted == {"parse": 1, "fragment": 2, "table_empty": 1, "no_backend": 0}
+    assert counted == {
+        "parse": 1, "fragment": 2, "table_empty": 1, "no_backend": 0, "too_big": 0, "encap": 0
+    }
 
 
 def test_vlan_tagged_frames_keep_their_tag(dp: Dataplane) -> None:
