@@ -12,7 +12,6 @@ from google.protobuf import json_format
 from weir.common.pb import pb, pb_grpc
 from weir.ctl.channel import add_tls_args, call
 
-PROTOCOLS = {pb.PROTOCOL_TCP: "TCP", pb.PROTOCOL_UDP: "UDP", pb.PROTOCOL_SCTP: "SCTP"}
 STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
 AFFINITY = {pb.SESSION_AFFINITY_NONE: "none", pb.SESSION_AFFINITY_CLIENT_IP: "client-ip"}
 TIMEOUT = 10.0

@@ -12,8 +12,6 @@ from weir.nodeagent.dataplane.flowhash import ct_position
 from weir.nodeagent.dataplane.model import AppliedService, BackendTarget, Frontend
 from weir.nodeagent.dataplane.pinned import BackendRecord, PinnedMaps, ServiceRecord, ip_of, port_of
 
-PROTO_NAMES = {6: "TCP", 17: "UDP"}
-
 
 def mac_text(mac: bytes) -> str:
     return mac.hex(":")

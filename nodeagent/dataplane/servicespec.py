@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy
+from weir.common import protocols
 from weir.nodeagent.dataplane.layout import (
     STRATEGY_MAGLEV,
     STRATEGY_RANDOM,
@@ -22,8 +23,6 @@ from weir.nodeagent.dataplane.layout import (
     SvcKey,
 )
 from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError, Frontend
-
-PROTOCOLS = {6: "TCP", 17: "UDP"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +68,9 @@ def build_spec(
     if not fe.id or len(fe.id.encode()) >= SVC_ID_LEN:
         raise DataplaneError(f"{where}: id must be 1..{SVC_ID_LEN - 1} bytes")
     _ipv4(fe.vip, f"{where}: VIP")
-    if fe.protocol not in PROTOCOLS:
-        raise DataplaneError(f"{where}: protocol {fe.protocol} is not TCP (6) or UDP (17)")
+    if fe.protocol not in protocols.DATAPLANE:
+        known = " or ".join(f"{protocols.name_of(n)} ({n})" for n in sorted(protocols.DATAPLANE))
+        raise DataplaneError(f"{where}: protocol {fe.protocol} is not {known}")
     if not 1 <= fe.port <= 65535:
         raise DataplaneError(f"{where}: port {fe.port} is out of range")
     if fe.strategy not in ("maglev", "random"):
