@@ -1,7 +1,9 @@
 """Validate what apply_service is given and bring it to one canonical form with a tag.
 
 Canonical: backends sorted by (address, port, mac) and the table renumbered to match,
-so the same service content always has the same tag, whatever order it came in.
+so the same service content always has the same tag, whatever order it came in. The tag
+is kept in the pinned maps: a restarted agent compares against it, so how it is computed
+must not change between versions.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from weir.nodeagent.dataplane.layout import (
     SVC_SIZE_MASK,
     SvcKey,
 )
-from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError, Frontend
+from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError
+from weir.nodeagent.service import Frontend
 
 
 @dataclass(frozen=True, eq=False)
-class ServiceSpec:
+class CanonicalService:
+    """A service as the maps will hold it."""
+
     frontend: Frontend
     key: bytes  # struct svc_key bytes
     backends: tuple[BackendTarget, ...]  # canonical order
@@ -60,9 +65,9 @@ def _ipv4(address: str, what: str) -> ipaddress.IPv4Address:
     return ip
 
 
-def build_spec(
+def canonicalise(
     fe: Frontend, backends: Sequence[BackendTarget], table: numpy.ndarray | Sequence[int]
-) -> ServiceSpec:
+) -> CanonicalService:
     """Raise DataplaneError (with the service id) for anything the maps cannot hold."""
     where = f"service {fe.id}"
     if not fe.id or len(fe.id.encode()) >= SVC_ID_LEN:
@@ -107,7 +112,7 @@ def build_spec(
     for b in canonical:
         h.update(repr((b.address, b.port, b.mac.hex())).encode())
     h.update(canon_table.tobytes())
-    return ServiceSpec(
+    return CanonicalService(
         frontend=fe,
         key=svc_key_bytes(fe.vip, fe.port, fe.protocol),
         backends=canonical,
