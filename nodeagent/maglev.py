@@ -216,11 +216,6 @@ class TableCache:
                 self._hits, self._misses, self._evictions, len(self._tables), self._slots
             )
 
-    def clear(self) -> None:
-        with self._lock:
-            self._tables.clear()
-            self._slots = 0
-
 
 def disruption(
     old_table: np.ndarray,
