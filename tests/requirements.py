@@ -57,7 +57,8 @@ def module(name: str, *, package: str) -> Check:
 def unmet(reason: str) -> NoReturn:
     if on_ci():
         pytest.fail(f"{reason}; CI=true, so a missing requirement fails", pytrace=False)
-    pytest.skip(reason)
+    # Reported at the test, not at this line, as a skipif mark would be.
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def require(*checks: Check) -> None:
