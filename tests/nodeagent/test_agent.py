@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import shutil
 import traceback
 import uuid
@@ -21,10 +20,11 @@ import pytest
 from weir.lab.netns import Topology, cleanup_prefix
 
 from tests.nodeagent.segment import lb_segment
+from tests.requirements import bpffs_mounted, requires, root
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and BPF"),
+    requires(root, bpffs_mounted),
 ]
 
 PREFIX = "waga"
@@ -64,8 +64,6 @@ def in_netns(ns: str, fn: Callable, *args, timeout: float = 120):
 @pytest.fixture
 def node():
     """An LB node (eth0 10.78.0.1/24) and two hosts on its segment; a private pin dir."""
-    if not BPFFS.is_dir() or not os.path.ismount(BPFFS):
-        pytest.skip("bpffs is not mounted at /sys/fs/bpf")
     cleanup_prefix(PREFIX)
     for old in BPFFS.glob(f"{PREFIX}-*"):  # pins of an earlier run that was killed
         shutil.rmtree(old, ignore_errors=True)
