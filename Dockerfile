@@ -3,6 +3,10 @@
 # Debian 12, like the development machines: the agent uses Debian's python3-bpfcc (the PyPI
 # package named "bcc" is unrelated), and bcc compiles against the host's kernel headers,
 # which the DaemonSet mounts from the node (/lib/modules, /usr/src).
+#
+# The image takes the path tests/packaging/test_wheel.py checks: the build stage's COPY lines
+# are the wheel's sources, the gRPC stubs are generated into proto/weir, the wheel is built
+# and installed into a venv that sees Debian's system site packages.
 
 FROM debian:12-slim AS build
 RUN apt-get update \
@@ -10,19 +14,23 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py ./
-COPY proto proto
 COPY scripts/gen_proto.py scripts/gen_proto.py
+COPY proto proto
 COPY common common
 COPY controller controller
 COPY nodeagent nodeagent
 COPY weirctl weirctl
 COPY lab lab
+COPY bpf bpf
+# The stubs are generated, not committed: protoc (grpcio-tools) runs in a throwaway venv.
+RUN python3 -m venv /build \
+ && /build/bin/pip install --no-cache-dir \
+      "grpcio-tools==$(sed -n 's/.*"grpcio-tools==\([0-9.]*\)".*/\1/p' pyproject.toml)" \
+ && /build/bin/python scripts/gen_proto.py \
+ && /build/bin/pip wheel --no-cache-dir --no-deps -w /dist .
 # A venv that sees the system site packages, so the runtime stage's python3-bpfcc is found.
 RUN python3 -m venv --system-site-packages /opt/weir \
- && /opt/weir/bin/pip install --no-cache-dir \
-      "grpcio-tools==$(sed -n 's/.*"grpcio-tools==\([0-9.]*\)".*/\1/p' pyproject.toml)" \
- && /opt/weir/bin/python scripts/gen_proto.py \
- && /opt/weir/bin/pip install --no-cache-dir ".[bgp]"
+ && /opt/weir/bin/pip install --no-cache-dir "$(ls /dist/weir-*.whl)[bgp]"
 
 FROM debian:12-slim
 RUN apt-get update \

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import grpc
 from weir.common import viewhash
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import ACCEPTED_KEY, pb, pb_grpc
 
@@ -194,7 +195,6 @@ class ControllerClient:
         handler: Handler,
         *,
         tls: TLSConfig | None = None,  # None: plaintext (the caller asked for it explicitly)
-        agent_version: str = AGENT_VERSION,
         initial: NodeView | None = None,  # a view already applied (Hello carries it)
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
@@ -206,13 +206,12 @@ class ControllerClient:
         self.node = node
         self._handler = handler
         self._tls = tls
-        self._agent_version = agent_version
         self._view = initial
         self._backoff = (backoff_initial, backoff_max)
         self._channel_options = channel_options
         self._status: pb.NodeStatus | None = None
-        self._status_dirty = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._status_changes = Generation()  # bumped by report_status
+        self._changes = Generation()  # view, connection state or failure count changed
         self._connected = False
         self._failures = 0
         self._write_lock = asyncio.Lock()
@@ -235,7 +234,7 @@ class ControllerClient:
     def report_status(self, status: pb.NodeStatus) -> None:
         """Send this status now if connected, else after the next Hello (latest wins)."""
         self._status = status
-        self._status_dirty.set()
+        self._status_changes.bump()
 
     async def wait_version(self, version: int) -> NodeView:
         """Wait until the handler accepted a view with at least this version."""
@@ -246,12 +245,9 @@ class ControllerClient:
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until predicate() holds; re-checked on every change of view, connection
         state or failure count."""
+        seen = self._changes.value
         while not predicate():
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+            seen = await self._changes.wait_past(seen)
 
     async def run(self) -> None:
         """Connect and follow the stream until cancelled, reconnecting with backoff."""
@@ -295,7 +291,7 @@ class ControllerClient:
                     attempt = 0
                 else:
                     self._failures += 1
-                self._notify()
+                self._changes.bump()
                 # Full jitter: agents that lost the same controller do not return in step.
                 delay = random.uniform(0, min(maximum, initial * 2**attempt))
                 attempt = min(attempt + 1, 30)
@@ -312,7 +308,7 @@ class ControllerClient:
             view = self._view
             hello = pb.Hello(
                 node=self.node,
-                agent_version=self._agent_version,
+                agent_version=AGENT_VERSION,
                 applied_version=view.version if view else 0,
                 applied_hash=view.hash if view else "",
             )
@@ -325,11 +321,9 @@ class ControllerClient:
                 return
             self._connected = True
             self._failures = 0
-            self._notify()
+            self._changes.bump()
             log.info("connected to controller", target=self.target, applied=hello.applied_version)
-            if self._status is not None:
-                self._status_dirty.set()
-            writer = asyncio.create_task(self._write_status(call))
+            writer = asyncio.create_task(self._write_status(call), name="status-writer")
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
@@ -338,9 +332,13 @@ class ControllerClient:
                     return
                 await self._on_message(call, msg)
         finally:
+            call.cancel()
             if writer is not None:
                 writer.cancel()
-            call.cancel()
+                # Awaited, not just cancelled: it ends before the next session's writer starts.
+                (ended,) = await asyncio.gather(writer, return_exceptions=True)
+                if isinstance(ended, Exception):
+                    log.error("status writer failed", error=repr(ended), exc_info=ended)
 
     async def _on_message(self, call: grpc.aio.StreamStreamCall, msg: pb.ControllerMessage) -> None:
         version = msg.snapshot.version if msg.HasField("snapshot") else msg.delta.version
@@ -360,14 +358,15 @@ class ControllerClient:
             ack.version = version
         # After a whole-version failure the agent's state is unknown: resync from scratch.
         self._view = None if ack.error else update.view
-        self._notify()
+        self._changes.bump()
         await self._send(call, pb.AgentMessage(ack=ack))
 
     async def _write_status(self, call: grpc.aio.StreamStreamCall) -> None:
+        """The latest status at the start of the stream, then each new one (latest wins)."""
+        sent = -1
         try:
             while True:
-                await self._status_dirty.wait()
-                self._status_dirty.clear()
+                sent = await self._status_changes.wait_past(sent)
                 if self._status is not None:
                     await self._send(call, pb.AgentMessage(status=self._status))
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):

@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from weir.common import protocols
 from weir.common.tablesize import MAX_TABLE_SIZE, validate_table_size
 from weir.nodeagent import _maglev
 
 MAX_WEIGHT = 2**32 - 1
 MAX_SEED = 2**64 - 1
-_PROTOCOLS = {"TCP": "TCP", "UDP": "UDP", "SCTP": "SCTP", 6: "TCP", 17: "UDP", 132: "SCTP"}
 
 
 class NoBackendsError(ValueError):
@@ -54,11 +54,15 @@ def backend_id(address: str, port: int, protocol: str | int) -> str:
     port = operator.index(port)
     if not 1 <= port <= 65535:
         raise ValueError(f"backend port {port} is out of range [1, 65535]")
-    key = protocol.upper() if isinstance(protocol, str) else protocol
-    if key not in _PROTOCOLS:
-        raise ValueError(f"backend protocol {protocol!r} is not TCP, UDP or SCTP")
+    if isinstance(protocol, str):
+        name = protocol.upper()
+    else:
+        name = protocols.NAMES.get(protocol, "")
+    if name not in protocols.NUMBERS:
+        known = ", ".join(protocols.NUMBERS)
+        raise ValueError(f"backend protocol {protocol!r} is not one of {known}")
     host = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"{host}:{port}/{_PROTOCOLS[key]}"
+    return f"{host}:{port}/{name}"
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,6 @@ class TableCache:
             return CacheStats(
                 self._hits, self._misses, self._evictions, len(self._tables), self._slots
             )
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tables.clear()
-            self._slots = 0
 
 
 def disruption(

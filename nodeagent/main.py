@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import sys
 from pathlib import Path
 
 from weir.common import logs
-from weir.nodeagent.agent import Agent, AgentConfig
+from weir.common.aio import Generation
+from weir.common.lifecycle import run_until_stopped
+from weir.nodeagent.agent import Agent
+from weir.nodeagent.backend_macs import BackendMacs
+from weir.nodeagent.balancer import Balancer
 from weir.nodeagent.bgp import AgentBGP, BGPSpeaker
 from weir.nodeagent.controller_client import ControllerClient, TLSConfig
 from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
+from weir.nodeagent.mac_upkeep import MacUpkeep
 from weir.nodeagent.maglev import TableCache
 from weir.nodeagent.neighbors import NeighborResolver
+from weir.nodeagent.status import StatusReporter
 
 log = logs.get_logger("weir.agent")
 
@@ -87,10 +92,6 @@ def dataplane_config(args: argparse.Namespace) -> DataplaneConfig:
 
 
 async def run(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     tls = (
         None
         if args.plaintext
@@ -109,43 +110,38 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     try:
         async with NeighborResolver(args.interface, timeout=args.neighbor_timeout) as resolver:
-            workdir = args.bgp_workdir or Path("/run/weir/bgp") / args.node
-            # The speaker reports session changes at once (not only every --status-interval);
-            # `agent` exists before the speaker first has anything to report (its first
-            # configure comes with the first version).
+            macs = BackendMacs(resolver)
+            # Bumped by whatever changes the NodeStatus: the reporter sends one soon after.
+            changes = Generation()
             bgp = AgentBGP(
-                BGPSpeaker(workdir=workdir, on_change=lambda: agent.request_status()),
+                BGPSpeaker(
+                    workdir=args.bgp_workdir or Path("/run/weir/bgp") / args.node,
+                    on_change=changes.bump,
+                ),
                 on_stop=args.bgp_on_stop,
                 grace_seconds=args.drain_grace,
             )
-            await bgp.start()
-            agent = Agent(
-                AgentConfig(
-                    node=args.node,
-                    neighbor_retry=args.neighbor_retry,
-                    neighbor_refresh=args.neighbor_refresh,
-                    status_interval=args.status_interval,
-                ),
-                dp,
-                resolver,
-                tables=TableCache(),
-                metrics=metrics,
-                bgp=bgp,
-            )
-            await agent.adopt()
+            balancer = Balancer(dp, macs, tables=TableCache(), bgp=bgp, changes=changes)
+            agent = Agent(balancer, bgp=bgp, metrics=metrics, changes=changes)
             client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
-            agent.set_status_sink(client.report_status)
+            reporter = StatusReporter(
+                agent.status, client.report_status, changes, interval=args.status_interval
+            )
+            upkeep = MacUpkeep(
+                balancer, macs, retry=args.neighbor_retry, refresh=args.neighbor_refresh
+            )
+            await balancer.adopt()
+            await bgp.start()
             log.info("agent started", node=args.node, controller=args.controller)
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(client.run()), tg.create_task(agent.run())]
-                await stop.wait()
-                log.info("stopping: the data plane stays attached and pinned")
-                for t in tasks:
-                    t.cancel()
-            await agent.shutdown()
+            code = await run_until_stopped(
+                log,
+                {"controller": client.run(), "status": reporter.run(), "macs": upkeep.run()},
+                shutdown=agent.shutdown,
+            )
+            log.info("stopped: the data plane stays attached and pinned")
+            return code
     finally:
         await asyncio.to_thread(dp.close)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ never notices a backend whose MAC changed (a pod recreated with the same IP). Th
 are not REACHABLE, and a changed MAC shows up in a later call.
 
 Addresses that cannot be resolved are reported with a reason in Resolution.errors; what to do
-with them is the agent's choice (see nodeagent/agent.py).
+with them is the caller's choice (see nodeagent/backend_macs.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import json
 from google.protobuf import json_format
 from weir.common.pb import pb
 from weir.ctl.channel import add_tls_args, call
-from weir.ctl.controller_cmds import TIMEOUT, _age, table
+from weir.ctl.controller_cmds import TIMEOUT, age, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def format_peers(agents: list[pb.AgentInfo]) -> str:
         if not a.status.bgp_sessions:
             rows.append((node, "-", "-", "no BGP peers", "-", "-"))
         for s in a.status.bgp_sessions:
-            uptime = _age(s.uptime_seconds) if s.state == "established" else "-"
+            uptime = age(s.uptime_seconds) if s.state == "established" else "-"
             rows.append((node, s.peer, s.address, s.state, uptime, s.routes_sent))
     if not rows:
         return "no agents"

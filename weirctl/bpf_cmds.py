@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from weir.common import protocols
 from weir.nodeagent.dataplane.inspection import (
-    PROTO_NAMES,
     ct_entries,
     mac_text,
     nat_services,
@@ -21,6 +21,7 @@ from weir.nodeagent.dataplane.model import DataplaneError
 from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 DEFAULT_BPFFS = Path("/sys/fs/bpf/weir")
+PROTO_CHOICES = tuple(protocols.name_of(n).lower() for n in sorted(protocols.DATAPLANE))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = groups.add_parser("maglev", parents=[common], help="one service's Maglev table")
     p.add_argument("frontend", help="<vip>:<port>")
-    p.add_argument("--proto", choices=("tcp", "udp"), help="when the port serves both")
+    p.add_argument("--proto", choices=PROTO_CHOICES, help="when the port serves both")
     p.set_defaults(func=_run(maglev))
 
     ct_group = groups.add_parser("ct", help="connection tracking")
@@ -84,7 +85,7 @@ def maglev(maps: PinnedMaps, args: argparse.Namespace) -> int:
         print(f"weirctl: {args.frontend!r} is not <vip>:<port>", file=sys.stderr)
         return 2
     port = int(port_text)
-    wanted = {"tcp": 6, "udp": 17}.get(args.proto or "")
+    wanted = protocols.number_of(args.proto) if args.proto else None
     found = [
         s
         for s in nat_services(maps)
@@ -95,7 +96,7 @@ def maglev(maps: PinnedMaps, args: argparse.Namespace) -> int:
         return 1
     for svc in found:
         print(
-            f"service {svc.id} ({PROTO_NAMES.get(svc.record.proto, svc.record.proto)}) "
+            f"service {svc.id} ({protocols.name_of(svc.record.proto)}) "
             f"strategy {svc.strategy}, affinity {svc.affinity}"
         )
         print(
@@ -119,7 +120,7 @@ def ct_list(maps: PinnedMaps, args: argparse.Namespace) -> int:
         client = f"{e.client}:{e.client_port}" if e.client else "?"
         state = "" if e.live else " stale"
         print(
-            f"{PROTO_NAMES.get(e.proto, e.proto)} {client} -> {e.vip}:{e.port} "
+            f"{protocols.name_of(e.proto)} {client} -> {e.vip}:{e.port} "
             f"backend {e.backend}:{e.backend_port} mac {mac_text(e.backend_mac)}{state}"
         )
     print(f"{total} tracked flows, {maps.capacity('conntrack') * 4} entries")

@@ -12,7 +12,6 @@ from google.protobuf import json_format
 from weir.common.pb import pb, pb_grpc
 from weir.ctl.channel import add_tls_args, call
 
-PROTOCOLS = {pb.PROTOCOL_TCP: "TCP", pb.PROTOCOL_UDP: "UDP", pb.PROTOCOL_SCTP: "SCTP"}
 STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
 AFFINITY = {pb.SESSION_AFFINITY_NONE: "none", pb.SESSION_AFFINITY_CLIENT_IP: "client-ip"}
 TIMEOUT = 10.0
@@ -193,7 +192,7 @@ def format_agents(resp: pb.ListAgentsResponse, now: float | None = None) -> str:
             resp.version - a.acked_version,
             len(a.service_errors) + (1 if a.error else 0),
             a.status.applied_version if a.HasField("status") else "-",
-            _age(now - a.connected_unix),
+            age(now - a.connected_unix),
             a.agent_version or "-",
             a.peer,
         )
@@ -210,7 +209,8 @@ def format_agents(resp: pb.ListAgentsResponse, now: float | None = None) -> str:
     return "\n".join(parts)
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """A duration as kubectl shows ages: 45s, 3m, 2h, 5d."""
     s = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:

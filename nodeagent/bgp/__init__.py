@@ -12,8 +12,8 @@ See nodeagent/bgp/speaker.py for the semantics, and nodeagent/bgp/hook.py for Ag
 the agent's BGP hook on top of it.
 """
 
-from weir.nodeagent.bgp.hook import AgentBGP
+from weir.nodeagent.bgp.hook import AgentBGP, BGPHook, NoBGP
 from weir.nodeagent.bgp.process import ExaBGPError, ExaBGPOptions
 from weir.nodeagent.bgp.speaker import BGPSpeaker
 
-__all__ = ["AgentBGP", "BGPSpeaker", "ExaBGPError", "ExaBGPOptions"]
+__all__ = ["AgentBGP", "BGPHook", "BGPSpeaker", "ExaBGPError", "ExaBGPOptions", "NoBGP"]

@@ -1,9 +1,10 @@
-"""AgentBGP: the agent's BGP hook (nodeagent.agent.BGPHook) on top of BGPSpeaker.
+"""What the agent needs from BGP (BGPHook), and AgentBGP, which does it with a BGPSpeaker.
 
-The agent calls apply() after every version and whenever the VIPs it serves change (a
-service is programmed with at least one backend); the hook hands the node's BGP settings
-and those VIPs, as /32 or /128 prefixes, to the speaker, which announces the ones the
-controller advertises for this node.
+The load-balancer role calls apply() after every version and whenever the VIPs it serves
+change (a service is programmed with at least one backend); the hook hands the node's BGP
+settings and those VIPs, as /32 or /128 prefixes, to the speaker, which announces the ones
+the controller advertises for this node. The agent reads sessions(), announced() and
+draining for its NodeStatus, and calls shutdown() when it stops.
 
 A node drained by the controller (`bgp.drain`, weirctl node drain) withdraws every route and
 keeps forwarding, so the routers move its flows to the other nodes; draining() reports it
@@ -20,12 +21,47 @@ Stopping the agent (shutdown()):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from weir.common.pb import pb
 from weir.nodeagent.bgp.speaker import BGPSpeaker
 
 StopMode = Literal["drain", "restart"]
+
+
+class BGPHook(Protocol):
+    async def apply(self, bgp: pb.BGPConfig, serving_vips: frozenset[str]) -> None:
+        """The node's BGP settings and the VIPs whose services are programmed now."""
+
+    def sessions(self) -> list[pb.BGPSessionStatus]: ...
+
+    def announced(self) -> list[str]: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def shutdown(self) -> None:
+        """The agent is stopping (SIGTERM): drain as the hook sees fit."""
+
+
+class NoBGP:
+    """No speaker: nothing announced."""
+
+    async def apply(self, bgp: pb.BGPConfig, serving_vips: frozenset[str]) -> None:
+        return None
+
+    def sessions(self) -> list[pb.BGPSessionStatus]:
+        return []
+
+    def announced(self) -> list[str]:
+        return []
+
+    @property
+    def draining(self) -> bool:
+        return False
+
+    async def shutdown(self) -> None:
+        return None
 
 
 class AgentBGP:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from weir.common.logs import get_logger
 from weir.nodeagent.bgp.events import Answer, Message, parse_line
+from weir.nodeagent.bgp.waiting import first_done
 
 RELAY = Path(__file__).with_name("relay.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -136,21 +137,14 @@ class ExaBGPProcess:
         )
         self._tasks.append(asyncio.create_task(self._pump_log(), name="exabgp-log"))
         log.info("exabgp started", pid=self._proc.pid, config=str(self.config_path))
-        exited = asyncio.create_task(self._proc.wait())
-        connected = asyncio.create_task(self._connected.wait())
         try:
-            done, _ = await asyncio.wait(
-                {exited, connected},
-                timeout=self._opts.start_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            exited.cancel()
-            connected.cancel()
-        if connected not in done:
-            if exited in done:
-                raise ExaBGPError(f"exabgp exited at start with code {self._proc.returncode}")
-            raise ExaBGPError(f"exabgp's API helper did not connect in {self._opts.start_timeout}s")
+            async with asyncio.timeout(self._opts.start_timeout):
+                _, connected = await first_done(self._proc.wait(), self._connected.wait())
+        except TimeoutError:
+            timeout = self._opts.start_timeout
+            raise ExaBGPError(f"exabgp's API helper did not connect in {timeout}s") from None
+        if connected.cancelled():
+            raise ExaBGPError(f"exabgp exited at start with code {self._proc.returncode}")
 
     def _write_config(self, text: str) -> None:
         """Write the config so that ExaBGP can read it again after dropping privileges
@@ -227,13 +221,7 @@ class ExaBGPProcess:
     async def wait(self) -> str:
         """Until ExaBGP exits or its API connection is lost; says which."""
         assert self._proc is not None
-        exited = asyncio.create_task(self._proc.wait())
-        lost = asyncio.create_task(self._lost.wait())
-        try:
-            await asyncio.wait({exited, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-            lost.cancel()
+        await first_done(self._proc.wait(), self._lost.wait())
         if self._proc.returncode is not None:
             return f"exabgp exited with code {self._proc.returncode}"
         return "API connection to exabgp lost"

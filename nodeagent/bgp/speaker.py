@@ -65,6 +65,7 @@ from weir.nodeagent.bgp.config import Route, SpeakerConfig
 from weir.nodeagent.bgp.events import Message, NeighborEvent, SentUpdate
 from weir.nodeagent.bgp.process import ExaBGPError, ExaBGPOptions, ExaBGPProcess
 from weir.nodeagent.bgp.sessions import SessionTable
+from weir.nodeagent.bgp.waiting import first_done
 
 log = get_logger("weir.bgp")
 
@@ -334,14 +335,8 @@ class BGPSpeaker:
             await proc.start(exaconf.render(running, proc.helper()))
             while True:
                 running = await self._sync(proc, running)
-                waiter = asyncio.create_task(self._wake.wait())
-                died = asyncio.create_task(proc.wait())
-                try:
-                    await asyncio.wait({waiter, died}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    died.cancel()
-                if died.done() and not died.cancelled():
+                _, died = await first_done(self._wake.wait(), proc.wait())
+                if not died.cancelled():
                     raise ExaBGPError(died.result())
                 self._wake.clear()
                 if not self._should_run():

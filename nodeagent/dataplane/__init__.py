@@ -5,6 +5,9 @@ services atomically, read them back. See README.md in this directory for the des
     dp.set_seed(seed)
     dp.apply_service(Frontend(id, vip, port, 6, "maglev"), backends, table)
     dp.applied(); dp.usage(); dp.close()
+
+Frontend is the agent's service model (nodeagent.service), exported here with the types
+apply_service takes.
 """
 
 from weir.nodeagent.dataplane.dataplane import Dataplane
@@ -14,9 +17,9 @@ from weir.nodeagent.dataplane.model import (
     CapacityError,
     DataplaneConfig,
     DataplaneError,
-    Frontend,
     MapUsage,
 )
+from weir.nodeagent.service import Frontend
 
 __all__ = [
     "AppliedService",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy
 from weir.nodeagent.dataplane import bpfsys, layout, loader
+from weir.nodeagent.dataplane.canonical import CanonicalService, canonicalise
 from weir.nodeagent.dataplane.inspection import applied_services
 from weir.nodeagent.dataplane.model import (
     AppliedService,
@@ -32,15 +33,14 @@ from weir.nodeagent.dataplane.model import (
     CapacityError,
     DataplaneConfig,
     DataplaneError,
-    Frontend,
     MapUsage,
 )
 from weir.nodeagent.dataplane.ordering import GraceBarrier, commit
 from weir.nodeagent.dataplane.pinned import PinnedMaps, ServiceRecord
 from weir.nodeagent.dataplane.pools import BackendPool, GracePool
 from weir.nodeagent.dataplane.regions import RegionAllocator
-from weir.nodeagent.dataplane.servicespec import ServiceSpec, build_spec
 from weir.nodeagent.dataplane.vipset import VipSet
+from weir.nodeagent.service import Frontend
 
 NO_TAG = bytes(16)
 
@@ -308,7 +308,7 @@ class Dataplane:
         when it does not fit and DataplaneError for bad input; either way nothing of
         this service was written and every other service is as it was."""
         with self._lock:
-            spec = build_spec(fe, backends, table)
+            spec = canonicalise(fe, backends, table)
             svc = self._services.get(fe.id)
             if svc is not None:
                 if svc.key != spec.key:
@@ -368,7 +368,7 @@ class Dataplane:
 
     # --- apply -------------------------------------------------------------------------
 
-    def _apply(self, spec: ServiceSpec, svc: _Service | None) -> None:
+    def _apply(self, spec: CanonicalService, svc: _Service | None) -> None:
         plan = self._plan(spec, svc)  # raises CapacityError before any write
         # A grace period first when something about to be written may still be read.
         if (
@@ -385,7 +385,7 @@ class Dataplane:
             self._write_half(spec, svc, plan, index_of)
             self._publish(spec, svc, index_of, ops, new_service)
 
-    def _plan(self, spec: ServiceSpec, svc: _Service | None) -> _Plan:
+    def _plan(self, spec: CanonicalService, svc: _Service | None) -> _Plan:
         """Which index each backend gets (kept, revived or new) and the room it all needs;
         CapacityError when it does not fit."""
         fe, size, pool = spec.frontend, spec.size, self._be_pool
@@ -421,7 +421,7 @@ class Dataplane:
             )
         return plan
 
-    def _prepare(self, spec: ServiceSpec, svc: _Service | None) -> _Service:
+    def _prepare(self, spec: CanonicalService, svc: _Service | None) -> _Service:
         """The service's bookkeeping, with a region of the right size for the half to write."""
         size = spec.size
         if svc is None:
@@ -465,7 +465,7 @@ class Dataplane:
         return index_of, ops
 
     def _write_half(
-        self, spec: ServiceSpec, svc: _Service, plan: _Plan, index_of: dict[BackendTarget, int]
+        self, spec: CanonicalService, svc: _Service, plan: _Plan, index_of: dict[BackendTarget, int]
     ) -> None:
         """The inactive half: its slots (only those that differ), who it lists, its tag."""
         target = svc.halves[plan.half]
@@ -490,7 +490,7 @@ class Dataplane:
 
     def _publish(
         self,
-        spec: ServiceSpec,
+        spec: CanonicalService,
         svc: _Service,
         index_of: dict[BackendTarget, int],
         ops: list[tuple[int, int, int]],
@@ -501,9 +501,7 @@ class Dataplane:
         h = 1 - svc.active
         target = svc.halves[h]
         fe = spec.frontend
-        word = layout.word_of(
-            target.base, spec.size, h, fe.strategy == "random", fe.affinity == "client_ip"
-        )
+        word = layout.word_of(target.base, spec.size, h, fe.strategy == "random", fe.client_ip)
         if new_service:
             commit(self._commit_fd, ops)
             self._register(svc)

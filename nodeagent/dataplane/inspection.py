@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import numpy
 from weir.nodeagent.dataplane import layout
 from weir.nodeagent.dataplane.flowhash import ct_position
-from weir.nodeagent.dataplane.model import AppliedService, BackendTarget, Frontend
+from weir.nodeagent.dataplane.model import AppliedService, BackendTarget
 from weir.nodeagent.dataplane.pinned import BackendRecord, PinnedMaps, ServiceRecord, ip_of, port_of
-
-PROTO_NAMES = {6: "TCP", 17: "UDP"}
+from weir.nodeagent.service import Frontend
 
 
 def mac_text(mac: bytes) -> str:

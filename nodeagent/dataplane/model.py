@@ -1,4 +1,5 @@
-"""Types at the data plane's boundary (see notes/INTERFACES.md, "Data plane (D)")."""
+"""Types at the data plane's boundary. The services it programs are the agent's model
+(nodeagent.service.Frontend); these are its own: configuration, errors, what it reads back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Literal
 
 import numpy
 from weir.nodeagent.dataplane.layout import MAX_BACKENDS_LIMIT, SLOTS_PER_LINE
+from weir.nodeagent.service import Frontend
 
 
 class DataplaneError(RuntimeError):
@@ -19,10 +21,6 @@ class CapacityError(DataplaneError):
 
 
 XdpMode = Literal["auto", "native", "generic"]
-Strategy = Literal["maglev", "random"]
-# client_ip: new flows hash over the client address only (Kubernetes sessionAffinity:
-# ClientIP), so all of a client's connections reach one backend; see README.md.
-Affinity = Literal["none", "client_ip"]
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,6 @@ class DataplaneConfig:
         for name, value, low, high in checks:
             if not low <= value <= high:
                 raise DataplaneError(f"{name} = {value} is out of range [{low}, {high}]")
-
-
-@dataclass(frozen=True)
-class Frontend:
-    id: str  # "<vip>:<port>/<proto>", the controller's service id
-    vip: str
-    port: int
-    protocol: int  # 6 TCP, 17 UDP
-    strategy: Strategy = "maglev"
-    affinity: Affinity = "none"
 
 
 @dataclass(frozen=True, order=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import time
 from collections.abc import Sequence
 
 from weir.nodeagent.dataplane import bpfsys, layout
@@ -48,13 +47,10 @@ class GraceBarrier:
             os.close(self._inner)
             raise
         self.waits = 0
-        self.seconds = 0.0
 
     def wait(self) -> None:
-        start = time.perf_counter()
         bpfsys.update(self._outer, ct.c_uint32(0), ct.c_uint32(self._inner))
         self.waits += 1
-        self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
         os.close(self._outer)

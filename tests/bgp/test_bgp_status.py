@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from weir.nodeagent.bgp import BGPSpeaker
 
 from tests.bgp.support import VIP, bgp_config, build, speaker_on
 from tests.controller.plane_support import Plane
+from tests.requirements import require, tool
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-WEIRCTL = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "weirctl"
+WEIRCTL = Path(sys.executable).parent / "weirctl"
 
 
 async def weirctl_peers(target: str) -> list[dict]:
@@ -53,8 +55,7 @@ async def wait_weirctl(target: str, ok: Callable[[str, int], bool], what: str) -
 
 
 async def test_weirctl_bgp_peers_follows_the_router(topo: Topology, tmp_path: Path) -> None:
-    if not WEIRCTL.exists():
-        pytest.skip(f"{WEIRCTL} is not installed (pip install -e .)")
+    require(tool(str(WEIRCTL), package="pip install -e ."))
     lab = build(topo, tmp_path, 1)
     node = lab.nodes[0]
     async with Plane() as plane:

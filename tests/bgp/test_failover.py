@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,12 +51,12 @@ from weir.nodeagent.dataplane import inspection
 from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 from tests.bgp.bird import Bird, BirdPeer, wait_until
+from tests.requirements import BIRD, requires, root
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, XDP and bpffs"),
-    pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (Debian bird2)"),
+    requires(root, BIRD),
 ]
 
 PREFIX = "wbgf"

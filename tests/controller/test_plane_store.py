@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from weir.common import viewhash
 from weir.common.pb import pb
+from weir.controller.core import views
 from weir.controller.core.snapshots import SnapshotStore
 from weir.nodeagent.controller_client import NodeView, ResyncNeeded, apply_message
 
@@ -50,7 +51,6 @@ def test_full_snapshot_is_the_node_view() -> None:
 
 
 def test_full_snapshot_matches_controller_views() -> None:
-    views = pytest.importorskip("weir.controller.core.views")
     store = SnapshotStore()
     c = cluster([S1, S2], {"a": BGP_A})
     v = store.publish(c)

@@ -1,4 +1,4 @@
-"""Fixtures for the data-plane tests (root + BPF; skipped with the reason otherwise)."""
+"""Fixtures for the data-plane tests (root + BPF: tests/requirements.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
 
+from tests.requirements import require
+
 from .support import bpffs_mount, in_netns, missing_privileges, veth_netns
 
 NODE_MAC = bytes.fromhex("02000000aa01")
@@ -17,8 +19,7 @@ NODE_MAC = bytes.fromhex("02000000aa01")
 
 @pytest.fixture(scope="session")
 def privileged() -> None:
-    if reason := missing_privileges():
-        pytest.skip(reason)
+    require(missing_privileges)
 
 
 @dataclass

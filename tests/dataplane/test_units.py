@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from weir.nodeagent.dataplane import BackendTarget, DataplaneConfig, DataplaneError, Frontend
+from weir.nodeagent.dataplane.canonical import canonicalise
 from weir.nodeagent.dataplane.flowhash import ct_position, flow_hash, reduce
 from weir.nodeagent.dataplane.pools import BackendPool, GracePool
 from weir.nodeagent.dataplane.regions import RegionAllocator
-from weir.nodeagent.dataplane.servicespec import build_spec
 
 FE = Frontend("10.0.0.10:80/TCP", "10.0.0.10", 80, 6, "maglev")
 
@@ -78,16 +78,16 @@ def test_backend_generation_wraps_but_never_zero() -> None:
 
 def test_spec_is_canonical_whatever_the_order() -> None:
     table = np.array([0, 1, 2, 0, 1], dtype=np.uint32)
-    one = build_spec(FE, [be(1), be(2), be(3)], table)
+    one = canonicalise(FE, [be(1), be(2), be(3)], table)
     # the same content, listed in another order (table renumbered accordingly)
-    two = build_spec(FE, [be(3), be(1), be(2)], np.array([1, 2, 0, 1, 2]))
+    two = canonicalise(FE, [be(3), be(1), be(2)], np.array([1, 2, 0, 1, 2]))
     assert one.tag == two.tag
     assert one.backends == two.backends
     assert np.array_equal(one.table, two.table)
-    three = build_spec(FE, [be(1), be(2), be(3)], np.array([0, 1, 2, 0, 2]))
+    three = canonicalise(FE, [be(1), be(2), be(3)], np.array([0, 1, 2, 0, 2]))
     assert three.tag != one.tag
     sticky = replace(FE, affinity="client_ip")  # an affinity change must be applied
-    assert build_spec(sticky, [be(1), be(2), be(3)], table).tag != one.tag
+    assert canonicalise(sticky, [be(1), be(2), be(3)], table).tag != one.tag
 
 
 @pytest.mark.parametrize(
@@ -105,11 +105,11 @@ def test_spec_is_canonical_whatever_the_order() -> None:
 )
 def test_spec_rejects_bad_input(fe, backends, table, message) -> None:
     with pytest.raises(DataplaneError, match=message):
-        build_spec(fe, backends, np.asarray(table, dtype=np.int64))
+        canonicalise(fe, backends, np.asarray(table, dtype=np.int64))
 
 
 def test_spec_without_backends_ignores_the_table() -> None:
-    spec = build_spec(FE, [], np.zeros(0, dtype=np.uint32))
+    spec = canonicalise(FE, [], np.zeros(0, dtype=np.uint32))
     assert spec.size == 0
 
 

@@ -23,7 +23,6 @@ import collections
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,14 +36,12 @@ import pytest
 from weir.lab.netns import Host, Topology, cleanup_prefix, sh
 from weir.lab.stack import read_line, start_backend, teardown
 
+from tests.requirements import ETHTOOL, TCPDUMP, requires, root
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, XDP and bpffs"),
-    pytest.mark.skipif(
-        shutil.which("tcpdump") is None or shutil.which("ethtool") is None,
-        reason="needs tcpdump and ethtool",
-    ),
+    requires(root, TCPDUMP, ETHTOOL),
 ]
 
 PREFIX = "wage"

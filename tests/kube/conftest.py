@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +10,8 @@ import pytest
 import yaml
 from kubernetes_asyncio import client, config
 from weir.controller.kube.api import KubeAPI
+
+from tests.requirements import KUBECTL, require
 
 from .fakeapi import FakeKubeAPI
 
@@ -56,12 +57,10 @@ def kube(api: client.ApiClient) -> KubeAPI:
 
 
 def render_deploy() -> list[dict]:
-    """`kubectl kustomize deploy/` as a list of objects (skips the test without kubectl)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (it renders deploy/ offline)")
+    """`kubectl kustomize deploy/` as a list of objects (kubectl renders deploy/ offline)."""
+    require(KUBECTL)
     out = subprocess.run(
-        [kubectl, "kustomize", str(REPO / "deploy")],
+        ["kubectl", "kustomize", str(REPO / "deploy")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,7 +9,6 @@ either), so those two cannot be shown necessary while it is there."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from weir.lab.netns import Topology, cleanup_prefix
+
+from tests.requirements import require, root
 
 from .conftest import REPO, render_deploy
 
@@ -99,8 +100,7 @@ def run_data_plane(caps: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_rendered_capabilities_run_the_data_plane() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, bpffs, BPF)")
+    require(root)
     (ds,) = [d for d in render_deploy() if d["kind"] == "DaemonSet"]
     wanted = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
     have = available_caps()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from tests.requirements import KUBECTL, requires
 
 from .fakeapi import FakeKubeAPI
 
@@ -330,7 +331,7 @@ async def test_auth_and_records(api: client.ApiClient, fake: FakeKubeAPI, tmp_pa
     assert e.value.status == 401
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@requires(KUBECTL)
 async def test_kubectl_drives_the_fake(fake: FakeKubeAPI, kubeconfig: Path) -> None:
     fake.create(svc("web"))
     fake.create(POOL_CRD)

@@ -3,8 +3,6 @@ run of the whole demo (real controller, agents, XDP, BIRD, HTTP) passes every ch
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +12,9 @@ from weir.lab.netns import Topology
 from weir.lab.stack import leftovers, teardown
 from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, XDP and bpffs"),
-]
+from tests.requirements import BIRD, requires, root
+
+pytestmark = [pytest.mark.root, requires(root)]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,7 +36,7 @@ def test_topology_builds_and_leaves_nothing_behind() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (apt bird2)")
+@requires(BIRD)
 def test_quick_lab_run_passes_every_check() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "weir.lab", "--quick"],

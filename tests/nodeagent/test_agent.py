@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import shutil
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from weir.lab.netns import Topology, cleanup_prefix
 
 from tests.nodeagent.segment import lb_segment
+from tests.requirements import bpffs_mounted, requires, root
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and BPF"),
+    requires(root, bpffs_mounted),
 ]
 
 PREFIX = "waga"
@@ -63,8 +64,6 @@ def in_netns(ns: str, fn: Callable, *args, timeout: float = 120):
 @pytest.fixture
 def node():
     """An LB node (eth0 10.78.0.1/24) and two hosts on its segment; a private pin dir."""
-    if not BPFFS.is_dir() or not os.path.ismount(BPFFS):
-        pytest.skip("bpffs is not mounted at /sys/fs/bpf")
     cleanup_prefix(PREFIX)
     for old in BPFFS.glob(f"{PREFIX}-*"):  # pins of an earlier run that was killed
         shutil.rmtree(old, ignore_errors=True)
@@ -120,14 +119,50 @@ def _backends_of(dp, sid: str) -> list[tuple[str, bytes]]:
     return sorted((b.address, b.mac) for b in svc.backends)
 
 
-async def _make_agent(cfg, resolver, **kw):
-    from weir.nodeagent.agent import Agent, AgentConfig
+@dataclass
+class Outcomes:
+    """The agent's metrics, as far as the scenarios need them: each version's outcome."""
+
+    seen: list[dict[str, int]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, int]:
+        return self.seen[-1]
+
+    def observe_apply(self, version: int, seconds: float, outcome: Mapping[str, int]) -> None:
+        self.seen.append(dict(outcome))
+
+    def set_services(self, applied: int, failed: int, incomplete: int) -> None:
+        pass
+
+    def set_maps(self, usage) -> None:
+        pass
+
+
+@dataclass
+class Node:
+    agent: object
+    balancer: object
+    upkeep: object
+    dp: object
+    outcomes: Outcomes
+    adopted: int  # services found in the pinned maps
+
+
+async def _make_agent(cfg, resolver) -> Node:
+    from weir.nodeagent.agent import Agent
+    from weir.nodeagent.backend_macs import BackendMacs
+    from weir.nodeagent.balancer import Balancer
     from weir.nodeagent.dataplane import Dataplane
+    from weir.nodeagent.mac_upkeep import MacUpkeep
 
     dp = await asyncio.to_thread(Dataplane.open, cfg)
-    agent = Agent(AgentConfig(node="lb"), dp, resolver, **kw)
-    await agent.adopt()
-    return agent, dp
+    macs = BackendMacs(resolver)
+    balancer = Balancer(dp, macs)
+    outcomes = Outcomes()
+    agent = Agent(balancer, metrics=outcomes)
+    adopted = await balancer.adopt()
+    return Node(agent, balancer, MacUpkeep(balancer, macs), dp, outcomes, adopted)
 
 
 # -- scenarios --------------------------------------------------------------------------------
@@ -141,16 +176,16 @@ async def scenario_per_service_errors(pins: Path) -> dict:
     ok2 = _service("192.0.2.3", ["10.78.0.12"])
     over = _service("192.0.2.4", ["10.78.0.12"])
     async with NeighborResolver("eth0", timeout=0.5) as res:
-        agent, dp = await _make_agent(_config(pins, max_services=2), res)
+        n = await _make_agent(_config(pins, max_services=2), res)
         try:
-            ack1 = await agent.handle(_view(1, [ok1, bad, ok2, over]))
-            applied1 = sorted(dp.applied())
+            ack1 = await n.agent.handle(_view(1, [ok1, bad, ok2, over]))
+            applied1 = sorted(n.dp.applied())
             # Removing one service makes room: the one over capacity goes in on the next version.
-            ack2 = await agent.handle(_view(2, [bad, ok2, over]))
-            applied2 = sorted(dp.applied())
-            status = await agent.status()
+            ack2 = await n.agent.handle(_view(2, [bad, ok2, over]))
+            applied2 = sorted(n.dp.applied())
+            status = await n.agent.status()
         finally:
-            dp.close(detach=True)
+            n.dp.close(detach=True)
     return {
         "ack1": _errors(ack1),
         "applied1": applied1,
@@ -181,11 +216,11 @@ async def scenario_unresolved_backend(pins: Path, b2_ns: str) -> dict:
 
     svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.99"])
     async with NeighborResolver("eth0", timeout=0.3) as res:
-        agent, dp = await _make_agent(_config(pins), res)
+        n = await _make_agent(_config(pins), res)
         try:
-            ack = await agent.handle(_view(1, [svc]))
-            first = _backends_of(dp, svc.id)
-            serving = sorted(agent.serving_vips())
+            ack = await n.agent.handle(_view(1, [svc]))
+            first = _backends_of(n.dp, svc.id)
+            serving = sorted(n.balancer.serving_vips())
             # The missing backend comes up (as a second address of b2).
             await asyncio.to_thread(
                 sh, ["ip", "-n", b2_ns, "addr", "add", "10.78.0.99/24", "dev", "eth0"]
@@ -193,14 +228,14 @@ async def scenario_unresolved_backend(pins: Path, b2_ns: str) -> dict:
             # The kernel is still soliciting the address (one try a second): bounded retries.
             retried: list[str] = []
             for _ in range(50):
-                retried = await agent.retry_unresolved()
+                retried = await n.upkeep.retry_unresolved()
                 if retried:
                     break
                 await asyncio.sleep(0.1)
-            second = _backends_of(dp, svc.id)
-            errors = agent.errors()
+            second = _backends_of(n.dp, svc.id)
+            errors = n.balancer.errors()
         finally:
-            dp.close(detach=True)
+            n.dp.close(detach=True)
     return {
         "ack": _errors(ack),
         "first": [a for a, _ in first],
@@ -231,20 +266,20 @@ async def scenario_restart(pins: Path) -> dict:
         _service("192.0.2.2", ["10.78.0.12"]),
     ]
     async with NeighborResolver("eth0", timeout=0.5) as res:
-        agent, dp = await _make_agent(_config(pins), res)
-        ack1 = await agent.handle(_view(1, services))
-        first = dict(agent.last_outcome)
-        dp.close()  # an agent that stops: program attached, maps pinned
-        agent2, dp2 = await _make_agent(_config(pins), res)
+        n = await _make_agent(_config(pins), res)
+        ack1 = await n.agent.handle(_view(1, services))
+        first = n.outcomes.last
+        n.dp.close()  # an agent that stops: program attached, maps pinned
+        n2 = await _make_agent(_config(pins), res)
         try:
-            adopted = len(agent2.state.services)
-            ack2 = await agent2.handle(_view(5, services))
-            second = dict(agent2.last_outcome)
-            ack3 = await agent2.handle(_view(6, services[:1]))
-            third = dict(agent2.last_outcome)
-            left = sorted(dp2.applied())
+            adopted = n2.adopted
+            ack2 = await n2.agent.handle(_view(5, services))
+            second = n2.outcomes.last
+            ack3 = await n2.agent.handle(_view(6, services[:1]))
+            third = n2.outcomes.last
+            left = sorted(n2.dp.applied())
         finally:
-            dp2.close(detach=True)
+            n2.dp.close(detach=True)
     return {
         "acks": [_errors(a) for a in (ack1, ack2, ack3)],
         "first": first,
@@ -273,10 +308,10 @@ async def scenario_mac_change(pins: Path, b1_ns: str) -> dict:
     svc = _service("192.0.2.1", ["10.78.0.11", "10.78.0.12"])
     new_mac = "02:00:00:78:00:11"
     async with NeighborResolver("eth0", timeout=0.5) as res:
-        agent, dp = await _make_agent(_config(pins), res)
+        n = await _make_agent(_config(pins), res)
         try:
-            await agent.handle(_view(1, [svc]))
-            before = dict(_backends_of(dp, svc.id))
+            await n.agent.handle(_view(1, [svc]))
+            before = dict(_backends_of(n.dp, svc.id))
             await asyncio.to_thread(
                 sh, ["ip", "-n", b1_ns, "link", "set", "eth0", "address", new_mac]
             )
@@ -285,13 +320,13 @@ async def scenario_mac_change(pins: Path, b1_ns: str) -> dict:
             )
             reprogrammed: list[str] = []
             for _ in range(100):  # the kernel re-verifies in the background: bounded wait
-                reprogrammed = await agent.refresh_macs()
+                reprogrammed = await n.upkeep.refresh_macs()
                 if reprogrammed:
                     break
                 await asyncio.sleep(0.05)
-            after = dict(_backends_of(dp, svc.id))
+            after = dict(_backends_of(n.dp, svc.id))
         finally:
-            dp.close(detach=True)
+            n.dp.close(detach=True)
     return {"before": before, "after": after, "reprogrammed": reprogrammed, "new": new_mac}
 
 
@@ -322,15 +357,15 @@ async def scenario_client_ip_affinity(pins: Path) -> dict:
     longer.affinity_timeout_seconds = 60
     out: dict = {"outcomes": [], "affinity": []}
     async with NeighborResolver("eth0", timeout=0.5) as res:
-        agent, dp = await _make_agent(_config(pins), res)
+        n = await _make_agent(_config(pins), res)
         try:
             with capture_logs() as logs:
                 for version, svc in enumerate([plain, sticky, longer, plain, sticky], 1):
-                    await agent.handle(_view(version, [svc]))
-                    out["outcomes"].append(agent.last_outcome["written"])
-                    out["affinity"].append(dp.applied()[svc.id].frontend.affinity)
+                    await n.agent.handle(_view(version, [svc]))
+                    out["outcomes"].append(n.outcomes.last["written"])
+                    out["affinity"].append(n.dp.applied()[svc.id].frontend.affinity)
         finally:
-            dp.close(detach=True)
+            n.dp.close(detach=True)
     out["notes"] = [e for e in logs if "ClientIP" in e["event"]]
     return out
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 
 import pytest
 from weir.lab.netns import Topology, cleanup_prefix
 from weir.nodeagent.neighbors import NeighborResolver, mac_bytes
 
 from tests.nodeagent.segment import lb_segment
+from tests.requirements import IPROUTE, requires, root
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("ip") is None,
-        reason="needs root and iproute2 to build network namespaces",
-    ),
+    requires(root, IPROUTE),
 ]
 
 PREFIX = "wagn"

@@ -1,7 +1,9 @@
 """Validate what apply_service is given and bring it to one canonical form with a tag.
 
 Canonical: backends sorted by (address, port, mac) and the table renumbered to match,
-so the same service content always has the same tag, whatever order it came in.
+so the same service content always has the same tag, whatever order it came in. The tag
+is kept in the pinned maps: a restarted agent compares against it, so how it is computed
+must not change between versions.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy
+from weir.common import protocols
 from weir.nodeagent.dataplane.layout import (
     STRATEGY_MAGLEV,
     STRATEGY_RANDOM,
@@ -21,13 +24,14 @@ from weir.nodeagent.dataplane.layout import (
     SVC_SIZE_MASK,
     SvcKey,
 )
-from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError, Frontend
-
-PROTOCOLS = {6: "TCP", 17: "UDP"}
+from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError
+from weir.nodeagent.service import Frontend
 
 
 @dataclass(frozen=True, eq=False)
-class ServiceSpec:
+class CanonicalService:
+    """A service as the maps will hold it."""
+
     frontend: Frontend
     key: bytes  # struct svc_key bytes
     backends: tuple[BackendTarget, ...]  # canonical order
@@ -61,16 +65,17 @@ def _ipv4(address: str, what: str) -> ipaddress.IPv4Address:
     return ip
 
 
-def build_spec(
+def canonicalise(
     fe: Frontend, backends: Sequence[BackendTarget], table: numpy.ndarray | Sequence[int]
-) -> ServiceSpec:
+) -> CanonicalService:
     """Raise DataplaneError (with the service id) for anything the maps cannot hold."""
     where = f"service {fe.id}"
     if not fe.id or len(fe.id.encode()) >= SVC_ID_LEN:
         raise DataplaneError(f"{where}: id must be 1..{SVC_ID_LEN - 1} bytes")
     _ipv4(fe.vip, f"{where}: VIP")
-    if fe.protocol not in PROTOCOLS:
-        raise DataplaneError(f"{where}: protocol {fe.protocol} is not TCP (6) or UDP (17)")
+    if fe.protocol not in protocols.DATAPLANE:
+        known = " or ".join(f"{protocols.name_of(n)} ({n})" for n in sorted(protocols.DATAPLANE))
+        raise DataplaneError(f"{where}: protocol {fe.protocol} is not {known}")
     if not 1 <= fe.port <= 65535:
         raise DataplaneError(f"{where}: port {fe.port} is out of range")
     if fe.strategy not in ("maglev", "random"):
@@ -107,7 +112,7 @@ def build_spec(
     for b in canonical:
         h.update(repr((b.address, b.port, b.mac.hex())).encode())
     h.update(canon_table.tobytes())
-    return ServiceSpec(
+    return CanonicalService(
         frontend=fe,
         key=svc_key_bytes(fe.vip, fe.port, fe.protocol),
         backends=canonical,

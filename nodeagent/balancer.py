@@ -1,0 +1,268 @@
+"""The load-balancer role: programs the services of each version into the XDP data plane.
+
+apply(desired), once per version, in order:
+  1. plans: diff of what is applied against the services wanted (nodeagent.plan);
+  2. removes the services that left (first: it frees map capacity);
+  3. resolves the MAC of every backend it is about to program (nodeagent.backend_macs);
+  4. builds the Maglev tables (TableCache) and writes them (Dataplane) in a worker thread,
+     one service at a time, so a service that fails (over capacity, bad table size) is
+     recorded and the others are applied;
+  5. hands the BGP settings and the VIPs now served to the BGP hook.
+errors() then names every service wanted that is not (fully) applied. reprogram() writes
+services again between versions, when their backends' MACs resolve or change
+(nodeagent.mac_upkeep).
+
+On start, adopt() reads what the pinned maps hold: those services are planned as ADOPTED and
+re-written through Dataplane.apply_service, which writes nothing when they are already right.
+
+All Dataplane calls block (bcc, bpf syscalls) and run in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from weir.common.aio import Generation
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.common.tablesize import validate_table_size
+from weir.nodeagent.backend_macs import BackendMacs, Reachable, excluded_message
+from weir.nodeagent.bgp.hook import BGPHook, NoBGP
+from weir.nodeagent.dataplane import Dataplane, MapUsage
+from weir.nodeagent.maglev import NoBackendsError, TableCache, backend_id
+from weir.nodeagent.plan import AppliedState, make_plan
+from weir.nodeagent.service import Desired, Service
+
+log = get_logger("weir.agent")
+
+EMPTY_TABLE = np.zeros(0, dtype=np.uint32)
+EMPTY_TABLE.flags.writeable = False
+
+
+@dataclass
+class Outcome:
+    """What one apply did, in services."""
+
+    written: int = 0
+    unchanged: int = 0  # already right in the maps: nothing written
+    failed: int = 0
+    removed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BalancerStatus:
+    maps: list[MapUsage]
+    healthy: bool  # the maps can be read and the uplink resolves backends
+    errors: dict[str, str]  # service id -> why it is not (fully) applied
+
+
+@dataclass(frozen=True)
+class _Work:
+    service: Service
+    backends: Reachable
+
+
+@dataclass(frozen=True)
+class _Written:
+    error: str | None = None
+    changed: bool = False  # False: the maps already held it
+
+
+class Balancer:
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        macs: BackendMacs,
+        *,
+        tables: TableCache | None = None,
+        bgp: BGPHook | None = None,
+        changes: Generation | None = None,  # bumped when services are re-programmed
+    ) -> None:
+        self._dp = dataplane
+        self._macs = macs
+        self._tables = tables or TableCache()
+        self._bgp: BGPHook = bgp or NoBGP()
+        self._changes = changes or Generation()
+        self._lock = asyncio.Lock()  # one writer of the data plane at a time
+        self._state = AppliedState()
+        self._failed: dict[str, str] = {}  # service id -> error (not applied)
+        self._programmed: dict[str, int] = {}  # id -> backends programmed
+        self._affinity_noted: set[str] = set()  # ClientIP services whose timeout was explained
+        self._bgp_config = pb.BGPConfig()
+
+    @property
+    def applied(self) -> Mapping[str, Service | None]:
+        """The services the data plane holds (None: adopted, spec not known yet)."""
+        return self._state.services
+
+    def errors(self) -> dict[str, str]:
+        """Service id -> why it is not (fully) applied, for the services wanted now."""
+        out = dict(self._failed)
+        for sid, excluded in self._macs.excluded.items():
+            out.setdefault(sid, excluded_message(excluded))
+        return out
+
+    def counts(self) -> tuple[int, int, int]:
+        """Services applied, failed and applied without some backends."""
+        applied = sum(1 for s in self._state.services.values() if s is not None)
+        return applied, len(self._failed), len(self._macs.excluded)
+
+    def serving_vips(self) -> frozenset[str]:
+        """VIPs with at least one service programmed with at least one backend."""
+        return frozenset(
+            spec.frontend.vip
+            for sid, spec in self._state.services.items()
+            if spec is not None and self._programmed.get(sid, 0) > 0
+        )
+
+    async def status(self) -> BalancerStatus:
+        try:
+            async with self._lock:
+                maps = await asyncio.to_thread(self._dp.usage)
+            healthy = self._macs.uplink_ok
+        except Exception as exc:
+            log.error("cannot read map usage", error=str(exc))
+            maps, healthy = [], False
+        return BalancerStatus(maps=maps, healthy=healthy, errors=self.errors())
+
+    async def adopt(self) -> int:
+        """Take over what the pinned maps hold (from an earlier run). Returns how many."""
+        async with self._lock:
+            applied = await asyncio.to_thread(self._dp.applied)
+        macs = self._macs.adopt(b for svc in applied.values() for b in svc.backends)
+        self._state = AppliedState.adopted(applied)
+        log.info("adopted pinned services", services=len(applied), macs=macs)
+        return len(applied)
+
+    async def apply(self, desired: Desired) -> Outcome:
+        """Make the data plane hold the services of one version."""
+        async with self._lock:
+            plan = make_plan(self._state, desired.seed, desired.services)
+            log.info("applying version", version=desired.version, **plan.summary())
+            outcome = Outcome()
+            if plan.seed_changed:
+                await asyncio.to_thread(self._dp.set_seed, plan.seed)
+            # Forget the errors of services that left the view.
+            for sid in [s for s in self._failed if s not in desired.services]:
+                del self._failed[sid]
+            for sid in [s for s in self._macs.excluded if s not in desired.services]:
+                self._macs.forget(sid)
+            removed = await self._remove(plan.removed)
+            outcome.removed = len(removed)
+            applied = await self._write(plan.to_apply, plan.seed, outcome)
+            self._state = self._state.after(plan, applied=applied, removed=removed)
+            self._bgp_config = desired.bgp
+            await self._announce()
+        return outcome
+
+    async def reprogram(self, ids: Iterable[str]) -> None:
+        """Write these services again: their backends' MACs resolved or changed."""
+        async with self._lock:
+            services = [s for sid in ids if (s := self._state.services.get(sid)) is not None]
+            if not services or self._state.seed is None:
+                return
+            outcome = Outcome()
+            # A failed re-program leaves the previous table in place: the service stays applied.
+            applied = await self._write(services, self._state.seed, outcome)
+            log.info("services re-programmed", services=[s.id for s in applied], **outcome.counts())
+            await self._announce()
+        self._changes.bump()
+
+    async def _remove(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+
+        def work() -> list[str]:
+            done = []
+            for sid in ids:
+                try:
+                    self._dp.remove_service(sid)
+                    done.append(sid)
+                except Exception as exc:
+                    # Still programmed: kept in the applied state, so the next plan retries.
+                    log.error("cannot remove service", service=sid, error=str(exc))
+            return done
+
+        done = await asyncio.to_thread(work)
+        for sid in done:
+            self._programmed.pop(sid, None)
+            self._failed.pop(sid, None)
+            self._macs.forget(sid)
+        return done
+
+    async def _write(
+        self, services: Sequence[Service], seed: int, outcome: Outcome
+    ) -> list[Service]:
+        """Resolve, build and write services; record per-service errors. Returns those
+        applied."""
+        if not services:
+            return []
+        self._note_affinity(services)
+        resolution = await self._macs.resolve({b.address for s in services for b in s.backends})
+        work = [_Work(s, self._macs.reachable(s, resolution)) for s in services]
+        results = await asyncio.to_thread(self._write_all, work, seed)
+        applied = []
+        for w, res in zip(work, results, strict=True):
+            sid = w.service.id
+            if res.error is not None:
+                self._failed[sid] = res.error
+                self._macs.forget(sid)
+                outcome.failed += 1
+                continue
+            applied.append(w.service)
+            self._programmed[sid] = len(w.backends.targets)
+            self._failed.pop(sid, None)
+            self._macs.programmed(sid, w.backends)
+            if res.changed:
+                outcome.written += 1
+            else:
+                outcome.unchanged += 1
+        return applied
+
+    def _note_affinity(self, services: Sequence[Service]) -> None:
+        """Once per service: ClientIP affinity is hash-based here, its timeout is moot."""
+        for svc in services:
+            if svc.frontend.client_ip and svc.id not in self._affinity_noted:
+                self._affinity_noted.add(svc.id)
+                log.info(
+                    "ClientIP affinity is hash-based: a client keeps its backend while the "
+                    "backend set is stable, on every node; the timeout has no effect",
+                    service=svc.id,
+                    timeout_seconds=svc.affinity_timeout,
+                )
+
+    def _write_all(self, work: Sequence[_Work], seed: int) -> list[_Written]:
+        """In the worker thread: build each table and write it; one failure stays local."""
+        results = []
+        for w in work:
+            try:
+                table = self._table(w, seed)
+                changed = self._dp.apply_service(w.service.frontend, w.backends.targets, table)
+                results.append(_Written(changed=changed))
+            except Exception as exc:  # CapacityError, DataplaneError, ValueError (table size)
+                log.warning("service not applied", service=w.service.id, error=str(exc))
+                results.append(_Written(error=str(exc)))
+        return results
+
+    def _table(self, w: _Work, seed: int) -> np.ndarray:
+        proto = w.service.frontend.protocol
+        ids = [backend_id(b.address, b.port, proto) for b in w.backends.members]
+        weights = [b.weight for b in w.backends.members]
+        try:
+            return self._tables.get(ids, w.service.table_size, weights, seed)
+        except NoBackendsError:
+            # Still validate the size, so a bad annotation is reported even with no backends.
+            validate_table_size(w.service.table_size)
+            return EMPTY_TABLE
+
+    async def _announce(self) -> None:
+        try:
+            await self._bgp.apply(self._bgp_config, self.serving_vips())
+        except Exception:
+            log.exception("BGP hook failed")
