@@ -88,6 +88,8 @@ def canonicalise(
             raise DataplaneError(f"{where}: backend port {b.port} is out of range")
         if len(b.mac) != 6:
             raise DataplaneError(f"{where}: backend {b.address} MAC must be 6 bytes")
+        if b.node:
+            _ipv4(b.node, f"{where}: backend {b.address} node")
     order = sorted(range(len(backends)), key=lambda i: _sort_key(backends[i]))
     canonical = tuple(backends[i] for i in order)
     if len(set(canonical)) != len(canonical):
@@ -110,7 +112,11 @@ def canonicalise(
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((fe.id, fe.vip, fe.port, fe.protocol, fe.strategy, fe.affinity)).encode())
     for b in canonical:
-        h.update(repr((b.address, b.port, b.mac.hex())).encode())
+        # L2 DSR backends hash as they always have (tags in pinned maps stay valid).
+        ident = (
+            (b.address, b.port, b.mac.hex(), b.node) if b.node else (b.address, b.port, b.mac.hex())
+        )
+        h.update(repr(ident).encode())
     h.update(canon_table.tobytes())
     return CanonicalService(
         frontend=fe,
@@ -121,5 +127,9 @@ def canonicalise(
     )
 
 
-def _sort_key(b: BackendTarget) -> tuple[int, int, bytes]:
-    return (int(ipaddress.ip_address(b.address)), b.port, b.mac)
+def _sort_key(b: BackendTarget) -> tuple[int, int, bytes, int]:
+    return (int(ipaddress.ip_address(b.address)), b.port, b.mac, _node_rank(b.node))
+
+
+def _node_rank(node: str) -> int:
+    return int(ipaddress.ip_address(node)) + 1 if node else 0

@@ -221,7 +221,7 @@ class Dataplane:
                 if bytes(b.entry.svc_key) != rec.key or not b.meta.halves >> svc.active & 1:
                     kill.append(b.index)  # left over from an apply that did not finish
                     continue
-                svc.live[BackendTarget(b.address, b.port, b.mac)] = b.index
+                svc.live[b.target] = b.index
                 in_use[b.index] = b.meta.halves
                 for h in (0, 1):
                     if b.meta.halves >> h & 1:
@@ -246,7 +246,7 @@ class Dataplane:
         for b in entries:  # retired entries stay revivable until their index is reused
             svc = by_index.get(b.entry.svc)
             if b.index not in in_use and svc is not None and bytes(b.entry.svc_key) == svc.key:
-                ident = BackendTarget(b.address, b.port, b.mac)
+                ident = b.target
                 self._be_pool.remember(b.index, (svc.index, svc.key, ident))
         if kill:
             commit(self._commit_fd, [(layout.COMMIT_BACKEND, idx, 0) for idx in kill])
@@ -294,6 +294,24 @@ class Dataplane:
         self._by_key[svc.key] = svc.frontend.id
 
     # --- the public operations -------------------------------------------------------
+
+    def set_encap(self, node_address: str, port: int, mtu: int) -> None:
+        """This node's address (the outer source), the encapsulation's UDP port and the
+        underlay MTU, for backends reached by encapsulation (docs/FORWARDING.md)."""
+        try:
+            addr = int.from_bytes(socket.inet_aton(node_address), sys.byteorder)
+        except OSError:
+            raise DataplaneError(f"node address {node_address!r} is not IPv4") from None
+        if not 0 < port < 65536 or not 576 <= mtu <= 65535:
+            raise DataplaneError(f"encapsulation port {port} or MTU {mtu} out of range")
+        word = (
+            addr
+            | socket.htons(port) << layout.CFG_ENCAP_PORT_SHIFT
+            | mtu << layout.CFG_ENCAP_MTU_SHIFT
+        )
+        with self._lock:
+            if self.maps.config().encap != word:
+                commit(self._commit_fd, [(layout.COMMIT_CONFIG, layout.CONFIG_ENCAP, word)])
 
     def set_seed(self, seed: int) -> None:
         """The cluster Maglev seed new flows are hashed with."""
@@ -567,6 +585,9 @@ class Dataplane:
         entry.port_be = socket.htons(b.port)
         entry.addr_be = int.from_bytes(socket.inet_aton(b.address), sys.byteorder)
         entry.svc = svc.index
+        if b.node:
+            entry.node_be = int.from_bytes(socket.inet_aton(b.node), sys.byteorder)
+            entry.flags = layout.BE_F_ENCAP
         return entry
 
     def _write_be_meta(self, changes: dict[int, int]) -> None:

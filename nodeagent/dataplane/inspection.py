@@ -26,6 +26,7 @@ class NatBackend:
     mac: bytes
     handle: int
     slots: int  # in the active half
+    node: str  # encapsulated to this node ("" for L2 DSR)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ def nat_services(maps: PinnedMaps) -> list[NatService]:
         ids, n = numpy.unique(slots[base : base + size], return_counts=True)
         counts = dict(zip(ids.tolist(), n.tolist(), strict=True))
         backends = [
-            NatBackend(b.index, b.address, b.port, b.mac, b.entry.handle, counts.get(b.index, 0))
+            NatBackend(
+                b.index, b.address, b.port, b.mac, b.entry.handle, counts.get(b.index, 0), b.node
+            )
             for b in by_svc.get(rec.index, [])
             if bytes(b.entry.svc_key) == rec.key and b.meta.halves >> half & 1
         ]
@@ -111,7 +114,7 @@ def applied_services(maps: PinnedMaps) -> dict[str, AppliedService]:
         )
         out[svc.id] = AppliedService(
             frontend=fe,
-            backends=tuple(BackendTarget(b.address, b.port, b.mac) for b in svc.backends),
+            backends=tuple(BackendTarget(b.address, b.port, b.mac, b.node) for b in svc.backends),
             table=table,
             tag=bytes(rec.meta.half[svc.active_half].tag).hex(),
             active_half=svc.active_half,

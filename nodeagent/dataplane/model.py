@@ -55,9 +55,16 @@ class DataplaneConfig:
 
 @dataclass(frozen=True, order=True)
 class BackendTarget:
+    """Where the data plane sends a backend's flows.
+
+    L2 DSR (node ""): to `mac`, the backend's own on the uplink segment. Encapsulated (node
+    set): to `node`, the backend's node, through the next hop `mac`; the node translates to
+    address:port (docs/FORWARDING.md)."""
+
     address: str
     port: int
-    mac: bytes  # DSR L2: the backend's MAC on the uplink segment
+    mac: bytes
+    node: str = ""
 
 
 @dataclass(frozen=True, eq=False)

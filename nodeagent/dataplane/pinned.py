@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy
 from weir.nodeagent.dataplane import bpfsys, layout
-from weir.nodeagent.dataplane.model import DataplaneError
+from weir.nodeagent.dataplane.model import BackendTarget, DataplaneError
 
 
 def possible_cpus() -> int:
@@ -66,6 +66,15 @@ class BackendRecord:
     @property
     def mac(self) -> bytes:
         return bytes(self.entry.mac)
+
+    @property
+    def node(self) -> str:
+        """The node an encapsulated backend is reached through ("" for L2 DSR)."""
+        return ip_of(self.entry.node_be) if self.entry.flags & layout.BE_F_ENCAP else ""
+
+    @property
+    def target(self) -> BackendTarget:
+        return BackendTarget(self.address, self.port, self.mac, self.node)
 
 
 class PinnedMaps:

@@ -5,6 +5,9 @@ everything refused that the load balancers did not send."""
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,16 +15,11 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
+from weir.nodeagent.dataplane import bpfsys
+from weir.nodeagent.dataplane.nat import LocalBackend, NatConfig, NatDataplane, NatSettings
 
 from tests.dataplane.support import bpffs_mount, in_netns, missing_privileges, veth_netns
-from weir.nodeagent.dataplane import bpfsys
-from weir.nodeagent.dataplane.nat import (
-    LocalBackend,
-    NatConfig,
-    NatDataplane,
-    NatSettings,
-    bpfsys as nat_bpfsys,
-)
+from tests.requirements import require
 
 pytestmark = pytest.mark.root
 
@@ -54,11 +52,10 @@ class Node:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    if why := missing_privileges():
-        pytest.skip(why)
+    require(missing_privileges)
     with bpffs_mount() as fs, veth_netns() as ns, in_netns(ns):
         nat = NatDataplane.open(NatConfig(interface="wdp0", bpffs=fs))
-        fds = [nat_bpfsys.obj_get(str(fs / p)) for p in ("prog_tc_ingress", "prog_tc_egress")]
+        fds = [bpfsys.obj_get(str(fs / p)) for p in ("prog_tc_ingress", "prog_tc_egress")]
         try:
             nat.configure(NatSettings(NODE, PORT, mtu=1500))
             nat.set_lb_nodes([LB])
@@ -66,16 +63,11 @@ def node() -> Iterator[Node]:
             yield Node(nat, *fds)
         finally:
             for fd in fds:
-                import os
-
                 os.close(fd)
             nat.detach()
 
 
 def weir_header(addr: str, port: int, version: int = 1, flags: int = 0) -> bytes:
-    import socket
-    import struct
-
     return struct.pack("!BBH4s", version, flags, port, socket.inet_aton(addr))
 
 

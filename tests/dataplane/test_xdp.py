@@ -192,7 +192,12 @@ def test_drops_are_counted_by_reason(dp: Dataplane) -> None:
     _, drops = stats(dp.maps)
     counted = {d.name: d.packets for d in drops}
     assert counted == {
-        "parse": 1, "fragment": 2, "table_empty": 1, "no_backend": 0, "too_big": 0, "encap": 0
+        "parse": 1,
+        "fragment": 2,
+        "table_empty": 1,
+        "no_backend": 0,
+        "too_big": 0,
+        "encap": 0,
     }
 
 
