@@ -15,13 +15,13 @@ store keeps each version as canonical bytes (common.viewhash.encode) so it can:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from weir.common import viewhash
+from weir.common.aio import Generation
 from weir.common.pb import pb
 
 DEFAULT_HISTORY = 64
@@ -120,12 +120,12 @@ class SnapshotStore:
         self._full_services: tuple[int, bytes] | None = None
         self._trailers: dict[str, tuple[tuple[int, bytes], bytes]] = {}
         self._listeners: list[Callable[[int], None]] = []
-        self._published = asyncio.Event()
+        self._version = Generation()  # counts the versions: its value is the latest
 
     @property
     def version(self) -> int:
         """The latest version (0 before the first publish)."""
-        return next(reversed(self._versions)) if self._versions else 0
+        return self._version.value
 
     @property
     def latest(self) -> Version | None:
@@ -148,9 +148,7 @@ class SnapshotStore:
 
     async def wait_newer(self, version: int) -> int:
         """Wait until the latest version is newer than version; returns it."""
-        while self.version <= version:
-            await self._published.wait()
-        return self.version
+        return await self._version.wait_past(version)
 
     def prepare(self, cluster: pb.ClusterSnapshot) -> Prepared:
         return prepare(cluster, self.latest)
@@ -169,6 +167,7 @@ class SnapshotStore:
             return latest.version
         version = self.version + 1
         self._versions[version] = dataclasses.replace(prepared.entry, version=version, hashes={})
+        self._version.bump()
         while len(self._versions) > self._history:
             self._versions.popitem(last=False)
         # The store owns the published message: stamping the version changes no hash.
@@ -176,8 +175,6 @@ class SnapshotStore:
         cluster.version = version
         cluster.hash = prepared.entry.content
         self._cluster = cluster
-        self._published.set()
-        self._published = asyncio.Event()
         for callback in self._listeners:
             callback(version)
         return version
