@@ -211,6 +211,22 @@ def test_state_generation_and_wait_changed() -> None:
     asyncio.run(scenario())
 
 
+def test_changes_of_some_kinds_and_unparsed_objects() -> None:
+    state = ClusterState()
+    services = state.changes_of(frozenset({"Service"}))
+    state.replace(ALL_KINDS, [])
+    assert services.value == 1  # the first list of Services
+    state.upsert(endpoint_slice("web-1", "web", ["10.0.0.1"]))
+    state.upsert(node("lb-1", "172.16.0.1"))
+    assert services.value == 1 and state.generation == 3
+    bad = service("bad", ports=[("http", 0, "TCP")])
+    state.upsert(bad)
+    assert services.value == 2 and state.unparsed("Service") == [bad]
+    assert [e.name for e in state.errors()] == ["bad"]
+    state.delete("Service", "default", "bad")
+    assert services.value == 3 and state.unparsed("Service") == []
+
+
 def test_views_and_hashes() -> None:
     objs = [
         service("web"),
