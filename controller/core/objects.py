@@ -324,10 +324,6 @@ class EndpointSlice:
         object.__setattr__(self, "usable", tuple(e for e in eps if e.ready and not e.terminating))
         object.__setattr__(self, "fallback", tuple(e for e in eps if e.serving and e.terminating))
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
 
 _FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
 
@@ -493,10 +489,6 @@ class Secret:
     namespace: str
     name: str
     data: Mapping[str, bytes]  # data (base64-decoded), overlaid with stringData
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
 
 
 def parse_secret(obj: Mapping[str, Any]) -> Secret:

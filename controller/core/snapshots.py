@@ -4,7 +4,7 @@ Each published ClusterSnapshot whose content differs from the latest gets versio
 unchanged one (a relist, a no-op edit) gets none. A bounded history of versions is kept
 so an agent at any retained version gets a Delta to the latest; others get a Snapshot.
 
-What a node sees is every service plus its own BGP settings (see controller.views). The
+What a node sees is every service plus its own BGP settings (see core/views.py). The
 store keeps each version as canonical bytes (common.viewhash.encode) so it can:
 - hash a node's view from parts: services digest once per version, BGP per node;
 - compute the services part of a delta once per (base, target) for all nodes;
@@ -60,7 +60,7 @@ class Version:
     """One retained version, as canonical bytes (shared with older versions when equal)."""
 
     version: int
-    content: str  # the cluster hash (controller.views.cluster_hash): dedupes unchanged ones
+    content: str  # the cluster hash (views.cluster_hash): dedupes unchanged ones
     maglev_seed: int
     services: Mapping[str, bytes]  # service id -> encoded pb.Service, in id order
     digests: Mapping[str, bytes]  # service id -> common.viewhash.service_digest
@@ -134,9 +134,6 @@ class SnapshotStore:
     def cluster(self) -> pb.ClusterSnapshot | None:
         """The latest cluster snapshot, version set (do not modify)."""
         return self._cluster
-
-    def get(self, version: int) -> Version | None:
-        return self._versions.get(version)
 
     def subscribe(self, callback: Callable[[int], None]) -> None:
         """Call callback(version) synchronously after each new version."""

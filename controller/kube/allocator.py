@@ -2,7 +2,7 @@
 
 Runs only on the elected leader. It reads the typed cluster state (Services with their
 resourceVersions, conditions and IP family policies; pools with their status; Namespaces),
-runs controller.ipam, and writes what differs:
+runs kube/ipam.py, and writes what differs:
 
 - Service `status.loadBalancer.ingress` ([{ip, ipMode: VIP}]) and the condition
   `weir.dev/IPAllocated` (True with reason IPAllocated, or False with the failure's reason),

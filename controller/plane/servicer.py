@@ -79,7 +79,7 @@ class _Session:
 
 
 class NodePlane:
-    """The servicer. Register it with controller.server (Connect sends pre-encoded bytes)."""
+    """The servicer; plane/server.py serves it (Connect sends bytes the store encoded)."""
 
     def __init__(
         self,

@@ -87,7 +87,7 @@ class _Reflector:
 
 
 class KubernetesSource:
-    """Implements controller.sources.base.Source over the Kubernetes API.
+    """Implements sources.base.Source over the Kubernetes API.
 
     secrets_namespace: Secrets (BGP passwords) are read from this namespace only, so the
     controller needs no cluster-wide Secret access.

@@ -9,10 +9,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from weir.common.pb import pb
+from weir.common.viewhash import view_hash
 from weir.controller.core.objects import ALL_KINDS
 from weir.controller.core.reduce import ReduceResult, reduce
 from weir.controller.core.state import ClusterState
-from weir.controller.core.views import node_view, node_view_hash, view_hash
+from weir.controller.core.views import node_view, node_view_hash
 
 from tests.controller.reduce_support import (
     FILES,
