@@ -99,7 +99,12 @@ class KubernetesParts:
 
     @classmethod
     async def connect(cls, args: argparse.Namespace) -> KubernetesParts:
-        return cls(args, KubeAPI(await load_client(args.kubeconfig)))
+        api = KubeAPI(await load_client(args.kubeconfig))
+        try:
+            return cls(args, api)
+        except BaseException:  # bad flags (SystemExit): the client must not leak
+            await api.client.close()
+            raise
 
     def tasks(
         self, state: ClusterState, store: SnapshotStore, plane: NodePlane
