@@ -1,60 +1,31 @@
 """weir-controller: sources -> cluster state -> reduce -> versioned snapshots -> NodePlane.
 
-Every task runs in one asyncio TaskGroup: the source, the publisher (debounce + reduce),
-the gRPC server, and any EXTRA_TASKS. SIGTERM/SIGINT end the group: the server ends the
-agent streams (agents reconnect to another replica) and gives unary calls a grace period.
-A task that fails takes the process down with exit code 1 (the Deployment restarts it).
-
-Leader election and leader-only work (IPAM, Service status) plug in as task factories:
-append to EXTRA_TASKS (or pass extra_tasks to run()); each gets the Controller and runs
-until cancelled.
+The parts (controller/app.py) run as tasks of one TaskGroup (weir.common.lifecycle).
+SIGTERM/SIGINT end the group: the server ends the agent streams (agents reconnect to another
+replica) and gives unary calls a grace period. A task that fails takes the process down with
+exit code 1 (the Deployment restarts it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from grpc.experimental.aio import init_grpc_aio
+from weir.common.lifecycle import run_until_stopped
 from weir.common.logs import configure, get_logger
-from weir.controller.core.objects import ALL_KINDS
-from weir.controller.core.publish import Publisher
-from weir.controller.core.reduce import ReduceConfig
-from weir.controller.core.snapshots import DEFAULT_HISTORY, SnapshotStore
-from weir.controller.core.state import ClusterState
-from weir.controller.metrics import Metrics, serve_metrics
-from weir.controller.plane.drain import Drainer, MemoryDrainer
-from weir.controller.plane.server import ServerTLS, serve
-from weir.controller.plane.servicer import NodePlane
-from weir.controller.sources.base import Source
+from weir.controller.app import ControllerApp
+from weir.controller.core.snapshots import DEFAULT_HISTORY
+from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
+from weir.controller.plane.server import ServerTLS
 
 log = get_logger("weir.controller")
 
 # One Maglev seed for the whole cluster: every node must build the same tables, across
 # controller replicas and restarts. Change it only for all controllers at once.
 DEFAULT_MAGLEV_SEED = 0x57E1_B0A7
-
-
-@dataclass
-class Controller:
-    """What the tasks share."""
-
-    args: argparse.Namespace
-    state: ClusterState
-    store: SnapshotStore
-    plane: NodePlane
-    publisher: Publisher
-    metrics: Metrics
-
-
-TaskFactory = Callable[[Controller], Coroutine[Any, Any, None]]
-EXTRA_TASKS: list[TaskFactory] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(SetNodeDrain); repeatable. Any CA-signed certificate may inspect. Not checked "
         "with --plaintext",
     )
-    from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
-
     add_kubernetes_flags(p)
     return p
 
@@ -144,109 +113,21 @@ def server_tls(args: argparse.Namespace) -> ServerTLS | None:
     return ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
 
 
-async def make_source(args: argparse.Namespace) -> Source:
-    if args.source == "file":
-        from weir.controller.sources.files import FileSource
-
-        return FileSource(args.manifests)
-    try:
-        from weir.controller.kube.api import KubeAPI, load_client
-        from weir.controller.sources.kubernetes import KubernetesSource
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("weir.controller.kube.api", "weir.controller.sources.kubernetes"):
-            raise
-        raise SystemExit(
-            "weir-controller: the kubernetes source is not available in this build "
-            f"({exc.name} is missing); use --source file"
-        ) from None
-    api = KubeAPI(await load_client(args.kubeconfig))
-    return KubernetesSource(api, args.secrets_namespace)
-
-
-def make_drainer(args: argparse.Namespace, source: Source, state: ClusterState) -> Drainer:
-    """The Node annotation with the Kubernetes source, memory with the file source."""
-    if args.source == "kubernetes":
-        from weir.controller.kube.drain import AnnotationDrainer
-
-        return AnnotationDrainer(source.api)  # type: ignore[attr-defined]
-    return MemoryDrainer(state)
-
-
-class _Stop(Exception):
-    """Raised inside the task group to end it on a signal."""
-
-
-async def run(args: argparse.Namespace, extra_tasks: Sequence[TaskFactory] = ()) -> int:
+async def run(args: argparse.Namespace) -> int:
     # Keep grpc.aio initialized until the process exits: its shutdown inside asyncio.run()
     # can hang when many streams end at once (grpc/grpc#40989).
     init_grpc_aio()
-    tls = server_tls(args)
-    source = await make_source(args)
-    if args.source == "kubernetes":  # IPAM and status writes on the Lease holder; probes
-        from weir.controller.kube.wiring import kubernetes_tasks
-
-        extra_tasks = (*extra_tasks, *kubernetes_tasks(args, source))
-    metrics = Metrics()
-    state = ClusterState()
-    store = SnapshotStore(history=args.history)
-    config = ReduceConfig(
-        maglev_seed=args.maglev_seed,
-        vips_from_annotation=args.source == "file",
-        default_class=args.default_class,
-    )
-    publisher = Publisher(
-        state,
-        store,
-        config,
-        debounce=args.debounce_ms / 1000,
-        metrics=metrics,
-        required_kinds=ALL_KINDS,
-    )
-    plane = NodePlane(
-        store,
-        errors=publisher.errors,
-        metrics=metrics,
-        drainer=make_drainer(args, source, state),
-        operators=args.operator,
-    )
-    ctl = Controller(args, state, store, plane, publisher, metrics)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stop_metrics = serve_metrics(metrics, args.metrics_listen) if args.metrics_listen else None
+    app = await ControllerApp.build(args, server_tls(args))
     log.info(
         "weir-controller starting",
         source=args.source,
         manifests=str(args.manifests or ""),
         listen=args.listen,
-        tls=tls is not None,
+        tls=app.tls is not None,
         maglev_seed=args.maglev_seed,
         debounce_ms=args.debounce_ms,
     )
-    code = 0
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(source.run(state), name="source")
-            tg.create_task(publisher.run(), name="publisher")
-            tg.create_task(serve(plane, args.listen, tls, grace=args.shutdown_grace), name="grpc")
-            for factory in (*EXTRA_TASKS, *extra_tasks):
-                tg.create_task(factory(ctl), name=getattr(factory, "__name__", "extra"))
-            await stop.wait()
-            log.info("shutting down")
-            raise _Stop
-    except* _Stop:
-        pass
-    except* Exception as group:
-        for exc in group.exceptions:
-            log.error("controller task failed", error=repr(exc), exc_info=exc)
-        code = 1
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        if stop_metrics is not None:
-            stop_metrics()
+    code = await run_until_stopped(log, app.tasks(), shutdown=app.close)
     log.info("weir-controller stopped", exit_code=code)
     return code
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -55,8 +55,8 @@ class Metrics:
         )
 
 
-def serve_metrics(metrics: Metrics, listen: str) -> Callable[[], None]:
-    """Serve /metrics on host:port from a thread; returns a function that stops it."""
+async def serve_metrics(metrics: Metrics, listen: str) -> None:
+    """Serve /metrics on host:port (from a thread of prometheus_client) until cancelled."""
     host, _, port = listen.rpartition(":")
     server, thread = start_http_server(
         int(port), addr=host.strip("[]") or "0.0.0.0", registry=metrics.registry
@@ -67,4 +67,7 @@ def serve_metrics(metrics: Metrics, listen: str) -> Callable[[], None]:
         server.server_close()
         thread.join(timeout=5)
 
-    return stop
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.to_thread(stop)

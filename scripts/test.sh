@@ -9,4 +9,5 @@ bash scripts/setup.sh
 VENV=${WEIR_VENV:-$PWD/.venv}
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+"$VENV/bin/python" scripts/lint_imports.py
 exec "$VENV/bin/python" -m pytest -ra "$@"

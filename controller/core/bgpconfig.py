@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weir.common.pb import pb
-from weir.controller.core.objects import BGP_PEER, NODE, BGPAdvertisement, BGPPeer, IPPool
+from weir.controller.core.crds import BGP_PEER, BGPAdvertisement, BGPPeer, IPPool
+from weir.controller.core.objects import NODE
 from weir.controller.core.state import ClusterInputs
 
 ErrorSink = Callable[[str, str, str, str], None]  # (kind, namespace, name, message)

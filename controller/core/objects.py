@@ -1,5 +1,6 @@
-"""Typed Kubernetes objects Weir reads, and their parsers.
+"""Typed Kubernetes objects Weir reads, and their parsers; parse_object reads any of them.
 
+Kubernetes' own kinds are here, Weir's custom resources in controller/core/crds.py.
 Each `parse_*` function takes a Kubernetes JSON-shaped mapping and returns a frozen object, or
 raises ParseError with a message naming the bad field. Two kinds of trouble are told apart:
 
@@ -8,38 +9,32 @@ raises ParseError with a message naming the bad field. Two kinds of trouble are 
 - `problems` (Service, EndpointSlice): the object is usable for Kubernetes but a Weir-specific
   part is wrong (a bad `weir.dev/...` annotation, one endpoint with a bad address). The object is
   kept, so IPAM and the reducer can report the problem only when the object concerns Weir.
-
-The weir.dev kinds (LoadBalancerIPPool, BGPPeer, BGPAdvertisement) are cluster-scoped, like
-Nodes: their namespace is always "". Their spec fields are documented on each class.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from weir.common import protocols
 from weir.common.tablesize import validate_table_size
+from weir.controller.core import crds
 from weir.controller.core.parsing import (
     EMPTY_MAP,
     ParseError,
-    boolean,
     canonical_ip,
     integer,
     mapping,
-    seconds,
+    metadata,
     sequence,
     string,
-    string_map,
 )
-from weir.controller.core.selectors import MATCH_ALL, LabelSelector, parse_selector, parse_selectors
 
-WEIR_API_VERSION = "weir.dev/v1alpha1"
 LOAD_BALANCER_CLASS = "weir.dev/maglev"
 ANN_TRAFFIC_STRATEGY = "weir.dev/traffic-strategy"
 ANN_LOAD_BALANCER_IPS = "weir.dev/load-balancer-ips"
@@ -52,17 +47,15 @@ SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
 NODE = "Node"
 SECRET = "Secret"
-IP_POOL = "LoadBalancerIPPool"
-BGP_PEER = "BGPPeer"
-BGP_ADVERTISEMENT = "BGPAdvertisement"
-ALL_KINDS = frozenset((SERVICE, ENDPOINT_SLICE, NODE, SECRET, IP_POOL, BGP_PEER, BGP_ADVERTISEMENT))
-CLUSTER_SCOPED = frozenset((NODE, IP_POOL, BGP_PEER, BGP_ADVERTISEMENT))
-WEIR_KINDS = frozenset((IP_POOL, BGP_PEER, BGP_ADVERTISEMENT))
+NAMESPACE = "Namespace"
+# What the cluster snapshot is made of (reduce); Namespaces matter to IPAM only.
+ALL_KINDS = frozenset((SERVICE, ENDPOINT_SLICE, NODE, SECRET, *crds.KINDS))
+CLUSTER_SCOPED = frozenset((NODE, NAMESPACE, *crds.KINDS))
 
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 STRATEGIES = ("maglev", "random")
-MAX_ASN = 4294967294  # 4294967295 is reserved (RFC 7300)
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
+_NAMES = list(protocols.NUMBERS)
+_PROTOCOL_NAMES = f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}"  # for messages: "TCP, UDP or SCTP"
 
 
 class ObjectRef(NamedTuple):
@@ -80,6 +73,28 @@ class ServicePort:
     name: str
     port: int
     protocol: str  # TCP, UDP or SCTP
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyPolicy:
+    """spec.ipFamilies and spec.ipFamilyPolicy of a Service (the API server defaults both)."""
+
+    families: tuple[str, ...] = ("IPv4",)
+    policy: str = "SingleStack"  # SingleStack, PreferDualStack, RequireDualStack
+
+    def wanted(self) -> tuple[int, ...]:
+        """IP versions wanted, in the Service's order."""
+        versions = tuple(6 if f == "IPv6" else 4 for f in self.families) or (4,)
+        if self.policy == "SingleStack":
+            return versions[:1]
+        return tuple(dict.fromkeys((*versions, 6 if versions[0] == 4 else 4)))
+
+
+class Ingress(NamedTuple):
+    """A status.loadBalancer.ingress entry that has an ip, as written."""
+
+    ip: str
+    ip_mode: str  # "" when unset
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,12 @@ class Service:
     sharing_key: str | None  # weir.dev/sharing-key
     maglev_table_size: int | None  # weir.dev/maglev-table-size, validated
     ingress_ips: tuple[str, ...]  # status.loadBalancer.ingress[].ip (canonical)
+    # What the allocator writes from, and compares its writes with:
+    resource_version: str
+    generation: int
+    families: FamilyPolicy
+    ingress: tuple[Ingress, ...]
+    conditions: tuple[Mapping[str, Any], ...]  # status.conditions, as read (other writers')
     problems: tuple[str, ...] = ()  # bad weir.dev annotations or status; see module doc
 
     @property
@@ -133,7 +154,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_service(obj: Mapping[str, Any]) -> Service:
-    meta = _metadata(obj, namespaced=True)
+    meta = metadata(obj, namespaced=True)
     spec = mapping(obj.get("spec"), "spec")
     status = mapping(obj.get("status"), "status")
     ports = _service_ports(spec.get("ports"))
@@ -178,11 +199,19 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
 
     lb_status = mapping(status.get("loadBalancer"), "status.loadBalancer")
     ingress_raw: list[Any] = []
+    written: list[Ingress] = []
     for i, ing in enumerate(sequence(lb_status.get("ingress"), "status.loadBalancer.ingress")):
-        ip = mapping(ing, f"status.loadBalancer.ingress[{i}]").get("ip")
+        path = f"status.loadBalancer.ingress[{i}]"
+        entry = mapping(ing, path)
+        ip = entry.get("ip")
         if ip is not None:  # hostname-only entries are not ours
             ingress_raw.append(ip)
+        if isinstance(ip, str) and ip:
+            written.append(Ingress(ip, string(entry.get("ipMode"), f"{path}.ipMode")))
     ingress = _ips(ingress_raw, "status.loadBalancer.ingress", problems)
+    families = sequence(spec.get("ipFamilies"), "spec.ipFamilies")
+    if not all(isinstance(f, str) for f in families):
+        raise ParseError("spec.ipFamilies: must be strings")
 
     return Service(
         namespace=meta.namespace,
@@ -201,6 +230,18 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         sharing_key=ann.get(ANN_SHARING_KEY) or None,
         maglev_table_size=table_size,
         ingress_ips=tuple(ingress),
+        resource_version=meta.resource_version,
+        generation=meta.generation,
+        families=FamilyPolicy(
+            tuple(families) or ("IPv4",),
+            string(spec.get("ipFamilyPolicy"), "spec.ipFamilyPolicy") or "SingleStack",
+        ),
+        ingress=tuple(written),
+        conditions=tuple(
+            dict(c)
+            for c in sequence(status.get("conditions"), "status.conditions")
+            if isinstance(c, Mapping)
+        ),
         problems=tuple(problems),
     )
 
@@ -214,8 +255,8 @@ def _service_ports(raw: Any) -> tuple[ServicePort, ...]:
         p = mapping(p, path)
         port = integer(p.get("port"), f"{path}.port", 1, 65535)
         proto = string(p.get("protocol"), f"{path}.protocol") or "TCP"
-        if proto not in PROTOCOLS:
-            raise ParseError(f"{path}.protocol: {proto!r} is not TCP, UDP or SCTP")
+        if proto not in protocols.NUMBERS:
+            raise ParseError(f"{path}.protocol: {proto!r} is not {_PROTOCOL_NAMES}")
         name = string(p.get("name"), f"{path}.name")
         if (port, proto) in seen:
             raise ParseError(f"{path}: port {port}/{proto} is listed twice")
@@ -283,16 +324,12 @@ class EndpointSlice:
         object.__setattr__(self, "usable", tuple(e for e in eps if e.ready and not e.terminating))
         object.__setattr__(self, "fallback", tuple(e for e in eps if e.serving and e.terminating))
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
 
 _FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
 
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice:
-    meta = _metadata(obj, namespaced=True)
+    meta = metadata(obj, namespaced=True)
     address_type = string(obj.get("addressType"), "addressType", required=True)
     if address_type not in ("IPv4", "IPv6", "FQDN"):
         raise ParseError(f"addressType: {address_type!r} is not IPv4, IPv6 or FQDN")
@@ -303,8 +340,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice:
         if p.get("port") is None:  # "all ports": not usable by a port-based balancer
             continue
         proto = string(p.get("protocol"), f"{path}.protocol") or "TCP"
-        if proto not in PROTOCOLS:
-            raise ParseError(f"{path}.protocol: {proto!r} is not TCP, UDP or SCTP")
+        if proto not in protocols.NUMBERS:
+            raise ParseError(f"{path}.protocol: {proto!r} is not {_PROTOCOL_NAMES}")
         ports.append(
             SlicePort(
                 string(p.get("name"), f"{path}.name"),
@@ -398,7 +435,7 @@ def _is_opt_bool(v: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Node and Secret
+# Node, Secret and Namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +469,7 @@ def _is_ipv4(text: str) -> bool:
 
 
 def parse_node(obj: Mapping[str, Any]) -> Node:
-    meta = _metadata(obj, namespaced=False)
+    meta = metadata(obj, namespaced=False)
     status = mapping(obj.get("status"), "status")
     addrs: list[NodeAddress] = []
     for i, a in enumerate(sequence(status.get("addresses"), "status.addresses")):
@@ -453,13 +490,9 @@ class Secret:
     name: str
     data: Mapping[str, bytes]  # data (base64-decoded), overlaid with stringData
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
 
 def parse_secret(obj: Mapping[str, Any]) -> Secret:
-    meta = _metadata(obj, namespaced=True)
+    meta = metadata(obj, namespaced=True)
     data: dict[str, bytes] = {}
     for k, v in mapping(obj.get("data"), "data").items():
         try:
@@ -471,269 +504,41 @@ def parse_secret(obj: Mapping[str, Any]) -> Secret:
     return Secret(namespace=meta.namespace, name=meta.name, data=data)
 
 
-# ---------------------------------------------------------------------------------------------
-# weir.dev/v1alpha1: LoadBalancerIPPool
-
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
 @dataclass(frozen=True)
-class IPPool:
-    """LoadBalancerIPPool. spec:
-    cidrs: ["192.0.2.0/28", "2001:db8::/124"]
-    ranges: [{start: "192.0.2.100", end: "192.0.2.110"}]   (inclusive)
-    autoAssign: true          (false: only Services asking for an address get one)
-    avoidBuggyIPs: false      (true: skip addresses ending in .0 and .255)
-    namespaces: [names]       (optional; Services in these namespaces only)
-    namespaceSelector: {matchLabels, matchExpressions}   (optional; on namespace labels)
-    serviceSelector: {matchLabels, matchExpressions}     (optional; on Service labels)
-    """
-
+class Namespace:
     name: str
-    labels: Mapping[str, str]
-    cidrs: tuple[IPNetwork, ...]
-    ranges: tuple[tuple[IPAddress, IPAddress], ...]
-    auto_assign: bool
-    avoid_buggy_ips: bool
-    namespaces: tuple[str, ...]
-    namespace_selector: LabelSelector | None
-    service_selector: LabelSelector | None
-
-    def contains(self, ip: str | IPAddress) -> bool:
-        addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        if any(addr in net for net in self.cidrs):
-            return True
-        return any(
-            start.version == addr.version and start <= addr <= end for start, end in self.ranges
-        )
-
-    def selects(self, svc: Service, namespace_labels: Mapping[str, str] | None = None) -> bool:
-        """Whether the pool may give addresses to this Service.
-
-        namespace_labels: the labels of the Service's Namespace; when unknown, only the
-        well-known `kubernetes.io/metadata.name` label is assumed.
-        """
-        if self.namespaces and svc.namespace not in self.namespaces:
-            return False
-        if self.namespace_selector is not None:
-            labels = namespace_labels
-            if labels is None:
-                labels = {"kubernetes.io/metadata.name": svc.namespace}
-            if not self.namespace_selector.matches(labels):
-                return False
-        return self.service_selector is None or self.service_selector.matches(svc.labels)
+    labels: Mapping[str, str]  # what LoadBalancerIPPool namespaceSelectors match
 
 
-def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
-    meta = _metadata(obj, namespaced=False, weir=True)
-    spec = mapping(obj.get("spec"), "spec")
-    cidrs: list[IPNetwork] = []
-    for i, c in enumerate(sequence(spec.get("cidrs"), "spec.cidrs")):
-        try:
-            cidrs.append(ipaddress.ip_network(string(c, f"spec.cidrs[{i}]", required=True)))
-        except ValueError as e:
-            raise ParseError(f"spec.cidrs[{i}]: {e}") from None
-    ranges: list[tuple[IPAddress, IPAddress]] = []
-    for i, r in enumerate(sequence(spec.get("ranges"), "spec.ranges")):
-        path = f"spec.ranges[{i}]"
-        r = mapping(r, path)
-        start = ipaddress.ip_address(canonical_ip(r.get("start"), f"{path}.start")[0])
-        end = ipaddress.ip_address(canonical_ip(r.get("end"), f"{path}.end")[0])
-        if start.version != end.version:
-            raise ParseError(f"{path}: start and end are of different IP families")
-        if start > end:
-            raise ParseError(f"{path}: start {start} is after end {end}")
-        ranges.append((start, end))
-    if not cidrs and not ranges:
-        raise ParseError("spec: needs at least one of cidrs or ranges")
-    ns_sel = spec.get("namespaceSelector")
-    svc_sel = spec.get("serviceSelector")
-    namespaces = sequence(spec.get("namespaces"), "spec.namespaces")
-    if not all(isinstance(n, str) and n for n in namespaces):
-        raise ParseError("spec.namespaces: must be namespace names")
-    return IPPool(
-        name=meta.name,
-        labels=meta.labels,
-        cidrs=tuple(cidrs),
-        ranges=tuple(ranges),
-        auto_assign=boolean(spec.get("autoAssign"), "spec.autoAssign", default=True),
-        avoid_buggy_ips=boolean(spec.get("avoidBuggyIPs"), "spec.avoidBuggyIPs", default=False),
-        namespaces=tuple(namespaces),
-        namespace_selector=None
-        if ns_sel is None
-        else parse_selector(ns_sel, "spec.namespaceSelector"),
-        service_selector=None
-        if svc_sel is None
-        else parse_selector(svc_sel, "spec.serviceSelector"),
-    )
+def parse_namespace(obj: Mapping[str, Any]) -> Namespace:
+    meta = metadata(obj, namespaced=False)
+    return Namespace(name=meta.name, labels=meta.labels)
 
 
 # ---------------------------------------------------------------------------------------------
-# weir.dev/v1alpha1: BGPPeer and BGPAdvertisement
+# Any kind
 
 
-@dataclass(frozen=True, slots=True)
-class SecretRef:
-    namespace: str
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
-class BGPPeer:
-    """BGPPeer. spec:
-    peerAddress: "192.0.2.1"          (required)
-    peerASN: 65000                    (required, 1..4294967294)
-    localASN: 65001                   (required, 1..4294967294)
-    port: 179
-    holdTime: 90                      (seconds, or a duration like "90s"; 0 or 3..65535)
-    keepaliveTime: 30                 (default holdTime / 3; not above holdTime)
-    nodeSelector: {matchLabels, matchExpressions}   (default: every Node)
-    passwordSecretRef: {namespace, name, key}       (key defaults to "password")
-    gracefulRestart: {enabled: true, restartTime: 120}   (restartTime 1..4095 s)
-    """
-
-    name: str
-    peer_address: str
-    peer_asn: int
-    local_asn: int
-    port: int
-    hold_time: int
-    keepalive_time: int
-    node_selector: LabelSelector
-    password_secret: SecretRef | None
-    graceful_restart: bool
-    restart_time: int
-
-
-def parse_bgp_peer(obj: Mapping[str, Any]) -> BGPPeer:
-    meta = _metadata(obj, namespaced=False, weir=True)
-    spec = mapping(obj.get("spec"), "spec")
-    address = canonical_ip(spec.get("peerAddress"), "spec.peerAddress")[0]
-    hold = seconds(spec.get("holdTime"), "spec.holdTime", 0, 65535, default=90)
-    if 0 < hold < 3:
-        raise ParseError(f"spec.holdTime: {hold} must be 0 or at least 3 seconds (RFC 4271)")
-    keepalive = seconds(
-        spec.get("keepaliveTime"), "spec.keepaliveTime", 0, 65535, default=hold // 3
-    )
-    if keepalive > hold:
-        raise ParseError(f"spec.keepaliveTime: {keepalive} is above holdTime {hold}")
-    sel = spec.get("nodeSelector")
-    ref = None
-    if spec.get("passwordSecretRef") is not None:
-        raw = mapping(spec.get("passwordSecretRef"), "spec.passwordSecretRef")
-        ref = SecretRef(
-            namespace=string(
-                raw.get("namespace"), "spec.passwordSecretRef.namespace", required=True
-            ),
-            name=string(raw.get("name"), "spec.passwordSecretRef.name", required=True),
-            key=string(raw.get("key"), "spec.passwordSecretRef.key") or "password",
-        )
-    gr = mapping(spec.get("gracefulRestart"), "spec.gracefulRestart")
-    return BGPPeer(
-        name=meta.name,
-        peer_address=address,
-        peer_asn=integer(spec.get("peerASN"), "spec.peerASN", 1, MAX_ASN),
-        local_asn=integer(spec.get("localASN"), "spec.localASN", 1, MAX_ASN),
-        port=integer(spec.get("port"), "spec.port", 1, 65535, default=179),
-        hold_time=hold,
-        keepalive_time=keepalive,
-        node_selector=MATCH_ALL if sel is None else parse_selector(sel, "spec.nodeSelector"),
-        password_secret=ref,
-        graceful_restart=boolean(
-            gr.get("enabled"), "spec.gracefulRestart.enabled", default=bool(gr)
-        ),
-        restart_time=seconds(
-            gr.get("restartTime"), "spec.gracefulRestart.restartTime", 1, 4095, default=120
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class BGPAdvertisement:
-    """BGPAdvertisement: which VIPs to announce, and with which attributes. spec:
-    ipAddressPools: [pool names]              (both empty: VIPs of any pool, or of none)
-    ipAddressPoolSelectors: [label selectors] (on LoadBalancerIPPool labels)
-    serviceSelectors: [label selectors]       (empty: any Service)
-    communities: ["65000:100", "65000:1:2", "no-export"]
-    localPref: 100                            (0: unset)
-    peers: [BGPPeer names]                    (empty: every peer of the node)
-    """
-
-    name: str
-    pools: tuple[str, ...]
-    pool_selectors: tuple[LabelSelector, ...]
-    service_selectors: tuple[LabelSelector, ...]
-    communities: tuple[str, ...]  # sorted, deduplicated
-    local_pref: int
-    peers: tuple[str, ...]
-
-
-WELL_KNOWN_COMMUNITIES = frozenset(
-    ("no-export", "no-advertise", "no-export-subconfed", "no-peer", "blackhole")
+KubeObject = (
+    Service
+    | EndpointSlice
+    | Node
+    | Secret
+    | Namespace
+    | crds.IPPool
+    | crds.BGPPeer
+    | crds.BGPAdvertisement
 )
-
-
-def parse_bgp_advertisement(obj: Mapping[str, Any]) -> BGPAdvertisement:
-    meta = _metadata(obj, namespaced=False, weir=True)
-    spec = mapping(obj.get("spec"), "spec")
-    communities = sorted(
-        {
-            _community(c, f"spec.communities[{i}]")
-            for i, c in enumerate(sequence(spec.get("communities"), "spec.communities"))
-        }
-    )
-    return BGPAdvertisement(
-        name=meta.name,
-        pools=_names(spec.get("ipAddressPools"), "spec.ipAddressPools"),
-        pool_selectors=parse_selectors(
-            spec.get("ipAddressPoolSelectors"), "spec.ipAddressPoolSelectors"
-        ),
-        service_selectors=parse_selectors(spec.get("serviceSelectors"), "spec.serviceSelectors"),
-        communities=tuple(communities),
-        local_pref=integer(spec.get("localPref"), "spec.localPref", 0, 2**32 - 1, default=0),
-        peers=_names(spec.get("peers"), "spec.peers"),
-    )
-
-
-def _community(value: Any, path: str) -> str:
-    """Standard (ASN:value, 16 bits each) or large (three 32-bit parts) community."""
-    text = string(value, path, required=True).strip().lower()
-    if text in WELL_KNOWN_COMMUNITIES:
-        return text
-    parts = text.split(":")
-    limit = {2: 0xFFFF, 3: 0xFFFFFFFF}.get(len(parts))
-    if limit is None or not all(p.isdigit() and int(p) <= limit for p in parts):
-        raise ParseError(
-            f'{path}: {value!r} is not a community ("65000:100", "65000:1:2" or a '
-            f"well-known name such as no-export)"
-        )
-    return ":".join(str(int(p)) for p in parts)
-
-
-def _names(raw: Any, path: str) -> tuple[str, ...]:
-    names = sequence(raw, path)
-    if not all(isinstance(n, str) and n for n in names):
-        raise ParseError(f"{path}: must be a list of names")
-    return tuple(sorted(set(names)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Dispatch
-
-
-KubeObject = Service | EndpointSlice | Node | Secret | IPPool | BGPPeer | BGPAdvertisement
 
 PARSERS = {
     SERVICE: parse_service,
     ENDPOINT_SLICE: parse_endpoint_slice,
     NODE: parse_node,
     SECRET: parse_secret,
-    IP_POOL: parse_ip_pool,
-    BGP_PEER: parse_bgp_peer,
-    BGP_ADVERTISEMENT: parse_bgp_advertisement,
+    NAMESPACE: parse_namespace,
+    crds.IP_POOL: crds.parse_ip_pool,
+    crds.BGP_PEER: crds.parse_bgp_peer,
+    crds.BGP_ADVERTISEMENT: crds.parse_bgp_advertisement,
 }
 
 
@@ -758,7 +563,7 @@ def object_ref(obj: Any) -> ObjectRef:
 
 
 def parse_object(obj: Mapping[str, Any]) -> KubeObject:
-    """Parse any of ALL_KINDS; ParseError for bad objects and for kinds Weir does not read."""
+    """Parse any kind of PARSERS; ParseError for bad objects and for kinds Weir does not read."""
     if not isinstance(obj, Mapping):
         raise ParseError("not an object")
     kind = obj.get("kind")
@@ -773,44 +578,3 @@ def parse_object(obj: Mapping[str, Any]) -> KubeObject:
         # A safety net for shapes the field readers did not foresee: bad input must never
         # take the controller down.
         raise ParseError(f"malformed {kind}: {type(e).__name__}: {e}") from None
-
-
-class _Meta(NamedTuple):
-    namespace: str
-    name: str
-    uid: str
-    created: datetime | None
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
-
-
-def _metadata(obj: Mapping[str, Any], *, namespaced: bool, weir: bool = False) -> _Meta:
-    if weir:
-        api = obj.get("apiVersion")
-        if api != WEIR_API_VERSION:
-            raise ParseError(f"apiVersion: {api!r} is not {WEIR_API_VERSION}")
-    meta = mapping(obj.get("metadata"), "metadata")
-    name = string(meta.get("name"), "metadata.name", required=True)
-    ns = ""
-    if namespaced:
-        ns = string(meta.get("namespace"), "metadata.namespace") or "default"
-    created = None
-    ts = meta.get("creationTimestamp")
-    if ts is not None:
-        if isinstance(ts, datetime):  # YAML turns unquoted timestamps into datetimes
-            created = ts
-        else:
-            try:
-                created = datetime.fromisoformat(string(ts, "metadata.creationTimestamp"))
-            except ValueError:
-                raise ParseError(f"metadata.creationTimestamp: {ts!r} is not a time") from None
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-    return _Meta(
-        namespace=ns,
-        name=name,
-        uid=string(meta.get("uid"), "metadata.uid"),
-        created=created,
-        labels=string_map(meta.get("labels"), "metadata.labels"),
-        annotations=string_map(meta.get("annotations"), "metadata.annotations"),
-    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 
@@ -122,6 +123,54 @@ def canonical_ip(value: Any, path: str) -> tuple[str, bytes]:
         return value, packed
     except OSError:
         raise ParseError(f"{path}: {value!r} is not an IP address") from None
+
+
+class Metadata(NamedTuple):
+    """The metadata every kind shares."""
+
+    namespace: str  # "" for cluster-scoped kinds, "default" when a namespaced one has none
+    name: str
+    uid: str
+    created: datetime | None  # creationTimestamp (None in hand-written files)
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    resource_version: str  # "" in hand-written files
+    generation: int  # 0 where the kind (or a hand-written file) has none
+
+
+def metadata(
+    obj: Mapping[str, Any], *, namespaced: bool, api_version: str | None = None
+) -> Metadata:
+    """obj's metadata; api_version, when given, is the only apiVersion accepted."""
+    if api_version is not None and obj.get("apiVersion") != api_version:
+        raise ParseError(f"apiVersion: {obj.get('apiVersion')!r} is not {api_version}")
+    meta = mapping(obj.get("metadata"), "metadata")
+    name = string(meta.get("name"), "metadata.name", required=True)
+    ns = ""
+    if namespaced:
+        ns = string(meta.get("namespace"), "metadata.namespace") or "default"
+    created = None
+    ts = meta.get("creationTimestamp")
+    if ts is not None:
+        if isinstance(ts, datetime):  # YAML turns unquoted timestamps into datetimes
+            created = ts
+        else:
+            try:
+                created = datetime.fromisoformat(string(ts, "metadata.creationTimestamp"))
+            except ValueError:
+                raise ParseError(f"metadata.creationTimestamp: {ts!r} is not a time") from None
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+    return Metadata(
+        namespace=ns,
+        name=name,
+        uid=string(meta.get("uid"), "metadata.uid"),
+        created=created,
+        labels=string_map(meta.get("labels"), "metadata.labels"),
+        annotations=string_map(meta.get("annotations"), "metadata.annotations"),
+        resource_version=string(meta.get("resourceVersion"), "metadata.resourceVersion"),
+        generation=integer(meta.get("generation"), "metadata.generation", 0, 2**63 - 1, default=0),
+    )
 
 
 def _kind(value: Any) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from weir.common import protocols
 from weir.common.pb import pb
 from weir.common.tablesize import DEFAULT_TABLE_SIZE
 from weir.controller.core.bgpconfig import AnnouncedVip, node_configs
@@ -39,7 +40,6 @@ from weir.controller.core.objects import (
 from weir.controller.core.state import ClusterInputs
 from weir.controller.core.views import cluster_hash
 
-PROTOCOL = {"TCP": pb.PROTOCOL_TCP, "UDP": pb.PROTOCOL_UDP, "SCTP": pb.PROTOCOL_SCTP}
 STRATEGY = {"maglev": pb.STRATEGY_MAGLEV, "random": pb.STRATEGY_RANDOM}
 
 
@@ -120,7 +120,7 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
             id=fid,
             vip=vip,
             port=port.port,
-            protocol=PROTOCOL[port.protocol],
+            protocol=protocols.NUMBERS[port.protocol],
             port_name=port.name,
             **common,
         )

@@ -4,7 +4,7 @@ Each published ClusterSnapshot whose content differs from the latest gets versio
 unchanged one (a relist, a no-op edit) gets none. A bounded history of versions is kept
 so an agent at any retained version gets a Delta to the latest; others get a Snapshot.
 
-What a node sees is every service plus its own BGP settings (see controller.views). The
+What a node sees is every service plus its own BGP settings (see core/views.py). The
 store keeps each version as canonical bytes (common.viewhash.encode) so it can:
 - hash a node's view from parts: services digest once per version, BGP per node;
 - compute the services part of a delta once per (base, target) for all nodes;
@@ -15,13 +15,13 @@ store keeps each version as canonical bytes (common.viewhash.encode) so it can:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from weir.common import viewhash
+from weir.common.aio import Generation
 from weir.common.pb import pb
 
 DEFAULT_HISTORY = 64
@@ -60,7 +60,7 @@ class Version:
     """One retained version, as canonical bytes (shared with older versions when equal)."""
 
     version: int
-    content: str  # the cluster hash (controller.views.cluster_hash): dedupes unchanged ones
+    content: str  # the cluster hash (views.cluster_hash): dedupes unchanged ones
     maglev_seed: int
     services: Mapping[str, bytes]  # service id -> encoded pb.Service, in id order
     digests: Mapping[str, bytes]  # service id -> common.viewhash.service_digest
@@ -120,12 +120,12 @@ class SnapshotStore:
         self._full_services: tuple[int, bytes] | None = None
         self._trailers: dict[str, tuple[tuple[int, bytes], bytes]] = {}
         self._listeners: list[Callable[[int], None]] = []
-        self._published = asyncio.Event()
+        self._version = Generation()  # counts the versions: its value is the latest
 
     @property
     def version(self) -> int:
         """The latest version (0 before the first publish)."""
-        return next(reversed(self._versions)) if self._versions else 0
+        return self._version.value
 
     @property
     def latest(self) -> Version | None:
@@ -134,9 +134,6 @@ class SnapshotStore:
     def cluster(self) -> pb.ClusterSnapshot | None:
         """The latest cluster snapshot, version set (do not modify)."""
         return self._cluster
-
-    def get(self, version: int) -> Version | None:
-        return self._versions.get(version)
 
     def subscribe(self, callback: Callable[[int], None]) -> None:
         """Call callback(version) synchronously after each new version."""
@@ -148,9 +145,7 @@ class SnapshotStore:
 
     async def wait_newer(self, version: int) -> int:
         """Wait until the latest version is newer than version; returns it."""
-        while self.version <= version:
-            await self._published.wait()
-        return self.version
+        return await self._version.wait_past(version)
 
     def prepare(self, cluster: pb.ClusterSnapshot) -> Prepared:
         return prepare(cluster, self.latest)
@@ -169,6 +164,7 @@ class SnapshotStore:
             return latest.version
         version = self.version + 1
         self._versions[version] = dataclasses.replace(prepared.entry, version=version, hashes={})
+        self._version.bump()
         while len(self._versions) > self._history:
             self._versions.popitem(last=False)
         # The store owns the published message: stamping the version changes no hash.
@@ -176,8 +172,6 @@ class SnapshotStore:
         cluster.version = version
         cluster.hash = prepared.entry.content
         self._cluster = cluster
-        self._published.set()
-        self._published = asyncio.Event()
         for callback in self._listeners:
             callback(version)
         return version

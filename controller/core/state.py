@@ -1,47 +1,51 @@
 """The controller's in-memory cluster state: what the sources fed it, parsed and typed.
 
 ClusterState is the StateSink every source writes into (controller/sources/base.py). It parses
-each object at the boundary (controller/core/objects.py), keeps an ObjectError for each object it
-could not parse, and bumps `generation` only when something really changed: a relist of
-identical objects, or an update that parses to the same object, leaves it alone.
+each object at the boundary, once (controller/core/objects.py), keeps an ObjectError for each
+object it could not parse, and bumps `generation` only when something really changed: a relist
+of identical objects, or an update that parses to the same object, leaves it alone.
 
 Use it from one event loop thread (sources and readers alike).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import pb
+from weir.controller.core.crds import (
+    BGP_ADVERTISEMENT,
+    BGP_PEER,
+    IP_POOL,
+    BGPAdvertisement,
+    BGPPeer,
+    IPPool,
+)
 from weir.controller.core.gcpause import gc_paused
 from weir.controller.core.objects import (
     ALL_KINDS,
-    BGP_ADVERTISEMENT,
-    BGP_PEER,
     CLUSTER_SCOPED,
     ENDPOINT_SLICE,
-    IP_POOL,
+    NAMESPACE,
     NODE,
     SECRET,
     SERVICE,
-    BGPAdvertisement,
-    BGPPeer,
     EndpointSlice,
-    IPPool,
     KubeObject,
+    Namespace,
     Node,
     ObjectRef,
-    ParseError,
     Secret,
     Service,
     object_ref,
     parse_object,
 )
+from weir.controller.core.parsing import ParseError
 
 log = get_logger("weir.controller.state")
 
@@ -65,19 +69,31 @@ class ClusterInputs:
     pools: Mapping[str, IPPool] = field(default_factory=lambda: _EMPTY)
     bgp_peers: Mapping[str, BGPPeer] = field(default_factory=lambda: _EMPTY)
     bgp_advertisements: Mapping[str, BGPAdvertisement] = field(default_factory=lambda: _EMPTY)
+    namespaces: Mapping[str, Namespace] = field(default_factory=lambda: _EMPTY)  # IPAM only
     drained: frozenset[str] = frozenset()  # nodes drained in memory (weirctl, file source)
 
 
-class ClusterState:
-    """Implements StateSink; see the module docstring."""
+class _Rejected(NamedTuple):
+    """An object that did not parse: its error, and the object as read."""
 
-    def __init__(self) -> None:
-        self._objects: dict[str, dict[Key, KubeObject]] = {k: {} for k in ALL_KINDS}
-        self._parse_errors: dict[ObjectRef, pb.ObjectError] = {}
+    error: pb.ObjectError
+    raw: Mapping[str, Any]
+
+
+class ClusterState:
+    """Implements StateSink; see the module docstring.
+
+    kinds: the kinds it keeps (others are ignored); ALL_KINDS is what reduce reads.
+    """
+
+    def __init__(self, kinds: frozenset[str] = ALL_KINDS) -> None:
+        self.kinds = kinds
+        self._objects: dict[str, dict[Key, KubeObject]] = {k: {} for k in kinds}
+        self._rejected: dict[ObjectRef, _Rejected] = {}
         self._source_errors: dict[str, dict[tuple[str, str, str, str], pb.ObjectError]] = {}
         self._listed: set[str] = set()  # kinds that had their first full list
-        self._generation = 0
-        self._changed = asyncio.Event()
+        self._changes = Generation()
+        self._subscriptions: list[tuple[frozenset[str], Generation]] = []
         self._inputs: ClusterInputs | None = None
         self._drained: set[str] = set()
 
@@ -86,7 +102,7 @@ class ClusterState:
     @property
     def generation(self) -> int:
         """Bumps on every change of objects or errors (and on each kind's first full list)."""
-        return self._generation
+        return self._changes.value
 
     @property
     def listed_kinds(self) -> frozenset[str]:
@@ -95,14 +111,23 @@ class ClusterState:
 
     async def wait_changed(self, after_generation: int) -> int:
         """Wait until generation > after_generation; returns the new generation."""
-        while self._generation <= after_generation:
-            await self._changed.wait()
-        return self._generation
+        return await self._changes.wait_past(after_generation)
+
+    def changes_of(self, kinds: frozenset[str]) -> Generation:
+        """A Generation of its own that bumps only when objects of these kinds change (their
+        first full list, an object, or its parse error), for readers of a few kinds."""
+        changes = Generation()
+        self._subscriptions.append((kinds, changes))
+        return changes
 
     def inputs(self) -> ClusterInputs:
         if self._inputs is None:
             self._inputs = _inputs_from(self._objects, frozenset(self._drained))
         return self._inputs
+
+    def unparsed(self, kind: str) -> list[Mapping[str, Any]]:
+        """The objects of this kind that did not parse, as read (each has an ObjectError)."""
+        return [r.raw for ref, r in self._rejected.items() if ref.kind == kind]
 
     def set_drained(self, node: str, drain: bool) -> None:
         """Drain (or undrain) a node in memory, next to its weir.dev/drain annotation: what
@@ -112,11 +137,11 @@ class ClusterState:
                 self._drained.add(node)
             else:
                 self._drained.discard(node)
-            self._bump()
+            self._bump({NODE})
 
     def errors(self) -> list[pb.ObjectError]:
         """Parse errors and source errors, sorted by (kind, namespace, name, message)."""
-        errs = list(self._parse_errors.values())
+        errs = [r.error for r in self._rejected.values()]
         for by_origin in self._source_errors.values():
             errs.extend(by_origin.values())
         errs.sort(key=lambda e: (e.kind, e.namespace, e.name, e.message))
@@ -128,24 +153,24 @@ class ClusterState:
         self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]], origin: str = ""
     ) -> None:
         with gc_paused():
-            self._replace(frozenset(kinds) & ALL_KINDS, objects)
+            self._replace(frozenset(kinds) & self.kinds, objects)
 
     def _replace(self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]]) -> None:
         fresh: dict[str, dict[Key, KubeObject]] = {k: {} for k in kinds}
-        fresh_errors: dict[ObjectRef, pb.ObjectError] = {}
+        fresh_rejected: dict[ObjectRef, _Rejected] = {}
         for raw in objects:
             ref = object_ref(raw)
             if ref.kind not in kinds:
                 continue  # kinds Weir does not read, or not part of this list
             parsed = self._parse(ref, raw)
-            if isinstance(parsed, pb.ObjectError):
-                fresh_errors[ref] = parsed
+            if isinstance(parsed, _Rejected):
+                fresh_rejected[ref] = parsed
                 fresh[ref.kind].pop(_ref_key(ref), None)
             else:
                 fresh[ref.kind][_ref_key(ref)] = parsed
-                fresh_errors.pop(ref, None)
+                fresh_rejected.pop(ref, None)
 
-        changed = bool(kinds - self._listed)
+        changed = set(kinds - self._listed)
         self._listed |= kinds
         for kind in kinds:
             old, new = self._objects[kind], fresh[kind]
@@ -155,50 +180,54 @@ class ClusterState:
                 if prev is not None and prev == obj:
                     new[key] = prev
                 else:
-                    changed = True
+                    changed.add(kind)
             if old.keys() != new.keys():
-                changed = True
+                changed.add(kind)
             self._objects[kind] = new
-        errors = {r: e for r, e in self._parse_errors.items() if r.kind not in kinds}
-        errors.update(fresh_errors)
-        if errors != self._parse_errors:
-            self._log_new_errors(errors)
-            self._parse_errors = errors
-            changed = True
+        rejected = {r: e for r, e in self._rejected.items() if r.kind not in kinds}
+        rejected.update(fresh_rejected)
+        if rejected != self._rejected:
+            self._log_new_errors(rejected)
+            changed |= {
+                ref.kind
+                for ref in rejected.keys() | self._rejected.keys()
+                if rejected.get(ref) != self._rejected.get(ref)
+            }
+            self._rejected = rejected
         if changed:
-            self._bump()
+            self._bump(changed)
 
     def upsert(self, obj: Mapping[str, Any]) -> None:
         ref = object_ref(obj)
-        if ref.kind not in ALL_KINDS:
+        if ref.kind not in self.kinds:
             return
         parsed = self._parse(ref, obj)
         objects = self._objects[ref.kind]
         key = _ref_key(ref)
         changed = False
-        if isinstance(parsed, pb.ObjectError):
+        if isinstance(parsed, _Rejected):
             changed = objects.pop(key, None) is not None
-            if self._parse_errors.get(ref) != parsed:
+            if self._rejected.get(ref) != parsed:
                 self._log_new_errors({ref: parsed})
-                self._parse_errors[ref] = parsed
+                self._rejected[ref] = parsed
                 changed = True
         else:
-            if self._parse_errors.pop(ref, None) is not None:
+            if self._rejected.pop(ref, None) is not None:
                 changed = True
             if objects.get(key) != parsed:
                 objects[key] = parsed
                 changed = True
         if changed:
-            self._bump()
+            self._bump({ref.kind})
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        if kind not in ALL_KINDS:
+        if kind not in self.kinds:
             return
         ref = ObjectRef(kind, "" if kind in CLUSTER_SCOPED else namespace, name)
         removed = self._objects[kind].pop(_ref_key(ref), None) is not None
-        removed |= self._parse_errors.pop(ref, None) is not None
+        removed |= self._rejected.pop(ref, None) is not None
         if removed:
-            self._bump()
+            self._bump({kind})
 
     def report_error(self, err: pb.ObjectError, origin: str = "") -> None:
         by_origin = self._source_errors.setdefault(origin, {})
@@ -222,30 +251,33 @@ class ClusterState:
     # -- internals ----------------------------------------------------------------------------
 
     @staticmethod
-    def _parse(ref: ObjectRef, raw: Mapping[str, Any]) -> KubeObject | pb.ObjectError:
+    def _parse(ref: ObjectRef, raw: Mapping[str, Any]) -> KubeObject | _Rejected:
         try:
             return parse_object(raw)
         except ParseError as e:
-            return pb.ObjectError(
+            error = pb.ObjectError(
                 kind=ref.kind, namespace=ref.namespace, name=ref.name, message=str(e)
             )
+            return _Rejected(error, raw)
 
-    def _log_new_errors(self, errors: Mapping[ObjectRef, pb.ObjectError]) -> None:
-        for ref, err in errors.items():
-            if self._parse_errors.get(ref) != err:
+    def _log_new_errors(self, rejected: Mapping[ObjectRef, _Rejected]) -> None:
+        for ref, r in rejected.items():
+            old = self._rejected.get(ref)
+            if old is None or old.error != r.error:
                 log.warning(
                     "bad object skipped",
                     kind=ref.kind,
                     namespace=ref.namespace,
                     name=ref.name,
-                    error=err.message,
+                    error=r.error.message,
                 )
 
-    def _bump(self) -> None:
-        self._generation += 1
+    def _bump(self, kinds: Iterable[str] = ()) -> None:
         self._inputs = None
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changes.bump()
+        for watched, changes in self._subscriptions:
+            if not watched.isdisjoint(kinds):
+                changes.bump()
 
 
 def _ref_key(ref: ObjectRef) -> Key:
@@ -256,10 +288,10 @@ def _inputs_from(
     by_kind: Mapping[str, Mapping[Key, KubeObject]], drained: frozenset[str]
 ) -> ClusterInputs:
     def namespaced(kind: str) -> Mapping[Key, Any]:
-        return MappingProxyType(dict(by_kind[kind]))
+        return MappingProxyType(dict(by_kind.get(kind, _EMPTY)))
 
     def cluster_scoped(kind: str) -> Mapping[str, Any]:
-        return MappingProxyType({name: obj for (_, name), obj in by_kind[kind].items()})
+        return MappingProxyType({name: obj for (_, name), obj in by_kind.get(kind, _EMPTY).items()})
 
     return ClusterInputs(
         services=namespaced(SERVICE),
@@ -269,5 +301,6 @@ def _inputs_from(
         pools=cluster_scoped(IP_POOL),
         bgp_peers=cluster_scoped(BGP_PEER),
         bgp_advertisements=cluster_scoped(BGP_ADVERTISEMENT),
+        namespaces=cluster_scoped(NAMESPACE),
         drained=drained,
     )

@@ -15,8 +15,6 @@ from typing import Any
 from weir.common import viewhash
 from weir.common.pb import pb
 
-view_hash = viewhash.view_hash  # sha256 hex of a view's content; versions and hash excluded
-
 # Services digests of the last few clusters, keyed by id and checked by identity: every node's
 # hash of one cluster reuses it. Clusters are not mutated after reduce (only their version is
 # stamped, which no hash covers). reduce() may run in a thread, hence the lock.
@@ -55,7 +53,7 @@ def node_bgp(cluster: pb.ClusterSnapshot, node: str) -> pb.BGPConfig | None:
 
 
 def node_view_hash(cluster: pb.ClusterSnapshot, node: str) -> str:
-    """view_hash(node_view(cluster, node)) without building the view: cheap per node."""
+    """viewhash.view_hash(node_view(cluster, node)) without building the view: cheap per node."""
     trailer = viewhash.node_trailer(node, cluster.maglev_seed, node_bgp(cluster, node))
     return viewhash.finish(_services_digest(cluster), trailer)
 

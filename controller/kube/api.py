@@ -46,6 +46,12 @@ class Resource:
         parts = [base, self.plural, name, subresource]
         return "/".join(p for p in parts if p)
 
+    def typed(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """obj with apiVersion and kind, which built-in list items come without."""
+        obj.setdefault("apiVersion", self.api_version)
+        obj.setdefault("kind", self.kind)
+        return obj
+
 
 SERVICES = Resource("Service", "", "v1", "services", True)
 ENDPOINT_SLICES = Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", True)
@@ -199,8 +205,31 @@ class KubeAPI:
         path = res.path(namespace, name, subresource)
         return await self.request("PATCH", path, body=patch, content_type=content_type)
 
-    async def list_page(
-        self, res: Resource, namespace: str = "", *, limit: int = 500, cont: str = ""
+    async def list_all(
+        self, res: Resource, namespace: str = "", *, page_size: int = 500
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object (typed) and the list's resourceVersion. Pages are consistent with the
+        first one; when the server expires the continue token, one unpaginated list instead."""
+        items: list[Any] = []
+        cont = ""
+        try:
+            while True:
+                page = await self._list_page(res, namespace, page_size, cont)
+                items += page.get("items") or []
+                meta = page.get("metadata") or {}
+                cont = meta.get("continue") or ""
+                if not cont:
+                    break
+        except ApiError as e:
+            if not (e.gone and cont):
+                raise
+            page = await self._list_page(res, namespace, 0, "")
+            items, meta = page.get("items") or [], page.get("metadata") or {}
+        typed = [res.typed(o) for o in items if isinstance(o, dict)]
+        return typed, str(meta.get("resourceVersion") or "")
+
+    async def _list_page(
+        self, res: Resource, namespace: str, limit: int, cont: str
     ) -> dict[str, Any]:
         query = [("limit", str(limit))]
         if cont:

@@ -1,7 +1,7 @@
 """IP address management: which addresses each LoadBalancer Service gets (pure, deterministic).
 
-Inputs are the typed Services and LoadBalancerIPPools of the cluster state, each Service's IP
-family policy and the namespaces' labels; the output is one Allocation per Service Weir
+Inputs are the typed Services (with their IP family policies) and LoadBalancerIPPools of the
+cluster state, and the namespaces' labels; the output is one Allocation per Service Weir
 handles (its addresses, or why it has none) and the usage of every pool. There is no store:
 the addresses Services already hold (status.loadBalancer.ingress) are the allocation state,
 so a restarted or newly elected controller computes the same answer and no address moves.
@@ -28,7 +28,13 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from weir.controller.core.objects import ANN_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS, IPPool, Service
+from weir.controller.core.crds import IPPool
+from weir.controller.core.objects import (
+    ANN_LOAD_BALANCER_IPS,
+    LOAD_BALANCER_CLASS,
+    FamilyPolicy,
+    Service,
+)
 
 Key = tuple[str, str]  # (namespace, name)
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,21 +46,6 @@ CONFLICT = "IPConflict"
 INVALID = "InvalidRequest"
 
 INT64_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class FamilyPolicy:
-    """spec.ipFamilies and spec.ipFamilyPolicy of a Service (the API server defaults both)."""
-
-    families: tuple[str, ...] = ("IPv4",)
-    policy: str = "SingleStack"  # SingleStack, PreferDualStack, RequireDualStack
-
-    def wanted(self) -> tuple[int, ...]:
-        """IP versions wanted, in the Service's order."""
-        versions = tuple(6 if f == "IPv6" else 4 for f in self.families) or (4,)
-        if self.policy == "SingleStack":
-            return versions[:1]
-        return tuple(dict.fromkeys((*versions, 6 if versions[0] == 4 else 4)))
 
 
 @dataclass(frozen=True)
@@ -106,13 +97,11 @@ def allocate(
     pools: Iterable[IPPool],
     *,
     default_class: bool = False,
-    families: Mapping[Key, FamilyPolicy] | None = None,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     reserved: Mapping[str, str] | None = None,
 ) -> IPAMResult:
     """reserved: addresses held by Services this run does not allocate for (other classes,
     unreadable ones), address -> "namespace/name"; they are never handed out."""
-    families = families or {}
     ns_labels = namespace_labels or {}
     ours = sorted((s for s in services if handles(s, default_class)), key=Service.age_key)
     table = _Claims([_Pool(p) for p in sorted(pools, key=lambda p: p.name)])
@@ -125,11 +114,10 @@ def allocate(
 
     def selecting(svc: Service) -> list[_Pool]:
         labels = ns_labels.get(svc.namespace)
-        return [p for p in table.pools if p.pool.selects(svc, labels)]
+        return [p for p in table.pools if p.pool.selects(svc.namespace, svc.labels, labels)]
 
     for svc in ours:  # 1. holders
-        policy = families.get(svc.key, FamilyPolicy())
-        alloc = _keep(svc, policy, selecting(svc), table)
+        alloc = _keep(svc, svc.families, selecting(svc), table)
         if alloc is not None:
             done[svc.key] = alloc
     for svc in ours:  # 2. requested addresses
@@ -137,8 +125,7 @@ def allocate(
             done[svc.key] = _requested(svc, selecting(svc), table)
     for svc in ours:  # 3. automatic
         if svc.key not in done:
-            policy = families.get(svc.key, FamilyPolicy())
-            done[svc.key] = _automatic(svc, policy, selecting(svc), table)
+            done[svc.key] = _automatic(svc, svc.families, selecting(svc), table)
     return IPAMResult(done, table.usage())
 
 

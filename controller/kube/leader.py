@@ -115,17 +115,13 @@ class LeaderElector:
     async def _lead(self, lead: Callable[[], Awaitable[None]]) -> bool:
         """Lead until the Lease is lost (False) or lead() ends (True, or its exception)."""
         cfg = self.config
-        work = asyncio.ensure_future(lead())
+        work = asyncio.create_task(lead(), name="lead")
         renewed = time.monotonic()
         try:
             while True:
                 # Renew every retry period, and wake at the renew deadline at the latest.
                 until_deadline = renewed + cfg.renew_deadline - time.monotonic()
-                tick = asyncio.ensure_future(
-                    asyncio.sleep(max(0.0, min(cfg.retry_period, until_deadline)))
-                )
-                await asyncio.wait((work, tick), return_when=asyncio.FIRST_COMPLETED)
-                tick.cancel()
+                await asyncio.wait((work,), timeout=max(0.0, min(cfg.retry_period, until_deadline)))
                 if work.done():
                     work.result()  # lead() failed: raise its exception
                     return True

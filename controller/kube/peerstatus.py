@@ -219,19 +219,12 @@ class PeerStatusWriter:
         return ok
 
     async def _list(self) -> dict[str, dict[str, Any]] | None:
-        peers: dict[str, dict[str, Any]] = {}
-        cont = ""
         try:
-            while True:
-                page = await self.api.list_page(BGP_PEERS, cont=cont)
-                for obj in page.get("items") or []:
-                    peers[obj["metadata"]["name"]] = obj
-                cont = (page.get("metadata") or {}).get("continue") or ""
-                if not cont:
-                    return peers
+            items, _ = await self.api.list_all(BGP_PEERS)
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("listing BGPPeers failed", error=repr(e))
             return None
+        return {obj["metadata"]["name"]: obj for obj in items}
 
     async def _patch(self, obj: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:
         """Merge nodes (None removes) into obj's status, if obj is still as listed."""

@@ -1,10 +1,11 @@
-"""The Kubernetes-only parts of weir-controller: their flags, and the task that runs the
-allocator on the elected leader (or always, without --leader-elect).
+"""The Kubernetes-only parts of weir-controller: their flags, and KubernetesParts, which builds
+them and the tasks they run.
 
-Every replica watches (the source feeds the allocator's view next to the cluster state) and
+Every replica watches (the source feeds the cluster state, which the allocator reads too),
 serves the NodePlane and writes the BGPPeer status entries of the agents connected to it
-(controller/kube/peerstatus.py); only the Lease holder writes Service status, Events and pool
-status, and removes the BGPPeer status entries of gone replicas.
+(controller/kube/peerstatus.py); only the Lease holder (or every replica, without
+--leader-elect) runs the allocator, which writes Service status, Events and pool status, and
+removes the BGPPeer status entries of gone replicas.
 """
 
 from __future__ import annotations
@@ -12,17 +13,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from weir.common.logs import get_logger
-from weir.controller.kube.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
+from weir.controller.kube.api import KubeAPI, load_client
+from weir.controller.kube.drain import AnnotationDrainer
 from weir.controller.kube.leader import LeaderElector, LeaseConfig, default_identity
 from weir.controller.kube.peerstatus import PeerStatusWriter
 from weir.controller.plane.healthport import serve_health
-from weir.controller.sources.kubernetes import FanOutSink, KubernetesSource
+from weir.controller.plane.servicer import NodePlane
+from weir.controller.sources.kubernetes import KubernetesSource
 
 log = get_logger("weir.controller")
+
+# What the cluster state keeps with this source: the snapshot's kinds and the allocator's.
+STATE_KINDS = ALL_KINDS | WATCHED_KINDS
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -63,52 +73,53 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TaskFactory = Callable[[Any], Coroutine[Any, Any, None]]
+class KubernetesParts:
+    """The API client (owned: close() closes it), the source, the Node-annotation drainer,
+    and tasks() for the rest."""
 
+    def __init__(self, args: argparse.Namespace, api: KubeAPI) -> None:
+        self.args = args
+        self.api = api
+        self.source = KubernetesSource(api, args.secrets_namespace)
+        self.drainer = AnnotationDrainer(api)
+        self.identity = args.identity or default_identity()
+        self.lease: LeaseConfig | None = None
+        if args.leader_elect:
+            try:
+                self.lease = LeaseConfig(
+                    namespace=args.lease_namespace,
+                    name=args.lease_name,
+                    identity=self.identity,
+                    lease_duration=args.lease_duration,
+                    renew_deadline=args.renew_deadline,
+                    retry_period=args.retry_period,
+                )
+            except ValueError as e:
+                raise SystemExit(f"weir-controller: {e}") from None
 
-def kubernetes_tasks(args: argparse.Namespace, source: KubernetesSource) -> list[TaskFactory]:
-    """controller.main task factories; call before the source runs (it adds the view)."""
-    tasks = [leader_task(args, source)]
-    if args.health_listen:
-
-        async def health_port(ctl: Any) -> None:
-            await serve_health(args.health_listen, ctl.store)
-
-        tasks.append(health_port)
-    return tasks
-
-
-def leader_task(args: argparse.Namespace, source: KubernetesSource) -> TaskFactory:
-    """Leader election running the allocator (or the allocator alone without election)."""
-    view = AllocatorView()
-    source.observers.append(view)
-    identity = args.identity or default_identity()
-    lease = None
-    if args.leader_elect:
+    @classmethod
+    async def connect(cls, args: argparse.Namespace) -> KubernetesParts:
+        api = KubeAPI(await load_client(args.kubeconfig))
         try:
-            lease = LeaseConfig(
-                namespace=args.lease_namespace,
-                name=args.lease_name,
-                identity=identity,
-                lease_duration=args.lease_duration,
-                renew_deadline=args.renew_deadline,
-                retry_period=args.retry_period,
-            )
-        except ValueError as e:
-            raise SystemExit(f"weir-controller: {e}") from None
+            return cls(args, api)
+        except BaseException:  # bad flags (SystemExit): the client must not leak
+            await api.client.close()
+            raise
 
-    async def kubernetes_leader(ctl: Any) -> None:
+    def tasks(
+        self, state: ClusterState, store: SnapshotStore, plane: NodePlane
+    ) -> dict[str, Coroutine[Any, Any, None]]:
+        """By name: the BGPPeer status writer, the allocator under leader election, and the
+        health port. state must keep STATE_KINDS."""
         allocator = Allocator(
-            source.api,
-            ctl.state,
-            view,
-            FanOutSink(ctl.state, view),
-            default_class=args.default_class,
-            instance=identity,
-            fence=lambda: source.resync(WATCHED_KINDS),
+            self.api,
+            state,
+            default_class=self.args.default_class,
+            instance=self.identity,
+            fence=lambda: self.source.resync(WATCHED_KINDS),
         )
         peer_status = PeerStatusWriter(
-            source.api, ctl.plane, ctl.state, reporter=identity, refresh=args.peer_status_refresh
+            self.api, plane, state, reporter=self.identity, refresh=self.args.peer_status_refresh
         )
 
         async def lead() -> None:
@@ -116,18 +127,17 @@ def leader_task(args: argparse.Namespace, source: KubernetesSource) -> TaskFacto
                 tg.create_task(allocator.run(), name="allocator")
                 tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
 
-        try:
-            async with asyncio.TaskGroup() as tg:
-                # Every replica: its agents are connected to it only.
-                tg.create_task(peer_status.run(), name="bgppeer-status")
-                if lease is None:
-                    log.info("no leader election: this replica allocates")
-                    tg.create_task(lead(), name="lead")
-                else:
-                    tg.create_task(LeaderElector(source.api, lease).run(lead), name="elector")
-        finally:
-            # Only at shutdown (or when the controller fails anyway), after the Lease was
-            # released: the API client goes with the process.
-            await source.api.client.close()
+        # Every replica writes the status of its own agents: they are connected to it only.
+        tasks: dict[str, Coroutine[Any, Any, None]] = {"bgppeer-status": peer_status.run()}
+        if self.lease is None:
+            log.info("no leader election: this replica allocates")
+            tasks["lead"] = lead()
+        else:
+            tasks["elector"] = LeaderElector(self.api, self.lease).run(lead)
+        if self.args.health_listen:
+            tasks["health"] = serve_health(self.args.health_listen, store)
+        return tasks
 
-    return kubernetes_leader
+    async def close(self) -> None:
+        """Once every task ended (the Lease is released by then)."""
+        await self.api.client.close()

@@ -95,14 +95,19 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     plane: NodePlane
-    _ready: asyncio.Task[None]
+    _ready: asyncio.Task[None]  # turns health SERVING at the first version; ends with stop()
 
     async def stop(self, grace: float = 5.0) -> None:
         self._ready.cancel()
-        await self.health.enter_graceful_shutdown()
-        self.plane.close()
-        await self.server.stop(grace)
-        log.info("gRPC server stopped")
+        try:
+            await self.health.enter_graceful_shutdown()
+            self.plane.close()
+            await self.server.stop(grace)
+            log.info("gRPC server stopped")
+        finally:
+            await asyncio.wait((self._ready,))
+            if not self._ready.cancelled():
+                self._ready.result()  # raises what it failed with
 
 
 async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> RunningServer:
@@ -128,7 +133,9 @@ async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> 
         for name in ("", SERVICE_NAME):
             await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    running = RunningServer(server, port, checker, plane, asyncio.create_task(ready()))
+    running = RunningServer(
+        server, port, checker, plane, asyncio.create_task(ready(), name="grpc-health-ready")
+    )
     log.info(
         "gRPC server listening",
         listen=listen,

@@ -28,6 +28,7 @@ from typing import NoReturn
 
 import grpc
 from prometheus_client import Gauge
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import ACCEPTED_KEY, pb
 from weir.controller.core.snapshots import SnapshotStore
@@ -78,7 +79,7 @@ class _Session:
 
 
 class NodePlane:
-    """The servicer. Register it with controller.server (Connect sends pre-encoded bytes)."""
+    """The servicer; plane/server.py serves it (Connect sends bytes the store encoded)."""
 
     def __init__(
         self,
@@ -103,7 +104,7 @@ class NodePlane:
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
-        self._changed = asyncio.Event()
+        self._changes = Generation()  # on every agent event and version
         self._lag_gauges: dict[str, Gauge] = {}
         self._ack_waiters: list[tuple[int, set[str], asyncio.Future[None]]] = []
         store.subscribe(self._on_version)
@@ -116,8 +117,9 @@ class NodePlane:
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until predicate() holds; re-checked on every agent event (open, ack, ...)."""
+        seen = self._changes.value
         while not predicate():
-            await self._changed.wait()
+            seen = await self._changes.wait_past(seen)
 
     async def wait_acked(self, version: int, nodes: Iterable[str]) -> None:
         """Wait until each of these nodes acked version (or a later one)."""
@@ -142,17 +144,13 @@ class NodePlane:
             gauge = self._lag_gauges[node] = self.metrics.agent_lag.labels(node)
         return gauge
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
     def _on_version(self, version: int) -> None:
         self.metrics.snapshot_version.set(version)
         for session in self._sessions.values():
             session.wake.set()
         for info in self._agents.values():
             self._lag(info.node).set(version - info.acked_version)
-        self._notify()
+        self._changes.bump()
 
     # --- the agent stream -------------------------------------------------------------
 
@@ -213,7 +211,7 @@ class NodePlane:
         self, context: grpc.aio.ServicerContext, reason: str, code: grpc.StatusCode, details: str
     ) -> NoReturn:
         self.metrics.refused.labels(reason).inc()
-        self._notify()
+        self._changes.bump()
         await context.abort(code, details)
         raise AssertionError("abort returned")  # abort always raises
 
@@ -263,7 +261,7 @@ class NodePlane:
         if self._sessions.get(node) is session:
             del self._sessions[node]
         self.metrics.connected_agents.set(len(self._sessions))
-        self._notify()
+        self._changes.bump()
         log.info("agent disconnected", node=node, reason=session.end_reason or "stream ended")
 
     async def _read(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
@@ -277,7 +275,7 @@ class NodePlane:
                 self._on_ack(session, msg.ack)
             elif kind == "status":
                 session.info.status.CopyFrom(msg.status)
-                self._notify()
+                self._changes.bump()
             else:
                 log.warning("unexpected message on agent stream", node=session.info.node, kind=kind)
 
@@ -325,7 +323,7 @@ class NodePlane:
                 pending.discard(info.node)
                 if not pending and not future.done():
                     future.set_result(None)
-        self._notify()
+        self._changes.bump()
 
     async def _send(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
         info = session.info

@@ -1,7 +1,7 @@
 """The seam between where cluster objects come from (files, the Kubernetes API) and the state.
 
 A Source feeds Kubernetes JSON-shaped mappings (`apiVersion`, `kind`, `metadata`, `spec`,
-`status`) into a StateSink. controller.state.ClusterState is the sink; it parses each object at
+`status`) into a StateSink. core.state.ClusterState is the sink; it parses each object at
 the boundary, so sources pass objects through as read and never validate them.
 
 All sink methods must be called on the event loop thread that awaits the state's changes.

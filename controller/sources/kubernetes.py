@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,8 +43,7 @@ from weir.controller.sources.base import StateSink
 log = get_logger("weir.source.kubernetes")
 _T = TypeVar("_T")
 
-# Namespaces are read for the pools' namespaceSelector (the allocator's view); the cluster
-# state ignores the kind.
+# Namespaces are read for the pools' namespaceSelector (IPAM); reduce does not use them.
 CLUSTER_RESOURCES = (
     SERVICES,
     ENDPOINT_SLICES,
@@ -79,36 +78,6 @@ class Watched:
     namespace: str = ""  # "" = all namespaces (or a cluster-scoped kind)
 
 
-class FanOutSink:
-    """A StateSink that forwards every call to several sinks (the state, the IPAM view)."""
-
-    def __init__(self, *sinks: StateSink) -> None:
-        self.sinks = sinks
-
-    def replace(
-        self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]], origin: str = ""
-    ) -> None:
-        objects = list(objects)
-        for s in self.sinks:
-            s.replace(kinds, objects, origin)
-
-    def upsert(self, obj: Mapping[str, Any]) -> None:
-        for s in self.sinks:
-            s.upsert(obj)
-
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        for s in self.sinks:
-            s.delete(kind, namespace, name)
-
-    def report_error(self, err: pb.ObjectError, origin: str = "") -> None:
-        for s in self.sinks:
-            s.report_error(err, origin)
-
-    def clear_errors(self, origin: str) -> None:
-        for s in self.sinks:
-            s.clear_errors(origin)
-
-
 @dataclass
 class _Reflector:
     watched: Watched
@@ -118,11 +87,10 @@ class _Reflector:
 
 
 class KubernetesSource:
-    """Implements controller.sources.base.Source over the Kubernetes API.
+    """Implements sources.base.Source over the Kubernetes API.
 
     secrets_namespace: Secrets (BGP passwords) are read from this namespace only, so the
     controller needs no cluster-wide Secret access.
-    observers: more sinks fed exactly like the one run() is given (the allocator's view).
     """
 
     def __init__(
@@ -146,11 +114,8 @@ class KubernetesSource:
                 Watched(SECRETS, secrets_namespace),
             )
         self._reflectors = {w.resource.kind: _Reflector(w) for w in watched}
-        self.observers: list[StateSink] = []
 
     async def run(self, sink: StateSink) -> None:
-        if self.observers:
-            sink = FanOutSink(sink, *self.observers)
         async with asyncio.TaskGroup() as tg:
             for kind, r in self._reflectors.items():
                 tg.create_task(self._reflect(r, sink), name=f"reflect-{kind}")
@@ -231,29 +196,10 @@ class KubernetesSource:
             )
 
     async def _list(self, w: Watched) -> tuple[list[dict[str, Any]], str]:
-        """All objects and the list's resourceVersion. Pages are consistent with the first
-        one; when the server expires the continue token, one unpaginated list instead."""
-        items: list[dict[str, Any]] = []
-        cont = ""
-        try:
-            while True:
-                page = await self.api.list_page(
-                    w.resource, w.namespace, limit=self.page_size, cont=cont
-                )
-                items += page.get("items") or []
-                meta = page.get("metadata") or {}
-                cont = meta.get("continue") or ""
-                if not cont:
-                    break
-        except ApiError as e:
-            if not (e.gone and cont):
-                raise
-            page = await self.api.list_page(w.resource, w.namespace, limit=0)
-            items, meta = page.get("items") or [], page.get("metadata") or {}
-        rv = str(meta.get("resourceVersion") or "")
+        items, rv = await self.api.list_all(w.resource, w.namespace, page_size=self.page_size)
         if not rv:
             raise ValueError(f"list of {w.resource.plural} has no resourceVersion")
-        return [_typed(w.resource, o) for o in items if isinstance(o, dict)], rv
+        return items, rv
 
     async def _watch(self, r: _Reflector, sink: StateSink) -> int:
         """Watch from r.rv until the server ends the stream, moving r.rv along with every
@@ -272,7 +218,7 @@ class KubernetesSource:
                 meta = obj.get("metadata") or {}
                 events += 1
                 if etype in ("ADDED", "MODIFIED"):
-                    sink.upsert(_typed(res, obj))
+                    sink.upsert(res.typed(obj))
                 elif etype == "DELETED":
                     sink.delete(res.kind, meta.get("namespace") or "", meta.get("name") or "")
                 elif etype != "BOOKMARK":
@@ -281,13 +227,6 @@ class KubernetesSource:
         finally:
             resp.release()
         return events
-
-
-def _typed(res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
-    """Built-in list items come without apiVersion and kind; the state needs both."""
-    obj.setdefault("apiVersion", res.api_version)
-    obj.setdefault("kind", res.kind)
-    return obj
 
 
 async def _unless_woken(coro: Coroutine[Any, Any, _T], wake: asyncio.Event) -> _T | None:

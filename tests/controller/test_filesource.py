@@ -18,7 +18,7 @@ from weir.controller.sources.files import FileSource
 from tests.controller.reduce_support import FILES, endpoint_slice, service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "files"
-PICKUP = 1.0  # issue 2: edits on disk are picked up within a second
+PICKUP = 1.0  # edits on disk are picked up within a second
 
 
 async def until(state: ClusterState, check: Callable[[], bool], within: float = PICKUP) -> float:

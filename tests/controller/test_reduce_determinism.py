@@ -9,10 +9,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from weir.common.pb import pb
+from weir.common.viewhash import view_hash
 from weir.controller.core.objects import ALL_KINDS
 from weir.controller.core.reduce import ReduceResult, reduce
 from weir.controller.core.state import ClusterState
-from weir.controller.core.views import node_view, node_view_hash, view_hash
+from weir.controller.core.views import node_view, node_view_hash
 
 from tests.controller.reduce_support import (
     FILES,
@@ -209,6 +210,22 @@ def test_state_generation_and_wait_changed() -> None:
         assert state.inputs() is not inputs and len(inputs.services) == 1  # old view intact
 
     asyncio.run(scenario())
+
+
+def test_changes_of_some_kinds_and_unparsed_objects() -> None:
+    state = ClusterState()
+    services = state.changes_of(frozenset({"Service"}))
+    state.replace(ALL_KINDS, [])
+    assert services.value == 1  # the first list of Services
+    state.upsert(endpoint_slice("web-1", "web", ["10.0.0.1"]))
+    state.upsert(node("lb-1", "172.16.0.1"))
+    assert services.value == 1 and state.generation == 3
+    bad = service("bad", ports=[("http", 0, "TCP")])
+    state.upsert(bad)
+    assert services.value == 2 and state.unparsed("Service") == [bad]
+    assert [e.name for e in state.errors()] == ["bad"]
+    state.delete("Service", "default", "bad")
+    assert services.value == 3 and state.unparsed("Service") == []
 
 
 def test_views_and_hashes() -> None:

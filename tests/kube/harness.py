@@ -1,5 +1,5 @@
-"""An in-process Kubernetes-side controller for tests: source, state, view and allocator,
-wired as weir-controller wires them, against the fake API server."""
+"""An in-process Kubernetes-side controller for tests: source, state and allocator, wired as
+weir-controller wires them (controller/kube/wiring.py), against the fake API server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import contextlib
 from typing import Any
 
 from weir.controller.core.state import ClusterState
-from weir.controller.kube.allocator import WATCHED_KINDS, Allocator, AllocatorView
+from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
 from weir.controller.kube.api import KubeAPI
-from weir.controller.sources.kubernetes import FanOutSink, KubernetesSource
+from weir.controller.kube.wiring import STATE_KINDS
+from weir.controller.sources.kubernetes import KubernetesSource
 
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI
@@ -23,15 +24,11 @@ class Harness:
         self.tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        self.state = ClusterState()
-        self.view = AllocatorView()
+        self.state = ClusterState(STATE_KINDS)
         self.source = KubernetesSource(self.kube, NAMESPACE, backoff_base=0.05, backoff_cap=0.3)
-        self.source.observers.append(self.view)
         self.allocator = Allocator(
             self.kube,
             self.state,
-            self.view,
-            FanOutSink(self.state, self.view),
             default_class=self.default_class,
             instance="test",
             fence=lambda: self.source.resync(WATCHED_KINDS),

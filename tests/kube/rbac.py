@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .fakeapi import RequestRecord
+from .fakeapi_http import RequestRecord
 
 
 @dataclass(frozen=True)

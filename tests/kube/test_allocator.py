@@ -214,3 +214,17 @@ async def test_bad_pool_does_not_stop_the_others(ctl: Harness, fake: FakeKubeAPI
     errors = [(e.kind, e.name) for e in ctl.state.errors()]
     assert ("LoadBalancerIPPool", "broken") in errors
     assert pool_status(fake, "broken") == {}
+
+
+async def test_addresses_of_unreadable_services_stay_held(ctl: Harness, fake: FakeKubeAPI) -> None:
+    fake.create(b.service("first"))
+    await fake.wait_until(lambda: ingress(fake, "first") == ["192.0.2.0"])
+    # A Service the state cannot parse (the API server would refuse this affinity; the state
+    # must not rely on that) still holds the address in its status.
+    odd = b.service("odd", sessionAffinity="Sometimes")
+    odd["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
+    ctl.state.upsert(odd)
+    assert ("Service", "odd") in [(e.kind, e.name) for e in ctl.state.errors()]
+    fake.create(b.service("second"))
+    await fake.wait_until(lambda: bool(ingress(fake, "second")))
+    assert ingress(fake, "second") == ["192.0.2.2"]

@@ -7,7 +7,8 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from weir.controller.core.objects import IPPool, Service, parse_ip_pool, parse_service
+from weir.controller.core.crds import IPPool, parse_ip_pool
+from weir.controller.core.objects import Service, parse_service
 from weir.controller.kube.ipam import (
     ALLOCATED,
     CONFLICT,
@@ -15,7 +16,6 @@ from weir.controller.kube.ipam import (
     INT64_MAX,
     INVALID,
     NO_POOL,
-    FamilyPolicy,
     IPAMResult,
     allocate,
 )
@@ -181,13 +181,12 @@ def test_reserved_addresses_are_never_handed_out() -> None:
 
 def test_ipv6_and_dual_stack() -> None:
     pools = [typed_pool("v4", "192.0.2.0/30"), typed_pool("v6", "2001:db8::/64")]
-    svcs = [typed_service("single6", 1), typed_service("dual", 2), typed_service("req", 3)]
-    fams = {
-        ("default", "single6"): FamilyPolicy(("IPv6",), "SingleStack"),
-        ("default", "dual"): FamilyPolicy(("IPv6", "IPv4"), "PreferDualStack"),
-        ("default", "req"): FamilyPolicy(("IPv4", "IPv6"), "RequireDualStack"),
-    }
-    result = allocate(svcs, pools, families=fams)
+    svcs = [
+        typed_service("single6", 1, ipFamilies=["IPv6"], ipFamilyPolicy="SingleStack"),
+        typed_service("dual", 2, ipFamilies=["IPv6", "IPv4"], ipFamilyPolicy="PreferDualStack"),
+        typed_service("req", 3, ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack"),
+    ]
+    result = allocate(svcs, pools)
     assert ips(result) == {
         "single6": ("2001:db8::",),
         "dual": ("2001:db8::1", "192.0.2.0"),
@@ -195,7 +194,7 @@ def test_ipv6_and_dual_stack() -> None:
     }
     usage = result.pools["v6"]
     assert usage.assigned_v6 == 3 and usage.available_v6 == INT64_MAX
-    only4 = allocate(svcs, pools[:1], families=fams)
+    only4 = allocate(svcs, pools[:1])
     assert reasons(only4) == {"single6": NO_POOL, "dual": ALLOCATED, "req": NO_POOL}
 
 

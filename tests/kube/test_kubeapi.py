@@ -30,8 +30,8 @@ async def test_in_cluster_configuration(
     fake.create(b.service("web"))
     api_client = await load_client(None)
     async with api_client:
-        page = await KubeAPI(api_client).list_page(SERVICES)
-    assert [i["metadata"]["name"] for i in page["items"]] == ["web"]
+        items, _ = await KubeAPI(api_client).list_all(SERVICES)
+    assert [i["metadata"]["name"] for i in items] == ["web"]
     assert fake.records[-1].user == "system:serviceaccount:weir-system:weir-controller"
 
 
