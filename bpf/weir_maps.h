@@ -108,19 +108,25 @@ struct slot_line {
  * with single 8-byte accesses: no reader on any CPU sees half an entry. Shared by all
  * CPUs, so a flow whose packets alternate between CPUs keeps its backend while tables
  * change. Inserting is one store (a kernel LRU-hash insert alone costs 2-3x this whole
- * new-flow path here: see nodeagent/dataplane/README.md). A full bucket evicts a way
- * picked by hash bits; an evicted flow is hashed again (same backend unless its table
- * changed meanwhile), as with LRU eviction. client[] records who the way belongs to,
- * for `weirctl bpf ct list` only (the fast path never reads it; the reader trusts a
- * record whose recomputed fingerprint matches the way). */
+ * new-flow path here: see nodeagent/dataplane/README.md). The bucket hash is keyed with
+ * a per-node random secret (config.ct_key, pinned: it survives restarts), so nobody can
+ * compute which flows share a bucket. A full bucket evicts its least recently seen way, if
+ * that way has been idle for WEIR_CT_MIN_AGE ticks; when every way is busy the new flow is
+ * forwarded untracked, so a flood of new flows cannot evict the flows in use. An evicted
+ * flow is hashed again (same backend unless its table changed meanwhile).
+ * client[] records who the way belongs to (for `weirctl bpf ct list`: the reader trusts
+ * a record whose recomputed fingerprint matches the way) and when it was last seen, in
+ * WEIR_CT_TICK units of jiffies (written only when it changes). */
 #define CT_WAYS 4
 #define CT_FP_SHIFT 40
 
 struct ct_client {
 	__be32 saddr_be;
 	__be16 sport_be;
-	u16 pad;
+	u16 seen; /* jiffies >> WEIR_CT_TICK_SHIFT, wrapping */
 };
+#define WEIR_CT_TICK_SHIFT 4 /* 16 jiffies: 16-160 ms, by the kernel's HZ */
+#define WEIR_CT_MIN_AGE 2
 
 struct ct_bucket {
 	u64 way[CT_WAYS];
@@ -134,6 +140,9 @@ struct config {
 	u64 seed;     /* cluster Maglev seed (low 32 bits) */
 	u64 encap;    /* encapsulation: see CFG_ENCAP_* (0 = not configured: encap backends
 		       * are dropped as "encap") */
+	u64 ct_key;   /* the conntrack hash's secret: random, set once when the maps are made */
+	u64 ct_guard; /* at most this many new conntrack entries per second and CPU; beyond,
+		       * new flows are forwarded untracked (0 = no limit) */
 };
 /* config.encap: this node's address (outer source), the encapsulation's UDP port and the
  * underlay MTU, in one word so a packet never sees half of a change. */
@@ -160,7 +169,8 @@ enum drop_reason {
 	DROP_NO_BACKEND = 3, /* table slot names a backend of another service (stale map) */
 	DROP_TOO_BIG = 4,    /* too big to encapsulate within the MTU (ICMP sent when DF) */
 	DROP_ENCAP = 5,      /* cannot encapsulate: no room, or encapsulation not configured */
-	DROP_REASONS = 6,
+	DROP_INVALID = 6,    /* IPv4 header not sane (version, lengths) or impossible source */
+	DROP_REASONS = 7,
 };
 
 /* Frames for a VIP that the fast path leaves to the kernel on purpose: not addressed
@@ -169,6 +179,22 @@ enum drop_reason {
  * bridge floods the frames still sent to its MAC to every node, and forwarding them
  * would deliver them twice. They pass untouched (the kernel drops a frame for another
  * host); these count them. Not drops. Only IPv4 frames to an exact VIP are counted. */
+/* What happened to conntrack (per-CPU counters; packets = events). */
+enum ct_event {
+	CT_INSERT = 0,    /* a new entry */
+	CT_EVICT = 1,     /* an entry replaced by another flow's (a full bucket) */
+	CT_GUARDED = 2,   /* a new flow forwarded untracked: the per-CPU insert rate was reached */
+	CT_UNTRACKED = 3, /* a packet that makes no entry by design (TCP RST or FIN, ICMP) */
+	CT_FULL = 4,      /* a new flow forwarded untracked: every way of its bucket is in use */
+	CT_EVENTS = 5,
+};
+
+/* The insert-rate guard's window, per CPU. */
+struct ct_guard_state {
+	u64 start_ns;
+	u64 count;
+};
+
 enum pass_reason {
 	PASS_OTHER_HOST = 0, /* unicast to another MAC */
 	PASS_MULTICAST = 1,  /* broadcast or multicast destination MAC */
@@ -203,7 +229,7 @@ _Static_assert(__builtin_offsetof(struct backend, svc_key) % 8 == 0,
 	       "backend.svc_key is read as a u64");
 _Static_assert(sizeof(struct backend) == 40, "backend layout");
 _Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
-_Static_assert(sizeof(struct config) == 24, "config words");
+_Static_assert(sizeof(struct config) == 40, "config words");
 
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
 		 WEIR_PIN("services"));
@@ -223,6 +249,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counters, drop_stats, DROP_REASONS,
 		 WEIR_PIN("drop_stats"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, pass_stats, PASS_REASONS,
 		 WEIR_PIN("pass_stats"));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, ct_stats, CT_EVENTS, WEIR_PIN("ct_stats"));
+BPF_TABLE_PINNED("percpu_array", u32, struct ct_guard_state, ct_guard, 1, WEIR_PIN("ct_guard"));
 BPF_TABLE_PINNED("array", u32, struct svc_meta, svc_meta, WEIR_MAX_SERVICES, WEIR_PIN("svc_meta"));
 BPF_TABLE_PINNED("array", u32, struct be_meta, be_meta, WEIR_MAX_BACKENDS, WEIR_PIN("be_meta"));
 

@@ -16,6 +16,8 @@
  */
 #include <linux/in.h>
 #include <linux/icmp.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 
 #include "weir_maps.h"
 #include "weir_parse.h"
@@ -55,6 +57,14 @@ static __always_inline int weir_vip_maybe(__be32 daddr)
 	u64 *bits = vipf.lookup(&w);
 
 	return bits && ((*bits >> (h & 63)) & 1);
+}
+
+/* No real client sends from 0.0.0.0, a multicast or the broadcast address. */
+static __always_inline int weir_source_ok(__be32 saddr)
+{
+	u8 first = *(u8 *)&saddr;
+
+	return saddr && first < 224;
 }
 
 /* Compare a packet MAC with the 6 bytes stored at the start of a config word. */
@@ -250,18 +260,16 @@ struct weir_flow {
 	u8 proto;
 };
 
-/* Pick a backend for a flow with no (valid) conntrack entry; with `track`, remember it
- * in `way` of its bucket. Returns the backend index, or -1 with *action set. */
+/* Pick a backend for a flow with no (valid) conntrack entry. Returns the backend index,
+ * or -1 with *action set. */
 static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *sk,
-				     const struct config *cfg, u64 bytes, struct ct_bucket *bucket,
-				     const struct weir_ct_pos *pos, u32 way, const int track,
-				     int *action)
+				     const struct config *cfg, u64 bytes, int *action)
 {
 	struct svc_value *svc = services.lookup(sk);
 	struct slot_line *line;
 	struct backend *be;
 	u32 size, hport, hash, slot, line_idx, id;
-	u64 word, handle;
+	u64 word;
 
 	if (!svc) {
 		*action = XDP_PASS; /* the VIP, but not a port/protocol we serve */
@@ -298,42 +306,67 @@ static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *
 		*action = weir_drop(DROP_NO_BACKEND, bytes);
 		return -1;
 	}
-	/* handle 0: the backend was retired by the flip this packet raced with; it still
-	 * goes there (old table), but is not remembered. */
-	handle = WEIR_READ_ONCE(be->handle);
-	if (track && handle) {
-		way &= CT_WAYS - 1;
-		WEIR_WRITE_ONCE(bucket->way[way], ((u64)pos->fp << CT_FP_SHIFT) | handle);
-		bucket->client[way].saddr_be = f->saddr;
-		bucket->client[way].sport_be = f->ports.src;
-	}
 	return id;
 }
 
-/* Conntrack, then Maglev, then forward. Without `track` (ICMP errors about a flow) the
- * flow's entry is used but none is made. */
+static __always_inline void weir_ct_count(u32 event)
+{
+	weir_count(ct_stats.lookup(&event), 0, 0);
+}
+
+/* The insert-rate guard (as Katran's): may this CPU make another conntrack entry in the
+ * current one-second window? Under a flood of new flows, established flows keep their
+ * entries; the flows beyond the rate are forwarded all the same, by Maglev. */
+static __always_inline int weir_ct_admit(const struct config *cfg)
+{
+	u64 limit = WEIR_READ_ONCE(cfg->ct_guard), now;
+	struct ct_guard_state *g;
+	u32 zero = 0;
+
+	if (!limit)
+		return 1;
+	g = ct_guard.lookup(&zero);
+	if (!g)
+		return 1;
+	now = bpf_ktime_get_ns();
+	if (now - g->start_ns >= 1000000000ULL) {
+		g->start_ns = now;
+		g->count = 0;
+	}
+	if (g->count >= limit)
+		return 0;
+	g->count++;
+	return 1;
+}
+
+/* Conntrack, then Maglev, then forward. Packets that must not make an entry (`track` 0:
+ * TCP RST or FIN, ICMP errors about a flow) use the flow's entry but make none. */
 static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_flow *f,
 					const struct config *cfg, u64 node_mac, u32 l2len,
-					u64 bytes, const int track)
+					u64 bytes, int track)
 {
 	struct svc_key sk = {
 		.vip_be = f->daddr,
 		.port_be = f->ports.dst,
 		.proto = f->proto,
 	};
+	u16 now = bpf_jiffies64() >> WEIR_CT_TICK_SHIFT, oldest_age = 0;
 	struct weir_ct_pos pos;
 	struct ct_bucket *bucket;
-	int match = -1, empty = -1, action = XDP_PASS, id;
-	u64 hit = 0;
-	u32 way;
+	struct backend *be;
+	int match = -1, empty = -1, oldest = 0, full = 0, action = XDP_PASS, id;
+	u64 hit = 0, handle;
+	u32 way, bid;
 
-	pos = weir_ct_hash(f->saddr, f->daddr, *(u32 *)&f->ports, f->proto, WEIR_CT_BUCKETS);
+	pos = weir_ct_hash(f->saddr, f->daddr, *(u32 *)&f->ports, f->proto,
+			   WEIR_READ_ONCE(cfg->ct_key), WEIR_CT_BUCKETS);
 	bucket = conntrack.lookup(&pos.bucket);
 	if (!bucket)
 		return XDP_PASS;
 #pragma unroll
 	for (int i = 0; i < CT_WAYS; i++) {
 		u64 w = WEIR_READ_ONCE(bucket->way[i]);
+		u16 age = now - bucket->client[i].seen;
 
 		if (match < 0 && (w >> CT_FP_SHIFT) == pos.fp) {
 			match = i;
@@ -341,35 +374,62 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		}
 		if (empty < 0 && !w)
 			empty = i;
+		if (age > oldest_age) {
+			oldest_age = age;
+			oldest = i;
+		}
 	}
 	if (match >= 0) {
-		u64 handle = hit & BE_HANDLE_MASK;
-		u32 hid = handle & BE_INDEX_MASK;
-		struct backend *be = backends.lookup(&hid);
-
+		handle = hit & BE_HANDLE_MASK;
+		bid = handle & BE_INDEX_MASK;
+		be = backends.lookup(&bid);
 		/* Live and the same service (a fingerprint match could be another flow's):
 		 * a retired backend has handle 0, a reused index another generation. */
 		if (be && handle && WEIR_READ_ONCE(be->handle) == handle &&
-		    *(u64 *)&be->svc_key == *(u64 *)&sk)
-			return weir_forward(ctx, be, hid, cfg, node_mac, l2len, pos.victim, bytes,
+		    *(u64 *)&be->svc_key == *(u64 *)&sk) {
+			if (bucket->client[match & (CT_WAYS - 1)].seen != now)
+				bucket->client[match & (CT_WAYS - 1)].seen = now;
+			return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes,
 					    0);
+		}
 		way = match;
 	} else if (empty >= 0) {
 		way = empty;
+	} else if (oldest_age >= WEIR_CT_MIN_AGE) {
+		way = oldest; /* least recently seen, and idle for a while */
 	} else {
-		way = pos.victim;
+		track = 0; /* every way is in use right now: keep them */
+		full = 1;
 	}
-	id = weir_pick(f, &sk, cfg, bytes, bucket, &pos, way, track, &action);
+	id = weir_pick(f, &sk, cfg, bytes, &action);
 	if (id < 0)
 		return action;
-	{
-		u32 bid = id;
-		struct backend *be = backends.lookup(&bid);
-
-		if (!be)
-			return weir_drop(DROP_NO_BACKEND, bytes);
-		return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.victim, bytes, track);
+	bid = id;
+	be = backends.lookup(&bid);
+	if (!be)
+		return weir_drop(DROP_NO_BACKEND, bytes);
+	/* handle 0: the backend was retired by the flip this packet raced with; it still
+	 * goes there (old table), but is not remembered. */
+	handle = WEIR_READ_ONCE(be->handle);
+	if (track && handle) {
+		if (weir_ct_admit(cfg)) {
+			way &= CT_WAYS - 1;
+			if (WEIR_READ_ONCE(bucket->way[way]))
+				weir_ct_count(CT_EVICT);
+			WEIR_WRITE_ONCE(bucket->way[way], ((u64)pos.fp << CT_FP_SHIFT) | handle);
+			bucket->client[way].saddr_be = f->saddr;
+			bucket->client[way].sport_be = f->ports.src;
+			bucket->client[way].seen = now;
+			weir_ct_count(CT_INSERT);
+		} else {
+			weir_ct_count(CT_GUARDED);
+		}
+	} else if (full) {
+		weir_ct_count(CT_FULL);
+	} else if (!track) {
+		weir_ct_count(CT_UNTRACKED);
 	}
+	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes, track);
 }
 
 /* An ICMP error sent to a VIP quotes a packet the VIP sent (a backend's reply): send it to
@@ -409,12 +469,13 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 {
 	struct ethhdr *eth = data;
 	u64 bytes = data_end - data;
-	u32 l2len = (void *)ip - data;
+	u32 l2len = (void *)ip - data, zero = 0, tot, l4_min;
 	struct weir_ports *ports;
 	struct config *cfg;
 	struct weir_flow f;
+	void *l4_end;
 	u64 node_mac;
-	u32 zero = 0;
+	int track = 1;
 
 	cfg = config.lookup(&zero);
 	if (!cfg)
@@ -425,14 +486,24 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 	 * the one the rewrite below uses: no extra lookup. */
 	if (!weir_mac_is(eth->h_dest, node_mac))
 		return weir_not_for_us(eth->h_dest, ip->daddr, bytes);
-	if (ip->ihl < 5)
-		return XDP_PASS;
+	/* A header that lies about itself, or a source no real client has, makes no flow:
+	 * dropped when the address really is a VIP. */
+	tot = bpf_ntohs(ip->tot_len);
+	l4_end = (void *)ip + tot;
+	if (*(u8 *)ip >> 4 != 4 || ip->ihl < 5 || tot < ip->ihl * 4 || l4_end > data_end ||
+	    !weir_source_ok(ip->saddr)) {
+		if (!vips.lookup(&ip->daddr))
+			return XDP_PASS;
+		return weir_drop(DROP_INVALID, bytes);
+	}
 	if (ip->protocol == IPPROTO_ICMP)
 		return weir_icmp_error(ctx, ip, cfg, node_mac, l2len, bytes);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	ports = (void *)ip + ip->ihl * 4;
-	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK) || (void *)(ports + 1) > data_end) {
+	l4_min = ip->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
+	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK) || (void *)ports + l4_min > l4_end ||
+	    (void *)(ports + 1) > data_end) {
 		/* No ports to hash: drop when the address really is a VIP. */
 		if (!vips.lookup(&ip->daddr))
 			return XDP_PASS;
@@ -444,7 +515,17 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 	f.daddr = ip->daddr;
 	f.ports = *ports;
 	f.proto = ip->protocol;
-	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 1);
+	if (f.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)ports;
+
+		if ((void *)(tcp + 1) > data_end)
+			return weir_drop(DROP_PARSE, bytes);
+		/* A RST or FIN ends a flow: never worth an entry (nor a way for a flood to
+		 * make one). */
+		if (tcp->rst || tcp->fin)
+			track = 0;
+	}
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track);
 }
 
 #ifdef WEIR_BENCH
@@ -480,7 +561,7 @@ struct commit_op {
 };
 
 #define COMMIT_FLIP 1    /* key: svc_key bytes, value: the service word */
-#define COMMIT_CONFIG 2  /* key: 0 node_mac, 1 seed, 2 encap */
+#define COMMIT_CONFIG 2  /* key: 0 node_mac, 1 seed, 2 encap, 3 ct_key, 4 ct_guard */
 #define COMMIT_BACKEND 3 /* key: backend index, value: its handle (0 retires it) */
 #define COMMIT_MAX_OPS 128
 
@@ -507,15 +588,22 @@ int weir_commit(struct xdp_md *ctx)
 			}
 		} else if (op->op == COMMIT_CONFIG) {
 			struct config *c = config.lookup(&zero);
+			u64 *word = 0;
 
-			if (c && op->key == 0) {
-				__sync_lock_test_and_set(&c->node_mac, op->value);
-				op->done = 1;
-			} else if (c && op->key == 1) {
-				__sync_lock_test_and_set(&c->seed, op->value);
-				op->done = 1;
-			} else if (c && op->key == 2) {
-				__sync_lock_test_and_set(&c->encap, op->value);
+			if (!c)
+				continue;
+			if (op->key == 0)
+				word = &c->node_mac;
+			else if (op->key == 1)
+				word = &c->seed;
+			else if (op->key == 2)
+				word = &c->encap;
+			else if (op->key == 3)
+				word = &c->ct_key;
+			else if (op->key == 4)
+				word = &c->ct_guard;
+			if (word) {
+				__sync_lock_test_and_set(word, op->value);
 				op->done = 1;
 			}
 		} else if (op->op == COMMIT_BACKEND) {

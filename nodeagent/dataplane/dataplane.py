@@ -149,6 +149,7 @@ class Dataplane:
             maps = PinnedMaps(cfg.bpffs, writable=True)
             dp = cls(cfg, bpf, xdp.fd, commit_fn.fd, maps, ifindex, caps)
             dp._set_node_mac(node_mac)
+            dp._set_conntrack_guard(cfg.conntrack_insert_rate)
             dp._load_state()
             dp.xdp_mode, _ = loader.attach(
                 ifindex, cfg.interface, xdp.fd, cfg.xdp_mode, cfg.bpffs / layout.PROG_PIN
@@ -198,6 +199,19 @@ class Dataplane:
         wanted = int.from_bytes(node_mac + b"\0\0", sys.byteorder)
         if self.maps.config().node_mac != wanted:
             commit(self._commit_fd, [(layout.COMMIT_CONFIG, layout.CONFIG_NODE_MAC, wanted)])
+
+    def _set_conntrack_guard(self, rate: int) -> None:
+        """The conntrack secret (made once, when the maps are new: it lives in the pins, so
+        tracked flows keep their buckets across restarts) and the insert-rate guard."""
+        cfg = self.maps.config()
+        ops = []
+        if not cfg.ct_key:
+            key = int.from_bytes(os.urandom(8), "little") or 1
+            ops.append((layout.COMMIT_CONFIG, layout.CONFIG_CT_KEY, key))
+        if cfg.ct_guard != rate:
+            ops.append((layout.COMMIT_CONFIG, layout.CONFIG_CT_GUARD, rate))
+        if ops:
+            commit(self._commit_fd, ops)
 
     def _load_state(self) -> None:
         """Rebuild the bookkeeping from what the pinned maps hold (they are the truth) and

@@ -68,13 +68,17 @@ def _raw32(b: bytes) -> int:
 
 
 def ct_position(
-    saddr: str, daddr: str, sport: int, dport: int, proto: int, buckets: int
+    saddr: str, daddr: str, sport: int, dport: int, proto: int, key: int, buckets: int
 ) -> tuple[int, int]:
-    """(bucket, fingerprint) of a 5-tuple, as weir_ct_hash computes them."""
-    a = (HASH_INIT + _raw32(socket.inet_aton(saddr))) & _M32
-    b = (HASH_INIT + _raw32(socket.inet_aton(daddr))) & _M32
+    """(bucket, fingerprint) of a 5-tuple under the node's secret, as weir_ct_hash
+    computes them."""
+    k0, k1 = key & _M32, key >> 32 & _M32
+    a = (HASH_INIT + _raw32(socket.inet_aton(saddr)) + k0) & _M32
+    b = (HASH_INIT + _raw32(socket.inet_aton(daddr)) + k1) & _M32
     ports = _raw32(struct.pack("!HH", sport, dport))
     c = (HASH_INIT + ports + (proto << 24)) & _M32
+    a, b, c = _mix(a, b, c)
+    a, b = (a + k1) & _M32, (b + k0) & _M32
     a, b, c = _mix(a, b, c)
     return reduce(c, buckets), (b >> 8) or 1
 

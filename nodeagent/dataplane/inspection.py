@@ -149,6 +149,7 @@ def ct_entries(maps: PinnedMaps, limit: int | None = None) -> tuple[list[CtEntry
     )
     entries: list[CtEntry] = []
     backend_cache: dict[int, layout.Backend] = {}
+    secret = maps.config().ct_key
     for bucket, way in used[:limit].tolist() if limit is not None else used.tolist():
         word = int(ways[bucket, way])
         handle = word & layout.CT_HANDLE_MASK
@@ -161,7 +162,7 @@ def ct_entries(maps: PinnedMaps, limit: int | None = None) -> tuple[list[CtEntry
         raw = bytes(clients[bucket, way])
         client = socket.inet_ntoa(raw[:4])
         cport = int.from_bytes(raw[4:6], "big")
-        pos = ct_position(client, vip, cport, vport, proto, buckets)
+        pos = ct_position(client, vip, cport, vport, proto, secret, buckets)
         trusted = pos == (bucket, word >> layout.CT_FP_SHIFT)
         entries.append(
             CtEntry(
@@ -206,6 +207,12 @@ def pass_counts(maps: PinnedMaps) -> list[CounterRow]:
     """Frames for a VIP passed to the kernel untouched because they were not addressed
     to this node's MAC (flooded or multicast), per reason, summed over CPUs."""
     return _reasons(maps, "pass_stats", layout.PASS_REASONS)
+
+
+def ct_events(maps: PinnedMaps) -> list[CounterRow]:
+    """What happened to conntrack (inserts, evictions, flows left untracked and why),
+    summed over CPUs; `packets` counts the events."""
+    return _reasons(maps, "ct_stats", layout.CT_EVENTS)
 
 
 def _reasons(maps: PinnedMaps, map_name: str, names: tuple[str, ...]) -> list[CounterRow]:

@@ -46,7 +46,18 @@ CT_HANDLE_MASK = (1 << CT_FP_SHIFT) - 1
 VIPF_WORDS = 1024
 VIPF_HASH_MUL = 0x9E3779B1
 
-DROP_REASONS = ("parse", "fragment", "table_empty", "no_backend", "too_big", "encap")
+DROP_REASONS = (
+    "parse",
+    "fragment",
+    "table_empty",
+    "no_backend",
+    "too_big",
+    "encap",
+    "invalid",
+)
+CT_EVENTS = ("insert", "evict", "guarded", "untracked", "full")
+CT_TICK_SHIFT = 4
+CT_MIN_AGE = 2
 # frames for a VIP passed to the kernel untouched because they are not addressed to us
 PASS_REASONS = ("other_host", "multicast")
 
@@ -57,6 +68,8 @@ COMMIT_MAX_OPS = 128
 CONFIG_NODE_MAC = 0
 CONFIG_SEED = 1
 CONFIG_ENCAP = 2
+CONFIG_CT_KEY = 3
+CONFIG_CT_GUARD = 4
 CFG_ENCAP_PORT_SHIFT = 32
 CFG_ENCAP_MTU_SHIFT = 48
 BE_F_ENCAP = 1
@@ -99,7 +112,7 @@ class SlotLine(ct.Structure):
 
 
 class CtClient(ct.Structure):
-    _fields_ = [("saddr_be", ct.c_uint32), ("sport_be", ct.c_uint16), ("pad", ct.c_uint16)]
+    _fields_ = [("saddr_be", ct.c_uint32), ("sport_be", ct.c_uint16), ("seen", ct.c_uint16)]
 
 
 class CtBucket(ct.Structure):
@@ -107,7 +120,17 @@ class CtBucket(ct.Structure):
 
 
 class Config(ct.Structure):
-    _fields_ = [("node_mac", ct.c_uint64), ("seed", ct.c_uint64), ("encap", ct.c_uint64)]
+    _fields_ = [
+        ("node_mac", ct.c_uint64),
+        ("seed", ct.c_uint64),
+        ("encap", ct.c_uint64),
+        ("ct_key", ct.c_uint64),
+        ("ct_guard", ct.c_uint64),
+    ]
+
+
+class CtGuardState(ct.Structure):
+    _fields_ = [("start_ns", ct.c_uint64), ("count", ct.c_uint64)]
 
 
 class Counters(ct.Structure):
@@ -153,6 +176,8 @@ MAPS: dict[str, tuple[type, type]] = {
     "be_stats": (ct.c_uint32, Counters),
     "drop_stats": (ct.c_uint32, Counters),
     "pass_stats": (ct.c_uint32, Counters),
+    "ct_stats": (ct.c_uint32, Counters),
+    "ct_guard": (ct.c_uint32, CtGuardState),
     "svc_meta": (ct.c_uint32, SvcMeta),
     "be_meta": (ct.c_uint32, BeMeta),
 }

@@ -36,6 +36,9 @@ class DataplaneConfig:
     # Flows tracked (4-way buckets of one cache line: 16 bytes a flow, 4 MiB). Bigger
     # tables outgrow the caches: new flows then pay a cache and TLB miss (see README).
     conntrack_entries: int = 262_144
+    # New conntrack entries per second and CPU; beyond, new flows are forwarded by Maglev
+    # untracked, so a flood of new flows cannot evict established ones (0: no limit).
+    conntrack_insert_rate: int = 50_000
 
     def validate(self) -> None:
         if not self.interface:
@@ -47,6 +50,7 @@ class DataplaneConfig:
             ("max_backends", self.max_backends, 1, MAX_BACKENDS_LIMIT),
             ("max_table_slots", self.max_table_slots, SLOTS_PER_LINE, 1 << 32),
             ("conntrack_entries", self.conntrack_entries, 4, 1 << 31),
+            ("conntrack_insert_rate", self.conntrack_insert_rate, 0, 1 << 32),
         )
         for name, value, low, high in checks:
             if not low <= value <= high:

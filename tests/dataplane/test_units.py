@@ -129,7 +129,16 @@ def test_flow_hash_spreads_and_reduce_is_in_range() -> None:
 
 def test_ct_fingerprints_rarely_collide() -> None:
     seen = {
-        ct_position(f"10.0.{i >> 8}.{i & 255}", "10.0.0.10", 40000, 80, 6, 1 << 16)
+        ct_position(f"10.0.{i >> 8}.{i & 255}", "10.0.0.10", 40000, 80, 6, 0x1234, 1 << 16)
         for i in range(20000)
     }
     assert len(seen) == 20000
+
+
+def test_ct_placement_depends_on_the_secret() -> None:
+    """Without the node's secret nobody can tell which flows share a bucket."""
+    flows = [(f"10.0.{i >> 8}.{i & 255}", "10.0.0.10", 40000, 80, 6) for i in range(2000)]
+    one = [ct_position(*f, 0x1111_2222_3333_4444, 1 << 16)[0] for f in flows]
+    other = [ct_position(*f, 0x1111_2222_3333_4445, 1 << 16)[0] for f in flows]
+    same = sum(a == b for a, b in zip(one, other, strict=True))
+    assert same < 10  # ~2000/65536 expected by chance

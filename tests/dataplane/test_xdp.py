@@ -198,6 +198,7 @@ def test_drops_are_counted_by_reason(dp: Dataplane) -> None:
         "no_backend": 0,
         "too_big": 0,
         "encap": 0,
+        "invalid": 0,
     }
 
 
