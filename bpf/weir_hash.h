@@ -52,9 +52,10 @@ static __always_inline u32 weir_reduce(u32 hash, u32 size)
 }
 
 /* Conntrack placement of a 5-tuple: bucket, a 24-bit fingerprint (never 0) and 32 more
- * hash bits (the outer source port of an encapsulation). Keyed with the node's secret, as
- * the kernel keys its own hash tables: without the key nobody can tell which flows share
- * a bucket. Node-local, so raw (network-order) words. */
+ * hash bits (the outer source port of an encapsulation). Keyed with the node's secret in
+ * every input word, as the kernel keys its own hash tables (jhash with a random initval):
+ * without the key nobody can tell which flows share a bucket. Node-local, so raw
+ * (network-order) words. */
 struct weir_ct_pos {
 	u32 bucket;
 	u32 fp;
@@ -66,13 +67,9 @@ static __always_inline struct weir_ct_pos weir_ct_hash(__be32 saddr, __be32 dadd
 {
 	u32 a = WEIR_HASH_INIT + saddr + (u32)key;
 	u32 b = WEIR_HASH_INIT + daddr + (u32)(key >> 32);
-	u32 c = WEIR_HASH_INIT + ports + (proto << 24);
+	u32 c = WEIR_HASH_INIT + ports + (proto << 24) + (u32)(key ^ (key >> 32));
 	struct weir_ct_pos pos;
 
-	weir_mix(&a, &b, &c);
-	/* A second round with the key again: the inputs' low bits alone do not decide. */
-	a += (u32)(key >> 32);
-	b += (u32)key;
 	weir_mix(&a, &b, &c);
 	pos.bucket = weir_reduce(c, buckets);
 	pos.fp = b >> 8;

@@ -116,16 +116,16 @@ struct slot_line {
  * flow is hashed again (same backend unless its table changed meanwhile).
  * client[] records who the way belongs to (for `weirctl bpf ct list`: the reader trusts
  * a record whose recomputed fingerprint matches the way) and when it was last seen, in
- * WEIR_CT_TICK units of jiffies (written only when it changes). */
+ * ticks of the coarse monotonic clock (written only when it changes). */
 #define CT_WAYS 4
 #define CT_FP_SHIFT 40
 
 struct ct_client {
 	__be32 saddr_be;
 	__be16 sport_be;
-	u16 seen; /* jiffies >> WEIR_CT_TICK_SHIFT, wrapping */
+	u16 seen; /* coarse monotonic ns >> WEIR_CT_TICK_SHIFT, wrapping */
 };
-#define WEIR_CT_TICK_SHIFT 4 /* 16 jiffies: 16-160 ms, by the kernel's HZ */
+#define WEIR_CT_TICK_SHIFT 26 /* ticks of 67 ms; 16 bits wrap after 73 minutes */
 #define WEIR_CT_MIN_AGE 2
 
 struct ct_bucket {

@@ -317,9 +317,9 @@ static __always_inline void weir_ct_count(u32 event)
 /* The insert-rate guard (as Katran's): may this CPU make another conntrack entry in the
  * current one-second window? Under a flood of new flows, established flows keep their
  * entries; the flows beyond the rate are forwarded all the same, by Maglev. */
-static __always_inline int weir_ct_admit(const struct config *cfg)
+static __always_inline int weir_ct_admit(const struct config *cfg, u64 now)
 {
-	u64 limit = WEIR_READ_ONCE(cfg->ct_guard), now;
+	u64 limit = WEIR_READ_ONCE(cfg->ct_guard);
 	struct ct_guard_state *g;
 	u32 zero = 0;
 
@@ -328,7 +328,6 @@ static __always_inline int weir_ct_admit(const struct config *cfg)
 	g = ct_guard.lookup(&zero);
 	if (!g)
 		return 1;
-	now = bpf_ktime_get_ns();
 	if (now - g->start_ns >= 1000000000ULL) {
 		g->start_ns = now;
 		g->count = 0;
@@ -337,6 +336,31 @@ static __always_inline int weir_ct_admit(const struct config *cfg)
 		return 0;
 	g->count++;
 	return 1;
+}
+
+/* The way of the bucket a new entry for the flow goes to: the flow's own stale one, an
+ * empty one, or the least recently seen if it has been idle for WEIR_CT_MIN_AGE ticks;
+ * -1 when every way is in use right now (the flows in use keep their entries). */
+static __always_inline int weir_ct_way(const struct ct_bucket *bucket, int match, int empty,
+				       u16 now)
+{
+	u16 oldest_age = 0;
+	int oldest = 0;
+
+	if (match >= 0)
+		return match;
+	if (empty >= 0)
+		return empty;
+#pragma unroll
+	for (int i = 0; i < CT_WAYS; i++) {
+		u16 age = now - bucket->client[i].seen;
+
+		if (age > oldest_age) {
+			oldest_age = age;
+			oldest = i;
+		}
+	}
+	return oldest_age >= WEIR_CT_MIN_AGE ? oldest : -1;
 }
 
 /* Conntrack, then Maglev, then forward. Packets that must not make an entry (`track` 0:
@@ -350,13 +374,14 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		.port_be = f->ports.dst,
 		.proto = f->proto,
 	};
-	u16 now = bpf_jiffies64() >> WEIR_CT_TICK_SHIFT, oldest_age = 0;
+	u64 now_ns = bpf_ktime_get_coarse_ns();
+	u16 now = now_ns >> WEIR_CT_TICK_SHIFT;
 	struct weir_ct_pos pos;
 	struct ct_bucket *bucket;
 	struct backend *be;
-	int match = -1, empty = -1, oldest = 0, full = 0, action = XDP_PASS, id;
+	int match = -1, empty = -1, full = 0, action = XDP_PASS, id, way;
 	u64 hit = 0, handle;
-	u32 way, bid;
+	u32 bid;
 
 	pos = weir_ct_hash(f->saddr, f->daddr, *(u32 *)&f->ports, f->proto,
 			   WEIR_READ_ONCE(cfg->ct_key), WEIR_CT_BUCKETS);
@@ -366,7 +391,6 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 #pragma unroll
 	for (int i = 0; i < CT_WAYS; i++) {
 		u64 w = WEIR_READ_ONCE(bucket->way[i]);
-		u16 age = now - bucket->client[i].seen;
 
 		if (match < 0 && (w >> CT_FP_SHIFT) == pos.fp) {
 			match = i;
@@ -374,10 +398,6 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		}
 		if (empty < 0 && !w)
 			empty = i;
-		if (age > oldest_age) {
-			oldest_age = age;
-			oldest = i;
-		}
 	}
 	if (match >= 0) {
 		handle = hit & BE_HANDLE_MASK;
@@ -392,12 +412,9 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 			return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes,
 					    0);
 		}
-		way = match;
-	} else if (empty >= 0) {
-		way = empty;
-	} else if (oldest_age >= WEIR_CT_MIN_AGE) {
-		way = oldest; /* least recently seen, and idle for a while */
-	} else {
+	}
+	way = weir_ct_way(bucket, match, empty, now);
+	if (way < 0) {
 		track = 0; /* every way is in use right now: keep them */
 		full = 1;
 	}
@@ -412,7 +429,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 	 * goes there (old table), but is not remembered. */
 	handle = WEIR_READ_ONCE(be->handle);
 	if (track && handle) {
-		if (weir_ct_admit(cfg)) {
+		if (weir_ct_admit(cfg, now_ns)) {
 			way &= CT_WAYS - 1;
 			if (WEIR_READ_ONCE(bucket->way[way]))
 				weir_ct_count(CT_EVICT);

@@ -76,9 +76,7 @@ def ct_position(
     a = (HASH_INIT + _raw32(socket.inet_aton(saddr)) + k0) & _M32
     b = (HASH_INIT + _raw32(socket.inet_aton(daddr)) + k1) & _M32
     ports = _raw32(struct.pack("!HH", sport, dport))
-    c = (HASH_INIT + ports + (proto << 24)) & _M32
-    a, b, c = _mix(a, b, c)
-    a, b = (a + k1) & _M32, (b + k0) & _M32
+    c = (HASH_INIT + ports + (proto << 24) + (k0 ^ k1)) & _M32
     a, b, c = _mix(a, b, c)
     return reduce(c, buckets), (b >> 8) or 1
 
