@@ -52,6 +52,8 @@ class ControllerApp:
             maglev_seed=args.maglev_seed,
             vips_from_annotation=kube is None,  # no IPAM without the API: files give the VIPs
             default_class=args.default_class,
+            lb_node_selector=args.lb_node_selector,
+            encap_port=args.encap_port,
         )
         publisher = Publisher(
             state,

@@ -17,6 +17,9 @@ from grpc.experimental.aio import init_grpc_aio
 from weir.common.lifecycle import run_until_stopped
 from weir.common.logs import configure, get_logger
 from weir.controller.app import ControllerApp
+from weir.controller.core.nodeconfig import DEFAULT_ENCAP_PORT, DEFAULT_LB_NODE_SELECTOR
+from weir.controller.core.parsing import ParseError
+from weir.controller.core.selectors import LabelSelector, parse_selector_string
 from weir.controller.core.snapshots import DEFAULT_HISTORY
 from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
 from weir.controller.plane.server import ServerTLS
@@ -60,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Maglev hash seed, the same for the whole cluster",
     )
     p.add_argument("--history", type=int, default=DEFAULT_HISTORY, help="versions kept for deltas")
+    p.add_argument(
+        "--lb-node-selector",
+        type=_selector,
+        default=DEFAULT_LB_NODE_SELECTOR,
+        help="label selector of the load-balancer nodes, in kubectl's syntax "
+        f"(default {DEFAULT_LB_NODE_SELECTOR}; empty: every Node); the other nodes' views "
+        "carry no services (docs/FORWARDING.md)",
+    )
+    p.add_argument(
+        "--encap-port",
+        type=_port,
+        default=DEFAULT_ENCAP_PORT,
+        help="UDP port of the encapsulation to backends' nodes, the same for the whole cluster",
+    )
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument(
@@ -86,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_kubernetes_flags(p)
     return p
+
+
+def _selector(text: str) -> LabelSelector:
+    try:
+        return parse_selector_string(text)
+    except ParseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port(text: str) -> int:
+    value = int(text, 10)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number, 1 to 65535")
+    return value
 
 
 def _seed(text: str) -> int:

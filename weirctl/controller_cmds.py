@@ -1,5 +1,10 @@
 """weirctl snapshot | agents | errors: the controller's view, over its inspection RPCs
-(channel and TLS options: weirctl/channel.py)."""
+(channel and TLS options: weirctl/channel.py).
+
+Names and messages come from the cluster: text output escapes every character that is not
+printable (control characters, bidirectional overrides), so nothing reaches the terminal as
+a control sequence. JSON output escapes them already.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from weir.ctl.channel import add_tls_args, call
 
 STRATEGIES = {pb.STRATEGY_MAGLEV: "maglev", pb.STRATEGY_RANDOM: "random"}
 AFFINITY = {pb.SESSION_AFFINITY_NONE: "none", pb.SESSION_AFFINITY_CLIENT_IP: "client-ip"}
+FORWARDING = {pb.FORWARDING_L2_DSR: "l2", pb.FORWARDING_ENCAP: "encap"}
 TIMEOUT = 10.0
 
 
@@ -23,8 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tls_args(common)
 
     p = sub.add_parser("snapshot", parents=[common], help="the controller's current snapshot")
-    p.add_argument("--node", help="the view of one node (its services and BGP settings)")
-    p.add_argument("--backends", action="store_true", help="list every backend")
+    p.add_argument(
+        "--node", help="the view of one node (its roles, local endpoints, services and BGP)"
+    )
+    p.add_argument(
+        "--backends", action="store_true", help="list every backend, with its forwarding mode"
+    )
     p.set_defaults(func=snapshot_cmd)
     p = sub.add_parser("agents", parents=[common], help="connected agents and acked versions")
     p.set_defaults(func=agents_cmd)
@@ -38,9 +48,15 @@ def _json(message: Any) -> str:
     )
 
 
+def printable(text: object) -> str:
+    """text with each character that is not printable escaped as Python would (\\x1b)."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in s)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns, two spaces apart, like kubectl."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    """Left-aligned columns, two spaces apart, like kubectl (cells made printable)."""
+    cells = [[printable(h) for h in headers]] + [[printable(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
@@ -56,7 +72,10 @@ def _show(
     resp = call(args, rpc)
     if resp is None:
         return 1
-    print(_json(resp) if args.output == "json" else text(resp))
+    if args.output == "json":
+        print(_json(resp))
+    else:
+        print("\n".join(printable(line) for line in text(resp).split("\n")))
     return 0
 
 
@@ -76,11 +95,26 @@ def snapshot_cmd(args: argparse.Namespace) -> int:
 
 
 def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) -> str:
+    lbs = sum(1 for v in snap.node_views if v.config.load_balancer)
     head = (
         f"version {snap.version}  hash {snap.hash[:12]}  maglev seed {snap.maglev_seed}  "
-        f"services {len(snap.services)}  nodes with BGP {len(snap.nodes)}"
+        f"services {len(snap.services)}  nodes {len(snap.node_views)} "
+        f"(load balancers {lbs})  nodes with BGP {len(snap.nodes)}"
     )
     parts = [head, "", format_services(snap.services, backends)]
+    if snap.node_views:
+        rows = [
+            (
+                v.node,
+                v.config.address or "-",
+                _roles(v.config),
+                len(v.config.local_endpoints),
+                ",".join(v.config.lb_node_addresses) or "-",
+            )
+            for v in snap.node_views
+        ]
+        headers = ("NODE", "ADDRESS", "ROLES", "LOCAL ENDPOINTS", "ACCEPTS FROM")
+        parts += ["", table(headers, rows)]
     if snap.nodes:
         rows = [_bgp_row(n.node, n.bgp) for n in snap.nodes]
         parts += ["", table(("NODE", "ASN", "ROUTER ID", "PEERS", "ANNOUNCES"), rows)]
@@ -88,11 +122,23 @@ def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) ->
 
 
 def format_node_snapshot(snap: pb.Snapshot, backends: bool = False) -> str:
+    config = snap.node_config
     head = (
         f"node {snap.node}  version {snap.version}  hash {snap.hash[:12]}  "
         f"maglev seed {snap.maglev_seed}  services {len(snap.services)}"
     )
-    parts = [head, "", format_services(snap.services, backends), ""]
+    roles = (
+        f"roles: {_roles(config)}  address {config.address or '-'}  "
+        f"encap port {config.encap_port or '-'}"
+    )
+    parts = [head, roles]
+    if config.local_endpoints:
+        parts.append(
+            f"accepts encapsulated packets from: {', '.join(config.lb_node_addresses) or '-'}"
+        )
+        rows = [(e.service_id, _address(e.address, e.target_port)) for e in config.local_endpoints]
+        parts += ["", table(("FRONTEND", "LOCAL ENDPOINT"), rows)]
+    parts += ["", format_services(snap.services, backends), ""]
     bgp = snap.bgp
     if not bgp.local_asn:
         parts.append("BGP: none (no BGPPeer selects this node)")
@@ -148,16 +194,35 @@ def format_services(services: Sequence[pb.Service], backends: bool) -> str:
         brows = [
             (
                 s.id,
-                f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}",
+                _address(b.address, b.port),
                 b.weight,
                 b.node or "-",
+                FORWARDING.get(b.forwarding, "-"),
+                b.node_address or "-",
                 _state(b),
             )
             for s in services
             for b in s.backends
         ]
-        out += "\n\n" + table(("FRONTEND", "BACKEND", "WEIGHT", "NODE", "STATE"), brows)
+        headers = ("FRONTEND", "BACKEND", "WEIGHT", "NODE", "MODE", "VIA", "STATE")
+        out += "\n\n" + table(headers, brows)
     return out
+
+
+def _address(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _roles(config: pb.NodeConfig) -> str:
+    roles = [
+        name
+        for name, on in (
+            ("load-balancer", config.load_balancer),
+            ("backend", bool(config.local_endpoints)),
+        )
+        if on
+    ]
+    return ",".join(roles) or "-"
 
 
 def _state(b: pb.Backend) -> str:

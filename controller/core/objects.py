@@ -9,6 +9,8 @@ raises ParseError with a message naming the bad field. Two kinds of trouble are 
 - `problems` (Service, EndpointSlice): the object is usable for Kubernetes but a Weir-specific
   part is wrong (a bad `weir.dev/...` annotation, one endpoint with a bad address). The object is
   kept, so IPAM and the reducer can report the problem only when the object concerns Weir.
+- `warnings` (Service): a bad `weir.dev/...` annotation that has a safe default; the Service is
+  still served, and the reducer reports the warning.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ ANN_LOAD_BALANCER_IPS = "weir.dev/load-balancer-ips"
 ANN_SHARING_KEY = "weir.dev/sharing-key"
 ANN_MAGLEV_TABLE_SIZE = "weir.dev/maglev-table-size"
 ANN_DRAIN = "weir.dev/drain"  # on a Node: "true" withdraws its routes (weirctl node drain)
+ANN_FORWARDING = "weir.dev/forwarding"  # how LB nodes reach the backends: docs/FORWARDING.md
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 
 SERVICE = "Service"
@@ -53,6 +56,7 @@ ALL_KINDS = frozenset((SERVICE, ENDPOINT_SLICE, NODE, SECRET, *crds.KINDS))
 CLUSTER_SCOPED = frozenset((NODE, NAMESPACE, *crds.KINDS))
 
 STRATEGIES = ("maglev", "random")
+FORWARDING_MODES = ("auto", "encap", "l2")
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
 _NAMES = list(protocols.NUMBERS)
 _PROTOCOL_NAMES = f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}"  # for messages: "TCP, UDP or SCTP"
@@ -122,7 +126,9 @@ class Service:
     families: FamilyPolicy
     ingress: tuple[Ingress, ...]
     conditions: tuple[Mapping[str, Any], ...]  # status.conditions, as read (other writers')
+    forwarding: str = "auto"  # weir.dev/forwarding: auto, encap or l2
     problems: tuple[str, ...] = ()  # bad weir.dev annotations or status; see module doc
+    warnings: tuple[str, ...] = ()  # bad weir.dev annotations that fell back to a default
 
     @property
     def key(self) -> tuple[str, str]:
@@ -178,6 +184,14 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     if strategy is not None and strategy not in STRATEGIES:
         problems.append(f"annotation {ANN_TRAFFIC_STRATEGY}: {strategy!r} is not maglev or random")
         strategy = None
+
+    forwarding = ann.get(ANN_FORWARDING, "auto")
+    warnings: list[str] = []
+    if forwarding not in FORWARDING_MODES:
+        warnings.append(
+            f"annotation {ANN_FORWARDING}: {forwarding!r} is not auto, encap or l2; auto is used"
+        )
+        forwarding = "auto"
 
     table_size: int | None = None
     if ANN_MAGLEV_TABLE_SIZE in ann:
@@ -242,7 +256,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
             for c in sequence(status.get("conditions"), "status.conditions")
             if isinstance(c, Mapping)
         ),
+        forwarding=forwarding,
         problems=tuple(problems),
+        warnings=tuple(warnings),
     )
 
 
@@ -451,13 +467,19 @@ class Node:
     addresses: tuple[NodeAddress, ...]
     drain: bool = False  # annotation weir.dev/drain: "true"
 
+    def internal_ip(self) -> str:
+        """The first IPv4 InternalIP ("" when none): where encapsulated packets go to and
+        come from (docs/FORWARDING.md)."""
+        for a in self.addresses:
+            if a.type == "InternalIP" and _is_ipv4(a.address):
+                return a.address
+        return ""
+
     def router_id(self) -> str:
         """The BGP router id: the first IPv4 InternalIP, else the first IPv4 of any type."""
-        v4 = [a for a in self.addresses if _is_ipv4(a.address)]
-        for a in v4:
-            if a.type == "InternalIP":
-                return a.address
-        return v4[0].address if v4 else ""
+        return self.internal_ip() or next(
+            (a.address for a in self.addresses if _is_ipv4(a.address)), ""
+        )
 
 
 def _is_ipv4(text: str) -> bool:

@@ -10,8 +10,10 @@ arrived in: every output list is sorted, and every tie is broken by name.
   (weir.dev/load-balancer-ips) when `vips_from_annotation` (the file source has no IPAM).
 - Two Services claiming one frontend: the oldest (creationTimestamp, then namespace/name)
   keeps it, the other gets an error for that frontend.
-- Backends per controller/core/endpoints.py (KEP-1669), of the VIP's address family.
-- Per-node BGP per controller/core/bgpconfig.py.
+- Backends per controller/core/endpoints.py (KEP-1669), of the VIP's address family, each
+  reached by L2 DSR or encapsulation per controller/core/forwarding.py.
+- Per-node BGP per controller/core/bgpconfig.py; per-node roles, local endpoints and the
+  load-balancer nodes' addresses per controller/core/nodeconfig.py.
 - Bad objects become ObjectErrors and are skipped; everything else keeps flowing.
 
 Speed matters (10,000 Services x 20 endpoints in well under a second, cold): messages are built
@@ -29,7 +31,15 @@ from weir.common.pb import pb
 from weir.common.tablesize import DEFAULT_TABLE_SIZE
 from weir.controller.core.bgpconfig import AnnouncedVip, node_configs
 from weir.controller.core.endpoints import select_backends
+from weir.controller.core.forwarding import ENCAP, place
 from weir.controller.core.gcpause import gc_paused
+from weir.controller.core.nodeconfig import (
+    DEFAULT_ENCAP_PORT,
+    DEFAULT_LB_NODES,
+    LocalEndpoints,
+    add_node_views,
+    index_nodes,
+)
 from weir.controller.core.objects import (
     ENDPOINT_SLICE,
     SERVICE,
@@ -37,6 +47,7 @@ from weir.controller.core.objects import (
     Service,
     ServicePort,
 )
+from weir.controller.core.selectors import LabelSelector
 from weir.controller.core.state import ClusterInputs
 from weir.controller.core.views import cluster_hash
 
@@ -48,6 +59,8 @@ class ReduceConfig:
     maglev_seed: int
     vips_from_annotation: bool  # file source: weir.dev/load-balancer-ips gives the VIPs
     default_class: bool = False  # also handle LoadBalancer Services with no class
+    lb_node_selector: LabelSelector = DEFAULT_LB_NODES
+    encap_port: int = DEFAULT_ENCAP_PORT  # the encapsulation's UDP port, cluster-wide
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,9 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
     error = _Errors()
     claims = _claims(inputs, config, error)
     slices = _slices_by_service(inputs.endpoint_slices)
+    nodes = index_nodes(inputs, config.lb_node_selector)
+    addresses = nodes.addresses
+    local: LocalEndpoints = {}
 
     cluster = pb.ClusterSnapshot(maglev_seed=config.maglev_seed)
     add_service = cluster.services.add
@@ -116,16 +132,20 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
         by_family = slices.get(svc.key)
         family_slices = () if by_family is None else by_family[":" in vip]
         chosen = select_backends(family_slices, port.name, port.protocol)
+        placed, left_out = place(chosen, svc.forwarding, port.port, addresses)
+        if left_out:
+            error(SERVICE, svc.namespace, svc.name, f"frontend {fid}: {left_out}")
+        protocol = protocols.NUMBERS[port.protocol]
         msg = add_service(
             id=fid,
             vip=vip,
             port=port.port,
-            protocol=protocols.NUMBERS[port.protocol],
+            protocol=protocol,
             port_name=port.name,
             **common,
         )
         add_backend = msg.backends.add
-        for e, target in chosen:
+        for e, target, forwarding, node_address in placed:
             add_backend(
                 address=e.address,
                 port=target,
@@ -134,8 +154,13 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
                 ready=e.ready,
                 serving=e.serving,
                 terminating=e.terminating,
+                forwarding=forwarding,
+                node_address=node_address,
             )
-        if chosen:
+            if forwarding == ENCAP:
+                translation = (fid, vip, port.port, protocol, e.address, target)
+                local.setdefault(e.node, []).append(translation)
+        if placed:
             announced.setdefault(vip, {})[svc.key] = svc
 
     for key in sorted(with_frontends):
@@ -149,6 +174,7 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
         for vip, by_key in announced.items()
     ]
     cluster.nodes.extend(node_configs(inputs, vips, error))
+    add_node_views(cluster, inputs, nodes, local, config.encap_port, error)
     cluster.hash = cluster_hash(cluster)
     return ReduceResult(cluster=cluster, errors=error.sorted())
 
@@ -162,6 +188,8 @@ def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict
             for problem in svc.problems:
                 error(SERVICE, svc.namespace, svc.name, f"{problem}; Service skipped")
             continue
+        for warning in svc.warnings:
+            error(SERVICE, svc.namespace, svc.name, warning)
         vips = svc.ingress_ips
         if config.vips_from_annotation:
             vips = vips + tuple(ip for ip in svc.requested_ips if ip not in vips)

@@ -1,7 +1,10 @@
-"""Kubernetes label selectors (matchLabels + matchExpressions), parsed once, matched often."""
+"""Kubernetes label selectors, parsed once, matched often: the object form (matchLabels +
+matchExpressions) of Weir's resources, and the string form of flags (`a=b,c!=d,e in (x,y),!f`).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +12,23 @@ from typing import Any
 from weir.controller.core.parsing import ParseError, mapping, sequence, string
 
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+# Label keys and values as Kubernetes validates them: a key is an optional DNS-subdomain
+# prefix and "/" then a name of at most 63 characters; a value is empty or a name.
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+_KEY = rf"(?:{_PREFIX}/)?{_NAME}"
+_REQUIREMENT = re.compile(
+    rf"""\s*(?:
+        !\s*(?P<absent>{_KEY})
+      | (?P<key>{_KEY})\s*(?:
+            (?P<op>==|=|!=)\s*(?P<value>{_NAME})?
+          | \s(?P<set_op>in|notin)\s*\((?P<values>[^()]*)\)
+        )?
+    )\s*""",
+    re.VERBOSE,
+)
+_VALUE = re.compile(_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +93,45 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
 def parse_selectors(raw: Any, path: str) -> tuple[LabelSelector, ...]:
     """A list of selectors (an object matches when any one of them matches)."""
     return tuple(parse_selector(s, f"{path}[{i}]") for i, s in enumerate(sequence(raw, path)))
+
+
+def parse_selector_string(text: str) -> LabelSelector:
+    """The string form kubectl -l takes: comma-separated `key=value`, `key==value`,
+    `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key` and `!key`. The empty string
+    matches everything. ParseError names the requirement that is wrong."""
+    reqs: list[Requirement] = []
+    for part in _split_requirements(text):
+        m = _REQUIREMENT.fullmatch(part)
+        if m is None or len((m["absent"] or m["key"]).rpartition("/")[0]) > 253:
+            raise ParseError(f"{part.strip()!r} is not a label requirement")
+        if m["absent"]:
+            reqs.append(Requirement(m["absent"], "DoesNotExist", frozenset()))
+        elif m["set_op"]:
+            values = [v.strip() for v in m["values"].split(",")]
+            if not all(_VALUE.fullmatch(v) for v in values):
+                raise ParseError(f"{part.strip()!r}: {m['set_op']} needs label values")
+            op = "In" if m["set_op"] == "in" else "NotIn"
+            reqs.append(Requirement(m["key"], op, frozenset(values)))
+        elif m["op"]:
+            op = "NotIn" if m["op"] == "!=" else "In"
+            reqs.append(Requirement(m["key"], op, frozenset((m["value"] or "",))))
+        else:
+            reqs.append(Requirement(m["key"], "Exists", frozenset()))
+    return LabelSelector(tuple(reqs))
+
+
+def _split_requirements(text: str) -> list[str]:
+    """Split at the commas that are not inside a value list's parentheses."""
+    if not text.strip():
+        return []
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts

@@ -4,13 +4,17 @@ Each published ClusterSnapshot whose content differs from the latest gets versio
 unchanged one (a relist, a no-op edit) gets none. A bounded history of versions is kept
 so an agent at any retained version gets a Delta to the latest; others get a Snapshot.
 
-What a node sees is every service plus its own BGP settings (see core/views.py). The
-store keeps each version as canonical bytes (common.viewhash.encode) so it can:
-- hash a node's view from parts: services digest once per version, BGP per node;
-- compute the services part of a delta once per (base, target) for all nodes;
+What a node sees is its own BGP settings and NodeConfig, plus every service when it is a
+load-balancer node (see core/views.py). The store keeps each version as canonical bytes
+(common.viewhash.encode) so it can:
+- hash a node's view from parts: services digest once per version, BGP and NodeConfig per
+  node;
+- compute the services part of a delta once per (base, target) for all load-balancer nodes;
 - build a node's message by concatenating pre-encoded parts, never re-serializing the
   services for each of hundreds of agents. Protobuf's wire format allows this: a message
   is the concatenation of its encoded fields, in any order.
+A node whose load-balancer role changed between its base and the latest version gets a full
+snapshot: it gains or loses every service at once.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ def _number(message: type, name: str) -> int:
 
 _SNAPSHOT_SERVICES = _number(pb.Snapshot, "services")
 _SNAPSHOT_BGP = _number(pb.Snapshot, "bgp")
+_SNAPSHOT_NODE_CONFIG = _number(pb.Snapshot, "node_config")
 _DELTA_UPSERTED = _number(pb.Delta, "upserted")
 _DELTA_REMOVED = _number(pb.Delta, "removed")
 _DELTA_BGP = _number(pb.Delta, "bgp")
+_DELTA_NODE_CONFIG = _number(pb.Delta, "node_config")
+_NO_SERVICES = viewhash.combine(())  # the services digest of a view without services
 _MESSAGE_SNAPSHOT = _number(pb.ControllerMessage, "snapshot")
 _MESSAGE_DELTA = _number(pb.ControllerMessage, "delta")
 
@@ -66,10 +73,15 @@ class Version:
     digests: Mapping[str, bytes]  # service id -> common.viewhash.service_digest
     services_digest: Any  # common.viewhash.combine of the digests
     bgp: Mapping[str, bytes]  # node -> encoded pb.BGPConfig (absent: no BGP)
+    configs: Mapping[str, bytes]  # node -> encoded pb.NodeConfig (absent: empty)
+    load_balancers: frozenset[str]  # the nodes whose views carry the services
     hashes: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def bgp_of(self, node: str) -> bytes:
         return self.bgp.get(node, b"")
+
+    def config_of(self, node: str) -> bytes:
+        return self.configs.get(node, b"")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +109,33 @@ def prepare(cluster: pb.ClusterSnapshot, previous: Version | None) -> Prepared:
             services[sid], digests[sid] = data, viewhash.service_digest(data)
     bgp = {n.node: viewhash.encode(n.bgp) for n in cluster.nodes}
     bgp = {node: data for node, data in bgp.items() if data}
+    configs = _configs(cluster, previous.configs if previous else {})
+    load_balancers = frozenset(v.node for v in cluster.node_views if v.config.load_balancer)
+    if previous is not None and previous.load_balancers == load_balancers:
+        load_balancers = previous.load_balancers
     digest = viewhash.combine(list(digests.values()))
     trailer = viewhash.encode(
-        pb.ClusterSnapshot(maglev_seed=cluster.maglev_seed, nodes=cluster.nodes)
+        pb.ClusterSnapshot(
+            maglev_seed=cluster.maglev_seed, nodes=cluster.nodes, node_views=cluster.node_views
+        )
     )
     content = viewhash.finish(digest, trailer)
-    entry = Version(0, content, cluster.maglev_seed, services, digests, digest, bgp)
+    entry = Version(
+        0, content, cluster.maglev_seed, services, digests, digest, bgp, configs, load_balancers
+    )
     return Prepared(cluster, entry)
+
+
+def _configs(cluster: pb.ClusterSnapshot, old: Mapping[str, bytes]) -> Mapping[str, bytes]:
+    """Every node's encoded NodeConfig, sharing the older version's bytes (and the whole
+    mapping) where nothing changed: thousands of nodes cost no memory per version."""
+    configs: dict[str, bytes] = {}
+    for v in cluster.node_views:
+        data = viewhash.encode(v.config)
+        if data:
+            prior = old.get(v.node)
+            configs[v.node] = prior if prior == data else data
+    return old if configs == old else configs
 
 
 class SnapshotStore:
@@ -185,28 +217,35 @@ class SnapshotStore:
         digest = entry.hashes.get(node)
         if digest is None:
             # A node's trailer rarely changes between versions: keep the last one per node.
-            bgp = entry.bgp_of(node)
-            key = (entry.maglev_seed, bgp)
+            key = (entry.maglev_seed, entry.bgp_of(node), entry.config_of(node))
             cached = self._trailers.get(node)
             if cached is None or cached[0] != key:
                 if len(self._trailers) > _MAX_TRAILERS:
                     self._trailers.clear()  # node names come from requests: stay bounded
-                msg = pb.BGPConfig.FromString(bgp) if bgp else None
-                cached = self._trailers[node] = (key, viewhash.node_trailer(node, key[0], msg))
-            digest = entry.hashes[node] = viewhash.finish(entry.services_digest, cached[1])
+                seed, bgp, config = key
+                trailer = viewhash.node_trailer(
+                    node,
+                    seed,
+                    pb.BGPConfig.FromString(bgp) if bgp else None,
+                    pb.NodeConfig.FromString(config) if config else None,
+                )
+                cached = self._trailers[node] = (key, trailer)
+            services = entry.services_digest if node in entry.load_balancers else _NO_SERVICES
+            digest = entry.hashes[node] = viewhash.finish(services, cached[1])
         return digest
 
     def message(self, node: str, base: int) -> tuple[int, bytes, bool]:
         """An encoded ControllerMessage bringing node from base (0: nothing) to the latest.
 
-        A Delta when base is retained, else a full Snapshot. Returns (version, bytes,
-        full). The caller checks that the agent really holds base (see node_hash).
+        A Delta when base is retained and the node's load-balancer role is the same in both,
+        else a full Snapshot. Returns (version, bytes, full). The caller checks that the agent
+        really holds base (see node_hash).
         """
         latest = self.latest
         if latest is None:
             raise LookupError("no snapshot published yet")
         old = self._versions.get(base) if base else None
-        if old is None:
+        if old is None or (node in old.load_balancers) != (node in latest.load_balancers):
             return latest.version, self._snapshot_bytes(node, latest), True
         return latest.version, self._delta_bytes(node, old, latest), False
 
@@ -225,7 +264,12 @@ class SnapshotStore:
         bgp = entry.bgp_of(node)
         if bgp:
             head += _field(_SNAPSHOT_BGP, bgp)
-        return _field(_MESSAGE_SNAPSHOT, head + self._services_part(entry))
+        config = entry.config_of(node)
+        if config:
+            head += _field(_SNAPSHOT_NODE_CONFIG, config)
+        if node in entry.load_balancers:
+            head += self._services_part(entry)
+        return _field(_MESSAGE_SNAPSHOT, head)
 
     def _services_part(self, entry: Version) -> bytes:
         if self._full_services is None or self._full_services[0] != entry.version:
@@ -238,16 +282,23 @@ class SnapshotStore:
     def _delta_bytes(self, node: str, old: Version, new: Version) -> bytes:
         bgp = new.bgp_of(node)
         bgp_changed = bgp != old.bgp_of(node)
+        config = new.config_of(node)
+        config_changed = config != old.config_of(node)
         head = pb.Delta(
             version=new.version,
             base_version=old.version,
             hash=self._hash(new, node),
             bgp_changed=bgp_changed,
             maglev_seed=new.maglev_seed,
+            node_config_changed=config_changed,
         ).SerializeToString()
         if bgp_changed and bgp:
             head += _field(_DELTA_BGP, bgp)
-        return _field(_MESSAGE_DELTA, head + self._delta_services(old, new))
+        if config_changed and config:
+            head += _field(_DELTA_NODE_CONFIG, config)
+        if node in new.load_balancers:  # and in old: message() sends a snapshot otherwise
+            head += self._delta_services(old, new)
+        return _field(_MESSAGE_DELTA, head)
 
     def _delta_services(self, old: Version, new: Version) -> bytes:
         """The upserted and removed fields of a delta, computed once for all nodes."""

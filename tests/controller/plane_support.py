@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,25 @@ def service(vip: str, port: int, backends: list[tuple[str, int]], name: str = ""
 
 
 def cluster(
-    services: list[pb.Service], bgp: dict[str, pb.BGPConfig] | None = None, seed: int = 7
+    services: list[pb.Service],
+    bgp: dict[str, pb.BGPConfig] | None = None,
+    seed: int = 7,
+    *,
+    lb: Iterable[str] = (),
+    configs: dict[str, pb.NodeConfig] | None = None,
 ) -> pb.ClusterSnapshot:
+    """A cluster snapshot whose lb nodes have the load-balancer role (their views carry the
+    services), and whose nodes in configs have those NodeConfigs."""
+    views = {node: pb.NodeConfig() for node in lb}
+    for node, config in (configs or {}).items():
+        views.setdefault(node, pb.NodeConfig()).MergeFrom(config)
+    for node in lb:
+        views[node].load_balancer = True
     return pb.ClusterSnapshot(
         maglev_seed=seed,
         services=sorted(services, key=lambda s: s.id),
         nodes=[pb.NodeBGP(node=n, bgp=c) for n, c in sorted((bgp or {}).items())],
+        node_views=[pb.NodeView(node=n, config=c) for n, c in sorted(views.items())],
     )
 
 

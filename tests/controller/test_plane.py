@@ -26,6 +26,8 @@ from tests.controller.plane_support import (
 
 pytestmark = pytest.mark.timeout(60)
 
+LB = ["lb-1"]  # the agents' node: a load-balancer node, whose view carries the services
+
 S1 = service("192.0.2.1", 80, [("10.0.0.1", 8080)])
 S1B = service("192.0.2.1", 80, [("10.0.0.1", 8080), ("10.0.0.2", 8080)])
 S2 = service("192.0.2.2", 443, [("10.0.0.3", 8443)])
@@ -34,14 +36,16 @@ S3 = service("192.0.2.3", 53, [("10.0.0.4", 53)])
 
 async def test_full_snapshot_then_deltas() -> None:
     async with Plane() as p:
-        v1 = p.store.publish(cluster([S1, S2], {"lb-1": bgp_config(65001, "10.9.0.1", [])}))
+        v1 = p.store.publish(cluster([S1, S2], {"lb-1": bgp_config(65001, "10.9.0.1", [])}, lb=LB))
         rec = Recorder()
         agent = p.agent("lb-1", rec)
         async with asyncio.timeout(10):
             await agent.wait_version(v1)
-            v2 = p.store.publish(cluster([S1B, S2], {"lb-1": bgp_config(65001, "10.9.0.1", [])}))
+            v2 = p.store.publish(
+                cluster([S1B, S2], {"lb-1": bgp_config(65001, "10.9.0.1", [])}, lb=LB)
+            )
             await agent.wait_version(v2)
-            v3 = p.store.publish(cluster([S1B, S3]))
+            v3 = p.store.publish(cluster([S1B, S3], lb=LB))
             view = await agent.wait_version(v3)
             await p.plane.wait_acked(v3, ["lb-1"])
         assert rec.kinds() == [(v1, 0, True), (v2, v1, False), (v3, v2, False)]
@@ -67,7 +71,7 @@ async def test_no_snapshot_before_the_first_version() -> None:
                 health = health_pb2_grpc.HealthStub(channel)
                 check = await health.Check(health_pb2.HealthCheckRequest(service=""))
                 assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
-                v1 = p.store.publish(cluster([S1]))
+                v1 = p.store.publish(cluster([S1], lb=LB))
                 await agent.wait_version(v1)
                 assert agent.connected
                 watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -86,14 +90,14 @@ async def test_service_errors_are_recorded_and_the_rest_moves_on() -> None:
     async with Plane() as p:
         rec = Recorder(ack)
         agent = p.agent("lb-1", rec)
-        v1 = p.store.publish(cluster([S1, S2]))
+        v1 = p.store.publish(cluster([S1, S2], lb=LB))
         async with asyncio.timeout(10):
             await p.plane.wait_acked(v1, ["lb-1"])
             info = p.info("lb-1")
             assert info.acked_version == v1
             assert [(e.service_id, e.message) for e in info.service_errors] == [(S2.id, "no room")]
             # A later clean ack clears them; a nack does not force a full snapshot.
-            v2 = p.store.publish(cluster([S1B, S2]))
+            v2 = p.store.publish(cluster([S1B, S2], lb=LB))
             await p.plane.wait_acked(v2, ["lb-1"])
         assert list(p.info("lb-1").service_errors) == []
         assert rec.kinds() == [(v1, 0, True), (v2, v1, False)]
@@ -117,14 +121,14 @@ async def test_whole_version_error_gets_a_full_snapshot() -> None:
             return await handler(update)
 
         agent = p.agent("lb-1", both)
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         async with asyncio.timeout(10):
             await agent.wait_version(1)
-            p.store.publish(cluster([S1B]))
+            p.store.publish(cluster([S1B], lb=LB))
             await p.plane.wait_for(lambda: p.info("lb-1").error != "")
             assert "map full" in p.info("lb-1").error
             assert agent.view is None  # the agent no longer claims any version
-            p.store.publish(cluster([S1B, S2]))
+            p.store.publish(cluster([S1B, S2], lb=LB))
             await agent.wait_version(3)
             await p.plane.wait_acked(3, ["lb-1"])
         assert rec.kinds() == [(1, 0, True), (2, 1, False), (3, 0, True)]
@@ -134,11 +138,11 @@ async def test_whole_version_error_gets_a_full_snapshot() -> None:
 async def test_reconnect_with_a_known_version_gets_a_delta() -> None:
     async with Plane() as p:
         first = p.agent("lb-1")
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         async with asyncio.timeout(10):
             view = await first.wait_version(1)
             await p.stop_agent(first)
-            p.store.publish(cluster([S1, S2]))
+            p.store.publish(cluster([S1, S2], lb=LB))
             rec = Recorder()
             second = p.agent("lb-1", rec, initial=view)
             await second.wait_version(2)
@@ -147,7 +151,7 @@ async def test_reconnect_with_a_known_version_gets_a_delta() -> None:
             idle = Recorder()
             third = p.agent("lb-1", idle, initial=second.view)
             await p.plane.wait_for(lambda: p.info("lb-1").connected)
-            v3 = p.store.publish(cluster([S2]))
+            v3 = p.store.publish(cluster([S2], lb=LB))
             await third.wait_version(v3)
         assert rec.kinds() == [(2, 1, False)]
         assert [s.id for s in rec.updates[0].upserted] == [S2.id]
@@ -165,8 +169,8 @@ async def test_reconnect_with_a_known_version_gets_a_delta() -> None:
 async def test_unknown_version_or_wrong_hash_gets_a_snapshot(applied: tuple[int, str]) -> None:
     version, digest = applied
     async with Plane() as p, p.channel() as channel:
-        p.store.publish(cluster([S1]))
-        p.store.publish(cluster([S1, S2]))
+        p.store.publish(cluster([S1], lb=LB))
+        p.store.publish(cluster([S1, S2], lb=LB))
         hello = pb.Hello(node="lb-1", applied_version=version, applied_hash=digest)
         async with asyncio.timeout(10):
             call, first = await raw_hello(pb_grpc.NodePlaneStub(channel), hello)
@@ -177,8 +181,8 @@ async def test_unknown_version_or_wrong_hash_gets_a_snapshot(applied: tuple[int,
 
 async def test_known_version_from_a_raw_stream_gets_a_delta() -> None:
     async with Plane() as p, p.channel() as channel:
-        p.store.publish(cluster([S1]))
-        p.store.publish(cluster([S1, S2]))
+        p.store.publish(cluster([S1], lb=LB))
+        p.store.publish(cluster([S1, S2], lb=LB))
         good = p.store.node_hash("lb-1", 1)
         hello = pb.Hello(node="lb-1", applied_version=1, applied_hash=good)
         async with asyncio.timeout(10):
@@ -191,7 +195,7 @@ async def test_known_version_from_a_raw_stream_gets_a_delta() -> None:
 
 async def test_first_message_must_be_a_hello() -> None:
     async with Plane() as p, p.channel() as channel:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         stub = pb_grpc.NodePlaneStub(channel)
         for first in (pb.AgentMessage(ack=pb.Ack(version=1)), pb.AgentMessage(hello=pb.Hello())):
             call = stub.Connect()
@@ -221,7 +225,7 @@ async def test_node_status_is_recorded() -> None:
 
 async def test_a_new_stream_for_the_same_node_replaces_the_old_one() -> None:
     async with Plane() as p, p.channel() as channel:
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         stub = pb_grpc.NodePlaneStub(channel)
         async with asyncio.timeout(10):
             old, _ = await raw_hello(stub, pb.Hello(node="lb-1"))
@@ -246,7 +250,7 @@ async def test_inspection_rpcs() -> None:
             await stub.GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         bgp = bgp_config(65001, "10.9.0.1", ["192.0.2.1/32"], password="s3cret")
-        p.store.publish(cluster([S1, S2], {"lb-1": bgp}))
+        p.store.publish(cluster([S1, S2], {"lb-1": bgp}, lb=LB))
         snap = await stub.GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
         assert snap.version == 1 and [s.id for s in snap.services] == [S1.id, S2.id]
         assert snap.nodes[0].bgp.peers[0].password == "<redacted>"
@@ -268,7 +272,7 @@ async def test_shutdown_ends_streams_and_agents_reconnect_to_another_controller(
     async with Plane() as p:
         rec = Recorder()
         agent = p.agent("lb-1", rec)
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         async with asyncio.timeout(10):
             view = await agent.wait_version(1)
         p.plane.close()
@@ -280,14 +284,14 @@ async def test_shutdown_ends_streams_and_agents_reconnect_to_another_controller(
 async def test_a_delta_that_does_not_rebuild_the_view_leads_to_a_full_snapshot() -> None:
     async with Plane() as p:
         first = p.agent("lb-1")
-        p.store.publish(cluster([S1, S2]))
+        p.store.publish(cluster([S1, S2], lb=LB))
         async with asyncio.timeout(10):
             good = await first.wait_version(1)
             await p.stop_agent(first)
         # An agent whose state is not what its hash claims (corrupt, or a bug): the
         # controller trusts the hash and sends a delta, which then fails to verify.
         lying = dataclasses.replace(good, services={}, digests={})
-        p.store.publish(cluster([S1B, S2]))
+        p.store.publish(cluster([S1B, S2], lb=LB))
         rec = Recorder()
         second = p.agent("lb-1", rec, initial=lying)
         async with asyncio.timeout(10):
@@ -314,7 +318,7 @@ async def test_metrics_follow_versions_and_acks() -> None:
     async with Plane() as p:
         registry = p.plane.metrics.registry
         agent = p.agent("lb-1")
-        p.store.publish(cluster([S1]))
+        p.store.publish(cluster([S1], lb=LB))
         async with asyncio.timeout(10):
             await agent.wait_version(1)
             await p.plane.wait_acked(1, ["lb-1"])
@@ -322,7 +326,7 @@ async def test_metrics_follow_versions_and_acks() -> None:
         assert registry.get_sample_value("weir_connected_agents") == 1
         assert registry.get_sample_value("weir_agent_version_lag", {"node": "lb-1"}) == 0
         await p.stop_agent(agent)
-        p.store.publish(cluster([S1, S2]))
+        p.store.publish(cluster([S1, S2], lb=LB))
         assert registry.get_sample_value("weir_connected_agents") == 0
         assert registry.get_sample_value("weir_agent_version_lag", {"node": "lb-1"}) == 1
 
@@ -337,7 +341,7 @@ async def test_the_agent_retries_until_a_controller_appears() -> None:
     )
     task = asyncio.create_task(agent.run())
     store = SnapshotStore()
-    store.publish(cluster([S1]))
+    store.publish(cluster([S1], lb=LB))
     try:
         async with asyncio.timeout(10):
             # Let it fail a few times against the closed port first.

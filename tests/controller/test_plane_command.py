@@ -48,7 +48,22 @@ endpoints:
 """
 
 ENDPOINT = """  - addresses: ["{ip}"]
+    nodeName: worker-1
     conditions: {{ready: true, serving: true, terminating: false}}
+"""
+
+# lb-1 is a load-balancer node by the controller's --lb-node-selector below; the pods run on
+# worker-1, reached by encapsulation.
+NODES = """
+apiVersion: v1
+kind: Node
+metadata: {name: lb-1, labels: {role: balancer}}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: worker-1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.5}]}
 """
 
 
@@ -103,6 +118,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str, Pat
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "service.yaml").write_text(SERVICE)
+    (manifests / "nodes.yaml").write_text(NODES)
     write_slice(manifests, ["10.10.0.11"])
     (manifests / "broken.yaml").write_text("kind: Service\nmetadata: [unclosed\n")
     metrics = f"127.0.0.1:{free_port()}"
@@ -114,6 +130,8 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str, Pat
         "--log-format", "json",
         "--debounce-ms", "20",
         "--metrics-listen", metrics,
+        "--lb-node-selector", "role in (balancer)",
+        "--encap-port", "7000",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     ctl = Controller(proc)
@@ -171,9 +189,17 @@ async def test_controller_serves_the_manifests_and_weirctl_shows_them(
         text = await weirctl(target, "snapshot")
         assert "version 2" in text
         assert "192.0.2.10:80/TCP" in text and "demo/web" in text and "2/2" in text
+        assert "lb-1      10.0.0.1  load-balancer  0" in text
+        assert "worker-1  10.0.0.5  backend        2                10.0.0.1" in text
         node = await weirctl(target, "snapshot", "--node", "lb-1", "--backends")
         assert "node lb-1" in node and "10.10.0.12:8080" in node
+        assert "roles: load-balancer  address 10.0.0.1  encap port 7000" in node
+        assert "10.10.0.12:8080  1       worker-1  encap  10.0.0.5  ready,serving" in node
         assert "BGP: none" in node
+        worker = await weirctl(target, "snapshot", "--node", "worker-1")
+        assert "services 0" in worker and "roles: backend  address 10.0.0.5" in worker
+        assert "accepts encapsulated packets from: 10.0.0.1" in worker
+        assert "192.0.2.10:80/TCP  10.10.0.12:8080" in worker
         as_json = json.loads(await weirctl(target, "snapshot", "-o", "json"))
         assert as_json["version"] == "2"
 

@@ -22,17 +22,19 @@ def services(n: int, backends: int) -> list[pb.Service]:
 
 async def test_fifty_agents_converge_to_the_same_version() -> None:
     nodes = [f"lb-{i:02d}" for i in range(50)]
-    # Half the nodes have BGP settings of their own, so views (and hashes) differ per node.
+    # Half the nodes have BGP settings of their own, so views (and hashes) differ per node;
+    # the last ten are not load-balancer nodes: their views carry no services.
     bgp = {n: bgp_config(65001, "10.9.0.1", [f"192.0.2.{i}/32"]) for i, n in enumerate(nodes[::2])}
+    lb = nodes[:40]
     async with Plane() as p:
-        p.store.publish(cluster(services(20, 3), bgp))
+        p.store.publish(cluster(services(20, 3), bgp, lb=lb))
         recorders = {n: Recorder() for n in nodes}
         agents = [p.agent(n, recorders[n]) for n in nodes]
         async with asyncio.timeout(60):
             await p.plane.wait_acked(1, nodes)
             # A burst of versions while everyone is connected.
             for k in range(2, 6):
-                p.store.publish(cluster(services(20, k), bgp))
+                p.store.publish(cluster(services(20, k), bgp, lb=lb))
             latest = p.store.version
             await p.plane.wait_acked(latest, nodes)
         assert latest == 5
@@ -40,6 +42,7 @@ async def test_fifty_agents_converge_to_the_same_version() -> None:
             assert agent.view.version == latest
             assert agent.view.hash == p.store.node_hash(agent.node, latest)
             assert agent.view.snapshot() == p.store.node_snapshot(agent.node)
+            assert len(agent.view.services) == (20 if agent.node in lb else 0)
         listed = p.plane.list_agents()
         assert listed.version == latest
         assert [a.node for a in listed.agents] == nodes
@@ -63,14 +66,15 @@ async def test_a_slow_agent_does_not_hold_up_the_others() -> None:
         return pb.Ack()
 
     async with Plane() as p:
-        p.store.publish(cluster(services(3, 1)))
+        lb = ["slow", *fast_nodes]
+        p.store.publish(cluster(services(3, 1), lb=lb))
         slow_agent = p.agent("slow", slow)
         for n in fast_nodes:
             p.agent(n)
         async with asyncio.timeout(30):
             await p.plane.wait_acked(1, [*fast_nodes, "slow"])
             for k in range(2, 6):
-                v = p.store.publish(cluster(services(3, k)))
+                v = p.store.publish(cluster(services(3, k), lb=lb))
                 # Every fast agent gets and acks each version while the slow one is stuck.
                 await p.plane.wait_acked(v, fast_nodes)
             assert p.info("slow").acked_version == 1

@@ -17,6 +17,7 @@ from weir.controller.core.views import node_view, node_view_hash
 
 from tests.controller.reduce_support import (
     FILES,
+    LB,
     endpoint_slice,
     node,
     peer,
@@ -56,8 +57,11 @@ def clusters(draw: st.DrawFn) -> list[Any]:
                             {},
                             {"weir.dev/traffic-strategy": "random"},
                             {"weir.dev/maglev-table-size": "251"},
-                            {"weir.dev/maglev-table-size": "252"},
-                        ]  # not prime: an error
+                            {"weir.dev/maglev-table-size": "252"},  # not prime: an error
+                            {"weir.dev/forwarding": "encap"},
+                            {"weir.dev/forwarding": "l2"},
+                            {"weir.dev/forwarding": "bogus"},  # an error, then auto
+                        ]
                     )
                 ),
             )
@@ -71,12 +75,18 @@ def clusters(draw: st.DrawFn) -> list[Any]:
                     max_size=5,
                 )
             )
-            slice_ports = [(n, p + 8000, proto) for n, p, proto in ports]
+            # Pods translate the port (+8000) or not (hosts for L2 DSR), on nodes that exist
+            # or not.
+            shift = draw(st.sampled_from([0, 8000]))
+            slice_ports = [(n, p + shift, proto) for n, p, proto in ports]
+            on = draw(st.sampled_from(["n0", "n1", "n2", "gone", None]))
             objs.append(
-                endpoint_slice(f"{name}-{j}", name, eps, ns=ns, ports=slice_ports, family=family)
+                endpoint_slice(
+                    f"{name}-{j}", name, eps, ns=ns, ports=slice_ports, family=family, node=on
+                )
             )
     for i in range(draw(st.integers(0, 3))):
-        labels = {"lb": "yes"} if draw(st.booleans()) else {}
+        labels = draw(st.sampled_from([{}, {"lb": "yes"}, LB, {**LB, "lb": "yes"}]))
         objs.append(node(f"n{i}", draw(st.sampled_from(["172.16.0.1", "172.16.0.2", None])),
                          **labels))  # fmt: skip
     for i in range(draw(st.integers(0, 3))):
@@ -229,31 +239,49 @@ def test_changes_of_some_kinds_and_unparsed_objects() -> None:
 
 
 def test_views_and_hashes() -> None:
+    lb = {"weir.dev/load-balancer": "true", "lb": "yes"}
     objs = [
         service("web"),
         endpoint_slice("web-1", "web", ["10.0.0.1"]),
-        node("lb-1", "172.16.0.1", lb="yes"),
-        node("lb-2", "172.16.0.2", lb="yes"),
+        node("lb-1", "172.16.0.1", **lb),
+        node("lb-2", "172.16.0.2", **lb),
+        node("lb-3", "172.16.0.4", **{"weir.dev/load-balancer": "true"}),  # no BGPPeer
         node("worker", "172.16.0.3"),
         peer("tor", nodeSelector={"matchLabels": {"lb": "yes"}}),
     ]
     cluster = reduce(state_of(objs).inputs(), FILES).cluster
-    views = {n: node_view(cluster, n) for n in ("lb-1", "lb-2", "worker", "unknown")}
+    names = ("lb-1", "lb-2", "lb-3", "worker", "unknown")
+    views = {n: node_view(cluster, n) for n in names}
     for name, view in views.items():
         assert view.node == name and view.version == 0 and view.base_version == 0
-        assert list(view.services) == list(cluster.services)
+        # Only load-balancer nodes' views carry the services.
+        lb_node = name.startswith("lb-")
+        assert list(view.services) == (list(cluster.services) if lb_node else [])
+        assert view.node_config.load_balancer == lb_node
         assert view.hash == view_hash(view) == node_view_hash(cluster, name)
     assert views["lb-1"].bgp.router_id == "172.16.0.1"
     assert not views["worker"].HasField("bgp")
-    assert len({v.hash for v in views.values()}) == 4  # the node name is content too
-    # Versions and the hash field are not content; an empty bgp set explicitly is no bgp.
+    assert views["worker"].node_config == pb.NodeConfig(address="172.16.0.3")
+    assert not views["unknown"].HasField("node_config")
+    assert len({v.hash for v in views.values()}) == 5  # the node name is content too
+    # Versions and the hash field are not content; an empty bgp or node_config set
+    # explicitly is none.
     rebuilt = pb.Snapshot()
-    rebuilt.CopyFrom(views["worker"])
+    rebuilt.CopyFrom(views["lb-3"])
     rebuilt.version, rebuilt.base_version, rebuilt.hash = 9, 8, "x"
     rebuilt.bgp.CopyFrom(pb.BGPConfig())
-    assert rebuilt.HasField("bgp") and view_hash(rebuilt) == views["worker"].hash
+    assert rebuilt.HasField("bgp") and view_hash(rebuilt) == views["lb-3"].hash
     rebuilt.services[0].backends[0].weight = 2
-    assert view_hash(rebuilt) != views["worker"].hash
+    assert view_hash(rebuilt) != views["lb-3"].hash
+    unknown = pb.Snapshot()
+    unknown.CopyFrom(views["unknown"])
+    unknown.node_config.CopyFrom(pb.NodeConfig())
+    assert unknown.HasField("node_config") and view_hash(unknown) == views["unknown"].hash
+    # The hash covers the NodeConfig: the same view with another address is another view.
+    moved = pb.Snapshot()
+    moved.CopyFrom(views["worker"])
+    moved.node_config.address = "172.16.0.9"
+    assert view_hash(moved) != views["worker"].hash
     # The cluster hash ignores the version the caller stamps.
     before = cluster.hash
     cluster.version = 41

@@ -61,8 +61,19 @@ def manifest(backends: list[str]) -> str:
     endpoints = "".join(
         f"- addresses: [{BACKENDS[b]}]\n  conditions: {{ready: true}}\n" for b in backends
     )
-    return f"""\
+    # The agents' nodes are load-balancer nodes: only their views carry the services.
+    nodes = "".join(
+        f"""\
 apiVersion: v1
+kind: Node
+metadata: {{name: {name}, labels: {{weir.dev/load-balancer: "true"}}}}
+status: {{addresses: [{{type: InternalIP, address: {address}}}]}}
+---
+"""
+        for name, address in LBS.items()
+    )
+    return f"""\
+{nodes}apiVersion: v1
 kind: Service
 metadata:
   name: web

@@ -75,6 +75,9 @@ def endpoint_slice(
     }
 
 
+LB_NODE = {"weir.dev/load-balancer": "true"}  # the default label of load-balancer nodes
+
+
 def node(name: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

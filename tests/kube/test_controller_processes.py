@@ -43,7 +43,9 @@ def holder(fake: FakeKubeAPI) -> str:
 @pytest.fixture
 async def cluster(fake: FakeKubeAPI) -> AsyncIterator[FakeKubeAPI]:
     fake.create(b.pool("main", "192.0.2.0/28"))
-    fake.create(b.node("node-a", "10.0.0.1"))
+    # The agents' nodes are load-balancer nodes: their views carry the services.
+    fake.create(b.node("node-a", "10.0.0.1", b.LB_NODE))
+    fake.create(b.node("node-b", "10.0.0.2", b.LB_NODE))
     fake.create(b.service("web"))
     fake.create(b.endpoint_slice("web", "default", ["10.1.0.1", "10.1.0.2"]))
     yield fake
