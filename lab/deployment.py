@@ -17,12 +17,15 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weir.lab import manifests
 from weir.lab.netns import Host, LabError, Topology, kill_group
 from weir.lab.plane import Convergence
 from weir.lab.processes import AgentOptions, ControllerOptions
+
+if TYPE_CHECKING:
+    from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 
 @dataclass
@@ -124,8 +127,8 @@ class Deployment:
     # -- what the data planes hold ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def maps(self, node: str) -> Iterator[Any]:
-        """node's pinned maps (weir.nodeagent.dataplane.pinned.PinnedMaps), read-only."""
+    def maps(self, node: str) -> Iterator[PinnedMaps]:
+        """node's pinned maps, read-only."""
         from weir.nodeagent.dataplane.pinned import PinnedMaps
 
         maps = PinnedMaps(self.bpffs(node))

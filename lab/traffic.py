@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from weir.lab.client import Outcome, Proto, RateSummary, TalkReport, Target
 from weir.lab.netns import Host, LabError
@@ -46,7 +46,7 @@ class Lines:
         self._eof = line is None
         return line
 
-    def json(self, timeout: float, what: str) -> object:
+    def json(self, timeout: float, what: str) -> Any:
         line = self.next(timeout)
         if line is None:
             raise LabError(f"{what}: no answer within {timeout:g} s")
@@ -63,15 +63,37 @@ def serve(host: Host, name: str, port: int = 80, *, proto: Proto = "http") -> su
     return proc
 
 
-def client(host: Host, target: Target, mode: str, *args: str, stdin: bool = False):
-    """weir.lab.client in host: (process, its output lines)."""
-    proc = host.popen(
-        [sys.executable, "-m", "weir.lab.client", mode, "--vip", target.vip,
-         "--port", str(target.port), "--proto", target.proto, *args],
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    return proc, Lines(proc.stdout)  # type: ignore[arg-type]
+@dataclass
+class Client:
+    """A weir.lab.client process in a host, and its output lines."""
+
+    proc: subprocess.Popen
+    lines: Lines
+
+    @classmethod
+    def start(
+        cls, host: Host, target: Target, mode: str, *args: str, stdin: bool = False
+    ) -> Client:
+        proc = host.popen(
+            [sys.executable, "-m", "weir.lab.client", mode, "--vip", target.vip,
+             "--port", str(target.port), "--proto", target.proto, *args],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc, Lines(proc.stdout))  # type: ignore[arg-type]
+
+    def ask(self, command: str, timeout: float) -> Any:
+        """Send a command line (hold, talk); its JSON answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        self.proc.stdin.flush()
+        return self.lines.json(timeout, f"client {command}")
+
+    def end(self) -> None:
+        """Close its stdin (hold, talk: the end) and wait for it to exit."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
 def burst(
@@ -92,22 +114,22 @@ def burst(
         args += ["--sports", ",".join(map(str, sports))]
     elif sport_base:
         args += ["--sport-base", str(sport_base)]
-    proc, lines = client(host, target, "burst", *args)
+    client = Client.start(host, target, "burst", *args)
     out = []
-    while (line := lines.next(30)) is not None:
+    while (line := client.lines.next(30)) is not None:
         out.append(Outcome(**json.loads(line)))
         if progress is not None:
             progress(out[-1])
-    proc.wait(timeout=10)
+    client.end()
     return out
 
 
 def rate(host: Host, target: Target, seconds: float, concurrency: int) -> RateSummary:
     """As many new connections as concurrency workers manage in seconds, summed up."""
     args = ["--seconds", str(seconds), "--concurrency", str(concurrency), "--summary"]
-    proc, lines = client(host, target, "stream", *args)
-    summary = RateSummary(**lines.json(seconds + 60, "stream --summary"))  # type: ignore[arg-type]
-    proc.wait(timeout=10)
+    client = Client.start(host, target, "stream", *args)
+    summary = RateSummary(**client.lines.json(seconds + 60, "stream --summary"))
+    client.end()
     return summary
 
 
@@ -124,14 +146,14 @@ class Stream:
     results: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.proc, self._lines = client(
+        self.client = Client.start(
             self.host, self.target, "stream", "--seconds", str(self.seconds),
             "--concurrency", str(self.concurrency), "--pause", str(self.pause),
             "--timeout", str(self.timeout),
         )  # fmt: skip
 
     def _more(self, timeout: float) -> bool:
-        line = self._lines.next(timeout)
+        line = self.client.lines.next(timeout)
         if line is not None:
             self.results.append(Outcome(**json.loads(line)))
         return line is not None
@@ -148,7 +170,7 @@ class Stream:
         """Every outcome once the client is done, by start time."""
         while self._more(self.seconds + 2 * self.timeout + 10):
             pass
-        self.proc.wait(timeout=10)
+        self.client.end()
         return sorted(self.results, key=lambda r: r.t)
 
 
@@ -156,19 +178,15 @@ class Held:
     """Long-lived keep-alive connections (client hold)."""
 
     def __init__(self, host: Host, target: Target, count: int) -> None:
-        self.proc, self._lines = client(host, target, "hold", "--count", str(count), stdin=True)
-        self.sports: list[int] = self._lines.json(20, "hold")["sports"]  # type: ignore[index]
+        self.client = Client.start(host, target, "hold", "--count", str(count), stdin=True)
+        self.sports: list[int] = self.client.lines.json(20, "hold")["sports"]
 
     def ping(self) -> list[str]:
         """One request on every connection: the answering backends ("error: ..." if broken)."""
-        self.proc.stdin.write(b"ping\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        return self._lines.json(30, "hold ping")  # type: ignore[return-value]
+        return self.client.ask("ping", 30)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # type: ignore[union-attr]
-            self.proc.wait(timeout=10)
+        self.client.end()
 
 
 class Talk:
@@ -176,22 +194,17 @@ class Talk:
 
     def __init__(self, host: Host, target: Target, count: int, interval: float = 0.1) -> None:
         args = ["--count", str(count), "--interval", str(interval)]
-        self.proc, self._lines = client(host, target, "talk", *args, stdin=True)
-        self.ready: dict = self._lines.json(30, "talk's connections")  # type: ignore[assignment]
-
-    def ask(self, command: str, timeout: float = 10) -> dict:
-        self.proc.stdin.write(f"{command}\n".encode())  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        return self._lines.json(timeout, f"talk {command}")  # type: ignore[return-value]
+        self.client = Client.start(host, target, "talk", *args, stdin=True)
+        self.ready: dict = self.client.lines.json(30, "talk's connections")
 
     def stalled(self) -> int:
-        return self.ask("stalled")["stalled"]
+        return self.client.ask("stalled", 10)["stalled"]
 
     def wait_flowing(self, timeout: float) -> None:
         """Until no live conversation is stalled."""
         wait_until(lambda: self.stalled() == 0, timeout, "every conversation flowing")
 
     def stop(self) -> TalkReport:
-        report = TalkReport.from_json(self.ask("stop", timeout=30))
-        self.proc.wait(timeout=10)
+        report = TalkReport.from_json(self.client.ask("stop", 30))
+        self.client.end()
         return report
