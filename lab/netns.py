@@ -156,6 +156,8 @@ class Host:
 
 @dataclass(eq=False)
 class Topology:
+    """Everything one lab, test or benchmark builds, removed at close()."""
+
     prefix: str
     hosts: list[Host] = field(default_factory=list)
     links: list[str] = field(default_factory=list)  # root-namespace veth ends, oldest first
