@@ -27,8 +27,8 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.bgp support modules
@@ -52,11 +52,21 @@ async def wait_hops(lab: Lab, n: int, limit: float, start: float | None = None) 
     return time.monotonic() - start
 
 
+@dataclass(frozen=True)
+class ConvergenceRow:
+    name: str
+    times: list[float]  # seconds, one per round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
 async def run_mode(mode: str, rounds: int, hold: int, gr: bool) -> list[float]:
     cleanup_prefix(PREFIX)
     peer_opts = {"hold_time": hold} if hold else {}
-    with Topology(PREFIX) as topo, tempfile.TemporaryDirectory() as tmp:
-        lab = build(topo, Path(tmp), 3, **peer_opts)  # type: ignore[arg-type]
+    with Topology(PREFIX) as topo:
+        lab = build(topo, topo.workdir(), 3, **peer_opts)  # type: ignore[arg-type]
         speakers = []
         async with contextlib.AsyncExitStack() as stack:
             for node in lab.nodes:
@@ -92,11 +102,25 @@ async def run_mode(mode: str, rounds: int, hold: int, gr: bool) -> list[float]:
         return times
 
 
-def show(name: str, times: list[float], base: float | None) -> None:
-    med = statistics.median(times)
-    ratio = f"  x{med / base:,.0f} the withdraw baseline" if base else ""
-    runs = " ".join(f"{t:.3f}" for t in times)
-    print(f"{name:<44} median {med:8.3f} s   runs [{runs}]{ratio}", flush=True)
+async def run(rounds: int = 3, hold: int = 3, defaults: bool = False) -> list[ConvergenceRow]:
+    """The withdraw baseline first, then the hard failures."""
+    rows = [
+        ConvergenceRow(
+            "withdraw (drain) [baseline]", await run_mode("withdraw", rounds, hold, False)
+        ),
+        ConvergenceRow(f"hard failure, hold {hold}s", await run_mode("fail", rounds, hold, False)),
+        ConvergenceRow(
+            f"hard failure, hold {hold}s, graceful restart 120s",
+            await run_mode("fail", 1, hold, True),
+        ),
+    ]
+    if defaults:
+        rows.append(
+            ConvergenceRow(
+                "hard failure, default timers (hold 180s)", await run_mode("fail", 1, 0, False)
+            )
+        )
+    return rows
 
 
 async def main() -> int:
@@ -108,15 +132,12 @@ async def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    withdraw = await run_mode("withdraw", args.rounds, args.hold, False)
-    base = statistics.median(withdraw)
-    show("withdraw (drain) [baseline]", withdraw, None)
-    show(f"hard failure, hold {args.hold}s",
-         await run_mode("fail", args.rounds, args.hold, False), base)  # fmt: skip
-    show(f"hard failure, hold {args.hold}s, graceful restart 120s",
-         await run_mode("fail", 1, args.hold, True), base)  # fmt: skip
-    if args.defaults:
-        show("hard failure, default timers (hold 180s)", await run_mode("fail", 1, 0, False), base)
+    rows = await run(args.rounds, args.hold, args.defaults)
+    base = rows[0].median
+    for r in rows:
+        ratio = f"  x{r.median / base:,.0f} the withdraw baseline" if r is not rows[0] else ""
+        runs = " ".join(f"{t:.3f}" for t in r.times)
+        print(f"{r.name:<44} median {r.median:8.3f} s   runs [{runs}]{ratio}", flush=True)
     return 0
 
 

@@ -22,11 +22,14 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from weir.lab.netns import Host, Topology
-from weir.lab.stack import WORKDIR, Stack, teardown
+from weir.lab import traffic
+from weir.lab.client import RateSummary
+from weir.lab.netns import Host, Topology, cleanup_prefix
+from weir.lab.stack import TARGET, WORKDIR, Stack
 from weir.lab.topology import BACKENDS, NODES, PORT, PREFIX, VIP, build
 
 NFT_TABLE = "wlb_kubeproxy"
@@ -63,15 +66,14 @@ table ip {NFT_TABLE} {{
 """
 
 
-def nft_on(node: Host, rules: Path) -> None:
-    node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    node.run(["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"])
-    node.run(["nft", "-f", str(rules)])
+def nft_on(node: Host) -> None:
+    node.sysctl({"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.send_redirects": 0})
+    node.nft(nft_rules())
 
 
 def nft_off(node: Host) -> None:
     node.run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
-    node.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+    node.sysctl({"net.ipv4.ip_forward": 0})
 
 
 def xdp_detach(node: Host) -> None:
@@ -80,59 +82,50 @@ def xdp_detach(node: Host) -> None:
 
 def xdp_attach(stack: Stack, node: str) -> None:
     """Put the agent's pinned program back on the uplink (native mode, as the agent does)."""
-    prog = stack.bpffs(node) / "prog_xdp"
+    prog = stack.weir.bpffs(node) / "prog_xdp"
     stack.net.nodes[node].run(["ip", "link", "set", "dev", "eth0", "xdpdrv", "pinned", str(prog)])
 
 
-def measure(stack: Stack, seconds: float, concurrency: int) -> dict:
-    def rate(secs: float) -> dict:
-        proc = stack.traffic(
-            "c1", "rate", "--seconds", str(secs), "--concurrency", str(concurrency)
-        )
-        out, _ = proc.communicate(timeout=secs + 60)
-        return json.loads(out)
-
-    rate(0.5)  # warm-up: ARP, conntrack, caches, the servers' first accepts
-    return rate(seconds)
+def measure(stack: Stack, seconds: float, concurrency: int) -> RateSummary:
+    c1 = stack.net.clients["c1"]
+    traffic.rate(c1, TARGET, 0.5, concurrency)  # warm-up: ARP, conntrack, the first accepts
+    return traffic.rate(c1, TARGET, seconds, concurrency)
 
 
-def median_result(mode: str, runs: list[dict]) -> ConnResult:
+def median_result(mode: str, runs: list[RateSummary]) -> ConnResult:
     med = statistics.median
     return ConnResult(
         mode,
-        sum(r["count"] for r in runs),
-        sum(r["errors"] for r in runs),
-        sum(r["seconds"] for r in runs),
-        med(r["rate"] for r in runs),
-        med(r["p50_ms"] for r in runs),
-        med(r["p99_ms"] for r in runs),
-        tuple(round(r["rate"]) for r in runs),
+        sum(r.count for r in runs),
+        sum(r.errors for r in runs),
+        sum(r.seconds for r in runs),
+        med(r.rate for r in runs),
+        med(r.p50_ms for r in runs),
+        med(r.p99_ms for r in runs),
+        tuple(round(r.rate) for r in runs),
     )
 
 
 def run(
-    rounds: int = 3, seconds: float = 3.0, concurrency: int = 16, progress=print
+    rounds: int = 3,
+    seconds: float = 3.0,
+    concurrency: int = 16,
+    progress: Callable[[str], None] = print,
 ) -> list[ConnResult]:
     """Build the lab network, alternate nftables and Weir rounds; always clean up."""
-    teardown(None)
-    topo = Topology(PREFIX)
-    try:
-        WORKDIR.mkdir(parents=True)
-        net = build(topo)
-        stack = Stack(net, WORKDIR, "static")
+    cleanup_prefix(PREFIX, WORKDIR)
+    with Topology(PREFIX) as topo:
+        stack = Stack(build(topo), topo.workdir(WORKDIR), "static")
         stack.start_backends()
         stack.router.start()
-        if not stack.router.wait_next_hops(list(NODES), 15):
-            raise RuntimeError("the router has no ECMP route over the LB nodes")
-        rules = WORKDIR / "kubeproxy.nft"
-        rules.write_text(nft_rules())
+        stack.wait_next_hops(NODES, 15)
         nft_runs, weir_runs = [], []
         for rnd in range(rounds):
             progress(f"conn bench round {rnd + 1}/{rounds}: nftables DNAT, then Weir")
-            for node in net.nodes.values():
-                nft_on(node, rules)
+            for node in stack.net.nodes.values():
+                nft_on(node)
             nft_runs.append(measure(stack, seconds, concurrency))
-            for node in net.nodes.values():
+            for node in stack.net.nodes.values():
                 nft_off(node)
             if rnd == 0:
                 stack.start_weir(progress=lambda _: None)
@@ -140,14 +133,12 @@ def run(
                 for name in NODES:
                     xdp_attach(stack, name)
             weir_runs.append(measure(stack, seconds, concurrency))
-            for node in net.nodes.values():
+            for node in stack.net.nodes.values():
                 xdp_detach(node)
         return [
             median_result("nftables DNAT (baseline)", nft_runs),
             median_result("Weir XDP + DSR", weir_runs),
         ]
-    finally:
-        teardown(topo)
 
 
 def main() -> int:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reduce_bench import generate
@@ -35,6 +37,7 @@ from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
 from weir.controller.plane.server import start_server
 from weir.controller.plane.servicer import NodePlane
+from weir.lab.stats import percentile
 
 TARGET_P99 = 0.100
 MODES = ("baseline", "pipeline", "default")
@@ -47,15 +50,62 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+@dataclass(frozen=True)
+class Options:
+    agents: int = 200
+    rounds: int = 30
+    warmup: int = 3
+    services: int = 100
+    endpoints: int = 20
+
+
+@dataclass(frozen=True)
+class PlaneRow:
+    mode: str  # baseline, pipeline, default
+    label: str
+    p50_ms: float  # change -> all acked
+    p99_ms: float
+    max_ms: float
+    fanout_p50_ms: float  # published -> all acked
+    fanout_p99_ms: float
+    fanout_max_ms: float
+
+    @property
+    def met(self) -> bool:
+        return self.p99_ms < TARGET_P99 * 1e3
+
+
+@dataclass
+class PlaneResult:
+    opts: Options
+    services: int = 0
+    backends: int = 0
+    view_kb: float = 0.0  # one node's full view
+    connect_s: float = 0.0  # until every agent acked the first snapshot
+    cpu_controller_ms: float = 0.0  # per change
+    cpu_swarm_ms: float = 0.0
+    rows: list[PlaneRow] = field(default_factory=list)
+
+
+def labels() -> dict[str, str]:
+    return {
+        "baseline": "baseline: store.publish -> 200 acks",
+        "pipeline": "endpoint change -> 200 acks (debounce 0)",
+        "default": f"endpoint change -> 200 acks (debounce {DEFAULT_DEBOUNCE * 1000:.0f} ms)",
+    }
+
+
+def row(mode: str, samples: list[tuple[float, float]]) -> PlaneRow:
+    total = [t * 1e3 for t, _ in samples]
+    fan = [f * 1e3 for _, f in samples]
+    return PlaneRow(
+        mode, labels()[mode], percentile(total, 50), percentile(total, 99), max(total),
+        percentile(fan, 50), percentile(fan, 99), max(fan),
+    )  # fmt: skip
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Options) -> None:
         self.args = args
         self.nodes = [f"lb-{i}" for i in range(args.agents)]
         self.objects = generate(args.services, args.endpoints, nodes=args.agents)
@@ -95,8 +145,9 @@ class Bench:
         t1 = time.perf_counter()
         return t1 - t0, t1 - self.published_at[version]
 
-    async def run(self) -> None:
+    async def run(self) -> PlaneResult:
         args = self.args
+        out = PlaneResult(args)
         self.state.replace(ALL_KINDS, self.objects)
         server = await start_server(self.plane, "127.0.0.1:0", None)
         publisher = asyncio.create_task(self.publisher.run())
@@ -114,16 +165,11 @@ class Bench:
             async with asyncio.timeout(120):
                 version = await self.store.wait_published()
                 await self.plane.wait_acked(version, self.nodes)
-            connect = time.perf_counter() - t0
+            out.connect_s = time.perf_counter() - t0
             cluster = self.store.cluster()
-            backends = sum(len(s.backends) for s in cluster.services)
-            view = self.store.node_snapshot(self.nodes[0]).ByteSize()
-            print(
-                f"{args.agents} agents in another process (pid {swarm.pid}); "
-                f"{len(cluster.services)} services, {backends} backends; "
-                f"a node's full view {view / 1e3:.0f} kB"
-            )
-            print(f"all agents connected and acked the first full snapshot in {connect:.2f} s")
+            out.services = len(cluster.services)
+            out.backends = sum(len(s.backends) for s in cluster.services)
+            out.view_kb = self.store.node_snapshot(self.nodes[0]).ByteSize() / 1e3
 
             modes: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
             cpu0 = cpu_seconds(os.getpid()), cpu_seconds(swarm.pid)
@@ -140,13 +186,11 @@ class Bench:
                     for mode, sample in zip(modes, samples, strict=True):
                         modes[mode].append(sample)
             cpu1 = cpu_seconds(os.getpid()), cpu_seconds(swarm.pid)
-            self.report(modes)
             changes = 3 * (args.warmup + args.rounds)
-            print(
-                f"CPU per change: controller {(cpu1[0] - cpu0[0]) / changes * 1e3:.1f} ms, "
-                f"agent swarm {(cpu1[1] - cpu0[1]) / changes * 1e3:.1f} ms "
-                f"({(cpu1[1] - cpu0[1]) / changes / args.agents * 1e6:.0f} us per agent)"
-            )
+            out.cpu_controller_ms = (cpu1[0] - cpu0[0]) / changes * 1e3
+            out.cpu_swarm_ms = (cpu1[1] - cpu0[1]) / changes * 1e3
+            out.rows = [row(mode, samples) for mode, samples in modes.items()]
+            return out
         finally:
             assert swarm.stdin is not None
             swarm.stdin.close()
@@ -157,53 +201,58 @@ class Bench:
                 swarm.kill()
                 await swarm.wait()
             publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
             await server.stop(grace=1)
 
-    def report(self, modes: dict[str, list[tuple[float, float]]]) -> None:
-        labels = {
-            "baseline": "baseline: store.publish -> 200 acks",
-            "pipeline": "endpoint change -> 200 acks (debounce 0)",
-            "default": f"endpoint change -> 200 acks (debounce {DEFAULT_DEBOUNCE * 1000:.0f} ms)",
-        }
-        base = modes["baseline"]
-        b50 = percentile([t for t, _ in base], 50)
-        b99 = percentile([t for t, _ in base], 99)
+
+def run(opts: Options) -> PlaneResult:
+    configure("console", "warning")
+    return asyncio.run(Bench(opts).run())
+
+
+def show(res: PlaneResult) -> None:
+    opts = res.opts
+    print(
+        f"{opts.agents} agents in another process; {res.services} services, {res.backends} "
+        f"backends; a node's full view {res.view_kb:.0f} kB"
+    )
+    print(f"all agents connected and acked the first full snapshot in {res.connect_s:.2f} s")
+    base = res.rows[0]
+    print(
+        f"\n{opts.rounds} rounds each, milliseconds        p50      p99      max"
+        "   p50/base p99/base"
+    )
+    for r in res.rows:
         print(
-            f"\n{self.args.rounds} rounds each, milliseconds        p50      p99      max"
-            "   p50/base p99/base"
+            f"{r.label:<44}{r.p50_ms:7.1f}  {r.p99_ms:7.1f}  {r.max_ms:7.1f}"
+            f"   {r.p50_ms / base.p50_ms:7.2f}x {r.p99_ms / base.p99_ms:7.2f}x"
         )
-        for mode, samples in modes.items():
-            total = [t for t, _ in samples]
-            p50, p99 = percentile(total, 50), percentile(total, 99)
+        if r.mode != "baseline":
             print(
-                f"{labels[mode]:<44}{p50 * 1e3:7.1f}  {p99 * 1e3:7.1f}  {max(total) * 1e3:7.1f}"
-                f"   {p50 / b50:7.2f}x {p99 / b99:7.2f}x"
+                f"  of which published -> 200 acks            {r.fanout_p50_ms:7.1f}"
+                f"  {r.fanout_p99_ms:7.1f}  {r.fanout_max_ms:7.1f}"
             )
-            if mode != "baseline":
-                fan = [f for _, f in samples]
-                print(
-                    f"  of which published -> 200 acks            {percentile(fan, 50) * 1e3:7.1f}"
-                    f"  {percentile(fan, 99) * 1e3:7.1f}  {max(fan) * 1e3:7.1f}"
-                )
-        for mode in ("pipeline", "default"):
-            p99 = percentile([t for t, _ in modes[mode]], 99)
-            verdict = "meets" if p99 < TARGET_P99 else "MISSES"
-            print(
-                f"{labels[mode]}: p99 {p99 * 1e3:.1f} ms {verdict} the "
-                f"{TARGET_P99 * 1e3:.0f} ms target ({p99 / TARGET_P99:.2f}x of it)"
-            )
+    for r in res.rows[1:]:
+        print(
+            f"{r.label}: p99 {r.p99_ms:.1f} ms {'meets' if r.met else 'MISSES'} the "
+            f"{TARGET_P99 * 1e3:.0f} ms target ({r.p99_ms / (TARGET_P99 * 1e3):.2f}x of it)"
+        )
+    print(
+        f"CPU per change: controller {res.cpu_controller_ms:.1f} ms, agent swarm "
+        f"{res.cpu_swarm_ms:.1f} ms ({res.cpu_swarm_ms / opts.agents * 1e3:.0f} us per agent)"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--agents", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--services", type=int, default=100)
-    ap.add_argument("--endpoints", type=int, default=20)
+    ap.add_argument("--agents", type=int, default=Options.agents)
+    ap.add_argument("--rounds", type=int, default=Options.rounds)
+    ap.add_argument("--warmup", type=int, default=Options.warmup)
+    ap.add_argument("--services", type=int, default=Options.services)
+    ap.add_argument("--endpoints", type=int, default=Options.endpoints)
     args = ap.parse_args()
-    configure("console", "warning")
-    asyncio.run(Bench(args).run())
+    show(run(Options(args.agents, args.rounds, args.warmup, args.services, args.endpoints)))
 
 
 if __name__ == "__main__":

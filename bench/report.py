@@ -3,7 +3,7 @@ bench/results/report.md (machine, versions, date) with PNG plots.
 
     .venv/bin/python bench/report.py [--quick] [--only maglev,xdp,conn,plane,reduce,disruption]
 
-Sections (issue 6), each line with the target from its issue and whether it is met:
+Sections, each line with the target from its issue and whether it is met:
   1 maglev      table build, nodeagent.maglev vs a C reference compiled here (maglev_bench)
   2 xdp         per-packet cost by BPF_PROG_TEST_RUN vs a minimal program (xdp_bench, root)
   3 conn        new TCP connections/s and latency through the lab, Weir vs nftables DNAT
@@ -11,9 +11,11 @@ Sections (issue 6), each line with the target from its issue and whether it is m
   4 plane       one endpoint change acked by 200 agents (plane_bench); reduce     10,000
                 Services reduce + serialize (reduce_bench)
   5 disruption  table slots that change when 1 of N backends leaves, vs the ideal 1/N
-Benchmarks owned by other parts run as subprocesses and their printed results are parsed;
-a section that fails is reported as failed, and the others still run. Bounded: about 4-6
-minutes on 2 cores (--quick: about 2).
+                (maglev_bench)
+Each benchmark module measures and returns typed rows; this script only renders them. Every
+benchmark runs in a fresh process of its own (bench/isolated.py); a section that fails is
+reported as failed, and the others still run. Bounded: about 4-6 minutes on 2 cores
+(--quick: about 2).
 """
 
 from __future__ import annotations
@@ -22,12 +24,7 @@ import argparse
 import datetime
 import os
 import platform
-import random
-import re
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,9 +36,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))  # the sibling bench modules
+
+import conn_bench  # noqa: E402
+import maglev_bench  # noqa: E402
+import plane_bench  # noqa: E402
+import reduce_bench  # noqa: E402
+import xdp_bench  # noqa: E402
+from isolated import in_child  # noqa: E402
 
 
 @dataclass
@@ -64,15 +67,6 @@ class Section:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def run_script(args: list[str], timeout: float) -> str:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-    if proc.returncode not in (0, 1):  # 1: ran, but a target was missed
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -98,24 +92,18 @@ def bars(ax, labels: list[str], series: dict[str, list[float]]) -> None:
     ax.legend()
 
 
+def silent(_: str) -> None:
+    """A benchmark's progress lines, not shown in the report's output."""
+
+
 # -- 1. Maglev build --------------------------------------------------------------------------
 
 
 def maglev(quick: bool) -> Section:
-    import maglev_bench as mb
-
     sec = Section(
         "1. Maglev table build: nodeagent.maglev vs a C reference (gcc -O2)", "1. Maglev build"
     )
-    rng = random.Random(1)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="weir-report-maglev-") as tmp:
-        work = Path(tmp)
-        exe = mb.compile_ref(work)
-        for n in (3, 10, 100, 1000):
-            for m in (16381, 65537):
-                budget = 0.05 if quick else 0.15
-                rows.append(mb.measure(exe, work, mb.make_backends(n, rng), m, None, budget))
+    rows = in_child(maglev_bench.build_rows, 0.05 if quick else 0.15, False, timeout=300)
     sec.body = md_table(
         ["N", "M", "Weir (ms, min)", "C reference (ms, min)", "ratio", "same table"],
         [
@@ -125,12 +113,13 @@ def maglev(quick: bool) -> Section:
         ],
     )  # fmt: skip
     for r in rows:
-        if (r.n, r.m) == mb.TARGET:
+        if (r.n, r.m) == maglev_bench.TARGET:
             ratio = r.py_min / r.ref_min
             sec.checks.append(
                 Check(
                     f"build N={r.n}, M={r.m} vs C", f"{ratio:.2f}x",
-                    f"<= {mb.TARGET_RATIO}x (issue 3)", ratio <= mb.TARGET_RATIO,
+                    f"<= {maglev_bench.TARGET_RATIO}x (issue 3)",
+                    ratio <= maglev_bench.TARGET_RATIO,
                 )
             )  # fmt: skip
     sec.checks.append(
@@ -152,35 +141,35 @@ def maglev(quick: bool) -> Section:
 
 # -- 2. XDP per packet ------------------------------------------------------------------------
 
-XDP_ROW = re.compile(
-    r"^(minimal \(\+new-flow bump\)|minimal|empty program|non-VIP|tracked VIP flow|new VIP flow)"
-    r"\s+(\d+)(?:\s+(\d+)\s+([\d.]+)\s+([\d.]+)x)?"
-)
-
 
 def xdp(quick: bool) -> Section:
     sec = Section(
         "2. XDP per-packet cost (BPF_PROG_TEST_RUN) vs a minimal XDP program", "2. XDP per packet"
     )
-    args = ["bench/xdp_bench.py", "--repeat", "1000000", "--rounds", "3" if quick else "5"]
-    out = run_script(args, timeout=240)
-    ns: dict[str, int] = {}
-    for line in out.splitlines():
-        m = XDP_ROW.match(line)
-        if not m:
-            continue
-        ns[m.group(1)] = int(m.group(2))
-        if m.group(3):
-            ratio, target = float(m.group(4)), float(m.group(5))
-            sec.checks.append(
-                Check(f"{m.group(1)}: {m.group(2)} ns vs {m.group(3)} ns", f"{ratio:.2f}x",
-                      f"<= {target}x (issue 3)", ratio <= target)
-            )  # fmt: skip
-    if not sec.checks:
-        raise RuntimeError(f"no results in xdp_bench's output:\n{out[-2000:]}")
-    sec.body = ["```", *out.strip().splitlines(), "```"]
+    opts = xdp_bench.Options(repeat=1_000_000, rounds=3 if quick else 5)
+    rows = in_child(xdp_bench.run, opts, timeout=240)
+    sec.body = [
+        f"Weir: {opts.backends} backends, M = {opts.table_size}, conntrack {opts.conntrack} "
+        f"entries; repeat {opts.repeat}, best of {opts.rounds} rounds. The empty program shows "
+        "test_run's own cost.",
+        "",
+        *md_table(
+            ["case", "ns/packet", "baseline", "ratio", "target"],
+            [
+                [r.case, str(r.ns), f"{r.baseline} ({r.baseline_ns} ns)" if r.baseline else "",
+                 f"{r.ratio:.2f}x" if r.baseline else "", f"<= {r.target}x" if r.baseline else ""]
+                for r in rows
+            ],
+        ),
+    ]  # fmt: skip
+    sec.checks += [
+        Check(f"{r.case}: {r.ns} ns vs {r.baseline_ns} ns", f"{r.ratio:.2f}x",
+              f"<= {r.target}x (issue 3)", r.met)
+        for r in rows
+        if r.baseline
+    ]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(list(ns), list(ns.values()), color="tab:blue")
+    ax.bar([r.case for r in rows], [r.ns for r in rows], color="tab:blue")
     ax.set_ylabel("ns per packet (best round)")
     ax.set_title("XDP per-packet cost")
     ax.tick_params(axis="x", labelrotation=20)
@@ -192,14 +181,12 @@ def xdp(quick: bool) -> Section:
 
 
 def conn(quick: bool) -> Section:
-    import conn_bench
-
     sec = Section(
         "3. New TCP connections through the lab: Weir (XDP + DSR) vs nftables DNAT",
         "3. Connections",
     )
-    results = conn_bench.run(
-        rounds=2 if quick else 3, seconds=2 if quick else 3, progress=lambda _: None
+    results = in_child(
+        conn_bench.run, 2 if quick else 3, 2 if quick else 3, 16, silent, timeout=400
     )
     base = results[0]
     sec.body = [
@@ -241,56 +228,44 @@ def conn(quick: bool) -> Section:
 
 # -- 4. control plane -------------------------------------------------------------------------
 
-PLANE_COLUMN = 44  # plane_bench prints the label left-aligned in 44 characters, then numbers
-PLANE_NAMES = {
-    "pipeline": "endpoint change -> 200 acks, no debounce",
-    "default": "endpoint change -> 200 acks, default debounce",
-}
-
-
-def plane_labels() -> dict[str, str]:
-    """plane_bench's row labels, as it prints them."""
-    from weir.controller.core.publish import DEFAULT_DEBOUNCE
-
-    return {
-        "baseline": "baseline: store.publish -> 200 acks",
-        "pipeline": "endpoint change -> 200 acks (debounce 0)",
-        "default": f"endpoint change -> 200 acks (debounce {DEFAULT_DEBOUNCE * 1000:.0f} ms)",
-    }
-
 
 def plane(quick: bool) -> Section:
     sec = Section(
         "4a. Control plane: one endpoint change acked by all of 200 agents", "4a. 200 agents"
     )
-    rounds = "15" if quick else "30"
-    out = run_script(["bench/plane_bench.py", "--agents", "200", "--rounds", rounds], 300)
-    labels = plane_labels()
-    found: dict[str, tuple[float, float]] = {}  # mode -> (p50, p99) in ms
-    for line in out.splitlines():
-        for key, label in labels.items():
-            if line[:PLANE_COLUMN].rstrip() == label and key not in found:
-                cols = line[PLANE_COLUMN:].split()  # p50 p99 max ratio ratio
-                found[key] = (float(cols[0]), float(cols[1]))
-    if "pipeline" not in found:
-        raise RuntimeError(f"no results in plane_bench's output:\n{out[-2000:]}")
-    sec.body = ["```", *out.strip().splitlines()[-12:], "```"]
-    for key in ("pipeline", "default"):
-        if key in found:
-            p50, p99 = found[key]
+    res = in_child(
+        plane_bench.run, plane_bench.Options(agents=200, rounds=15 if quick else 30), timeout=300
+    )
+    sec.body = [
+        f"{res.opts.agents} agents in another process; {res.services} services, "
+        f"{res.backends} backends; a node's full view {res.view_kb:.0f} kB; every agent "
+        f"connected and acked the first snapshot in {res.connect_s:.2f} s. CPU per change: "
+        f"controller {res.cpu_controller_ms:.1f} ms, agent swarm {res.cpu_swarm_ms:.1f} ms.",
+        "",
+        *md_table(
+            ["mode", "p50 ms", "p99 ms", "max ms", "published -> acked p50 / p99 ms"],
+            [
+                [r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}",
+                 f"{r.fanout_p50_ms:.1f} / {r.fanout_p99_ms:.1f}"]
+                for r in res.rows
+            ],
+        ),
+    ]  # fmt: skip
+    for r in res.rows:
+        if r.mode == "baseline":
             sec.checks.append(
-                Check(f"{PLANE_NAMES[key]}, p50 {p50:.1f} ms",
-                      f"p99 {p99:.1f} ms", "p99 < 100 ms (issue 2)", p99 < 100)
+                Check("baseline: publish -> 200 acks", f"p50 {r.p50_ms:.1f} ms, "
+                      f"p99 {r.p99_ms:.1f} ms", "baseline", None)
             )  # fmt: skip
-    if "baseline" in found:
-        sec.checks.append(
-            Check("baseline: publish -> 200 acks", f"p50 {found['baseline'][0]:.1f} ms, "
-                  f"p99 {found['baseline'][1]:.1f} ms", "baseline", None)
-        )  # fmt: skip
+        else:
+            sec.checks.append(
+                Check(f"{r.label}, p50 {r.p50_ms:.1f} ms", f"p99 {r.p99_ms:.1f} ms",
+                      f"p99 < {plane_bench.TARGET_P99 * 1e3:.0f} ms (issue 2)", r.met)
+            )  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    keys = [k for k in labels if k in found]
-    bars(ax, keys, {"p50": [found[k][0] for k in keys], "p99": [found[k][1] for k in keys]})
-    ax.axhline(100, color="red", linestyle="--", linewidth=1)
+    modes = [r.mode for r in res.rows]
+    bars(ax, modes, {"p50": [r.p50_ms for r in res.rows], "p99": [r.p99_ms for r in res.rows]})
+    ax.axhline(plane_bench.TARGET_P99 * 1e3, color="red", linestyle="--", linewidth=1)
     ax.set_ylabel("ms until 200 agents acked")
     ax.set_title("One endpoint change to 200 agents (red: 100 ms target)")
     sec.plot = save_plot(fig, "plane.png")
@@ -299,23 +274,30 @@ def plane(quick: bool) -> Section:
 
 def reduce_(quick: bool) -> Section:
     sec = Section("4b. Control plane: reduce 10,000 Services x 20 endpoints", "4b. Reduce")
-    out = run_script(["bench/reduce_bench.py", "--repeat", "1" if quick else "3"], 300)
-
-    def seconds(prefix: str) -> float:
-        for line in out.splitlines():
-            if line.startswith(prefix):
-                return float(line[len(prefix) :].split()[0])
-        raise RuntimeError(f"{prefix!r} not in reduce_bench's output:\n{out[-2000:]}")
-
-    cold = seconds("reduce + serialize (cold)")
-    base = seconds("baseline json.loads of the input")
-    full = seconds("parse + reduce + serialize (cold)")
-    sec.body = ["```", *out.strip().splitlines(), "```"]
+    r = in_child(reduce_bench.run, 10_000, 20, 1 if quick else 3, timeout=300)
+    sec.body = [
+        f"{r.services} Services x {r.endpoints} endpoints ({r.objects} objects) -> "
+        f"{r.frontends} frontends, {r.backends} backends, {r.serialized_mb:.1f} MB serialized.",
+        "",
+        *md_table(
+            ["step", "seconds"],
+            [
+                ["baseline: json.loads of the input", f"{r.baseline_json:.3f}"],
+                ["parse (ClusterState.replace), cold", f"{r.parse:.3f}"],
+                ["reduce (hash included), cold", f"{r.reduce:.3f}"],
+                ["serialize, cold", f"{r.serialize:.3f}"],
+                [f"reduce + serialize, warm (median of {r.repeats})", f"{r.warm:.3f}"],
+                ["no-op relist", f"{r.relist:.3f}"],
+                ["one node's view", f"{r.node_view:.3f}"],
+                ["view hash, per further node", f"{r.node_view_hash:.6f}"],
+            ],
+        ),
+    ]
     sec.checks += [
-        Check("reduce + serialize, cold", f"{cold:.3f} s ({cold / base:.2f}x json.loads)",
-              "< 1 s (issue 2)", cold < 1.0),
-        Check("parse + reduce + serialize, cold", f"{full:.3f} s", "baseline json.loads "
-              f"{base:.3f} s", None),
+        Check("reduce + serialize, cold", f"{r.cold:.3f} s ({r.cold / r.baseline_json:.2f}x "
+              "json.loads)", f"< {reduce_bench.TARGET_SECONDS:.0f} s (issue 2)", r.met),
+        Check("parse + reduce + serialize, cold", f"{r.parse + r.cold:.3f} s",
+              f"baseline json.loads {r.baseline_json:.3f} s", None),
     ]  # fmt: skip
     return sec
 
@@ -324,33 +306,10 @@ def reduce_(quick: bool) -> Section:
 
 
 def disruption(quick: bool) -> Section:
-    import numpy as np
-    from weir.nodeagent.maglev import backend_id, build_table
-    from weir.nodeagent.maglev import disruption as needless
-
     sec = Section(
         "5. Disruption: table slots that change when 1 of N backends leaves", "5. Disruption"
     )
-    rng = random.Random(7)
-    rows, plot_n, plot_changed = [], [], []
-    samples = 3 if quick else 5
-    for n in (3, 10, 100, 1000):
-        for m in (16381, 65537):
-            ids = [backend_id(f"10.0.{i >> 8}.{i & 255}", 80, "TCP") for i in range(n)]
-            old = build_table(ids, m, seed=1)
-            changed, extra = [], []
-            for gone in rng.sample(range(n), min(samples, n)):
-                rest = ids[:gone] + ids[gone + 1 :]
-                new = build_table(rest, m, seed=1)
-                old_names = np.array(ids)[old]
-                new_names = np.array(rest)[new]
-                changed.append(float(np.count_nonzero(old_names != new_names)) / m)
-                extra.append(needless(old, ids, new, rest))
-            mean_changed, worst_extra = statistics.mean(changed), max(extra)
-            rows.append((n, m, mean_changed, 1 / n, statistics.mean(extra), worst_extra))
-            if m == 65537:
-                plot_n.append(n)
-                plot_changed.append(mean_changed)
+    rows = in_child(maglev_bench.disruption_rows, 3 if quick else 5, timeout=300)
     sec.body = [
         "changed = slots whose backend differs after the removal (the removed backend's ~1/N "
         "must change); needless = slots moved between backends present before and after.",
@@ -359,25 +318,25 @@ def disruption(quick: bool) -> Section:
             ["N", "M", "changed (mean)", "ideal 1/N", "changed / ideal", "needless (mean)",
              "needless (worst)"],
             [
-                [str(n), str(m), f"{c * 100:.3f}%", f"{i * 100:.3f}%", f"{c / i:.3f}x",
-                 f"{e * 100:.3f}%", f"{w * 100:.3f}%"]
-                for n, m, c, i, e, w in rows
+                [str(r.n), str(r.m), f"{r.changed * 100:.3f}%", f"{r.ideal * 100:.3f}%",
+                 f"{r.changed / r.ideal:.3f}x", f"{r.needless * 100:.3f}%",
+                 f"{r.needless_worst * 100:.3f}%"]
+                for r in rows
             ],
         ),
     ]  # fmt: skip
-    for n, m, c, i, _e, w in rows:
-        if (n, m) == (100, 65537):
-            sec.checks.append(
-                Check(f"needless moves, N={n}, M={m} (worst of {samples})", f"{w * 100:.3f}%",
-                      "well under 2% (issue 3)", w < 0.02)
-            )  # fmt: skip
-            sec.checks.append(
-                Check(f"slots changed, N={n}, M={m}", f"{c * 100:.3f}%",
-                      f"ideal 1/N = {i * 100:.2f}%", None)
-            )  # fmt: skip
+    t = maglev_bench.disruption_target(rows)
+    sec.checks += [
+        Check(f"needless moves, N={t.n}, M={t.m} (worst of {t.samples})",
+              f"{t.needless_worst * 100:.3f}%", "well under 2% (issue 3)",
+              t.needless_worst < maglev_bench.DISRUPTION_TARGET),
+        Check(f"slots changed, N={t.n}, M={t.m}", f"{t.changed * 100:.3f}%",
+              f"ideal 1/N = {t.ideal * 100:.2f}%", None),
+    ]  # fmt: skip
+    big = [r for r in rows if r.m == max(maglev_bench.SIZES)]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.loglog(plot_n, plot_changed, "o-", label="Weir (M = 65537)")
-    ax.loglog(plot_n, [1 / n for n in plot_n], "k--", label="ideal 1/N")
+    ax.loglog([r.n for r in big], [r.changed for r in big], "o-", label=f"Weir (M = {big[0].m})")
+    ax.loglog([r.n for r in big], [r.ideal for r in big], "k--", label="ideal 1/N")
     ax.set_xlabel("backends N")
     ax.set_ylabel("share of slots changed")
     ax.set_title("One of N backends leaves")

@@ -6,7 +6,8 @@
     python -m weir.lab down    # remove a kept (or killed) lab
 
 Traffic goes only between the lab's own namespaces. Nothing is left behind (namespaces,
-links, bpffs pins, processes), also on Ctrl-C, SIGTERM or an error.
+links, bpffs pins, processes, the work directory with each node's ExaBGP directory), also on
+Ctrl-C, SIGTERM or an error.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import sys
 import time
 
 from weir.lab import demo, show
-from weir.lab.netns import Topology
-from weir.lab.stack import WORKDIR, LabError, Stack, agent_supports_bgp, leftovers, teardown
+from weir.lab.netns import LabError, Topology, cleanup_prefix, leftovers
+from weir.lab.stack import WORKDIR, Stack
 from weir.lab.topology import CLIENTS, NODES, PREFIX, VIP, build
 
 
@@ -30,9 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer connections (tests)")
     p.add_argument(
         "--routing",
-        choices=("auto", "static", "bgp"),
-        default="auto",
-        help="how the router learns the VIP: BGP from the agents when they speak it (auto)",
+        choices=("bgp", "static"),
+        default="bgp",
+        help="how the router learns the VIP: BGP from the agents, or a static route",
     )
     return p.parse_args(argv)
 
@@ -42,9 +43,9 @@ def explore_help(stack: Stack) -> str:
     ctl = f"ip netns exec {PREFIX}-ctl"
     return f"""
 The lab is still running (work directory {WORKDIR}). Explore it:
-  {weirctl} bpf nat dump --bpffs {stack.bpffs("lb1")}
-  {weirctl} bpf stats --bpffs {stack.bpffs("lb2")}
-  {weirctl} bpf ct list --bpffs {stack.bpffs("lb1")} --limit 10
+  {weirctl} bpf nat dump --bpffs {stack.weir.bpffs("lb1")}
+  {weirctl} bpf stats --bpffs {stack.weir.bpffs("lb2")}
+  {weirctl} bpf ct list --bpffs {stack.weir.bpffs("lb1")} --limit 10
   {ctl} {weirctl} --controller 127.0.0.1:9443 agents
   {ctl} {weirctl} --controller 127.0.0.1:9443 snapshot --node lb1 --backends
   {ctl} {weirctl} --controller 127.0.0.1:9443 bgp peers
@@ -52,18 +53,15 @@ The lab is still running (work directory {WORKDIR}). Explore it:
       -plaintext 127.0.0.1:9443 list
   ip netns exec {PREFIX}-c1 curl -s http://{VIP}/
   ip netns exec {PREFIX}-router ip route show {VIP}
-  birdc -s {WORKDIR}/bird/bird.ctl show route
+  birdc -s {stack.router.sock} show route
   edit {WORKDIR}/manifests/*.yaml: the agents follow within a second
   logs: {WORKDIR}/*.log
-Tear it down: make lab-down   (or: {sys.executable} -m lab down)
+Tear it down: make lab-down   (or: {sys.executable} -m weir.lab down)
 """
 
 
 def run(args: argparse.Namespace) -> int:
-    teardown(None)  # leftovers of an earlier run
-    routing = args.routing
-    if routing == "auto":
-        routing = "bgp" if agent_supports_bgp() else "static"
+    cleanup_prefix(PREFIX, WORKDIR)  # leftovers of an earlier run
     size = demo.QUICK if args.quick else demo.FULL
     topo = Topology(PREFIX)
     keep = False
@@ -74,11 +72,9 @@ def run(args: argparse.Namespace) -> int:
             f"building the lab: {len(CLIENTS)} clients, a BIRD router, {len(NODES)} LB nodes,"
             " 4 backends, a controller"
         )
-        WORKDIR.mkdir(parents=True)
-        net = build(topo)
-        stack = Stack(net, WORKDIR, routing)
+        stack = Stack(build(topo), topo.workdir(WORKDIR), args.routing)
         stack.start(progress=show.note)
-        show.note(f"router: ECMP over {', '.join(stack.router.next_hops())} ({stack.routing})")
+        show.note(f"router: ECMP over {', '.join(stack.next_hops())} ({stack.routing})")
         summary = demo.run(stack, size)
         show.step(f"summary ({time.monotonic() - t0:.0f} s)")
         show.table(summary.rows)
@@ -89,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     except (LabError, TimeoutError, OSError) as exc:
         print(f"\nlab failed: {exc}", file=sys.stderr)
         if stack is not None:
-            print(stack.log_tail(), file=sys.stderr)
+            print(stack.weir.log_tail(), file=sys.stderr)
         return 1
     finally:
         if not keep:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop this
             show.step("tearing down")
-            teardown(topo)
-            left = leftovers()
+            topo.close()
+            left = leftovers(PREFIX, WORKDIR)
             show.note("nothing left behind" if not left else f"LEFT BEHIND: {left}")
 
 
@@ -114,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_term)
     try:
         if args.command == "down":
-            teardown(None)
-            left = leftovers()
+            cleanup_prefix(PREFIX, WORKDIR)
+            left = leftovers(PREFIX, WORKDIR)
             print("lab removed" if not left else f"left behind: {left}")
             return 0 if not left else 1
         return run(args)

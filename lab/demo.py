@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from weir.lab import show
-from weir.lab.stack import LabError, Stack, read_line
+import numpy as np
+from weir.lab import show, traffic
+from weir.lab.client import Outcome
+from weir.lab.stack import TARGET, Stack
 from weir.lab.topology import BACKENDS, NODES
+from weir.nodeagent.maglev import disruption
 
 SPORT_BASE = 20000
 FAILED_NODE = "lb3"
@@ -43,61 +45,42 @@ class Summary:
         self.ok &= passed
 
 
-class Held:
-    """Long-lived keep-alive connections from the second client (lab.traffic hold)."""
-
-    def __init__(self, stack: Stack, count: int) -> None:
-        self.proc = stack.traffic("c2", "hold", "--count", str(count))
-        line = read_line(self.proc.stdout, 20)
-        if not line:
-            raise LabError("the long-lived client did not connect")
-        self.sports: list[int] = json.loads(line)["sports"]
-
-    def ping(self) -> list[str]:
-        self.proc.stdin.write(b"ping\n")
-        self.proc.stdin.flush()
-        line = read_line(self.proc.stdout, 30)
-        if not line:
-            raise LabError("the long-lived client did not answer")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-
-
-def burst(stack: Stack, label: str, count: int, sport_base: int = SPORT_BASE) -> list[dict]:
+def burst(stack: Stack, label: str, count: int) -> list[Outcome]:
     """count new connections from c1 with fixed source ports, with a progress bar."""
-    proc = stack.traffic(
-        "c1", "burst", "--count", str(count), "--concurrency", "32",
-        "--sport-base", str(sport_base),
-    )  # fmt: skip
     bar = show.Progress(label, count)
-    results = []
-    for _ in range(count):
-        line = read_line(proc.stdout, 30)
-        if not line:
-            break
-        results.append(json.loads(line))
-        bar.advance()
+    results = traffic.burst(
+        stack.net.clients["c1"], TARGET, count=count, sport_base=SPORT_BASE, concurrency=32,
+        progress=lambda _: bar.advance(),
+    )  # fmt: skip
     bar.finish()
-    proc.stdout.close()
-    proc.wait(timeout=10)
     return results
 
 
-def errors(results: list[dict]) -> list[dict]:
-    return [r for r in results if r["error"] or not r["backend"]]
+def failures(results: list[Outcome], count: int) -> int:
+    """Connections of a burst of count that failed or never reported."""
+    return sum(1 for r in results if not r.ok) + count - len(results)
 
 
-def node_counters(stack: Stack, nodes) -> dict[str, int]:
-    return {n: stack.new_flows(n) for n in nodes}
+def answered(results: list[Outcome]) -> dict[int, str]:
+    """source port -> backend of the flows that were answered."""
+    return {r.sport: r.backend for r in results if r.ok}
+
+
+def node_counters(stack: Stack) -> dict[str, int]:
+    return {n: stack.weir.new_flows(n) for n in NODES}
+
+
+def moved_slots(old: list[str], new: list[str]) -> int:
+    """Slots that moved between backends both tables hold (Maglev's needless disruption)."""
+    old_names, new_names = sorted(set(old)), sorted(set(new))
+    old_idx = np.array([old_names.index(a) for a in old])
+    new_idx = np.array([new_names.index(b) for b in new])
+    return round(disruption(old_idx, old_names, new_idx, new_names) * len(old))
 
 
 def run(stack: Stack, size: Size) -> Summary:
     summary = Summary()
-    held = Held(stack, size.held)
+    held = traffic.Held(stack.net.clients["c2"], TARGET, size.held)
     try:
         first = _spread(stack, size, summary)
         _fail_node(stack, size, summary, held, first)
@@ -111,14 +94,14 @@ def run(stack: Stack, size: Size) -> Summary:
 def _spread(stack: Stack, size: Size, summary: Summary) -> dict[int, str]:
     """Returns source port -> backend of the burst's flows, to replay them later."""
     show.step(f"1. {size.flows} new HTTP connections from c1 to the VIP")
-    before = node_counters(stack, NODES)
+    before = node_counters(stack)
     results = burst(stack, "connections", size.flows)
-    after = node_counters(stack, NODES)
+    after = node_counters(stack)
     by_node = {n: after[n] - before[n] for n in NODES}
-    by_backend = Counter(r["backend"] for r in results if not r["error"])
+    by_backend = Counter(answered(results).values())
     show.shares("per backend (who answered)", by_backend, list(BACKENDS))
     show.shares("per LB node (new flows in its XDP counters)", by_node, list(NODES))
-    failed = len(errors(results)) + size.flows - len(results)
+    failed = failures(results, size.flows)
     summary.check("connections succeeded", f"{size.flows - failed}/{size.flows}", failed == 0)
     fair = size.flows / len(BACKENDS)
     worst = max(abs(by_backend.get(b, 0) - fair) / fair for b in BACKENDS)
@@ -127,11 +110,11 @@ def _spread(stack: Stack, size: Size, summary: Summary) -> dict[int, str]:
         "every LB node took flows", " ".join(f"{n}:{c}" for n, c in by_node.items()),
         all(by_node.values()),
     )  # fmt: skip
-    return {r["sport"]: r["backend"] for r in results if not r["error"]}
+    return answered(results)
 
 
 def _fail_node(
-    stack: Stack, size: Size, summary: Summary, held: Held, first: dict[int, str]
+    stack: Stack, size: Size, summary: Summary, held: traffic.Held, first: dict[int, str]
 ) -> None:
     show.step(f"2. {FAILED_NODE} fails hard (agent killed, link down)")
     answers = held.ping()
@@ -141,9 +124,7 @@ def _fail_node(
     show.note(f"{through} of {len(held.sports)} long-lived connections run through {FAILED_NODE}")
     took = stack.fail_node(FAILED_NODE)
     how = "BGP hold timer, 3 s" if stack.routing == "bgp" else "static route reconfigured"
-    show.note(
-        f"router converged in {took:.1f} s ({how}): next hops {', '.join(stack.router.next_hops())}"
-    )
+    show.note(f"router converged in {took:.1f} s ({how}): next hops {', '.join(stack.next_hops())}")
     after = held.ping()
     survived = sum(1 for a, b in zip(answers, after, strict=True) if a == b)
     summary.check(
@@ -152,7 +133,7 @@ def _fail_node(
         survived == len(after),
     )
     results = burst(stack, "same flows again", size.flows)
-    replay = {r["sport"]: r["backend"] for r in results if not r["error"]}
+    replay = answered(results)
     kept = sum(1 for p, b in moved_flows.items() if replay.get(p) == b)
     show.note(f"{len(moved_flows)} flows that {FAILED_NODE} had carried now cross lb1/lb2")
     summary.check(
@@ -160,14 +141,14 @@ def _fail_node(
         f"{kept}/{len(moved_flows)} same backend",
         kept == len(moved_flows) and len(moved_flows) > 0,
     )
-    failed = len(errors(results)) + size.flows - len(results)
+    failed = failures(results, size.flows)
     summary.check(
         "connections after the failure", f"{size.flows - failed}/{size.flows}", failed == 0
     )
 
 
 def _remove_backend(
-    stack: Stack, size: Size, summary: Summary, held: Held, first: dict[int, str]
+    stack: Stack, size: Size, summary: Summary, held: traffic.Held, first: dict[int, str]
 ) -> None:
     show.step(f"3. {REMOVED_BACKEND} is removed from the EndpointSlice manifest")
     answers = held.ping()
@@ -175,9 +156,7 @@ def _remove_backend(
     rest = [b for b in BACKENDS if b != REMOVED_BACKEND]
     version = stack.set_backends(rest)
     show.note(f"every agent acked version {version}")
-    new_table = stack.maglev_table("lb1")
-    stayed = [a for a in old_table if a != BACKENDS[REMOVED_BACKEND]]
-    changed = sum(1 for a, b in zip(old_table, new_table, strict=True) if a != b and a in stayed)
+    changed = moved_slots(old_table, stack.maglev_table("lb1"))
     share = changed / len(old_table)
     summary.check(
         "Maglev slots moved between staying backends",
@@ -185,10 +164,10 @@ def _remove_backend(
         share < 0.02,
     )
     results = burst(stack, "same flows again", size.flows)
-    moved = Counter()
-    for r in results:
-        before = first.get(r["sport"])
-        if not r["error"] and before and before != r["backend"]:
+    moved: Counter[str] = Counter()
+    for sport, backend in answered(results).items():
+        before = first.get(sport)
+        if before and before != backend:
             moved[before] += 1
     on_removed = sum(1 for b in first.values() if b == REMOVED_BACKEND)
     others = sum(n for b, n in moved.items() if b != REMOVED_BACKEND)
@@ -208,7 +187,7 @@ def _remove_backend(
         "long-lived connections on staying backends", f"{kept}/{staying} same backend",
         kept == staying,
     )  # fmt: skip
-    reached = [r for r in results if r["backend"] == REMOVED_BACKEND]
+    reached = [r for r in results if r.backend == REMOVED_BACKEND]
     summary.check(f"new flows reaching {REMOVED_BACKEND}", str(len(reached)), not reached)
 
 
@@ -216,6 +195,6 @@ def _restore(stack: Stack, summary: Summary) -> None:
     show.step(f"4. {FAILED_NODE} and {REMOVED_BACKEND} come back")
     stack.restore_node(FAILED_NODE)
     stack.set_backends(list(BACKENDS))
-    hops = stack.router.next_hops()
+    hops = stack.next_hops()
     show.note(f"router: next hops {', '.join(hops)}; every agent acked version {stack.version}")
     summary.check("router back to every LB node", f"{len(hops)} next hops", len(hops) == 3)

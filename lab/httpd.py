@@ -5,9 +5,8 @@
 
 Keep-alive is honoured (the lab's long-lived connections send a request every so often on
 one connection); "Connection: close" closes after the answer. With --lines every line read
-is answered with the name and a newline until the client closes (the tests' long-lived
-conversations: tests/bgp/talk.py, tests/e2e/support.py). Prints "serving" once it listens,
-so the lab knows it is up without polling.
+is answered with the name and a newline until the client closes (weir.lab.client --proto
+lines). Prints "serving" once it listens, so the harness knows it is up without polling.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
     python -m weir.lab.plane --controller 127.0.0.1:9443 --nodes lb1,lb2 --min-version 3
 
-Prints one JSON document: the controller's version, each agent's acked version and whether
-every named node is connected and acked the current version (>= min-version) in time; and,
-to show why when they did not, every agent as ListAgents describes it.
+Prints one JSON document (a Convergence): the controller's version, each agent's acked
+version and whether every named node is connected and acked the current version
+(>= min-version) in time; and, to show why when they did not, every agent as ListAgents
+describes it (or the RPC's error).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -22,7 +24,17 @@ from weir.common.pb import pb, pb_grpc
 RPC_TIMEOUT = 3.0
 
 
-async def wait_acked(controller: str, nodes: list[str], min_version: int, within: float) -> dict:
+@dataclass(frozen=True)
+class Convergence:
+    converged: bool
+    version: int
+    acked: dict[str, int] = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)
+
+
+async def wait_acked(
+    controller: str, nodes: list[str], min_version: int, within: float
+) -> Convergence:
     deadline = time.monotonic() + within
     async with grpc.aio.insecure_channel(controller) as channel:
         stub = pb_grpc.NodePlaneStub(channel)
@@ -41,14 +53,9 @@ async def wait_acked(controller: str, nodes: list[str], min_version: int, within
                     agents = [
                         MessageToDict(a, preserving_proto_field_name=True) for a in resp.agents
                     ]
-                    return {
-                        "converged": done,
-                        "version": resp.version,
-                        "acked": acked,
-                        "agents": agents,
-                    }
+                    return Convergence(done, resp.version, acked, {"agents": agents})
             elif time.monotonic() > deadline:
-                return {"converged": False, "version": 0, "acked": {}, "error": error}
+                return Convergence(False, 0, {}, {"error": error})
             await asyncio.sleep(0.05)
 
 
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     nodes = [n for n in args.nodes.split(",") if n]
     out = asyncio.run(wait_acked(args.controller, nodes, args.min_version, args.timeout))
-    print(json.dumps(out))
+    print(json.dumps(asdict(out)))
     return 0
 
 

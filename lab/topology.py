@@ -4,8 +4,8 @@
                                                │
     ctl ── lb1 lb2 lb3 ── b1 b2 b3 b4 ─── server bridge 10.66.0.0/24
 
-The backends hold the VIP on their loopback (arp_ignore=1, arp_announce=2: they never answer
-ARP for it) and route back to the clients through the router: Direct Server Return.
+The backends hold the VIP on their loopback and route back to the clients through the
+router: Direct Server Return.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from weir.lab.netns import Host, Topology
+from weir.lab.roles import attach_xdp_pass, dsr_backend, finish_checksums
 
 PREFIX = "wlb"
 VIP = "192.0.2.10"
@@ -32,7 +33,6 @@ class LabNet:
     ctl: Host
     clients: dict[str, Host]
     nodes: dict[str, Host]
-    node_links: dict[str, str]  # node -> its veth end on the server bridge (root namespace)
     backends: dict[str, Host]
 
 
@@ -47,42 +47,23 @@ def build(topo: Topology) -> LabNet:
     for name, addr in CLIENTS.items():
         h = clients[name] = topo.host(name)
         topo.link(h, client_br, f"{addr}/24")
-        h.run(["ip", "route", "add", "default", "via", ROUTER_CLIENT])
-        # A veth hands TCP segments on with partial checksums, which the LB nodes' XDP_TX
-        # would pass on unfinished (a NIC would have completed them): finish them here.
-        h.run(["ethtool", "-K", "eth0", "tx", "off"])
+        h.route("default", ROUTER_CLIENT)
+        finish_checksums(h)
 
     ctl = topo.host("ctl")
     topo.link(ctl, server, f"{CONTROLLER}/24")
 
-    nodes, node_links = {}, {}
+    nodes, node_ports = {}, []
     for name, addr in NODES.items():
         h = nodes[name] = topo.host(name)
-        topo.link(h, server, f"{addr}/24")
-        node_links[name] = topo.links[-1]
-        h.run(["ip", "route", "add", "default", "via", ROUTER_SERVER])
+        node_ports.append(topo.link(h, server, f"{addr}/24"))
+        h.route("default", ROUTER_SERVER)
 
     backends = {}
     for name, addr in BACKENDS.items():
         h = backends[name] = topo.host(name)
         topo.link(h, server, f"{addr}/24")
-        h.run(["ip", "route", "add", "default", "via", ROUTER_SERVER])
-        h.run(["ip", "addr", "add", f"{VIP}/32", "dev", "lo"])
-        for key, value in (("arp_ignore", 1), ("arp_announce", 2)):
-            for dev in ("all", "eth0"):
-                h.run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.{key}={value}"])
-    # Native XDP_TX on a veth hands the frame to the peer's XDP receive path, which only runs
-    # when the peer has an XDP program too: the bridge-side ends get a pass-through one
-    # (a physical NIC needs nothing of the kind).
-    attach_xdp_pass(list(node_links.values()))
-    return LabNet(topo, router, ctl, clients, nodes, node_links, backends)
-
-
-def attach_xdp_pass(interfaces: list[str]) -> None:
-    from bcc import BPF
-
-    bpf = BPF(text=b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    fn = bpf.load_func(b"xdp_pass", BPF.XDP)
-    for dev in interfaces:
-        bpf.attach_xdp(dev.encode(), fn, 0)  # stays attached until the veth is deleted
-    bpf.cleanup()
+        h.route("default", ROUTER_SERVER)
+        dsr_backend(h, [VIP])
+    attach_xdp_pass(node_ports)
+    return LabNet(topo, router, ctl, clients, nodes, backends)

@@ -1,188 +1,210 @@
-"""The lab's HTTP clients, run inside a client namespace; results go to stdout as JSON.
+"""Traffic in a topology, driven from the harness: backends (weir.lab.httpd) and clients
+(weir.lab.client) started in hosts, their results read back as typed records.
 
-    python -m weir.lab.traffic burst --vip V --count 600 [--sport-base 20000]   # one line per conn
-    python -m weir.lab.traffic rate --vip V --seconds 8 --concurrency 32          # summary line
-    python -m weir.lab.traffic hold --vip V --count 24                            # long-lived conns
-
-burst: new connections (one GET each), one JSON line per finished connection, so the caller
-shows progress; with --sport-base the source ports are fixed, so the same flows can be
-replayed after a change. rate: as many new connections as the workers manage in the given
-time, with latency percentiles. hold: keep-alive connections; prints their source ports, then
-on each stdin line "ping" sends one GET on every connection and prints the answering
-backends ("error: ..." for a broken one); "quit" or EOF closes them.
-
-Connections end with an RST (SO_LINGER 0) after the answer: no TIME_WAIT is left, so rate
-mode never runs out of ports and burst mode can reuse its fixed source ports at once.
+A thread reads each child's output as it comes, so a child never blocks on a full pipe and
+every wait here is bounded.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import socket
-import struct
+import queue
+import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
 
-from weir.lab.httpd import read_headers
+from weir.lab.client import Outcome, Proto, RateSummary, TalkReport, Target
+from weir.lab.netns import Host, LabError
+from weir.lab.wait import wait_until
 
-IO_TIMEOUT = 3.0
-MAX_HEADER_LINES = 50
+
+class Lines:
+    """A child's output stream, line by line."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._eof = False
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            self._lines.put(raw.decode(errors="replace"))
+        self._lines.put(None)
+
+    def next(self, timeout: float) -> str | None:
+        """The next line; None at the end of the output or when none came in time."""
+        if self._eof:
+            return None
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._eof = line is None
+        return line
+
+    def json(self, timeout: float, what: str) -> Any:
+        line = self.next(timeout)
+        if line is None:
+            raise LabError(f"{what}: no answer within {timeout:g} s")
+        return json.loads(line)
+
+
+def serve(host: Host, name: str, port: int = 80, *, proto: Proto = "http") -> subprocess.Popen:
+    """A backend (weir.lab.httpd) in host answering with name; returns once it listens."""
+    args = [sys.executable, "-m", "weir.lab.httpd", "--name", name, "--port", str(port)]
+    proc = host.popen(args + ["--lines"] * (proto == "lines"), stdout=subprocess.PIPE)
+    line = Lines(proc.stdout).next(15)  # type: ignore[arg-type]
+    if not line or "serving" not in line:
+        raise LabError(f"backend {name} did not start")
+    return proc
 
 
 @dataclass
-class Result:
-    sport: int
-    backend: str = ""
-    error: str = ""
-    ms: float = 0.0  # connect to full answer
+class Client:
+    """A weir.lab.client process in a host, and its output lines."""
+
+    proc: subprocess.Popen
+    lines: Lines
+
+    @classmethod
+    def start(
+        cls, host: Host, target: Target, mode: str, *args: str, stdin: bool = False
+    ) -> Client:
+        proc = host.popen(
+            [sys.executable, "-m", "weir.lab.client", mode, "--vip", target.vip,
+             "--port", str(target.port), "--proto", target.proto, *args],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc, Lines(proc.stdout))  # type: ignore[arg-type]
+
+    def ask(self, command: str, timeout: float) -> Any:
+        """Send a command line (hold, talk); its JSON answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        self.proc.stdin.flush()
+        return self.lines.json(timeout, f"client {command}")
+
+    def end(self) -> None:
+        """Close its stdin (hold, talk: the end) and wait for it to exit."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close with an RST (SO_LINGER 0): no TIME_WAIT is left behind."""
-    sock = writer.get_extra_info("socket")
-    try:
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass  # already closed: nothing to reset
-    writer.close()
+def burst(
+    host: Host,
+    target: Target,
+    *,
+    count: int = 0,
+    sports: Iterable[int] = (),
+    sport_base: int = 0,
+    concurrency: int = 16,
+    progress: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """New connections: count of them (from sport_base on, or any port), or one from each of
+    sports. Returns the outcomes in the order they finished."""
+    sports = list(sports)
+    args = ["--count", str(count or len(sports)), "--concurrency", str(concurrency)]
+    if sports:
+        args += ["--sports", ",".join(map(str, sports))]
+    elif sport_base:
+        args += ["--sport-base", str(sport_base)]
+    client = Client.start(host, target, "burst", *args)
+    out = []
+    while (line := client.lines.next(30)) is not None:
+        out.append(Outcome(**json.loads(line)))
+        if progress is not None:
+            progress(out[-1])
+    client.end()
+    return out
 
 
-async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vip: str) -> str:
-    """One GET on an open connection; returns the backend's name from the body."""
-    writer.write(f"GET / HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
-    status = await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
-    if not status.startswith(b"HTTP/1.1 200"):
-        raise ConnectionError(f"bad status {status[:40]!r}")
-    headers = await read_headers(reader, IO_TIMEOUT, MAX_HEADER_LINES)
-    length = int(headers.get("content-length", 0))
-    body = await asyncio.wait_for(reader.readexactly(length), IO_TIMEOUT)
-    return body.decode().strip()
+def rate(host: Host, target: Target, seconds: float, concurrency: int) -> RateSummary:
+    """As many new connections as concurrency workers manage in seconds, summed up."""
+    args = ["--seconds", str(seconds), "--concurrency", str(concurrency), "--summary"]
+    client = Client.start(host, target, "stream", *args)
+    summary = RateSummary(**client.lines.json(seconds + 60, "stream --summary"))
+    client.end()
+    return summary
 
 
-async def one(vip: str, port: int, sport: int = 0) -> Result:
-    res = Result(sport=sport)
-    writer = None
-    t0 = time.perf_counter()
-    try:
-        local = ("0.0.0.0", sport) if sport else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(vip, port, local_addr=local), IO_TIMEOUT
-        )
-        res.sport = writer.get_extra_info("sockname")[1]
-        res.backend = await get(reader, writer, vip)
-        res.ms = (time.perf_counter() - t0) * 1e3
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        if writer is not None:
-            reset(writer)
-    return res
+@dataclass
+class Stream:
+    """New connections opened back to back by a client for a while, read as they finish."""
+
+    host: Host
+    target: Target
+    seconds: float
+    concurrency: int = 4
+    pause: float = 0.005
+    timeout: float = 3.0
+    results: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client = Client.start(
+            self.host, self.target, "stream", "--seconds", str(self.seconds),
+            "--concurrency", str(self.concurrency), "--pause", str(self.pause),
+            "--timeout", str(self.timeout),
+        )  # fmt: skip
+
+    def _more(self, timeout: float) -> bool:
+        line = self.client.lines.next(timeout)
+        if line is not None:
+            self.results.append(Outcome(**json.loads(line)))
+        return line is not None
+
+    def wait_for(self, pred: Callable[[list[Outcome]], bool], timeout: float = 10) -> None:
+        """Until pred(results so far) holds (bounded)."""
+        deadline = time.monotonic() + timeout
+        while not pred(self.results):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._more(left):
+                raise LabError(f"the stream stalled: {self.results[-3:]}")
+
+    def finish(self) -> list[Outcome]:
+        """Every outcome once the client is done, by start time."""
+        while self._more(self.seconds + 2 * self.timeout + 10):
+            pass
+        self.client.end()
+        return sorted(self.results, key=lambda r: r.t)
 
 
-async def burst(vip: str, port: int, count: int, concurrency: int, sport_base: int) -> None:
-    sem = asyncio.Semaphore(concurrency)
+class Held:
+    """Long-lived keep-alive connections (client hold)."""
 
-    async def run(i: int) -> None:
-        async with sem:
-            res = await one(vip, port, sport_base + i if sport_base else 0)
-        print(json.dumps(asdict(res)), flush=True)
+    def __init__(self, host: Host, target: Target, count: int) -> None:
+        self.client = Client.start(host, target, "hold", "--count", str(count), stdin=True)
+        self.sports: list[int] = self.client.lines.json(20, "hold")["sports"]
 
-    await asyncio.gather(*(run(i) for i in range(count)))
+    def ping(self) -> list[str]:
+        """One request on every connection: the answering backends ("error: ..." if broken)."""
+        return self.client.ask("ping", 30)
 
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+    def close(self) -> None:
+        self.client.end()
 
 
-async def rate(vip: str, port: int, seconds: float, concurrency: int) -> dict:
-    latencies: list[float] = []
-    errors: list[str] = []
-    backends: dict[str, int] = {}
-    t0 = time.monotonic()
-    deadline = t0 + seconds
+class Talk:
+    """Long-lived conversations (client talk) through a VIP, measured."""
 
-    async def worker() -> None:
-        while time.monotonic() < deadline:
-            res = await one(vip, port)
-            if res.error:
-                errors.append(res.error)
-            else:
-                latencies.append(res.ms)
-                backends[res.backend] = backends.get(res.backend, 0) + 1
+    def __init__(self, host: Host, target: Target, count: int, interval: float = 0.1) -> None:
+        args = ["--count", str(count), "--interval", str(interval)]
+        self.client = Client.start(host, target, "talk", *args, stdin=True)
+        self.ready: dict = self.client.lines.json(30, "talk's connections")
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.monotonic() - t0
-    return {
-        "count": len(latencies),
-        "errors": len(errors),
-        "first_errors": errors[:5],
-        "seconds": elapsed,
-        "rate": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
-        "by_backend": backends,
-    }
+    def stalled(self) -> int:
+        return self.client.ask("stalled", 10)["stalled"]
 
+    def wait_flowing(self, timeout: float) -> None:
+        """Until no live conversation is stalled."""
+        wait_until(lambda: self.stalled() == 0, timeout, "every conversation flowing")
 
-async def hold(vip: str, port: int, count: int) -> None:
-    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = []
-    sports = []
-    for _ in range(count):
-        try:
-            conn = await asyncio.wait_for(asyncio.open_connection(vip, port), IO_TIMEOUT)
-            sports.append(conn[1].get_extra_info("sockname")[1])
-            conns.append(conn)
-        except (OSError, TimeoutError):
-            sports.append(0)
-            conns.append(None)
-    print(json.dumps({"sports": sports}), flush=True)
-    loop = asyncio.get_running_loop()
-    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "ping":
-        answers = []
-        for i, conn in enumerate(conns):
-            if conn is None:
-                answers.append("error: not connected")
-                continue
-            try:
-                answers.append(await get(*conn, vip))
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-                answers.append(f"error: {type(exc).__name__}: {exc}")
-                conns[i] = None
-        print(json.dumps(answers), flush=True)
-    for conn in conns:
-        if conn is not None:
-            reset(conn[1])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="weir.lab.traffic", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="mode", required=True)
-    for mode in ("burst", "rate", "hold"):
-        c = sub.add_parser(mode)
-        c.add_argument("--vip", required=True)
-        c.add_argument("--port", type=int, default=80)
-        c.add_argument("--count", type=int, default=100)
-        c.add_argument("--concurrency", type=int, default=16)
-        c.add_argument("--seconds", type=float, default=5.0)
-        c.add_argument("--sport-base", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.mode == "burst":
-        asyncio.run(burst(args.vip, args.port, args.count, args.concurrency, args.sport_base))
-    elif args.mode == "rate":
-        print(json.dumps(asyncio.run(rate(args.vip, args.port, args.seconds, args.concurrency))))
-    else:
-        asyncio.run(hold(args.vip, args.port, args.count))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    def stop(self) -> TalkReport:
+        report = TalkReport.from_json(self.client.ask("stop", 30))
+        self.client.end()
+        return report

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" != "down" ]; then
     bash scripts/setup.sh
 fi
-exec "${WEIR_VENV:-$PWD/.venv}/bin/python" -m lab "$@"
+exec "${WEIR_VENV:-$PWD/.venv}/bin/python" -m weir.lab "$@"

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weir.common.pb import pb
+from weir.lab.bird import Bird, BirdPeer
 from weir.lab.netns import Host, Topology
 from weir.nodeagent.bgp import BGPSpeaker, ExaBGPOptions
-
-from tests.bgp.bird import Bird, BirdPeer
 
 ROUTER = "10.98.0.1"
 ROUTER_ASN = 65000

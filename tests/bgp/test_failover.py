@@ -12,7 +12,7 @@ same program) and runs its BGP speaker (ExaBGP 5) peering with BIRD,
 which merges the three equal routes into one multipath kernel route, hashed on the 5-tuple
 (fib_multipath_hash_policy=3 with ports: the fixture says why not policy 1). The client
 keeps 300 TCP connections open through the VIP, each exchanging a line every 100 ms
-(tests/bgp/talk.py), while a node fails:
+(weir.lab.client talk), while a node fails:
 
 - hard failure (link down, agent killed): the router learns it from its hold timer (3 s),
   then moves the node's flows to the others. With Maglev every node picks the same backend
@@ -33,24 +33,22 @@ The measured numbers (convergence time, connections stalled, broken) are printed
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from weir.lab.netns import Host, Topology, cleanup_prefix, sh
-from weir.lab.stack import read_line, start_backend, teardown
-from weir.nodeagent.dataplane import inspection
-from weir.nodeagent.dataplane.pinned import PinnedMaps
+from weir.lab import manifests, traffic
+from weir.lab.bird import Bird, peers_of
+from weir.lab.client import TalkReport, Target
+from weir.lab.deployment import Deployment
+from weir.lab.netns import Host, Topology, cleanup_prefix, kill_group
+from weir.lab.processes import AgentOptions, ControllerOptions
+from weir.lab.roles import dsr_backend, no_flood
+from weir.lab.wait import wait_until
 
-from tests.bgp.bird import Bird, BirdPeer, wait_until
 from tests.requirements import BIRD, requires, root
 
 pytestmark = [
@@ -65,8 +63,6 @@ VIP_MAGLEV = "192.0.2.20"
 VIP_RANDOM = "192.0.2.21"
 ROUTER_LAN, ROUTER_UP, CLIENT = "10.95.0.1", "10.95.1.1", "10.95.1.2"
 CTL_ADDR = "10.95.0.2"
-CTL_PORT = 9443
-CTL = f"{CTL_ADDR}:{CTL_PORT}"
 LBS = {"lb1": "10.95.0.21", "lb2": "10.95.0.22", "lb3": "10.95.0.23"}
 BACKENDS = {"b1": "10.95.0.31", "b2": "10.95.0.32", "b3": "10.95.0.33"}
 ROUTER_ASN, NODE_ASN = 65000, 65001
@@ -75,148 +71,53 @@ DRAIN_GRACE = 4.0
 RESTARTING = "lb1"  # restarts keeping its routes (graceful restart); the others drain
 CONNS = 300
 SEED = 4242
-BIN = Path(sys.executable).parent
-TALK = Path(__file__).with_name("talk.py")
 
 
-def manifests() -> str:
+def lab_manifests() -> list[dict]:
     docs = []
     for name, vip, strategy in (
         ("web", VIP_MAGLEV, "maglev"),
         ("web-random", VIP_RANDOM, "random"),
     ):
-        docs.append(f"""\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-  annotations: {{weir.dev/load-balancer-ips: "{vip}", weir.dev/traffic-strategy: {strategy}}}
-spec:
-  type: LoadBalancer
-  loadBalancerClass: weir.dev/maglev
-  ports: [{{name: http, port: {PORT}, targetPort: {PORT}, protocol: TCP}}]
-""")
-        endpoints = "".join(
-            f"- {{addresses: [{a}], conditions: {{ready: true}}}}\n" for a in BACKENDS.values()
+        docs.append(manifests.service(name, vip, PORT, strategy=strategy))
+        docs.append(manifests.endpoint_slice(name, PORT, BACKENDS.values()))
+    docs += [manifests.node(name, addr) for name, addr in LBS.items()]
+    docs.append(
+        manifests.bgp_peer(
+            "router", ROUTER_LAN, ROUTER_ASN, NODE_ASN, holdTime=HOLD, keepaliveTime=1,
+            gracefulRestart={"enabled": True, "restartTime": 60},
         )
-        docs.append(f"""\
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
-ports: [{{name: http, port: {PORT}, protocol: TCP}}]
-endpoints:
-{endpoints}""")
-    for name, addr in LBS.items():
-        docs.append(f"""\
-apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-  labels: {{weir.dev/load-balancer: "true"}}
-status:
-  addresses: [{{type: InternalIP, address: {addr}}}]
-""")
-    docs.append(f"""\
-apiVersion: weir.dev/v1alpha1
-kind: BGPPeer
-metadata:
-  name: router
-spec:
-  peerAddress: {ROUTER_LAN}
-  peerASN: {ROUTER_ASN}
-  localASN: {NODE_ASN}
-  holdTime: {HOLD}
-  keepaliveTime: 1
-  gracefulRestart: {{enabled: true, restartTime: 60}}
-  nodeSelector:
-    matchLabels: {{weir.dev/load-balancer: "true"}}
-""")
-    return "---\n".join(docs)
-
-
-@dataclass
-class Talk:
-    """The client's 300 conversations (tests/bgp/talk.py) through one VIP."""
-
-    proc: subprocess.Popen
-
-    def ask(self, command: str, timeout: float = 10) -> dict:
-        self.proc.stdin.write(f"{command}\n".encode())
-        self.proc.stdin.flush()
-        line = read_line(self.proc.stdout, timeout)
-        assert line, f"talk did not answer {command!r}"
-        return json.loads(line)
-
-    def wait_flowing(self, limit: float) -> float:
-        """Until no live connection is stalled; returns when (time.time())."""
-        wait_until(lambda: self.ask("stalled")["stalled"] == 0, limit, "all conversations flow")
-        return time.time()
-
-    def stop(self) -> dict:
-        report = self.ask("stop", timeout=30)
-        self.proc.wait(timeout=10)
-        return report
+    )  # fmt: skip
+    return docs
 
 
 @dataclass
 class Lab:
-    topo: Topology
-    tmp: Path
-    router: Host
     client: Host
-    ctl: Host
-    lbs: dict[str, Host]
     bird: Bird
-    agents: dict[str, subprocess.Popen] = field(default_factory=dict)
+    weir: Deployment
 
     def start_agent(self, name: str) -> None:
-        on_stop = "restart" if name == RESTARTING else "drain"
-        log = open(self.tmp / f"{name}.log", "ab")
-        self.agents[name] = self.lbs[name].popen(
-            [
-                str(BIN / "weir-agent"), "--controller", CTL, "--plaintext", "--node", name,
-                "--interface", "eth0", "--xdp-mode", "generic",
-                "--bpffs", str(self.tmp / f"{name}-bpf" / "weir"),
-                "--max-services", "16", "--max-backends", "64",
-                "--max-table-slots", "65536", "--conntrack-entries", "16384",
-                "--status-interval", "1",
-                "--drain-grace", str(DRAIN_GRACE), "--bgp-on-stop", on_stop,
-                "--bgp-workdir", str(self.tmp / f"{name}-bgp"),
-                "--log-format", "json",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
+        self.weir.start_agent(name, bgp_on_stop="restart" if name == RESTARTING else "drain")
 
     def hops(self, vip: str) -> set[str]:
         return self.bird.kernel_next_hops(f"{vip}/32")
 
     def wait_hops(self, vip: str, lbs: list[str], limit: float) -> float:
-        want = {LBS[n] for n in lbs}
-        wait_until(lambda: self.hops(vip) == want, limit, f"{vip} via {sorted(lbs)}", 0.02)
+        self.bird.wait_kernel_next_hops(f"{vip}/32", [LBS[n] for n in lbs], limit, 0.02)
         return time.time()
 
     def fail_hard(self, name: str) -> float:
         """The node dies: cable pulled, agent (and its ExaBGP) killed. Returns when."""
         t = time.time()
-        self.lbs[name].run(["ip", "link", "set", "eth0", "down"])
-        proc = self.agents.pop(name)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        self.weir.fail_node(name)
         # Its ExaBGP must not outlive it (nodeagent/bgp/relay.py sees to that).
         wait_until(lambda: not self.exabgp_pids(name), 5, f"{name}'s exabgp gone")
         return t
 
-    def exabgp_pids(self, name: str) -> list[str]:
-        pids = sh(["ip", "netns", "pids", self.lbs[name].name], check=False).split()
+    def exabgp_pids(self, name: str) -> list[int]:
         out = []
-        for pid in pids:
+        for pid in self.weir.nodes[name].pids():
             try:
                 if b"exabgp" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     out.append(pid)
@@ -225,120 +126,89 @@ class Lab:
         return out
 
     def restore(self, name: str) -> None:
-        self.lbs[name].run(["ip", "link", "set", "eth0", "up"])
-        self.start_agent(name)
+        self.weir.revive_node(name, bgp_on_stop="restart" if name == RESTARTING else "drain")
         for vip in (VIP_MAGLEV, VIP_RANDOM):
             self.wait_hops(vip, list(LBS), 60)
 
-    def talk(self, vip: str) -> Talk:
-        proc = self.client.popen(
-            [sys.executable, str(TALK), "--vip", vip, "--port", str(PORT),
-             "--count", str(CONNS), "--interval", "0.1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        line = read_line(proc.stdout, 30)
-        assert line, "talk did not get its connections up"
-        ready = json.loads(line)
-        assert ready == {"ready": CONNS, "failed": 0}, ready
-        return Talk(proc)
+    def talk(self, vip: str) -> traffic.Talk:
+        """The client's 300 conversations through one VIP."""
+        talk = traffic.Talk(self.client, Target(vip, PORT, "lines"), CONNS, interval=0.1)
+        assert talk.ready == {"ready": CONNS, "failed": 0}, talk.ready
+        return talk
 
     def new_flows(self, vip: str) -> dict[str, int]:
         """Flows each node's data plane has taken on for vip's service so far (its
         conntrack misses: first packets, and flows moved to it from another node)."""
-        out = {}
-        for name in LBS:
-            maps = PinnedMaps(self.tmp / f"{name}-bpf" / "weir")
-            try:
-                services, _ = inspection.stats(maps)
-            finally:
-                maps.close()
-            out[name] = next(c.new_flows for c, _ in services if c.name == f"{vip}:{PORT}/TCP")
-        return out
+        return {name: self.weir.new_flows(name, f"{vip}:{PORT}/TCP") for name in LBS}
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     cleanup_prefix(PREFIX)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
-    tmp.chmod(0o711)  # ExaBGP's unprivileged user reaches its config in tmp/<node>-bgp
-    topo = Topology(PREFIX)
-    try:
+    with Topology(PREFIX) as topo:
         lan = topo.bridge("lan")
         router = topo.host("r", forwarding=True)
         topo.link(router, lan, f"{ROUTER_LAN}/24")
         client = topo.host("client")
         topo.wire(router, client, f"{ROUTER_UP}/24", f"{CLIENT}/24")
-        client.run(["ip", "route", "add", "default", "via", ROUTER_UP])
+        client.route("default", ROUTER_UP)
         ctl = topo.host("ctl")
         topo.link(ctl, lan, f"{CTL_ADDR}/24")
         lbs = {}
         for name, addr in LBS.items():
             lbs[name] = topo.host(name)
-            topo.link(lbs[name], lan, f"{addr}/24")
-            # A real NIC drops unicast frames for another MAC before XDP sees them; a veth
-            # does not. Without this, frames for a dead node's MAC (flooded once the bridge
-            # forgets it) would be forwarded by the surviving nodes' XDP, hiding the failure.
-            sh(["bridge", "link", "set", "dev", topo.links[-1], "flood", "off"])
+            no_flood(topo.link(lbs[name], lan, f"{addr}/24"))
         for name, addr in BACKENDS.items():
             h = topo.host(name)
             topo.link(h, lan, f"{addr}/24")
-            h.run(["ip", "route", "add", "default", "via", ROUTER_LAN])  # DSR replies
-            for vip in (VIP_MAGLEV, VIP_RANDOM):
-                h.run(["ip", "addr", "add", f"{vip}/32", "dev", "lo"])
-            for key, value in (("arp_ignore", 1), ("arp_announce", 2)):
-                for dev in ("all", "eth0"):
-                    h.run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.{key}={value}"])
-            start_backend(h, name, PORT, lines=True)  # tests/bgp/talk.py's conversations
-        peers = [
-            BirdPeer(n, a, NODE_ASN, hold_time=HOLD, graceful_restart=True) for n, a in LBS.items()
-        ]
-        bird = Bird(router, tmp / "bird", ROUTER_LAN, ROUTER_ASN, peers)
+            h.route("default", ROUTER_LAN)  # DSR replies
+            dsr_backend(h, [VIP_MAGLEV, VIP_RANDOM])
+            traffic.serve(h, name, PORT, proto="lines")
+        workdir = topo.workdir()
+        bird = Bird(
+            router, workdir / "bird", ROUTER_LAN, ROUTER_ASN,
+            peers_of(LBS, NODE_ASN, hold_time=HOLD, graceful_restart=True),
+        )  # fmt: skip
         bird.start()
         # Hash on the 5-tuple read from each packet, as a real router does. Policy 1 would
         # take the hash the client's kernel put on the skb (it crosses the veth), and Linux
         # re-rolls that hash on every retransmission timeout: a stalled flow would hop to
         # another next hop on its own before BGP converged, hiding what the test measures.
-        router.run(["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=3"])
-        router.run(["sysctl", "-qw", "net.ipv4.fib_multipath_hash_fields=0x0037"])
-        lab = Lab(topo, tmp, router, client, ctl, lbs, bird)
-        (tmp / "manifests").mkdir()
-        (tmp / "manifests" / "lab.yaml").write_text(manifests())
-        ctl_log = open(tmp / "controller.log", "ab")
-        ctl.popen(
-            [
-                str(BIN / "weir-controller"), "--plaintext", "--listen", f"0.0.0.0:{CTL_PORT}",
-                "--manifests", str(tmp / "manifests"), "--maglev-seed", str(SEED),
-                "--log-format", "json",
-            ],
-            stdout=ctl_log,
-            stderr=subprocess.STDOUT,
+        router.sysctl(
+            {"net.ipv4.fib_multipath_hash_policy": 3, "net.ipv4.fib_multipath_hash_fields": 0x37}
+        )
+        weir = Deployment(
+            topo, workdir, ctl, lbs,
+            controller=ControllerOptions(maglev_seed=SEED),
+            agent=AgentOptions(
+                xdp_mode="generic", max_backends=64, max_table_slots=65536,
+                conntrack_entries=16384, drain_grace=DRAIN_GRACE,
+            ),
+            tail_lines=25,
         )  # fmt: skip
-        ctl_log.close()
+        weir.write_manifests("lab.yaml", lab_manifests())
+        weir.start_controller()
+        lab = Lab(client, bird, weir)
         for name in LBS:
-            bpffs = tmp / f"{name}-bpf"
-            bpffs.mkdir()
-            sh(["mount", "-t", "bpf", "bpf", str(bpffs)])
             lab.start_agent(name)
         for vip in (VIP_MAGLEV, VIP_RANDOM):
             lab.wait_hops(vip, list(LBS), 120)  # the first start compiles the XDP program
         yield lab
-    finally:
-        teardown(topo, tmp, prefix=PREFIX, show_logs=("controller", *LBS), log_lines=25)
 
 
-def summary(report: dict, t_fail: float, t_conv: float | None = None) -> dict:
-    conns = report["conns"]
-    broken = [c for c in conns if c["error"]]
-    stalled = [c for c in conns if c["max_gap"] > 1.0 and (c["gap_end_t"] or 0) > t_fail]
+def summary(report: TalkReport, t_fail: float, t_conv: float | None = None) -> dict:
+    conns = report.conns
+    broken = [c for c in conns if c.error]
+    stalled = [c for c in conns if c.max_gap > 1.0 and (c.gap_end_t or 0) > t_fail]
     out = {
         "broken": len(broken),
-        "errors": sorted({c["error"] for c in broken}),
+        "errors": sorted({c.error for c in broken}),
         "stalled": len(stalled),
-        "max_gap": round(max(c["max_gap"] for c in conns), 2),
+        "max_gap": round(max(c.max_gap for c in conns), 2),
     }
     if t_conv is not None and stalled:
         # How long after the router's change the last stalled connection resumed.
-        out["resumed_after_convergence"] = round(max(c["gap_end_t"] for c in stalled) - t_conv, 2)
+        out["resumed_after_convergence"] = round(max(c.gap_end_t for c in stalled) - t_conv, 2)
     return out
 
 
@@ -354,7 +224,7 @@ def test_router_has_three_next_hops_and_new_flows_reach_all_nodes(lab: Lab) -> N
     before = lab.new_flows(VIP_MAGLEV)
     report = lab.talk(VIP_MAGLEV).stop()
     after = lab.new_flows(VIP_MAGLEV)
-    backends = {c["backend"] for c in report["conns"]}
+    backends = {c.backend for c in report.conns}
     assert backends == set(BACKENDS), backends
     taken = {n: after[n] - before[n] for n in LBS}
     print(f"\n{CONNS} new connections, taken on per node: {taken}")
@@ -390,13 +260,13 @@ def test_node_failure_breaks_random_connections(lab: Lab) -> None:
     convergence = t_conv - t_fail
     # Connections that broke never answer again: wait for the others, bounded.
     deadline = time.time() + 2 * convergence + 10
-    while talk.ask("stalled")["stalled"] and time.time() < deadline:
+    while talk.stalled() and time.time() < deadline:
         time.sleep(0.2)
     report = talk.stop()
     n_moved = moved(before, lab.new_flows(VIP_RANDOM), ["lb1", "lb2"])
     s = summary(report, t_fail)
-    hung = sum(1 for c in report["conns"] if not c["error"] and c["gap_end_t"] == report["t_stop"]
-               and c["max_gap"] > 1.0)  # fmt: skip
+    hung = sum(1 for c in report.conns
+               if not c.error and c.gap_end_t == report.t_stop and c.max_gap > 1.0)  # fmt: skip
     print(f"\nrandom, hard failure: router converged in {convergence:.2f} s, "
           f"{n_moved} connections moved to another node, {s}, hung {hung}")  # fmt: skip
     # A node that gets a flow it has not seen picks a backend at random: about two in
@@ -410,13 +280,13 @@ def test_drain_withdraws_first_and_breaks_nothing(lab: Lab) -> None:
     talk = lab.talk(VIP_MAGLEV)
     before = lab.new_flows(VIP_MAGLEV)
     t_term = time.time()
-    os.killpg(lab.agents["lb2"].pid, signal.SIGTERM)
+    proc = lab.weir.agents.pop("lb2")
+    kill_group(proc, signal.SIGTERM)
     t_withdrawn = lab.wait_hops(VIP_MAGLEV, ["lb1", "lb3"], 10)
-    proc = lab.agents.pop("lb2")
     proc.wait(timeout=DRAIN_GRACE + 20)
     t_exit = time.time()
     # The data plane outlives the agent: the node stops forwarding when it goes away.
-    lab.lbs["lb2"].run(["ip", "link", "set", "eth0", "down"])
+    lab.weir.nodes["lb2"].set_link("eth0", False)
     talk.wait_flowing(10)
     report = talk.stop()
     n_moved = moved(before, lab.new_flows(VIP_MAGLEV), ["lb1", "lb3"])
@@ -434,9 +304,7 @@ def test_drain_withdraws_first_and_breaks_nothing(lab: Lab) -> None:
 def test_agent_restart_with_graceful_restart_keeps_the_routes(lab: Lab) -> None:
     talk = lab.talk(VIP_MAGLEV)
     before = lab.new_flows(VIP_MAGLEV)
-    proc = lab.agents.pop(RESTARTING)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    lab.weir.stop_agent(RESTARTING)
     # The session is gone without a NOTIFICATION: the router keeps the routes (stale).
     wait_until(
         lambda: "graceful restart active" in lab.bird.protocol_detail(RESTARTING),

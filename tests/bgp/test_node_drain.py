@@ -13,20 +13,18 @@ and on every BGP session change), not from the periodic one.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
-from weir.lab.netns import Host, Topology, cleanup_prefix, sh
+from weir.lab import manifests
+from weir.lab.bird import Bird, peers_of
+from weir.lab.deployment import Deployment
+from weir.lab.netns import Topology, cleanup_prefix
+from weir.lab.processes import BIN, AgentOptions
+from weir.lab.wait import wait_until
 from weir.nodeagent.dataplane import inspection
-from weir.nodeagent.dataplane.pinned import PinnedMaps
 
-from tests.bgp.bird import Bird, BirdPeer, wait_until
 from tests.requirements import BIRD, EXABGP, requires, root
 
 pytestmark = [
@@ -43,94 +41,41 @@ CTL = "127.0.0.1:9443"  # weirctl runs in the controller's namespace
 VIP, PORT = "192.0.2.30", 80
 SERVICE_ID = f"{VIP}:{PORT}/TCP"
 ROUTER_ASN, NODE_ASN = 65000, 65001
-BIN = Path(sys.executable).parent
 
-MANIFESTS = f"""\
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-  annotations: {{weir.dev/load-balancer-ips: "{VIP}"}}
-spec:
-  type: LoadBalancer
-  loadBalancerClass: weir.dev/maglev
-  ports: [{{name: http, port: {PORT}, protocol: TCP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{{name: http, port: {PORT}, protocol: TCP}}]
-endpoints: [{{addresses: ["{BACKEND}"], conditions: {{ready: true}}}}]
----
-apiVersion: weir.dev/v1alpha1
-kind: BGPPeer
-metadata: {{name: router}}
-spec:
-  peerAddress: {ROUTER}
-  peerASN: {ROUTER_ASN}
-  localASN: {NODE_ASN}
-  holdTime: 9
-  nodeSelector: {{matchLabels: {{weir.dev/load-balancer: "true"}}}}
-""" + "".join(
-    f"""---
-apiVersion: v1
-kind: Node
-metadata: {{name: {name}, labels: {{weir.dev/load-balancer: "true"}}}}
-status: {{addresses: [{{type: InternalIP, address: {addr}}}]}}
-"""
-    for name, addr in LBS.items()
-)
+MANIFESTS = [
+    manifests.service("web", VIP, PORT),
+    manifests.endpoint_slice("web", PORT, [BACKEND]),
+    manifests.bgp_peer("router", ROUTER, ROUTER_ASN, NODE_ASN, holdTime=9),
+    *(manifests.node(name, addr) for name, addr in LBS.items()),
+]
 
 
 @dataclass
 class Lab:
-    tmp: Path
-    ctl: Host
-    lbs: dict[str, Host]
     bird: Bird
-    mounts: list[Path] = field(default_factory=list)
+    weir: Deployment
 
     def weirctl(self, *args: str, timeout: float = 60) -> str:
-        return self.ctl.run([str(BIN / "weirctl"), "--controller", CTL, *args], timeout=timeout)
-
-    def hops(self) -> set[str]:
-        return self.bird.kernel_next_hops(f"{VIP}/32")
+        weirctl = [str(BIN / "weirctl"), "--controller", CTL, *args]
+        return self.weir.ctl.run(weirctl, timeout=timeout)
 
     def wait_hops(self, names: list[str], limit: float) -> None:
-        want = {LBS[n] for n in names}
-        wait_until(lambda: self.hops() == want, limit, f"{VIP} via {sorted(names)}", 0.05)
+        self.bird.wait_kernel_next_hops(f"{VIP}/32", [LBS[n] for n in names], limit)
 
     def peers(self) -> dict[str, dict]:
         return {n["node"]: n for n in json.loads(self.weirctl("bgp", "peers", "-o", "json"))}
 
     def services(self, name: str) -> set[str]:
         """The services n's pinned data plane holds now."""
-        maps = PinnedMaps(self.tmp / f"{name}-bpf" / "weir")
-        try:
+        with self.weir.maps(name) as maps:
             services, _ = inspection.stats(maps)
-        finally:
-            maps.close()
         return {c.name for c, _ in services}
-
-
-def start(host: Host, log: Path, argv: list[str]) -> None:
-    with open(log, "ab") as out:
-        host.popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     cleanup_prefix(PREFIX)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
-    tmp.chmod(0o711)  # ExaBGP's unprivileged user reaches its config in tmp/<node>-bgp
-    topo = Topology(PREFIX)
-    lab = None
-    try:
+    with Topology(PREFIX) as topo:
         lan = topo.bridge("lan")
         router = topo.host("r", forwarding=True)
         topo.link(router, lan, f"{ROUTER}/24")
@@ -142,42 +87,25 @@ def lab() -> Iterator[Lab]:
         for name, addr in LBS.items():
             lbs[name] = topo.host(name)
             topo.link(lbs[name], lan, f"{addr}/24")
-        peers = [BirdPeer(n, a, NODE_ASN, hold_time=9) for n, a in LBS.items()]
-        bird = Bird(router, tmp / "bird", ROUTER, ROUTER_ASN, peers)
+        workdir = topo.workdir()
+        peers = peers_of(LBS, NODE_ASN, hold_time=9)
+        bird = Bird(router, workdir / "bird", ROUTER, ROUTER_ASN, peers)
         bird.start()
-        lab = Lab(tmp, ctl, lbs, bird)
-        (tmp / "manifests").mkdir()
-        (tmp / "manifests" / "lab.yaml").write_text(MANIFESTS)
-        start(ctl, tmp / "controller.log", [
-            str(BIN / "weir-controller"), "--plaintext", "--listen", "0.0.0.0:9443",
-            "--manifests", str(tmp / "manifests"), "--log-format", "json",
-        ])  # fmt: skip
-        for name, host in lbs.items():
-            bpffs = tmp / f"{name}-bpf"
-            bpffs.mkdir()
-            sh(["mount", "-t", "bpf", "bpf", str(bpffs)])
-            lab.mounts.append(bpffs)
-            start(host, tmp / f"{name}.log", [
-                str(BIN / "weir-agent"), "--controller", f"{CTL_ADDR}:9443", "--plaintext",
-                "--node", name, "--interface", "eth0", "--xdp-mode", "generic",
-                "--bpffs", str(bpffs / "weir"), "--max-services", "16", "--max-backends", "64",
-                "--max-table-slots", "65536", "--conntrack-entries", "16384",
-                "--status-interval", "3600", "--bgp-workdir", str(tmp / f"{name}-bgp"),
-                "--log-format", "json",
-            ])  # fmt: skip
+        weir = Deployment(
+            topo, workdir, ctl, lbs,
+            agent=AgentOptions(
+                xdp_mode="generic", max_backends=64, max_table_slots=65536,
+                conntrack_entries=16384, status_interval=3600,
+            ),
+            tail_lines=25,
+        )  # fmt: skip
+        weir.write_manifests("lab.yaml", MANIFESTS)
+        weir.start_controller()
+        for name in LBS:
+            weir.start_agent(name)
+        lab = Lab(bird, weir)
         lab.wait_hops(list(LBS), 120)  # the first start compiles the XDP program
         yield lab
-    finally:
-        topo.close()
-        if lab is not None:
-            for m in lab.mounts:
-                sh(["umount", str(m)], check=False)
-            for name in ("controller", *LBS):
-                log = tmp / f"{name}.log"
-                if log.exists():
-                    print(f"--- {name} log (tail) ---")
-                    print("\n".join(log.read_text().splitlines()[-25:]))
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_drain_withdraws_the_next_hop_and_keeps_forwarding(lab: Lab) -> None:
@@ -205,7 +133,7 @@ def test_drain_withdraws_the_next_hop_and_keeps_forwarding(lab: Lab) -> None:
     assert session["state"] == "established" and int(session["routes_sent"]) == 0
     assert not peers["n2"]["draining"] and peers["n2"]["announced"] == [f"{VIP}/32"]
     assert lab.services("n1") == {SERVICE_ID}
-    assert "xdp" in lab.lbs["n1"].run(["ip", "link", "show", "eth0"])
+    assert "xdp" in lab.weir.nodes["n1"].run(["ip", "link", "show", "eth0"])
     assert "n1 (draining)" in lab.weirctl("agents")
     assert "n1 (draining)" in lab.weirctl("bgp", "peers")
 

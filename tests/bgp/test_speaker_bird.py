@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from weir.common.pb import pb
+from weir.lab.bird import Bird, BirdPeer
 from weir.lab.netns import Host, Topology
+from weir.lab.wait import async_wait_until
 
-from tests.bgp.bird import Bird, BirdPeer, async_wait_until
 from tests.bgp.support import (
     NODE_ASN,
     ROUTER,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from weir.common.pb import pb
 from weir.controller.core.reduce import reduce
+from weir.lab.processes import ControllerOptions
 from weir.nodeagent.controller_client import ControllerClient, Update
 
 from tests.controller.reduce_support import FILES, node, peer, run, state_of
@@ -71,11 +72,8 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str]]:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "nodes.yaml").write_text(MANIFESTS)
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "weir-controller"), "--plaintext", "--manifests", str(manifests),
-        "--listen", f"127.0.0.1:{free_port()}", "--log-format", "json", "--debounce-ms", "20",
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    opts = ControllerOptions(manifests=manifests, listen=f"127.0.0.1:{free_port()}", debounce_ms=20)
+    proc = await asyncio.create_subprocess_exec(*opts.argv(), stderr=asyncio.subprocess.PIPE)
     ctl = Controller(proc)
     try:
         async with asyncio.timeout(30):

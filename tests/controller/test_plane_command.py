@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from weir.common.pb import pb
 from weir.ctl.controller_cmds import format_agents, format_errors
+from weir.lab.processes import ControllerOptions
 from weir.nodeagent.controller_client import ControllerClient
 
 from tests.controller.plane_support import Recorder
@@ -122,18 +123,15 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str, Pat
     write_slice(manifests, ["10.10.0.11"])
     (manifests / "broken.yaml").write_text("kind: Service\nmetadata: [unclosed\n")
     metrics = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "weir-controller"),
-        "--plaintext",
-        "--manifests", str(manifests),
-        "--listen", "127.0.0.1:0",
-        "--log-format", "json",
-        "--debounce-ms", "20",
-        "--metrics-listen", metrics,
-        "--lb-node-selector", "role in (balancer)",
-        "--encap-port", "7000",
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    opts = ControllerOptions(
+        manifests=manifests,
+        listen="127.0.0.1:0",
+        debounce_ms=20,
+        metrics_listen=metrics,
+        lb_node_selector="role in (balancer)",
+        encap_port=7000,
+    )
+    proc = await asyncio.create_subprocess_exec(*opts.argv(), stderr=asyncio.subprocess.PIPE)
     ctl = Controller(proc)
     ctl.metrics = metrics
     try:
@@ -227,12 +225,8 @@ async def test_controller_serves_the_manifests_and_weirctl_shows_them(
 
 
 async def test_refuses_to_start_without_tls_or_plaintext(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "weir-controller"),
-        "--manifests", str(tmp_path),
-        "--listen", "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    opts = ControllerOptions(manifests=tmp_path, listen="127.0.0.1:0", plaintext=False)
+    proc = await asyncio.create_subprocess_exec(*opts.argv(), stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(30):
         _, err = await proc.communicate()
     assert proc.returncode != 0

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from weir.lab.netns import Topology
 from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
 
 from tests.requirements import require
 
-from .support import bpffs_mount, in_netns, missing_privileges, veth_netns
+from .support import PREFIX, bpffs_mount, in_netns, missing_privileges
 
 NODE_MAC = bytes.fromhex("02000000aa01")
 
@@ -47,11 +48,11 @@ class Node:
 
 @pytest.fixture
 def node(privileged: None) -> Iterator[Node]:
-    with bpffs_mount() as fs, veth_netns() as ns:
-        subprocess.run(
-            ["ip", "-n", ns, "link", "set", "wdp0", "address", NODE_MAC.hex(":")], check=True
-        )
-        yield Node(ns, fs)
+    with bpffs_mount() as fs, Topology(f"{PREFIX}-{uuid.uuid4().hex[:8]}") as topo:
+        host = topo.host("node")
+        host.veth("wdp0", "wdp1")
+        host.run(["ip", "link", "set", "wdp0", "address", NODE_MAC.hex(":")])
+        yield Node(host.name, fs)
 
 
 @pytest.fixture

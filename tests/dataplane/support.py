@@ -1,24 +1,22 @@
-"""Helpers for the data-plane tests: bpffs mounts, namespaces, packets, prediction."""
+"""Helpers for the data-plane tests: privileges, packets, prediction; bpffs mounts and
+namespaces come from the harness (weir.lab)."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import struct
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from weir.lab import bpffs
+from weir.lab.netns import in_netns as in_netns  # re-exported: tests enter nodes this way
 from weir.nodeagent.dataplane import bpfsys
 from weir.nodeagent.dataplane.flowhash import maglev_slot
 
-PREFIX = "wdp"  # helper D's namespaces, links and pins
-CLONE_NEWNET = 0x40000000
+PREFIX = "wdp"  # the data-plane tests' namespaces, links and pins
 XDP_PASS, XDP_DROP, XDP_TX = 2, 1, 3
 
 
@@ -40,53 +38,9 @@ def missing_privileges() -> str:
 
 @contextlib.contextmanager
 def bpffs_mount() -> Iterator[Path]:
-    """A private bpffs under a temp dir, unmounted (pins and all) afterwards."""
-    top = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-bpffs-"))
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(top)], check=True)
-    try:
+    """A private bpffs under a temp dir; yields its pin directory (not created yet)."""
+    with bpffs.mounted(PREFIX) as top:
         yield top / "weir"
-    finally:
-        subprocess.run(["umount", "-l", str(top)], check=False)
-        with contextlib.suppress(OSError):
-            top.rmdir()
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in network namespace `name` (netns is per thread)."""
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        yield
-    finally:
-        _setns(back)
-        os.close(target)
-        os.close(back)
-
-
-@contextlib.contextmanager
-def veth_netns() -> Iterator[str]:
-    """A namespace holding an up veth pair wdp0 <-> wdp1; yields the namespace name."""
-    name = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        run = ["ip", "-n", name]
-        subprocess.run(
-            [*run, "link", "add", "wdp0", "type", "veth", "peer", "name", "wdp1"], check=True
-        )
-        for dev in ("wdp0", "wdp1", "lo"):
-            subprocess.run([*run, "link", "set", dev, "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def mac(text: str) -> bytes:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 from weir.lab.netns import Host, Topology, cleanup_prefix
+from weir.lab.roles import attach_xdp_pass, dsr_backend, finish_checksums
 from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend
 from weir.nodeagent.dataplane.inspection import pass_counts, stats
 from weir.nodeagent.maglev import backend_id, build_table
@@ -93,20 +94,6 @@ def start_server(host: Host, name: str) -> None:
     assert ready and proc.stdout.readline().strip() == "ready", f"{name} did not start"
 
 
-@contextlib.contextmanager
-def xdp_pass_on(link: str) -> Iterator[None]:
-    """veth delivers frames sent with native XDP_TX only to a peer that runs XDP too."""
-    from bcc import BPF
-
-    prog = BPF(text=b"int pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    BPF.attach_xdp(link.encode(), prog.load_func(b"pass", BPF.XDP), 0)
-    try:
-        yield
-    finally:
-        BPF.remove_xdp(link.encode(), 0)
-        prog.cleanup()
-
-
 @dataclass
 class Lab:
     client: Host
@@ -129,23 +116,18 @@ class Lab:
 def dsr_lab(mode: str, frontend: Frontend) -> Iterator[Lab]:
     """The topology above, with `frontend` programmed on the lb over be1 and be2."""
     cleanup_prefix(PREFIX)
-    with Topology(PREFIX) as topo, bpffs_mount() as bpffs, contextlib.ExitStack() as stack:
+    with Topology(PREFIX) as topo, bpffs_mount() as bpffs:
         lan = topo.bridge("lan")
         client, lb = topo.host("client"), topo.host("lb")
         backends = [topo.host("be1"), topo.host("be2")]
         topo.link(client, lan, "10.98.0.2/24")
-        topo.link(lb, lan, "10.98.0.3/24")
+        lb_port = topo.link(lb, lan, "10.98.0.3/24")
         if mode == "native":
-            stack.enter_context(xdp_pass_on(topo.links[-1]))
-            # veth hands TCP segments over with partial checksums, which native XDP_TX
-            # would transmit unfinished: let the client finish them.
-            client.run(["ethtool", "-K", "eth0", "tx", "off"])
+            attach_xdp_pass([lb_port])
+            finish_checksums(client)
         for i, be in enumerate(backends):
             topo.link(be, lan, f"10.98.0.{11 + i}/24")
-            be.run(["ip", "addr", "add", f"{VIP}/32", "dev", "lo"])
-            for key in ("all", "eth0"):  # do not answer ARP for the VIP on the LAN
-                be.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.arp_ignore=1"])
-                be.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.arp_announce=2"])
+            dsr_backend(be, [VIP])
             start_server(be, be.name)
         client.run(["ip", "route", "add", f"{VIP}/32", "via", "10.98.0.3"])
 

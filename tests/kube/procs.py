@@ -8,12 +8,12 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from weir.common.pb import pb, pb_grpc
+from weir.lab.processes import ControllerOptions
 from weir.nodeagent.controller_client import ControllerClient, NodeView, Update
 
 from .conftest import NAMESPACE, REPO
@@ -32,27 +32,15 @@ class ControllerProc:
         self.identity = identity
         self.port = free_port()
         self.log = logdir / f"{identity}.log"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "weir.controller.main",
-            "--source",
-            "kubernetes",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--secrets-namespace",
-            NAMESPACE,
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--plaintext",
-            "--identity",
-            identity,
-            "--lease-namespace",
-            NAMESPACE,
-            "--log-format",
-            "json",
-            *args,
-        ]
+        self.argv = ControllerOptions(
+            source="kubernetes",
+            kubeconfig=kubeconfig,
+            secrets_namespace=NAMESPACE,
+            listen=f"127.0.0.1:{self.port}",
+            identity=identity,
+            lease_namespace=NAMESPACE,
+            extra=args,
+        ).argv()
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -121,12 +109,6 @@ class Agent:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.client.run())
-
-    async def close(self) -> None:
-        """Kill (if still running) and reap."""
-        self.kill()
-        if self.proc is not None:
-            await self.proc.wait()
 
     async def stop(self) -> None:
         if self.task is not None:

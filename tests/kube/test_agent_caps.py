@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from weir.lab import bpffs
 from weir.lab.netns import Topology, cleanup_prefix
 
 from tests.requirements import require, root
@@ -73,30 +73,24 @@ def available_caps() -> int:
 def run_data_plane(caps: list[str]) -> subprocess.CompletedProcess[str]:
     """The data plane in a fresh namespace and bpffs, with exactly these capabilities."""
     cleanup_prefix(PREFIX)
-    bpffs = Path(tempfile.mkdtemp(prefix="weir-caps-bpffs-"))
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
-    try:
-        with Topology(PREFIX) as topo:
-            lb = topo.host("lb")
-            topo.link(lb, topo.bridge("br"), "10.77.0.1/24")
-            bounding = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
-            cmd = lb.cmd(
-                [
-                    "setpriv",
-                    f"--bounding-set={bounding}",
-                    "--inh-caps=-all",
-                    "--ambient-caps=-all",
-                    "--",
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    str(bpffs / "weir"),
-                ]
-            )
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=REPO)
-    finally:
-        subprocess.run(["umount", "-l", str(bpffs)], check=False)
-        bpffs.rmdir()
+    with bpffs.mounted(PREFIX) as pins, Topology(PREFIX) as topo:
+        lb = topo.host("lb")
+        topo.link(lb, topo.bridge("br"), "10.77.0.1/24")
+        bounding = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
+        cmd = lb.cmd(
+            [
+                "setpriv",
+                f"--bounding-set={bounding}",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "--",
+                sys.executable,
+                "-c",
+                CHILD,
+                str(pins / "weir"),
+            ]
+        )
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=REPO)
 
 
 def test_rendered_capabilities_run_the_data_plane() -> None:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from weir.lab.netns import Topology
-from weir.lab.stack import leftovers, teardown
+from weir.lab.netns import Topology, cleanup_prefix, leftovers
+from weir.lab.stack import WORKDIR
 from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
 
 from tests.requirements import BIRD, requires, root
@@ -19,19 +19,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_topology_builds_and_leaves_nothing_behind() -> None:
-    teardown(None)
-    topo = Topology(PREFIX)
-    try:
+    cleanup_prefix(PREFIX, WORKDIR)
+    with Topology(PREFIX) as topo:
         net = build(topo)
+        topo.bpffs(topo.workdir(WORKDIR) / "lb1-bpf")
         assert set(net.nodes) == set(NODES) and set(net.backends) == set(BACKENDS)
         # Both segments work through the router: a client reaches a backend's own address.
         net.clients["c1"].run(["ping", "-c1", "-W2", ROUTER_CLIENT])
         net.backends["b1"].run(["ping", "-c1", "-W2", ROUTER_SERVER])
         net.clients["c2"].run(["ping", "-c1", "-W2", BACKENDS["b4"]])
-        assert len(leftovers()) >= len(CLIENTS) + len(NODES) + len(BACKENDS) + 2
-    finally:
-        teardown(topo)
-    assert leftovers() == []
+        left = leftovers(PREFIX, WORKDIR)
+        assert len(left) >= len(CLIENTS) + len(NODES) + len(BACKENDS) + 2
+        assert f"directory {WORKDIR}" in left and f"mount {WORKDIR}/lb1-bpf" in left
+    assert leftovers(PREFIX, WORKDIR) == []
 
 
 @pytest.mark.slow
@@ -50,4 +50,4 @@ def test_quick_lab_run_passes_every_check() -> None:
     assert "connections succeeded" in out and "300/300" in out, out[-3000:]
     assert "FAIL" not in out, out[-3000:]
     assert "nothing left behind" in out
-    assert leftovers() == []
+    assert leftovers(PREFIX, WORKDIR) == []

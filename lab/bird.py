@@ -1,32 +1,28 @@
-"""A BIRD 2 router in a network namespace, for tests: config, start/stop, and queries.
+"""A BIRD 2 router in a host: config, start/kill, and queries (for the lab and the tests).
 
-BIRD runs in the router host with its own config, control socket, pid file and log
-(`bird -c CONF -s SOCK -P PID -f`), so it never touches the system's BIRD. Its kernel
-protocol exports with `merge paths yes`, so routes from several equal BGP peers become one
-multipath kernel route, and the namespace hashes flows on ports
-(`fib_multipath_hash_policy=1`), as a real ECMP router in front of the LB nodes would.
+BIRD runs with its own config, control socket, pid file and log under a work directory
+(`bird -c CONF -s SOCK -P PID -f`), so it never touches the system's BIRD. The router learns
+routes from BGP peers, from static routes, or both. Its kernel protocol exports with
+`merge paths yes`, so equal routes (several BGP peers, or a static route's next hops) become
+one multipath kernel route, and the host hashes flows on their ports
+(`fib_multipath_hash_policy=1`), as a real ECMP router in front of LB nodes would.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from weir.lab.netns import Host
+from weir.lab.netns import Host, LabError, kill_group
+from weir.lab.wait import wait_until
 
-T = TypeVar("T")
-
-# Test timers: retry quickly after a failure instead of BIRD's 60-300 s error wait, and
-# try the first connection after 1 s instead of 5 s. BIRD's session timers (hold and
-# keepalive) keep their defaults unless a peer sets them.
+# Retry quickly after a failure instead of BIRD's 60-300 s error wait, and try the first
+# connection after 1 s instead of 5 s. BIRD's session timers (hold and keepalive) keep their
+# defaults unless a peer sets them.
 FAST_RETRY = "connect delay time 1; connect retry time 2; error wait time 1, 3;"
 
 
@@ -36,7 +32,7 @@ class BirdPeer:
     address: str
     asn: int
     password: str = ""
-    hold_time: int = 0  # 0 = BIRD's default (240 s)
+    hold_time: int = 0  # 0 = BIRD's default (240 s); keepalive is a third of it
     graceful_restart: bool = True
     local: str = ""  # the router's source address for this session ("" = any)
 
@@ -48,19 +44,24 @@ class Bird:
     router_id: str
     asn: int
     peers: Sequence[BirdPeer] = ()
+    static: dict[str, list[str]] = field(default_factory=dict)  # prefix -> next hops
     timers: str = FAST_RETRY
     proc: subprocess.Popen | None = None
-    conf: Path = field(init=False)
-    sock: Path = field(init=False)
-    pidfile: Path = field(init=False)
-    log: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = self.workdir / "bird.conf"
-        self.sock = self.workdir / "bird.ctl"
-        self.pidfile = self.workdir / "bird.pid"
-        self.log = self.workdir / "bird.log"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "bird.conf"
+
+    @property
+    def sock(self) -> Path:
+        return self.workdir / "bird.ctl"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "bird.log"
 
     def config(self) -> str:
         lines = [
@@ -71,6 +72,13 @@ class Bird:
             # The kernel protocol installs the best routes, merged into multipath routes.
             "protocol kernel { ipv4 { export all; }; merge paths yes; }",
         ]
+        routes = " ".join(
+            f"route {prefix} {' '.join(f'via {hop}' for hop in hops)};"
+            for prefix, hops in self.static.items()
+            if hops
+        )
+        if routes:
+            lines.append(f"protocol static {{ ipv4; {routes} }}")
         for p in self.peers:
             opts = [
                 f"local {p.local} as {self.asn};" if p.local else f"local as {self.asn};",
@@ -88,45 +96,43 @@ class Bird:
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
-        self.host.run(["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"])
+        """Start BIRD; returns once it answers on its control socket."""
+        self.host.sysctl({"net.ipv4.fib_multipath_hash_policy": 1})
         self.conf.write_text(self.config())
         self.proc = self.host.popen(
-            [
-                "bird",
-                "-c",
-                str(self.conf),
-                "-s",
-                str(self.sock),
-                "-P",
-                str(self.pidfile),
-                "-f",
-            ],
+            ["bird", "-c", str(self.conf), "-s", str(self.sock),
+             "-P", str(self.workdir / "bird.pid"), "-f"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: self.sock.exists() and self._ready(), 15, "bird control socket")
+        )  # fmt: skip
+        wait_until(lambda: self.sock.exists() and self._ready(), 15, "BIRD's control socket")
 
     def _ready(self) -> bool:
         return "ready" in self.birdc("show", "status", check=False)
 
     def kill(self) -> None:
         """Hard stop (SIGKILL), like a router crash: the sessions end without a
-        NOTIFICATION. BIRD leaves its kernel routes behind; they are flushed here, as a
-        rebooting router would lose them."""
+        NOTIFICATION. BIRD's kernel routes outlive it; they are flushed here, as a rebooting
+        router would lose them."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            kill_group(self.proc)
             self.proc.wait(timeout=10)
         self.proc = None
-        # BIRD's kernel routes outlive a killed BIRD; flush them like a rebooted router.
         self.host.run(["ip", "route", "flush", "proto", "bird"], check=False)
         self.sock.unlink(missing_ok=True)
+
+    def set_static(self, prefix: str, hops: Sequence[str]) -> None:
+        """Route prefix over these next hops (none: no static route), and reconfigure."""
+        self.static[prefix] = list(hops)
+        self.conf.write_text(self.config())
+        self.birdc("configure")
 
     def birdc(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run(
             ["birdc", "-s", str(self.sock), *args], capture_output=True, text=True, timeout=10
         )
         if check and proc.returncode != 0:
-            raise RuntimeError(f"birdc {' '.join(args)}: {proc.stderr or proc.stdout}")
+            raise LabError(f"birdc {' '.join(args)}: {proc.stderr or proc.stdout}")
         return proc.stdout
 
     def protocol(self, name: str) -> tuple[str, str, str]:
@@ -155,41 +161,36 @@ class Bird:
         at = t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec + moment % 1
         return 0 < (at - started) % 86400 < 3600  # modulo: midnight may fall in between
 
+    def protocol_detail(self, name: str) -> str:
+        return self.birdc("show", "protocols", "all", name, check=False)
+
     def bgp_next_hops(self, prefix: str) -> set[str]:
         """Next hops of the BGP routes BIRD has for prefix (all paths, not only the best)."""
         out = self.birdc("show", "route", "for", prefix, "all", check=False)
         return set(re.findall(r"BGP\.next_hop: (\S+)", out))
 
-    def protocol_detail(self, name: str) -> str:
-        return self.birdc("show", "protocols", "all", name, check=False)
-
     def kernel_next_hops(self, prefix: str) -> set[str]:
-        """Next hops of the kernel's route for prefix in the router namespace."""
+        """Next hops of the kernel's route for prefix in the router's host."""
         out = self.host.run(["ip", "-4", "route", "show", "exact", prefix], check=False)
         return set(re.findall(r"via (\S+)", out))
 
+    def wait_kernel_next_hops(
+        self, prefix: str, hops: Collection[str], timeout: float, interval: float = 0.05
+    ) -> None:
+        """Until the kernel's route for prefix goes over exactly these next hops."""
+        want = set(hops)
+        try:
+            wait_until(
+                lambda: self.kernel_next_hops(prefix) == want,
+                timeout,
+                f"{prefix} via {sorted(want)}",
+                interval,
+            )
+        except TimeoutError as exc:
+            now = sorted(self.kernel_next_hops(prefix))
+            raise TimeoutError(f"{exc}; the route goes via {now}") from None
 
-def wait_until(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll pred until it returns something truthy; AssertionError after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
-
-async def async_wait_until(
-    pred: Callable[[], T], limit: float, what: str, interval: float = 0.1
-) -> T:
-    """wait_until for async tests: pred runs in a thread (it may call birdc or ip)."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = await asyncio.to_thread(pred)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(interval)
+def peers_of(nodes: Mapping[str, str], asn: int, **options: object) -> list[BirdPeer]:
+    """One BGP peer per node (name -> address), all alike."""
+    return [BirdPeer(name, addr, asn, **options) for name, addr in nodes.items()]  # type: ignore[arg-type]
