@@ -18,8 +18,8 @@ from scapy.packet import Packet, Raw
 from weir.nodeagent.dataplane import bpfsys
 from weir.nodeagent.dataplane.nat import LocalBackend, NatConfig, NatDataplane, NatSettings
 
-from tests.dataplane.support import bpffs_mount, in_netns, missing_privileges, veth_netns
-from tests.requirements import require
+from .conftest import Node
+from .support import in_netns
 
 pytestmark = pytest.mark.root
 
@@ -36,8 +36,8 @@ DNS = LocalBackend(VIP, 53, 17, POD, 5353)
 
 
 @dataclass
-class Node:
-    nat: NatDataplane
+class BackendNode:
+    dp: NatDataplane
     ingress: int
     egress: int
 
@@ -46,25 +46,24 @@ class Node:
         return out.retval, Ether(out.data_out)
 
     def counters(self) -> dict[str, int]:
-        events, drops = self.nat.counters()
+        events, drops = self.dp.counters()
         return {c.name: c.packets for c in (*events, *drops)}
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    require(missing_privileges)
-    with bpffs_mount() as fs, veth_netns() as ns, in_netns(ns):
-        nat = NatDataplane.open(NatConfig(interface="wdp0", bpffs=fs))
-        fds = [bpfsys.obj_get(str(fs / p)) for p in ("prog_tc_ingress", "prog_tc_egress")]
+def nat(node: Node) -> Iterator[BackendNode]:
+    with in_netns(node.netns):
+        dp = NatDataplane.open(NatConfig(interface=node.iface, bpffs=node.bpffs))
+        fds = [bpfsys.obj_get(str(node.bpffs / p)) for p in ("prog_tc_ingress", "prog_tc_egress")]
         try:
-            nat.configure(NatSettings(NODE, PORT, mtu=1500))
-            nat.set_lb_nodes([LB])
-            nat.set_local_backends([WEB, DNS])
-            yield Node(nat, *fds)
+            dp.configure(NatSettings(NODE, PORT, mtu=1500))
+            dp.set_lb_nodes([LB])
+            dp.set_local_backends([WEB, DNS])
+            yield BackendNode(dp, *fds)
         finally:
             for fd in fds:
                 os.close(fd)
-            nat.detach()
+            dp.detach()
 
 
 def weir_header(addr: str, port: int, version: int = 1, flags: int = 0) -> bytes:
@@ -101,47 +100,47 @@ def checksums_valid(pkt: Packet) -> bool:
     return bytes(Ether(bytes(rebuilt))) == bytes(pkt)
 
 
-def test_decapsulates_and_translates_to_the_pod(node: Node) -> None:
-    verdict, out = node.run(node.ingress, encapsulated(syn()))
+def test_decapsulates_and_translates_to_the_pod(nat: BackendNode) -> None:
+    verdict, out = nat.run(nat.ingress, encapsulated(syn()))
     assert verdict == TC_ACT_UNSPEC
     ip = out[IP]
     assert (ip.src, ip.dst, ip[TCP].sport, ip[TCP].dport) == (CLIENT, POD, 40000, 8080)
     assert ip[TCP].flags == "S" and ip[TCP].seq == 7 and ip.flags == "DF"
     assert not ip.payload[TCP].payload or len(bytes(ip)) == ip.len
     assert checksums_valid(out)
-    flows = node.nat.flows()
+    flows = nat.dp.flows()
     assert [(f.address, f.port, f.client, f.cport, f.vip, f.vport) for f in flows] == [
         (POD, 8080, CLIENT, 40000, VIP, 80)
     ]
-    assert node.counters()["decap"] == 1
+    assert nat.counters()["decap"] == 1
 
 
-def test_reply_goes_back_as_the_vip_with_the_mss_clamped(node: Node) -> None:
-    node.run(node.ingress, encapsulated(syn()))
+def test_reply_goes_back_as_the_vip_with_the_mss_clamped(nat: BackendNode) -> None:
+    nat.run(nat.ingress, encapsulated(syn()))
     reply = (
         Ether()
         / IP(src=POD, dst=CLIENT)
         / TCP(sport=8080, dport=40000, flags="SA", options=[("MSS", 1460), ("NOP", None)])
     )
-    verdict, out = node.run(node.egress, reply)
+    verdict, out = nat.run(nat.egress, reply)
     assert verdict == TC_ACT_UNSPEC
     assert (out[IP].src, out[TCP].sport, out[IP].dst, out[TCP].dport) == (VIP, 80, CLIENT, 40000)
     # 1500 - 36 (encapsulation) - 40 (IPv4 + TCP): the client's segments fit, encapsulated.
     assert dict(out[TCP].options)["MSS"] == 1424
     assert checksums_valid(out)
-    assert node.counters()["reverse"] == 1 and node.counters()["mss_clamped"] == 1
+    assert nat.counters()["reverse"] == 1 and nat.counters()["mss_clamped"] == 1
     small = Ether() / IP(src=POD, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="SA",
                                                      options=[("MSS", 1200)])  # fmt: skip
-    _, out = node.run(node.egress, small)
+    _, out = nat.run(nat.egress, small)
     assert dict(out[TCP].options)["MSS"] == 1200 and checksums_valid(out)
 
 
-def test_udp_without_checksum_keeps_none(node: Node) -> None:
+def test_udp_without_checksum_keeps_none(nat: BackendNode) -> None:
     query = IP(src=CLIENT, dst=VIP) / UDP(sport=5000, dport=53, chksum=0) / Raw(b"q" * 20)
-    _, out = node.run(node.ingress, encapsulated(query, header=weir_header(POD, 5353)))
+    _, out = nat.run(nat.ingress, encapsulated(query, header=weir_header(POD, 5353)))
     assert (out[IP].dst, out[UDP].dport, out[UDP].chksum) == (POD, 5353, 0)
     answer = Ether() / IP(src=POD, dst=CLIENT) / UDP(sport=5353, dport=5000) / Raw(b"a" * 9)
-    _, out = node.run(node.egress, answer)
+    _, out = nat.run(nat.egress, answer)
     assert (out[IP].src, out[UDP].sport) == (VIP, 53) and checksums_valid(out)
 
 
@@ -157,21 +156,21 @@ def test_udp_without_checksum_keeps_none(node: Node) -> None:
         (encapsulated(IP(src=CLIENT, dst=VIP) / ICMP(type=8)), "header"),  # not an error
     ],
 )
-def test_refused_and_counted(node: Node, pkt: Packet, reason: str) -> None:
-    verdict, _ = node.run(node.ingress, pkt)
+def test_refused_and_counted(nat: BackendNode, pkt: Packet, reason: str) -> None:
+    verdict, _ = nat.run(nat.ingress, pkt)
     assert verdict == TC_ACT_SHOT
-    counts = node.counters()
+    counts = nat.counters()
     assert counts[reason] == 1
     assert sum(counts[r] for r in ("not_lb", "header", "unknown", "decap_failed")) == 1
-    assert node.nat.flows() == []
+    assert nat.dp.flows() == []
 
 
-def test_lengths_must_agree(node: Node) -> None:
+def test_lengths_must_agree(nat: BackendNode) -> None:
     pkt = Ether(bytes(encapsulated(syn())) + b"\0" * 4)
     pkt[IP].len += 4  # outer says more than inner
     del pkt[IP].chksum
-    out = bpfsys.test_run(node.ingress, bytes(pkt))
-    assert out.retval == TC_ACT_SHOT and node.counters()["header"] == 1
+    out = bpfsys.test_run(nat.ingress, bytes(pkt))
+    assert out.retval == TC_ACT_SHOT and nat.counters()["header"] == 1
 
 
 @pytest.mark.parametrize(
@@ -184,45 +183,45 @@ def test_lengths_must_agree(node: Node) -> None:
         Ether() / IP(src="10.9.9.9", dst=CLIENT) / ICMP(type=3, code=3),
     ],
 )
-def test_other_traffic_passes_untouched(node: Node, pkt: Packet) -> None:
-    for fd in (node.ingress, node.egress):
-        verdict, out = node.run(fd, pkt)
+def test_other_traffic_passes_untouched(nat: BackendNode, pkt: Packet) -> None:
+    for fd in (nat.ingress, nat.egress):
+        verdict, out = nat.run(fd, pkt)
         assert verdict == TC_ACT_UNSPEC and bytes(out) == bytes(pkt)
 
 
-def test_flows_outlive_their_endpoint(node: Node) -> None:
+def test_flows_outlive_their_endpoint(nat: BackendNode) -> None:
     """Established flows keep their pod after it leaves the endpoints (the load balancers'
     conntrack keeps sending them); new flows to it are refused."""
-    node.run(node.ingress, encapsulated(syn(sport=40000)))
-    node.nat.set_local_backends([DNS])
+    nat.run(nat.ingress, encapsulated(syn(sport=40000)))
+    nat.dp.set_local_backends([DNS])
     ack = IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="A")
-    verdict, out = node.run(node.ingress, encapsulated(ack))
+    verdict, out = nat.run(nat.ingress, encapsulated(ack))
     assert verdict == TC_ACT_UNSPEC and out[IP].dst == POD
-    verdict, _ = node.run(node.ingress, encapsulated(syn(sport=40001)))
-    assert verdict == TC_ACT_SHOT and node.counters()["unknown"] == 1
+    verdict, _ = nat.run(nat.ingress, encapsulated(syn(sport=40001)))
+    assert verdict == TC_ACT_SHOT and nat.counters()["unknown"] == 1
     reply = Ether() / IP(src=POD, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="A")
-    _, out = node.run(node.egress, reply)
+    _, out = nat.run(nat.egress, reply)
     assert out[IP].src == VIP
 
 
-def test_replies_without_a_flow_use_the_unique_vip(node: Node) -> None:
+def test_replies_without_a_flow_use_the_unique_vip(nat: BackendNode) -> None:
     """A reply whose flow was forgotten (evicted) still leaves as its VIP when the pod port
     serves one VIP:port; when it serves several, only the flow could tell, so it passes."""
     reply = Ether() / IP(src=POD, dst=CLIENT) / TCP(sport=8080, dport=41000, flags="A")
-    _, out = node.run(node.egress, reply)
+    _, out = nat.run(nat.egress, reply)
     assert out[IP].src == VIP and out[TCP].sport == 80 and checksums_valid(out)
-    node.nat.set_local_backends([WEB, DNS, LocalBackend("192.0.2.11", 8000, 6, POD, 8080)])
-    verdict, out = node.run(node.egress, reply)
+    nat.dp.set_local_backends([WEB, DNS, LocalBackend("192.0.2.11", 8000, 6, POD, 8080)])
+    verdict, out = nat.run(nat.egress, reply)
     assert verdict == TC_ACT_UNSPEC and bytes(out) == bytes(reply)
 
 
-def test_icmp_errors_are_translated_both_ways(node: Node) -> None:
-    node.run(node.ingress, encapsulated(syn()))
+def test_icmp_errors_are_translated_both_ways(nat: BackendNode) -> None:
+    nat.run(nat.ingress, encapsulated(syn()))
     # The client's path cannot carry the pod's segment: the router tells the VIP, the load
     # balancer sends the error here, and the pod must see it about its own address/port.
     quoted = IP(src=VIP, dst=CLIENT, flags="DF") / TCP(sport=80, dport=40000, flags="A")
     error = IP(src="198.51.100.1", dst=VIP) / ICMP(type=3, code=4, nexthopmtu=1400) / quoted
-    verdict, out = node.run(node.ingress, encapsulated(error))
+    verdict, out = nat.run(nat.ingress, encapsulated(error))
     assert verdict == TC_ACT_UNSPEC
     assert out[IP].dst == POD
     inner = out[ICMP].payload
@@ -233,23 +232,23 @@ def test_icmp_errors_are_translated_both_ways(node: Node) -> None:
     # about the VIP it sent to.
     quoted = IP(src=CLIENT, dst=POD) / UDP(sport=5000, dport=5353)
     unreach = Ether() / IP(src=POD, dst=CLIENT) / ICMP(type=3, code=3) / quoted
-    _, out = node.run(node.egress, unreach)
+    _, out = nat.run(nat.egress, unreach)
     inner = out[ICMP].payload
     assert out[IP].src == VIP and (inner.dst, inner.payload.dport) == (VIP, 53)
     assert checksums_valid(out)
 
 
-def test_adopted_after_a_restart(node: Node) -> None:
+def test_adopted_after_a_restart(nat: BackendNode) -> None:
     """A new NatDataplane on the same pins keeps the maps, the flows and the attached
     programs (same code: not even replaced)."""
-    node.run(node.ingress, encapsulated(syn()))
-    cfg = node.nat.cfg
-    before = bpfsys.tc_query(node.nat.ifindex, bpfsys.BPF_TC_INGRESS, 0x5745, 1)
-    node.nat.close()
-    node.nat = NatDataplane.open(cfg)
-    assert bpfsys.tc_query(node.nat.ifindex, bpfsys.BPF_TC_INGRESS, 0x5745, 1) == before
-    assert node.nat.local_backends() == sorted([WEB, DNS])
-    assert node.nat.lb_nodes() == [LB]
-    assert len(node.nat.flows()) == 1
-    node.nat.set_local_backends([WEB])
-    assert node.nat.local_backends() == [WEB]
+    nat.run(nat.ingress, encapsulated(syn()))
+    cfg = nat.dp.cfg
+    before = bpfsys.tc_query(nat.dp.ifindex, bpfsys.BPF_TC_INGRESS, 0x5745, 1)
+    nat.dp.close()
+    nat.dp = NatDataplane.open(cfg)
+    assert bpfsys.tc_query(nat.dp.ifindex, bpfsys.BPF_TC_INGRESS, 0x5745, 1) == before
+    assert nat.dp.local_backends() == sorted([WEB, DNS])
+    assert nat.dp.lb_nodes() == [LB]
+    assert len(nat.dp.flows()) == 1
+    nat.dp.set_local_backends([WEB])
+    assert nat.dp.local_backends() == [WEB]
