@@ -1,11 +1,15 @@
 """What the lab shows, step by step, on a running Stack:
 
 1. new connections spread over the backends (Maglev) and over the LB nodes (router ECMP);
-2. one LB node fails hard: long-lived connections survive, and the flows it carried land on
-   the same backends through the other nodes (same Maglev table everywhere);
-3. a backend is removed from the manifest: only its flows move; the live Maglev table shows
+2. the same for pods on three Kubernetes nodes behind the router: the LB nodes encapsulate
+   to the pods' nodes, the pods see the client's own address, and their replies go straight
+   back to the client (no reply crosses an LB node); 20 MB each way, checksummed;
+3. one LB node fails hard: long-lived connections survive (to backends and to pods), and
+   the flows it carried land on the same backends through the other nodes (same Maglev
+   table everywhere);
+4. a backend is removed from the manifest: only its flows move; the live Maglev table shows
    how few slots changed between the backends that stayed;
-4. the failed node comes back, and the backend too: the lab is whole again (for --keep).
+5. the failed node comes back, and the backend too: the lab is whole again (for --keep).
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from weir.lab import show, traffic
 from weir.lab.client import Outcome
-from weir.lab.stack import TARGET, Stack
-from weir.lab.topology import BACKENDS, NODES
+from weir.lab.stack import POD_TARGET, TARGET, Stack
+from weir.lab.topology import (
+    BACKENDS,
+    BULK_PORT,
+    CLIENTS,
+    NODES,
+    POD_VIP,
+    PODS,
+    replies_counted,
+)
 from weir.nodeagent.maglev import disruption
 
 SPORT_BASE = 20000
+POD_SPORT_BASE = 30000
+BULK_BYTES = 20_000_000
 FAILED_NODE = "lb3"
 REMOVED_BACKEND = "b4"
 
@@ -29,10 +43,11 @@ REMOVED_BACKEND = "b4"
 class Size:
     flows: int  # new connections per burst
     held: int  # long-lived connections
+    bulk: int  # bytes each way to the pods
 
 
-FULL = Size(flows=1200, held=24)
-QUICK = Size(flows=300, held=12)
+FULL = Size(flows=1200, held=24, bulk=BULK_BYTES)
+QUICK = Size(flows=300, held=12, bulk=BULK_BYTES // 4)
 
 
 @dataclass
@@ -45,11 +60,13 @@ class Summary:
         self.ok &= passed
 
 
-def burst(stack: Stack, label: str, count: int) -> list[Outcome]:
+def burst(
+    stack: Stack, label: str, count: int, target=TARGET, sport_base: int = SPORT_BASE
+) -> list[Outcome]:
     """count new connections from c1 with fixed source ports, with a progress bar."""
     bar = show.Progress(label, count)
     results = traffic.burst(
-        stack.net.clients["c1"], TARGET, count=count, sport_base=SPORT_BASE, concurrency=32,
+        stack.net.clients["c1"], target, count=count, sport_base=sport_base, concurrency=32,
         progress=lambda _: bar.advance(),
     )  # fmt: skip
     bar.finish()
@@ -81,13 +98,16 @@ def moved_slots(old: list[str], new: list[str]) -> int:
 def run(stack: Stack, size: Size) -> Summary:
     summary = Summary()
     held = traffic.Held(stack.net.clients["c2"], TARGET, size.held)
+    held_pods = traffic.Held(stack.net.clients["c2"], POD_TARGET, size.held)
     try:
         first = _spread(stack, size, summary)
-        _fail_node(stack, size, summary, held, first)
+        _pods(stack, size, summary, held_pods)
+        _fail_node(stack, size, summary, held, first, held_pods)
         _remove_backend(stack, size, summary, held, first)
         _restore(stack, summary)
     finally:
         held.close()
+        held_pods.close()
     return summary
 
 
@@ -113,11 +133,54 @@ def _spread(stack: Stack, size: Size, summary: Summary) -> dict[int, str]:
     return answered(results)
 
 
+def _pods(stack: Stack, size: Size, summary: Summary, held: traffic.Held) -> None:
+    show.step(
+        f"2. {size.flows} new HTTP connections to the shop VIP {POD_VIP}: 6 pods on n1..n3, "
+        "behind the router, targetPort 8080"
+    )
+    lb_replies = sum(replies_counted(h, "netdev") for h in stack.net.nodes.values())
+    routed = replies_counted(stack.net.router, "ip")
+    results = burst(stack, "connections", size.flows, POD_TARGET, POD_SPORT_BASE)
+    by_pod = Counter(answered(results).values())
+    show.shares("per pod (who answered)", by_pod, list(PODS))
+    failed = failures(results, size.flows)
+    summary.check("pod connections succeeded", f"{size.flows - failed}/{size.flows}", failed == 0)
+    fair = size.flows / len(PODS)
+    worst = max(abs(by_pod.get(p, 0) - fair) / fair for p in PODS)
+    summary.check("pod shares within ±25%", f"worst {100 * worst:.0f}% off", worst <= 0.25)
+    peers = stack.pod_peers()
+    own = {CLIENTS["c2"]}
+    show.note(f"the pods see their long-lived connections coming from {', '.join(sorted(peers))}")
+    summary.check("pods see the client's own address", " ".join(sorted(peers)), peers == own)
+    lb_replies = sum(replies_counted(h, "netdev") for h in stack.net.nodes.values()) - lb_replies
+    routed = replies_counted(stack.net.router, "ip") - routed
+    show.note(f"replies: {routed} routed straight from the workers, {lb_replies} via an LB node")
+    summary.check(
+        "no reply crossed an LB node", f"{lb_replies} (router: {routed} from workers)",
+        lb_replies == 0 and routed > 0,
+    )  # fmt: skip
+    client = stack.net.clients["c1"]
+    for direction in ("upload", "download"):
+        t = traffic.bulk(client, direction, POD_VIP, BULK_PORT, size.bulk)
+        mb = t.bytes / 1e6
+        verdict = "matches" if t.ok else "DIFFERS"
+        show.note(f"{direction}: {mb:.0f} MB in {t.seconds:.1f} s, SHA-256 {verdict}")
+        summary.check(
+            f"{mb:.0f} MB {direction}, MTU 1500", "intact" if t.ok else t.error or "corrupt", t.ok
+        )
+
+
 def _fail_node(
-    stack: Stack, size: Size, summary: Summary, held: traffic.Held, first: dict[int, str]
+    stack: Stack,
+    size: Size,
+    summary: Summary,
+    held: traffic.Held,
+    first: dict[int, str],
+    held_pods: traffic.Held,
 ) -> None:
-    show.step(f"2. {FAILED_NODE} fails hard (agent killed, link down)")
+    show.step(f"3. {FAILED_NODE} fails hard (agent killed, link down)")
     answers = held.ping()
+    pod_answers = held_pods.ping()
     on_failed = stack.tracked_ports(FAILED_NODE)
     through = sum(1 for p in held.sports if p in on_failed)
     moved_flows = {p: b for p, b in first.items() if p in on_failed}
@@ -131,6 +194,13 @@ def _fail_node(
         f"long-lived connections after {FAILED_NODE} failed",
         f"{survived}/{len(after)} same backend ({through} were on {FAILED_NODE})",
         survived == len(after),
+    )
+    pods_after = held_pods.ping()
+    kept = sum(1 for a, b in zip(pod_answers, pods_after, strict=True) if a == b)
+    summary.check(
+        f"long-lived pod connections after {FAILED_NODE} failed",
+        f"{kept}/{len(pods_after)} same pod",
+        kept == len(pods_after),
     )
     results = burst(stack, "same flows again", size.flows)
     replay = answered(results)
@@ -150,7 +220,7 @@ def _fail_node(
 def _remove_backend(
     stack: Stack, size: Size, summary: Summary, held: traffic.Held, first: dict[int, str]
 ) -> None:
-    show.step(f"3. {REMOVED_BACKEND} is removed from the EndpointSlice manifest")
+    show.step(f"4. {REMOVED_BACKEND} is removed from the EndpointSlice manifest")
     answers = held.ping()
     old_table = stack.maglev_table("lb1")
     rest = [b for b in BACKENDS if b != REMOVED_BACKEND]
@@ -192,7 +262,7 @@ def _remove_backend(
 
 
 def _restore(stack: Stack, summary: Summary) -> None:
-    show.step(f"4. {FAILED_NODE} and {REMOVED_BACKEND} come back")
+    show.step(f"5. {FAILED_NODE} and {REMOVED_BACKEND} come back")
     stack.restore_node(FAILED_NODE)
     stack.set_backends(list(BACKENDS))
     hops = stack.next_hops()

@@ -20,7 +20,20 @@ from weir.lab.bird import Bird, peers_of
 from weir.lab.client import Target
 from weir.lab.deployment import Deployment
 from weir.lab.processes import ControllerOptions
-from weir.lab.topology import BACKENDS, NODES, PORT, PREFIX, ROUTER_SERVER, VIP, LabNet
+from weir.lab.topology import (
+    BACKENDS,
+    BULK_POD_PORT,
+    NODES,
+    POD_PORT,
+    POD_VIP,
+    PODS,
+    PORT,
+    PREFIX,
+    ROUTER_SERVER,
+    VIP,
+    WORKERS,
+    LabNet,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "deploy" / "examples" / "lab"
@@ -29,6 +42,8 @@ SEED = 4242
 ROUTER_ASN, NODE_ASN = 64512, 64513  # as deploy/examples/lab/bgp.yaml says
 HOLD = 3  # seconds, the router's side of the lab's short BGP timers
 TARGET = Target(VIP, PORT, "http")
+POD_TARGET = Target(POD_VIP, PORT, "http")
+VIPS = (VIP, POD_VIP)
 Routing = Literal["static", "bgp"]
 
 
@@ -46,7 +61,7 @@ class Stack:
             self.net.topo,
             self.workdir,
             self.net.ctl,
-            self.net.nodes,
+            {**self.net.nodes, **self.net.workers},
             controller=ControllerOptions(maglev_seed=SEED),
         )
         self.router = Bird(
@@ -57,7 +72,9 @@ class Stack:
             peers_of(NODES, NODE_ASN, hold_time=HOLD, graceful_restart=False)
             if self.routing == "bgp"
             else (),
-            static={f"{VIP}/32": list(NODES.values())} if self.routing == "static" else {},
+            static={f"{v}/32": list(NODES.values()) for v in VIPS}
+            if self.routing == "static"
+            else {},
         )
 
     # -- start --------------------------------------------------------------------------------
@@ -65,6 +82,9 @@ class Stack:
     def start_backends(self) -> None:
         for name, host in self.net.backends.items():
             traffic.serve(host, name, PORT)
+        for name, host in self.net.pods.items():
+            traffic.serve(host, name, POD_PORT)
+            traffic.serve_bulk(host, BULK_POD_PORT)
 
     def start_weir(self, progress: Callable[[str], None] = print) -> None:
         """weir-controller and the three agents; returns once every agent acked."""
@@ -73,13 +93,16 @@ class Stack:
         skip = shutil.ignore_patterns("bgp.yaml") if self.routing == "static" else None
         shutil.copytree(MANIFESTS, self.weir.manifests, ignore=skip, dirs_exist_ok=True)
         self.weir.start_controller()
-        progress("starting weir-agent on lb1, lb2, lb3 (the first start compiles the XDP program)")
-        for node in NODES:
+        progress(
+            "starting weir-agent on lb1, lb2, lb3 (XDP) and on the workers n1, n2, n3 (tc); "
+            "the first start compiles the programs"
+        )
+        for node in (*NODES, *WORKERS):
             self.weir.start_agent(node)
         self.version = self.weir.converge(timeout=90).version
 
     def start(self, progress: Callable[[str], None] = print) -> None:
-        progress("starting 4 backends (HTTP, VIP on lo)")
+        progress("starting 4 backends (HTTP, VIP on lo) and 6 pods (HTTP on 8080, no VIP)")
         self.start_backends()
         progress(f"starting BIRD on the router ({self.routing} ECMP)")
         self.router.start()
@@ -90,7 +113,8 @@ class Stack:
             except TimeoutError:
                 progress("the router learned no BGP route from all three nodes: static route")
                 self.routing = "static"
-                self.router.set_static(f"{VIP}/32", list(NODES.values()))
+                for vip in VIPS:
+                    self.router.set_static(f"{vip}/32", list(NODES.values()))
         self.wait_next_hops(NODES, 15)
 
     # -- observe ------------------------------------------------------------------------------
@@ -100,7 +124,8 @@ class Stack:
         return sorted(self.router.kernel_next_hops(f"{VIP}/32"))
 
     def wait_next_hops(self, nodes: Sequence[str], timeout: float) -> None:
-        self.router.wait_kernel_next_hops(f"{VIP}/32", [NODES[n] for n in nodes], timeout)
+        for vip in VIPS:
+            self.router.wait_kernel_next_hops(f"{vip}/32", [NODES[n] for n in nodes], timeout)
 
     def tracked_ports(self, node: str) -> set[int]:
         """Client ports of the flows this node's conntrack holds."""
@@ -109,15 +134,24 @@ class Stack:
         with self.weir.maps(node) as maps:
             return {e.client_port for e in ct_entries(maps, None)[0] if e.live}
 
-    def maglev_table(self, node: str) -> list[str]:
-        """The active Maglev table of the node's (only) service, as backend addresses."""
+    def maglev_table(self, node: str, vip: str = VIP) -> list[str]:
+        """The active Maglev table of the VIP's service, as backend addresses."""
         from weir.nodeagent.dataplane.inspection import nat_services
 
         with self.weir.maps(node) as maps:
-            (svc,) = nat_services(maps)
+            (svc,) = [s for s in nat_services(maps) if s.record.vip == vip]
             names = {b.index: b.address for b in svc.backends}
             slots = maps.slots()[svc.base : svc.base + svc.table_size]
             return [names.get(int(i), "?") for i in slots]
+
+    def pod_peers(self) -> set[str]:
+        """The client addresses the pods' established connections come from (ss in each
+        pod: what the pods' own stacks see)."""
+        peers = set()
+        for pod in self.net.pods.values():
+            out = pod.run(["ss", "-Htn", "state", "established", f"( sport = :{POD_PORT} )"])
+            peers |= {line.split()[-1].rsplit(":", 1)[0] for line in out.splitlines() if line}
+        return peers
 
     # -- change -------------------------------------------------------------------------------
 
@@ -130,7 +164,8 @@ class Stack:
         self.weir.fail_node(node)
         rest = [n for n in NODES if n != node]
         if self.routing == "static":
-            self.router.set_static(f"{VIP}/32", [NODES[n] for n in rest])
+            for vip in VIPS:
+                self.router.set_static(f"{vip}/32", [NODES[n] for n in rest])
         self.wait_next_hops(rest, 30)
         return time.monotonic() - t0
 
@@ -139,16 +174,33 @@ class Stack:
         self.weir.revive_node(node)
         self.version = self.weir.converge(min_version=self.version).version
         if self.routing == "static":
-            self.router.set_static(f"{VIP}/32", list(NODES.values()))
+            for vip in VIPS:
+                self.router.set_static(f"{vip}/32", list(NODES.values()))
         self.wait_next_hops(NODES, 30)
 
     def set_backends(self, names: Sequence[str]) -> int:
-        """Rewrite the lab's EndpointSlice with these backends; wait for every agent's ack."""
+        """Rewrite the web Service's EndpointSlice with these backends; wait for every
+        agent's ack."""
+        return self._set_endpoints(
+            "web-lab", [{"addresses": [BACKENDS[n]], "conditions": {"ready": True}} for n in names]
+        )
+
+    def set_pods(self, names: Sequence[str]) -> int:
+        """The same for the shop Service's pods."""
+        return self._set_endpoints(
+            "shop-lab",
+            [
+                {"addresses": [PODS[n][1]], "nodeName": PODS[n][0], "conditions": {"ready": True}}
+                for n in names
+            ],
+        )
+
+    def _set_endpoints(self, slice_name: str, endpoints: list[dict]) -> int:
         path = self.weir.manifests / "endpointslices.yaml"
-        doc = yaml.safe_load(path.read_text())
-        doc["endpoints"] = [
-            {"addresses": [BACKENDS[n]], "conditions": {"ready": True}} for n in names
-        ]
-        manifests.write(path, [doc])
+        docs = list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
+            if doc["metadata"]["name"] == slice_name:
+                doc["endpoints"] = endpoints
+        manifests.write(path, docs)
         self.version = self.weir.converge(min_version=self.version + 1).version
         return self.version

@@ -20,6 +20,7 @@ arrive from the workers' side.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from weir.lab.netns import Bridge, Host, Topology
@@ -38,11 +39,43 @@ ROUTER_WORKERS = "10.66.2.1"
 WORKERS = {"n1": "10.66.2.11", "n2": "10.66.2.12", "n3": "10.66.2.13"}
 POD_VIP = "192.0.2.20"
 POD_PORT = 8080
+BULK_PORT, BULK_POD_PORT = 9000, 9090  # the shop Service's second port: large transfers
 POD_CIDR = "10.244.0.0/16"
 # pod -> (its worker, its address)
 PODS = {
     f"p{i}{x}": (f"n{i}", f"10.244.{i}.{10 + j}") for i in (1, 2, 3) for j, x in enumerate("ab")
 }
+
+
+# Replies, counted where they pass: a packet from a VIP must never reach an LB node (direct
+# server return), and the router must see the pods' replies come in from the workers.
+LB_REPLY_RULES = f"""
+table netdev replies {{
+    chain in {{
+        type filter hook ingress device eth0 priority 0;
+        ip saddr {{ {VIP}, {POD_VIP} }} counter
+    }}
+}}
+"""
+ROUTER_REPLY_RULES = f"""
+table ip replies {{
+    chain forward {{
+        type filter hook forward priority 0;
+        iifname "eth2" ip saddr {POD_VIP} counter
+    }}
+}}
+"""
+
+
+def replies_counted(host: Host, family: str) -> int:
+    """Packets the host's `replies` table (LB_REPLY_RULES, ROUTER_REPLY_RULES) counted."""
+    ruleset = json.loads(host.run(["nft", "-j", "list", "table", family, "replies"]))
+    return sum(
+        expr["counter"]["packets"]
+        for item in ruleset["nftables"]
+        for expr in item.get("rule", {}).get("expr", [])
+        if "counter" in expr
+    )
 
 
 def worker_rules(vip: str, port: int, some_pod: str) -> str:
@@ -91,6 +124,7 @@ def build(topo: Topology) -> LabNet:
     topo.link(router, server, f"{ROUTER_SERVER}/24", iface="eth0")
     topo.link(router, client_br, f"{ROUTER_CLIENT}/24", iface="eth1")
     topo.link(router, worker_br, f"{ROUTER_WORKERS}/24", iface="eth2")
+    router.nft(ROUTER_REPLY_RULES)
 
     clients = {}
     for name, addr in CLIENTS.items():
@@ -101,12 +135,14 @@ def build(topo: Topology) -> LabNet:
 
     ctl = topo.host("ctl")
     topo.link(ctl, server, f"{CONTROLLER}/24")
+    ctl.route("default", ROUTER_SERVER)  # the workers' agents reach it through the router
 
     nodes, node_ports = {}, []
     for name, addr in NODES.items():
         h = nodes[name] = topo.host(name)
         node_ports.append(topo.link(h, server, f"{addr}/24"))
         h.route("default", ROUTER_SERVER)
+        h.nft(LB_REPLY_RULES)
 
     backends = {}
     for name, addr in BACKENDS.items():

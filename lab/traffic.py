@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from weir.lab.bulk import Transfer
 from weir.lab.client import Outcome, Proto, RateSummary, TalkReport, Target
 from weir.lab.netns import Host, LabError
 from weir.lab.wait import wait_until
@@ -56,11 +57,31 @@ class Lines:
 def serve(host: Host, name: str, port: int = 80, *, proto: Proto = "http") -> subprocess.Popen:
     """A backend (weir.lab.httpd) in host answering with name; returns once it listens."""
     args = [sys.executable, "-m", "weir.lab.httpd", "--name", name, "--port", str(port)]
-    proc = host.popen(args + ["--lines"] * (proto == "lines"), stdout=subprocess.PIPE)
+    return _started(host, args + ["--lines"] * (proto == "lines"), name)
+
+
+def serve_bulk(host: Host, port: int) -> subprocess.Popen:
+    """A weir.lab.bulk server in host; returns once it listens."""
+    return _started(host, [sys.executable, "-m", "weir.lab.bulk", "serve", "--port", str(port)],
+                    f"bulk server in {host.name}")  # fmt: skip
+
+
+def _started(host: Host, args: list[str], what: str) -> subprocess.Popen:
+    proc = host.popen(args, stdout=subprocess.PIPE)
     line = Lines(proc.stdout).next(15)  # type: ignore[arg-type]
     if not line or "serving" not in line:
-        raise LabError(f"backend {name} did not start")
+        raise LabError(f"{what} did not start")
     return proc
+
+
+def bulk(host: Host, direction: str, vip: str, port: int, size: int, seed: int = 1) -> Transfer:
+    """One upload or download of size bytes through vip:port, checked (weir.lab.bulk)."""
+    out = host.run(
+        [sys.executable, "-m", "weir.lab.bulk", direction, "--vip", vip, "--port", str(port),
+         "--bytes", str(size), "--seed", str(seed)],
+        check=False, timeout=120,
+    )  # fmt: skip
+    return Transfer(**json.loads(out))
 
 
 @dataclass
