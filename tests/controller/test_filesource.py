@@ -179,16 +179,38 @@ async def load(examples: Path, tmp_path: Path) -> ReduceResult:
     return result
 
 
-async def test_the_lab_manifests_load_cleanly_and_stay_l2_dsr(tmp_path: Path) -> None:
-    # The lab's backends are hosts on the LB segment with the VIP on their loopback: no
-    # nodeName, so auto keeps them on L2 DSR.
+async def test_the_lab_manifests_load_cleanly(tmp_path: Path) -> None:
+    # The web backends are hosts on the LB segment with the VIP on their loopback: no
+    # nodeName, so auto keeps them on L2 DSR. The shop pods run on the workers: encapsulated
+    # to their node, port 80 -> the named port http (8080), 9000 -> 9090.
     result = await load(LAB, tmp_path)
-    backends = [b for s in result.cluster.services for b in s.backends]
-    assert len(backends) == 4
-    assert all(b.forwarding == pb.FORWARDING_L2_DSR and not b.node_address for b in backends)
+    modes = {
+        (s.id, b.address, b.port, b.forwarding, b.node_address)
+        for s in result.cluster.services
+        for b in s.backends
+    }
+    web = {m for m in modes if m[0] == "192.0.2.10:80/TCP"}
+    assert {(a, p, f, n) for _, a, p, f, n in web} == {
+        (f"10.66.0.2{i}", 80, pb.FORWARDING_L2_DSR, "") for i in range(1, 5)
+    }
+    shop = modes - web
+    assert {(s, a, p) for s, a, p, _, _ in shop} == {
+        (f"192.0.2.20:{port}/TCP", f"10.244.{n}.{h}", target)
+        for port, target in ((80, 8080), (9000, 9090))
+        for n in (1, 2, 3)
+        for h in (10, 11)
+    }
+    assert all(
+        f == pb.FORWARDING_ENCAP and n == f"10.66.2.1{a.split('.')[2]}" for _, a, _, f, n in shop
+    )
     views = {v.node: v.config for v in result.cluster.node_views}
-    assert list(views) == ["lb1", "lb2", "lb3"]
-    assert all(c.load_balancer and not c.local_endpoints for c in views.values())
+    assert list(views) == ["lb1", "lb2", "lb3", "n1", "n2", "n3"]
+    assert all(
+        views[n].load_balancer and not views[n].local_endpoints for n in ("lb1", "lb2", "lb3")
+    )
+    for n in ("n1", "n2", "n3"):
+        assert not views[n].load_balancer and len(views[n].local_endpoints) == 4
+        assert list(views[n].lb_node_addresses) == ["10.66.0.11", "10.66.0.12", "10.66.0.13"]
 
 
 async def test_the_examples_load_cleanly(tmp_path: Path) -> None:
