@@ -116,16 +116,18 @@ struct slot_line {
  * flow is hashed again (same backend unless its table changed meanwhile).
  * client[] records who the way belongs to (for `weirctl bpf ct list`: the reader trusts
  * a record whose recomputed fingerprint matches the way) and when it was last seen, in
- * ticks of the coarse monotonic clock (written only when it changes). */
+ * ticks of jiffies (written only when it changes). */
 #define CT_WAYS 4
 #define CT_FP_SHIFT 40
 
 struct ct_client {
 	__be32 saddr_be;
 	__be16 sport_be;
-	u16 seen; /* coarse monotonic ns >> WEIR_CT_TICK_SHIFT, wrapping */
+	u16 seen; /* jiffies >> WEIR_CT_TICK_SHIFT, wrapping */
 };
-#define WEIR_CT_TICK_SHIFT 26 /* ticks of 67 ms; 16 bits wrap after 73 minutes */
+/* Ticks of 16 jiffies: 16 ms (HZ=1000) to 160 ms (HZ=100); 16 bits wrap after 17 to 175
+ * minutes (a way idle that long may look recent: it is kept a little longer, no more). */
+#define WEIR_CT_TICK_SHIFT 4
 #define WEIR_CT_MIN_AGE 2
 
 struct ct_bucket {
@@ -181,12 +183,12 @@ enum drop_reason {
  * host); these count them. Not drops. Only IPv4 frames to an exact VIP are counted. */
 /* What happened to conntrack (per-CPU counters; packets = events). */
 enum ct_event {
-	CT_INSERT = 0,    /* a new entry */
-	CT_EVICT = 1,     /* an entry replaced by another flow's (a full bucket) */
-	CT_GUARDED = 2,   /* a new flow forwarded untracked: the per-CPU insert rate was reached */
-	CT_UNTRACKED = 3, /* a packet that makes no entry by design (TCP RST or FIN, ICMP) */
-	CT_FULL = 4,      /* a new flow forwarded untracked: every way of its bucket is in use */
-	CT_EVENTS = 5,
+	/* (new entries are counted as new_flows in svc_stats and be_stats) */
+	CT_EVICT = 0,     /* an entry replaced by another flow's (a full bucket) */
+	CT_GUARDED = 1,   /* a new flow forwarded untracked: the per-CPU insert rate was reached */
+	CT_UNTRACKED = 2, /* a packet that makes no entry by design (TCP RST or FIN, ICMP) */
+	CT_FULL = 3,      /* a new flow forwarded untracked: every way of its bucket is in use */
+	CT_EVENTS = 4,
 };
 
 /* The insert-rate guard's window, per CPU. */

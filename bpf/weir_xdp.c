@@ -317,9 +317,9 @@ static __always_inline void weir_ct_count(u32 event)
 /* The insert-rate guard (as Katran's): may this CPU make another conntrack entry in the
  * current one-second window? Under a flood of new flows, established flows keep their
  * entries; the flows beyond the rate are forwarded all the same, by Maglev. */
-static __always_inline int weir_ct_admit(const struct config *cfg, u64 now)
+static __always_inline int weir_ct_admit(const struct config *cfg)
 {
-	u64 limit = WEIR_READ_ONCE(cfg->ct_guard);
+	u64 limit = WEIR_READ_ONCE(cfg->ct_guard), now;
 	struct ct_guard_state *g;
 	u32 zero = 0;
 
@@ -328,6 +328,7 @@ static __always_inline int weir_ct_admit(const struct config *cfg, u64 now)
 	g = ct_guard.lookup(&zero);
 	if (!g)
 		return 1;
+	now = bpf_ktime_get_coarse_ns();
 	if (now - g->start_ns >= 1000000000ULL) {
 		g->start_ns = now;
 		g->count = 0;
@@ -374,8 +375,8 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		.port_be = f->ports.dst,
 		.proto = f->proto,
 	};
-	u64 now_ns = bpf_ktime_get_coarse_ns();
-	u16 now = now_ns >> WEIR_CT_TICK_SHIFT;
+	/* jiffies: free to read (the coarse clock costs a few ns a packet) */
+	u16 now = bpf_jiffies64() >> WEIR_CT_TICK_SHIFT;
 	struct weir_ct_pos pos;
 	struct ct_bucket *bucket;
 	struct backend *be;
@@ -429,7 +430,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 	 * goes there (old table), but is not remembered. */
 	handle = WEIR_READ_ONCE(be->handle);
 	if (track && handle) {
-		if (weir_ct_admit(cfg, now_ns)) {
+		if (weir_ct_admit(cfg)) {
 			way &= CT_WAYS - 1;
 			if (WEIR_READ_ONCE(bucket->way[way]))
 				weir_ct_count(CT_EVICT);
@@ -437,7 +438,6 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 			bucket->client[way].saddr_be = f->saddr;
 			bucket->client[way].sport_be = f->ports.src;
 			bucket->client[way].seen = now;
-			weir_ct_count(CT_INSERT);
 		} else {
 			weir_ct_count(CT_GUARDED);
 		}

@@ -55,8 +55,8 @@ DROP_REASONS = (
     "encap",
     "invalid",
 )
-CT_EVENTS = ("insert", "evict", "guarded", "untracked", "full")
-CT_TICK_SHIFT = 26
+CT_EVENTS = ("evict", "guarded", "untracked", "full")
+CT_TICK_SHIFT = 4
 CT_MIN_AGE = 2
 # frames for a VIP passed to the kernel untouched because they are not addressed to us
 PASS_REASONS = ("other_host", "multicast")

@@ -190,7 +190,7 @@ def test_the_insert_guard_limits_new_entries_per_second(node: Node) -> None:
         for i in range(50):
             assert run_xdp(dp.xdp_prog_fd, packet(client(i), NODE_MAC))[0] == XDP_TX
         counted = events(dp)
-        assert counted["insert"] == 10 and counted["guarded"] == 40
+        assert counted["guarded"] == 40
         assert ct_entries(dp.maps)[1] == 10
     finally:
         dp.close()
