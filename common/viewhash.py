@@ -4,14 +4,16 @@ Hashes (sha256 hex) cover content only, never versions or the hash field itself:
 
     view_hash    = sha256(u32be(n) + d(service_1) + ... + d(service_n) + trailer)
     d(s)         = sha256(encode(s)), services in id order
-    trailer      = encode(Snapshot(node, maglev_seed, bgp when not empty))
+    trailer      = encode(Snapshot(node, maglev_seed, bgp when not empty,
+                                   node_config when not empty))
 
 Services come first so their digest is computed once per cluster version and each node's
 hash costs only its trailer. Per-service digests make a delta cheap to verify: the agent
 keeps d(s) of every service and hashes only the services a delta changed, plus 32 bytes per
-service. An empty BGPConfig counts as absent, so a view rebuilt from deltas hashes like the
-original. The cluster hash (controller.views.cluster_hash) is the same services digest with
-ClusterSnapshot(maglev_seed, nodes) as the trailer.
+service. An empty BGPConfig or NodeConfig counts as absent, so a view rebuilt from deltas
+hashes like the original. A view without services (a node without the load-balancer role)
+has n = 0. The cluster hash (controller.views.cluster_hash) is the same services digest with
+ClusterSnapshot(maglev_seed, nodes, node_views) as the trailer.
 
 encode() is protobuf's deterministic serialization, canonical for this schema (no maps).
 """
@@ -47,10 +49,18 @@ def services_digest(encoded: Collection[bytes]) -> Any:
     return combine([service_digest(b) for b in encoded])
 
 
-def node_trailer(node: str, maglev_seed: int, bgp: pb.BGPConfig | None) -> bytes:
+def node_trailer(
+    node: str,
+    maglev_seed: int,
+    bgp: pb.BGPConfig | None,
+    node_config: pb.NodeConfig | None,
+) -> bytes:
+    """The per-node part of a view's hash; None and empty messages are the same."""
     if bgp is not None and bgp.ByteSize() == 0:
         bgp = None
-    return encode(pb.Snapshot(node=node, maglev_seed=maglev_seed, bgp=bgp))
+    if node_config is not None and node_config.ByteSize() == 0:
+        node_config = None
+    return encode(pb.Snapshot(node=node, maglev_seed=maglev_seed, bgp=bgp, node_config=node_config))
 
 
 def finish(digest: Any, trailer: bytes) -> str:
@@ -63,5 +73,4 @@ def finish(digest: Any, trailer: bytes) -> str:
 def view_hash(view: pb.Snapshot) -> str:
     """sha256 hex of a node view's content (version, base_version and hash not covered)."""
     digest = services_digest([encode(s) for s in view.services])
-    bgp = view.bgp if view.HasField("bgp") else None
-    return finish(digest, node_trailer(view.node, view.maglev_seed, bgp))
+    return finish(digest, node_trailer(view.node, view.maglev_seed, view.bgp, view.node_config))

@@ -8,8 +8,8 @@
 
 `handler(update) -> pb.Ack` is awaited once per version, in order, never concurrently.
 `update.view` is the node's complete view after that version (hash verified);
-`update.upserted/removed/bgp_changed` say what changed since the previous version
-(`full=True`: a full snapshot, upserted holds every service and the agent should
+`update.upserted/removed/bgp_changed/node_config_changed` say what changed since the
+previous version (`full=True`: a full snapshot, upserted holds every service and the agent should
 reconcile its whole state against the view). The Ack it returns is sent as is (its
 version is filled in when 0): `service_errors` for services that could not be applied,
 `error` when the whole version failed (the controller then sends a full snapshot).
@@ -66,6 +66,7 @@ class NodeView:
     maglev_seed: int
     services: Mapping[str, pb.Service]  # by id
     bgp: pb.BGPConfig
+    node_config: pb.NodeConfig
     # Each service's digest (common.viewhash), kept so the next hash covers only changes.
     digests: Mapping[str, bytes] = field(repr=False, compare=False)
 
@@ -80,12 +81,16 @@ class NodeView:
         )
         if self.bgp.ByteSize():
             snap.bgp.CopyFrom(self.bgp)
+        if self.node_config.ByteSize():
+            snap.node_config.CopyFrom(self.node_config)
         return snap
 
     @classmethod
     def from_snapshot(cls, snap: pb.Snapshot) -> NodeView:
         services = {s.id: s for s in snap.services}
-        return cls._build(snap.node, snap.version, snap.maglev_seed, services, snap.bgp, {})
+        return cls._build(
+            snap.node, snap.version, snap.maglev_seed, services, snap.bgp, snap.node_config, {}
+        )
 
     @classmethod
     def _build(
@@ -95,6 +100,7 @@ class NodeView:
         seed: int,
         services: dict[str, pb.Service],
         bgp: pb.BGPConfig,
+        node_config: pb.NodeConfig,
         reuse: Mapping[str, bytes],
     ) -> NodeView:
         digests = {
@@ -102,7 +108,8 @@ class NodeView:
             for sid in sorted(services)
         }
         digest = viewhash.finish(
-            viewhash.combine(list(digests.values())), viewhash.node_trailer(node, seed, bgp)
+            viewhash.combine(list(digests.values())),
+            viewhash.node_trailer(node, seed, bgp, node_config),
         )
         return cls(
             node=node,
@@ -111,6 +118,7 @@ class NodeView:
             maglev_seed=seed,
             services=types.MappingProxyType(services),
             bgp=bgp,
+            node_config=node_config,
             digests=types.MappingProxyType(digests),
         )
 
@@ -125,6 +133,7 @@ class Update:
     upserted: tuple[pb.Service, ...]  # full: every service
     removed: tuple[str, ...]  # full: ids of the previous view gone now
     bgp_changed: bool  # full: always True
+    node_config_changed: bool  # full: always True
 
     @property
     def version(self) -> int:
@@ -156,6 +165,7 @@ def apply_message(current: NodeView | None, node: str, msg: pb.ControllerMessage
             upserted=tuple(view.services[sid] for sid in sorted(view.services)),
             removed=tuple(sorted(set(previous) - set(view.services))),
             bgp_changed=True,
+            node_config_changed=True,
         )
     if kind == "delta":
         delta = msg.delta
@@ -171,7 +181,10 @@ def apply_message(current: NodeView | None, node: str, msg: pb.ControllerMessage
             services[svc.id] = svc
             digests.pop(svc.id, None)
         bgp = delta.bgp if delta.bgp_changed else current.bgp
-        view = NodeView._build(node, delta.version, delta.maglev_seed, services, bgp, digests)
+        config = delta.node_config if delta.node_config_changed else current.node_config
+        view = NodeView._build(
+            node, delta.version, delta.maglev_seed, services, bgp, config, digests
+        )
         if view.hash != delta.hash:
             raise ResyncNeeded(f"delta {delta.base_version}->{delta.version}: hash mismatch")
         return Update(
@@ -181,6 +194,7 @@ def apply_message(current: NodeView | None, node: str, msg: pb.ControllerMessage
             upserted=tuple(delta.upserted),
             removed=tuple(delta.removed),
             bgp_changed=delta.bgp_changed,
+            node_config_changed=delta.node_config_changed,
         )
     raise ResyncNeeded(f"unknown controller message {kind!r}")
 
