@@ -72,7 +72,7 @@ class BackendRole:
         wanted, errors = _programmable(endpoints, self.nat.cfg.max_local_backends)
         try:
             settings = await self._settings(node)
-            applied = _Applied(settings, node.lb_nodes, frozenset(wanted))
+            applied = _Applied(settings, node.lb_nodes, frozenset(wanted.values()))
             if applied != self._applied:
                 await asyncio.to_thread(self._write, applied)
                 self._applied = applied
