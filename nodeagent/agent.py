@@ -32,6 +32,7 @@ class AgentMetrics(Protocol):
     def observe_apply(self, version: int, seconds: float, outcome: Mapping[str, int]) -> None: ...
     def set_services(self, applied: int, failed: int, incomplete: int) -> None: ...
     def set_maps(self, usage: Sequence[pb.MapUsage]) -> None: ...
+    def set_roles(self, active: Mapping[str, bool]) -> None: ...
 
 
 def desired_of(view: NodeView) -> Desired:
@@ -80,6 +81,7 @@ class Agent:
             counts = [r.counts() for r in self._roles]
             self._metrics.set_services(*(sum(c) for c in zip(*counts, strict=True)))
             self._metrics.observe_apply(update.version, elapsed, outcome)
+            self._metrics.set_roles({r.name: r.active for r in self._roles})
         self._changes.bump()
         return pb.Ack(version=update.version, service_errors=_service_errors(errors))
 
@@ -106,7 +108,7 @@ class Agent:
         """Every role's upkeep, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             for role in self._roles:
-                tg.create_task(role.run(), name=f"{type(role).__name__}-upkeep")
+                tg.create_task(role.run(), name=f"{role.name}-upkeep")
 
     async def shutdown(self) -> None:
         """The BGP hook decides on draining (the data planes forward meanwhile); then the
@@ -118,7 +120,7 @@ class Agent:
                 try:
                     await role.close()
                 except Exception:
-                    log.exception("cannot release a data plane", role=type(role).__name__)
+                    log.exception("cannot release a data plane", role=role.name)
 
 
 def _merged(per_role: Iterable[Mapping[str, str]]) -> dict[str, str]:

@@ -38,6 +38,8 @@ class _Applied:
 
 
 class BackendRole:
+    name = "backend"
+
     def __init__(
         self,
         open_nat: Callable[[], NatDataplane],  # blocks: called in a worker thread
@@ -53,10 +55,19 @@ class BackendRole:
         self._applied: _Applied | None = None
         self._programmed: dict[str, frozenset[LocalBackend]] = {}  # service id -> its own
         self._errors: dict[str, str] = {}
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        """The last version had local endpoints."""
+        return self._active
 
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         node = desired.node
         endpoints = node.local_endpoints
+        if bool(endpoints) != self._active:
+            self._active = bool(endpoints)
+            log.info("backend role " + ("taken" if endpoints else "idle"), version=desired.version)
         if self.nat is None:
             if not (endpoints or self._pinned):
                 return {}

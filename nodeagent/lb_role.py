@@ -37,6 +37,8 @@ log = get_logger("weir.agent")
 
 
 class LoadBalancerRole:
+    name = "load_balancer"
+
     def __init__(
         self,
         open_dataplane: Callable[[], Dataplane],  # blocks: called in a worker thread

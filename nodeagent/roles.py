@@ -26,6 +26,13 @@ class RoleStatus:
 
 
 class Role(Protocol):
+    name: str  # for logs and metrics
+
+    @property
+    def active(self) -> bool:
+        """The last version gave the node this role."""
+        ...
+
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         """Apply one version; returns what it did, in services, by outcome (for logs and
         metrics)."""

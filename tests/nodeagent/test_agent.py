@@ -145,6 +145,9 @@ class Outcomes:
     def set_maps(self, usage) -> None:
         pass
 
+    def set_roles(self, active) -> None:
+        pass
+
 
 @dataclass
 class Node:

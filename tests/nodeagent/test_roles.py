@@ -137,6 +137,23 @@ class RecordingBGP(NoBGP):
         self.vips.append(serving_vips)
 
 
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.roles: list[dict[str, bool]] = []
+
+    def observe_apply(self, version: int, seconds: float, outcome) -> None:
+        pass
+
+    def set_services(self, applied: int, failed: int, incomplete: int) -> None:
+        pass
+
+    def set_maps(self, usage) -> None:
+        pass
+
+    def set_roles(self, active) -> None:
+        self.roles.append(dict(active))
+
+
 class Opener:
     """Opens a stand-in data plane, failing the first `fail` times."""
 
@@ -387,10 +404,10 @@ async def test_the_backend_role_needs_the_node_address_on_the_uplink() -> None:
 
 @pytest.mark.parametrize("fail", ["lb", "backend"])
 async def test_one_node_with_both_roles_reports_each_roles_errors(fail: str) -> None:
-    dp, nat = FakeDataplane(), FakeNat()
+    dp, nat, metrics = FakeDataplane(), FakeNat(), RecordingMetrics()
     lb = lb_role(Opener(dp, fail=int(fail == "lb")))
     backend_role = BackendRole(Opener(nat, fail=int(fail == "backend")), FakeUplink())
-    agent = Agent([lb, backend_role])
+    agent = Agent([lb, backend_role], metrics=metrics)
     ep = endpoint("192.0.2.10", "10.244.1.7")
     ack = await agent.handle(view(1, WEB, local_endpoints=[ep], lb_node_addresses=LB_NODES))
     (message,) = errors(ack).values()
@@ -398,3 +415,6 @@ async def test_one_node_with_both_roles_reports_each_roles_errors(fail: str) -> 
     ack = await agent.handle(view(2, WEB, local_endpoints=[ep], lb_node_addresses=LB_NODES))
     assert not errors(ack)
     assert list(dp.services) == [WEB.id] and len(nat.backends) == 1
+    assert metrics.roles[-1] == {"load_balancer": True, "backend": True}
+    await agent.handle(view(3, lb=False, lb_node_addresses=LB_NODES))
+    assert metrics.roles[-1] == {"load_balancer": False, "backend": False}
