@@ -10,8 +10,9 @@ left. Each version it
      fit it); and the load-balancer nodes it accepts encapsulated packets from;
   2. programs exactly the local endpoints that can be: one that cannot (not IPv4, not TCP
      or UDP, beyond --max-local-backends) is an error for its service, the others go on.
-When that fails as a whole (the address is not on the uplink, a map write refused), every
-service with a local endpoint is reported with the reason, and the next version tries again.
+When the node cannot be configured (its address is not on the uplink) or a map write is
+refused, every service with a local endpoint is reported with the reason, and the next
+version tries again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = get_logger("weir.agent")
 
 @dataclass(frozen=True)
 class _Applied:
-    settings: NatSettings
+    settings: NatSettings | None  # None: keep the configuration the maps hold
     lb_nodes: frozenset[str]
     backends: frozenset[LocalBackend]
 
@@ -81,17 +82,28 @@ class BackendRole:
                 return {"failed": len(self._errors)}
         self._open_error = None
         wanted, errors = _programmable(endpoints, self.nat.cfg.max_local_backends)
+        settings: NatSettings | None = None
+        unconfigured = ""
         try:
             settings = await self._settings(node)
-            applied = _Applied(settings, node.lb_nodes, frozenset(wanted.values()))
+        except (DataplaneError, UplinkError) as exc:
+            # The translations still become the view's (no stale one stays); the node keeps
+            # its last configuration until it can be configured.
+            unconfigured = str(exc)
+        applied = _Applied(settings, node.lb_nodes, frozenset(wanted.values()))
+        try:
             if applied != self._applied:
                 await asyncio.to_thread(self._write, applied)
                 self._applied = applied
-        except (DataplaneError, UplinkError, OSError) as exc:
+        except (DataplaneError, OSError) as exc:
             log.error("backend role not applied", version=desired.version, error=str(exc))
             self._applied = None
             self._errors = _for_services(endpoints, str(exc))
             return {"failed": len(self._errors)}
+        if unconfigured:
+            log.error("backend role not configured", version=desired.version, error=unconfigured)
+            for sid, msg in _for_services(endpoints, unconfigured).items():
+                errors[sid] = f"{msg}; {errors[sid]}" if sid in errors else msg
         return self._record(wanted, errors)
 
     async def _settings(self, node: NodeSettings) -> NatSettings:
@@ -109,7 +121,8 @@ class BackendRole:
     def _write(self, applied: _Applied) -> None:
         """In a worker thread."""
         assert self.nat is not None
-        self.nat.configure(applied.settings)
+        if applied.settings is not None:
+            self.nat.configure(applied.settings)
         self.nat.set_lb_nodes(applied.lb_nodes)
         self.nat.set_local_backends(applied.backends)
 

@@ -56,8 +56,9 @@ class Backend:
     node: str = ""  # encap: the address of the backend's node (the outer destination)
 
     def __str__(self) -> str:
-        where = f" via node {self.node}" if self.forwarding == "encap" else ""
-        return f"{self.address}:{self.port}{where}"
+        if self.forwarding == "l2":
+            return f"{self.address}:{self.port}"
+        return f"{self.address}:{self.port} via node {self.node or '(none)'}"
 
 
 @dataclass(frozen=True)

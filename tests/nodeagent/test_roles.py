@@ -324,7 +324,7 @@ async def test_unreachable_nodes_leave_their_backends_out() -> None:
     message = errors(ack)[pods.id]
     assert "applied without 2 backend(s)" in message
     assert "backend 10.244.9.10:8080 via node 10.77.9.1: no route to 10.77.9.1" in message
-    assert "backend 10.244.8.10:8080 via node : its node has no address" in message
+    assert "backend 10.244.8.10:8080 via node (none): its node has no address" in message
     assert [t.address for t in dp.services[pods.id][1]] == ["10.244.1.10"]
 
 
@@ -367,6 +367,14 @@ async def test_the_backend_role_opens_on_its_first_endpoint_and_keeps_its_flows(
     assert opener.calls == 1
 
 
+async def test_an_earlier_agents_translations_are_taken_over_and_reconciled() -> None:
+    nat = FakeNat(backends={LocalBackend("192.0.2.9", 80, 6, "10.244.1.5", 8080)})
+    opener = Opener(nat)
+    agent = Agent([BackendRole(opener, FakeUplink(), pinned=True)])
+    await agent.handle(view(1, lb=False, lb_node_addresses=LB_NODES))
+    assert opener.calls == 1 and nat.backends == set() and nat.lb_nodes == set(LB_NODES)
+
+
 async def test_endpoints_that_cannot_be_programmed_are_errors_of_their_services() -> None:
     nat = FakeNat()  # room for 3 translations
     eps = [
@@ -394,9 +402,9 @@ async def test_the_backend_role_needs_the_node_address_on_the_uplink() -> None:
     ack = await agent.handle(view(1, lb=False, local_endpoints=eps, address="10.99.0.1"))
     assert set(errors(ack)) == {"192.0.2.10:80/TCP", "192.0.2.11:80/TCP"}
     assert "10.99.0.1 is not on eth0" in errors(ack)["192.0.2.10:80/TCP"]
-    assert nat.backends == set()
+    assert nat.settings is None and len(nat.backends) == 2  # the view's, not stale ones
     ack = await agent.handle(view(2, lb=False, local_endpoints=eps))
-    assert not errors(ack) and len(nat.backends) == 2
+    assert not errors(ack) and nat.settings == NatSettings(SELF, 6093, 1500)
 
 
 # -- both ------------------------------------------------------------------------------------
