@@ -86,7 +86,7 @@ class BackendRole:
         unconfigured = ""
         try:
             settings = await self._settings(node)
-        except (DataplaneError, UplinkError) as exc:
+        except UplinkError as exc:
             # The translations still become the view's (no stale one stays); the node keeps
             # its last configuration until it can be configured.
             unconfigured = str(exc)
@@ -107,15 +107,8 @@ class BackendRole:
         return self._record(wanted, errors)
 
     async def _settings(self, node: NodeSettings) -> NatSettings:
-        if not node.address:
-            raise DataplaneError("this node has no address in its view: cannot decapsulate")
         up = await self._uplink.info()
-        if not up.owns(node.address):
-            have = ", ".join(str(a) for a in up.addresses) or "none"
-            raise DataplaneError(
-                f"this node's address {node.address} is not on {up.name} ({have}): the "
-                "load balancers send encapsulated packets to it"
-            )
+        up.check_own(node.address, "the load balancers send encapsulated packets to it")
         return NatSettings(node.address, node.encap_port, up.mtu)
 
     def _write(self, applied: _Applied) -> None:

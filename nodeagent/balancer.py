@@ -237,17 +237,10 @@ class Balancer:
         if not any(map(_encapsulates, services)):
             return False
         try:
-            if not node.address:
-                raise DataplaneError("this node has no address in its view: cannot encapsulate")
             if self._uplink is None:
-                raise DataplaneError("no uplink to encapsulate on")
+                raise UplinkError("no uplink to encapsulate on")
             up = await self._uplink.info()
-            if not up.owns(node.address):
-                have = ", ".join(str(a) for a in up.addresses) or "none"
-                raise DataplaneError(
-                    f"this node's address {node.address} is not on {up.name} ({have}): "
-                    "encapsulated packets leave the uplink from it"
-                )
+            up.check_own(node.address, "encapsulated packets leave the uplink from it")
             await asyncio.to_thread(self._dp.set_encap, node.address, node.encap_port, up.mtu)
             error = None
         except (DataplaneError, UplinkError) as exc:

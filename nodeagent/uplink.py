@@ -37,8 +37,20 @@ class UplinkInfo:
     addresses: tuple[Interface, ...]  # with their prefix lengths
 
     def owns(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
         return any(a.ip == ip for a in self.addresses)
+
+    def check_own(self, address: str, why: str) -> None:
+        """Raise UplinkError unless this node's address (from its view) is the uplink's."""
+        if not self.owns(address):
+            have = ", ".join(str(a) for a in self.addresses) or "none"
+            raise UplinkError(
+                f"this node's address {address or '(none in its view)'} is not on "
+                f"{self.name} ({have}): {why}"
+            )
 
 
 @dataclass(frozen=True)
