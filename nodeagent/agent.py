@@ -41,7 +41,7 @@ def desired_of(view: NodeView) -> Desired:
         seed=view.maglev_seed,
         services={sid: from_pb(svc) for sid, svc in view.services.items()},
         bgp=view.bgp,
-        node=node_from_pb(view.node_config),
+        node=node_from_pb(view.node_config, has_services=bool(view.services)),
     )
 
 

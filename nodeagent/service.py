@@ -142,9 +142,13 @@ def _backend(b: pb.Backend) -> Backend:
     return Backend(b.address, b.port, b.weight or 1)
 
 
-def node_from_pb(cfg: pb.NodeConfig) -> NodeSettings:
+def node_from_pb(cfg: pb.NodeConfig, *, has_services: bool = False) -> NodeSettings:
+    """has_services: the view carries services. One that does without any NodeConfig comes
+    from a controller that predates node roles (an upgrade in progress), which sent services
+    only to load-balancer nodes: the node keeps that role rather than stop serving."""
+    legacy = has_services and not cfg.ByteSize()
     return NodeSettings(
-        load_balancer=cfg.load_balancer,
+        load_balancer=cfg.load_balancer or legacy,
         address=cfg.address,
         encap_port=cfg.encap_port or DEFAULT_ENCAP_PORT,
         local_endpoints=tuple(

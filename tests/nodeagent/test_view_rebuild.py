@@ -106,3 +106,17 @@ def test_the_agent_converts_node_config_once() -> None:
     # A view without NodeConfig: no role, and the default encapsulation port.
     bare = desired_of(apply_message(None, "n1", snapshot(1, pb.NodeConfig())).view).node
     assert not bare.load_balancer and not bare.local_endpoints and bare.encap_port == 6093
+
+
+def test_a_controller_that_predates_node_roles_keeps_its_load_balancers() -> None:
+    """During an upgrade an older controller sends services, and no NodeConfig, to the
+    load-balancer nodes only: they keep serving."""
+    svc = pb.Service(id=SID, vip="192.0.2.10", port=80, protocol=pb.PROTOCOL_TCP)
+    snap = pb.Snapshot(version=1, node="n1", maglev_seed=7, services=[svc])
+    snap.hash = viewhash.view_hash(snap)
+    old = apply_message(None, "n1", pb.ControllerMessage(snapshot=snap)).view
+    assert desired_of(old).node.load_balancer
+    snap.node_config.address = "10.1.0.5"  # a controller that knows roles: no role given
+    snap.hash = viewhash.view_hash(snap)
+    new = apply_message(None, "n1", pb.ControllerMessage(snapshot=snap)).view
+    assert not desired_of(new).node.load_balancer
