@@ -1,10 +1,10 @@
 """The load-balancer role: XDP and BGP, on the nodes the controller selects for it.
 
 The role follows the view's NodeConfig.load_balancer (or, from a controller that predates
-node roles, the view carrying services: nodeagent.service.node_from_pb). Its data plane (XDP on the uplink) is
-opened at the first version that gives the node the role, never before: an agent that never
-gets the role never attaches XDP. An earlier agent's pins count as having had the role: they
-are taken over at the first version and reconciled with it.
+node roles, the view carrying services: nodeagent.service.node_from_pb). Its data plane
+(XDP on the uplink) is opened at the first version that gives the node the role, never
+before: an agent that never gets the role never attaches XDP. An earlier agent's pins count
+as having had the role: they are taken over at the first version and reconciled with it.
 
 Applying a version is the balancer's job (nodeagent.balancer); keeping backend MACs right
 between versions is mac_upkeep's, which runs once the data plane is open.
