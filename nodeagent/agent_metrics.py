@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from weir.common.pb import pb
@@ -36,6 +36,9 @@ class PromMetrics:
         self.map_capacity = Gauge(
             "weir_agent_map_capacity", "BPF map capacity", ["map"], registry=r
         )
+        self.roles = Gauge(
+            "weir_agent_role", "1 while the node has the role, else 0", ["role"], registry=r
+        )
         Gauge("weir_agent_info", "Agent identity", ["node"], registry=r).labels(node).set(1)
 
     def observe_apply(self, version: int, seconds: float, outcome: dict[str, int]) -> None:
@@ -53,6 +56,10 @@ class PromMetrics:
         for u in usage:
             self.map_used.labels(u.name).set(u.used)
             self.map_capacity.labels(u.name).set(u.capacity)
+
+    def set_roles(self, active: Mapping[str, bool]) -> None:
+        for role, on in active.items():
+            self.roles.labels(role).set(int(on))
 
     def serve(self, address: str) -> None:
         """Serve /metrics on host:port (a daemon thread of prometheus_client)."""

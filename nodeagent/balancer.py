@@ -1,13 +1,17 @@
-"""The load-balancer role: programs the services of each version into the XDP data plane.
+"""The load-balancer role's apply path: programs the services of each version into the XDP
+data plane (nodeagent.lb_role decides when the node has the role).
 
 apply(desired), once per version, in order:
   1. plans: diff of what is applied against the services wanted (nodeagent.plan);
   2. removes the services that left (first: it frees map capacity);
-  3. resolves the MAC of every backend it is about to program (nodeagent.backend_macs);
-  4. builds the Maglev tables (TableCache) and writes them (Dataplane) in a worker thread,
+  3. when services have encapsulated backends: sets the encapsulation (this node's address,
+     which must be on the uplink, the cluster's port, the uplink's MTU); while it cannot,
+     encapsulated backends are left out (and their services rewritten when that changes);
+  4. resolves the MAC of every backend it is about to program (nodeagent.backend_macs);
+  5. builds the Maglev tables (TableCache) and writes them (Dataplane) in a worker thread,
      one service at a time, so a service that fails (over capacity, bad table size) is
      recorded and the others are applied;
-  5. hands the BGP settings and the VIPs now served to the BGP hook.
+  6. hands the BGP settings and the VIPs now served to the BGP hook.
 errors() then names every service wanted that is not (fully) applied. reprogram() writes
 services again between versions, when their backends' MACs resolve or change
 (nodeagent.mac_upkeep).
@@ -31,10 +35,12 @@ from weir.common.pb import pb
 from weir.common.tablesize import validate_table_size
 from weir.nodeagent.backend_macs import BackendMacs, Reachable, excluded_message
 from weir.nodeagent.bgp.hook import BGPHook, NoBGP
-from weir.nodeagent.dataplane import Dataplane, MapUsage
+from weir.nodeagent.dataplane import Dataplane, DataplaneError
 from weir.nodeagent.maglev import NoBackendsError, TableCache, backend_id
 from weir.nodeagent.plan import AppliedState, make_plan
-from weir.nodeagent.service import Desired, Service
+from weir.nodeagent.roles import RoleStatus, UplinkSource
+from weir.nodeagent.service import Desired, NodeSettings, Service
+from weir.nodeagent.uplink import UplinkError
 
 log = get_logger("weir.agent")
 
@@ -56,13 +62,6 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class BalancerStatus:
-    maps: list[MapUsage]
-    healthy: bool  # the maps can be read and the uplink resolves backends
-    errors: dict[str, str]  # service id -> why it is not (fully) applied
-
-
-@dataclass(frozen=True)
 class _Work:
     service: Service
     backends: Reachable
@@ -80,12 +79,14 @@ class Balancer:
         dataplane: Dataplane,
         macs: BackendMacs,
         *,
+        uplink: UplinkSource | None = None,  # for encapsulated backends
         tables: TableCache | None = None,
         bgp: BGPHook | None = None,
         changes: Generation | None = None,  # bumped when services are re-programmed
     ) -> None:
         self._dp = dataplane
         self._macs = macs
+        self._uplink = uplink
         self._tables = tables or TableCache()
         self._bgp: BGPHook = bgp or NoBGP()
         self._changes = changes or Generation()
@@ -121,7 +122,7 @@ class Balancer:
             if spec is not None and self._programmed.get(sid, 0) > 0
         )
 
-    async def status(self) -> BalancerStatus:
+    async def status(self) -> RoleStatus:
         try:
             async with self._lock:
                 maps = await asyncio.to_thread(self._dp.usage)
@@ -129,7 +130,7 @@ class Balancer:
         except Exception as exc:
             log.error("cannot read map usage", error=str(exc))
             maps, healthy = [], False
-        return BalancerStatus(maps=maps, healthy=healthy, errors=self.errors())
+        return RoleStatus(maps=maps, healthy=healthy, errors=self.errors())
 
     async def adopt(self) -> int:
         """Take over what the pinned maps hold (from an earlier run). Returns how many."""
@@ -155,7 +156,12 @@ class Balancer:
                 self._macs.forget(sid)
             removed = await self._remove(plan.removed)
             outcome.removed = len(removed)
-            applied = await self._write(plan.to_apply, plan.seed, outcome)
+            to_apply = list(plan.to_apply)
+            if await self._set_encap(desired.node, desired.services.values()):
+                # Encapsulated backends became reachable, or stopped being: rewrite them all.
+                redo = [desired.services[sid] for sid in plan.unchanged]
+                to_apply = sorted([*to_apply, *filter(_encapsulates, redo)], key=lambda s: s.id)
+            applied = await self._write(to_apply, plan.seed, outcome)
             self._state = self._state.after(plan, applied=applied, removed=removed)
             self._bgp_config = desired.bgp
             await self._announce()
@@ -204,8 +210,8 @@ class Balancer:
         if not services:
             return []
         self._note_affinity(services)
-        resolution = await self._macs.resolve({b.address for s in services for b in s.backends})
-        work = [_Work(s, self._macs.reachable(s, resolution)) for s in services]
+        found = await self._macs.resolve(b for s in services for b in s.backends)
+        work = [_Work(s, self._macs.reachable(s, found)) for s in services]
         results = await asyncio.to_thread(self._write_all, work, seed)
         applied = []
         for w, res in zip(work, results, strict=True):
@@ -224,6 +230,26 @@ class Balancer:
             else:
                 outcome.unchanged += 1
         return applied
+
+    async def _set_encap(self, node: NodeSettings, services: Iterable[Service]) -> bool:
+        """Set the encapsulation if a service needs it; returns whether encapsulated
+        backends became reachable or unreachable (macs.encap_error changed)."""
+        if not any(map(_encapsulates, services)):
+            return False
+        try:
+            if self._uplink is None:
+                raise UplinkError("no uplink to encapsulate on")
+            up = await self._uplink.info()
+            up.check_own(node.address, "encapsulated packets leave the uplink from it")
+            await asyncio.to_thread(self._dp.set_encap, node.address, node.encap_port, up.mtu)
+            error = None
+        except (DataplaneError, UplinkError) as exc:
+            error = str(exc)
+        if error and error != self._macs.encap_error:
+            log.error("cannot encapsulate", error=error)
+        changed = error != self._macs.encap_error
+        self._macs.encap_error = error
+        return changed
 
     def _note_affinity(self, services: Sequence[Service]) -> None:
         """Once per service: ClientIP affinity is hash-based here, its timeout is moot."""
@@ -266,3 +292,7 @@ class Balancer:
             await self._bgp.apply(self._bgp_config, self.serving_vips())
         except Exception:
             log.exception("BGP hook failed")
+
+
+def _encapsulates(svc: Service) -> bool:
+    return any(b.forwarding == "encap" for b in svc.backends)

@@ -1,10 +1,12 @@
 """Keeps the load balancer's backend MACs right between versions (nodeagent.backend_macs).
 
-- Every `retry` seconds, the backends left out for want of a MAC are resolved again, and
-  their services re-programmed with them as soon as they resolve.
-- Every `refresh` seconds, every programmed backend MAC is re-verified (the kernel does not
-  for XDP-forwarded traffic: nodeagent.neighbors), and the services of a backend whose MAC
-  changed (a pod recreated with the same IP) are re-programmed.
+- Every `retry` seconds, the backends left out for want of a MAC (or of a route to their
+  node) are resolved again, and their services re-programmed with them as soon as they
+  resolve.
+- Every `refresh` seconds, every programmed backend's route and MAC are re-verified (the
+  kernel does not for XDP-forwarded traffic: nodeagent.neighbors), and the services of a
+  backend whose MAC changed (a host recreated with the same IP, a node's route moved to
+  another gateway) are re-programmed.
 """
 
 from __future__ import annotations
@@ -39,29 +41,22 @@ class MacUpkeep:
         excluded = {sid: set(ex) for sid, ex in self._macs.excluded.items()}
         if not excluded:
             return []
-        addrs = set().union(*excluded.values())
-        res = await self._macs.resolve(addrs)
-        fixed = addrs & set(res.macs)
+        backends = set().union(*excluded.values())
+        fixed = self._macs.resolved(backends, await self._macs.resolve(backends))
         ids = [sid for sid, ex in excluded.items() if fixed & ex]
         await self._balancer.reprogram(ids)
         return ids
 
     async def refresh_macs(self) -> list[str]:
-        """Re-verify every programmed backend MAC; re-program the services of those that
+        """Re-verify every programmed backend's MAC; re-program the services of those that
         changed. Returns their ids."""
-        services = self._balancer.applied
-        addrs = self._macs.in_use({b.address for s in services.values() if s for b in s.backends})
-        if not addrs:
+        backends = self._macs.in_use()
+        if not backends:
             return []
-        moved = self._macs.moved(await self._macs.resolve(addrs, reprobe=True))
-        if not moved:
+        ids = self._macs.moved(await self._macs.resolve(backends, reprobe=True))
+        if not ids:
             return []
-        log.info("backend MACs changed", addresses=sorted(moved))
-        ids = [
-            sid
-            for sid, spec in self._balancer.applied.items()
-            if spec and any(b.address in moved for b in spec.backends)
-        ]
+        log.info("backend MACs changed", services=ids)
         await self._balancer.reprogram(ids)
         return ids
 

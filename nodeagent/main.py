@@ -1,10 +1,15 @@
-"""weir-agent: programs this node's XDP data plane from the controller's node view.
+"""weir-agent: programs this node's data planes from the controller's node view.
 
     weir-agent --controller ctl:9443 --interface eth0 --tls-ca ca.pem --tls-cert node.pem \\
                --tls-key node.key
     weir-agent --controller 127.0.0.1:9443 --interface eth0 --plaintext --bpffs /run/weir/bpf
 
-SIGTERM/SIGINT stop the agent cleanly and leave the XDP program attached and the maps pinned:
+It runs on every node. The view says which roles the node has: load balancer (XDP on the
+uplink, BGP) and backend (tc translation to the node's own endpoints); each role's data
+plane is opened the first time the node has that role (nodeagent.lb_role,
+nodeagent.backend_role).
+
+SIGTERM/SIGINT stop the agent cleanly and leave the programs attached and the maps pinned:
 forwarding goes on, and the next agent adopts them without rewriting what is already right.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import socket
 import sys
 from pathlib import Path
@@ -21,14 +27,18 @@ from weir.common.aio import Generation
 from weir.common.lifecycle import run_until_stopped
 from weir.nodeagent.agent import Agent
 from weir.nodeagent.backend_macs import BackendMacs
-from weir.nodeagent.balancer import Balancer
+from weir.nodeagent.backend_role import BackendRole
 from weir.nodeagent.bgp import AgentBGP, BGPSpeaker
 from weir.nodeagent.controller_client import ControllerClient, TLSConfig
-from weir.nodeagent.dataplane import Dataplane, DataplaneConfig
-from weir.nodeagent.mac_upkeep import MacUpkeep
+from weir.nodeagent.dataplane import Dataplane, DataplaneConfig, DataplaneError
+from weir.nodeagent.dataplane.layout import PROG_PIN
+from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
+from weir.nodeagent.dataplane.nat_pinned import has_nat_pins
+from weir.nodeagent.lb_role import LoadBalancerRole
 from weir.nodeagent.maglev import TableCache
 from weir.nodeagent.neighbors import NeighborResolver
 from weir.nodeagent.status import StatusReporter
+from weir.nodeagent.uplink import Uplink
 
 log = logs.get_logger("weir.agent")
 
@@ -37,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="weir-agent", description=__doc__.splitlines()[0])
     p.add_argument("--controller", required=True, help="controller address host:port")
     p.add_argument("--node", default=socket.gethostname(), help="this node's name (hostname)")
-    p.add_argument("--interface", required=True, help="uplink: XDP attaches here")
+    p.add_argument("--interface", required=True, help="uplink: XDP and tc attach here")
     p.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
     p.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf/weir"), help="pin directory")
     sizes = p.add_argument_group("map sizes (data-plane defaults when omitted)")
@@ -45,6 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--max-backends", type=int)
     sizes.add_argument("--max-table-slots", type=int)
     sizes.add_argument("--conntrack-entries", type=int)
+    sizes.add_argument(
+        "--max-lb-nodes", type=int, help="backend role: load-balancer nodes accepted from"
+    )
+    sizes.add_argument(
+        "--max-local-backends", type=int, help="backend role: translations to local endpoints"
+    )
+    sizes.add_argument(
+        "--nat-flows", type=int, help="backend role: flows whose replies are translated back"
+    )
     tls = p.add_argument_group("controller connection")
     tls.add_argument("--plaintext", action="store_true", help="no TLS (tests, loopback)")
     tls.add_argument("--tls-ca", type=Path, help="CA certificate that signed the controller's")
@@ -91,57 +110,77 @@ def dataplane_config(args: argparse.Namespace) -> DataplaneConfig:
     )
 
 
+def nat_config(args: argparse.Namespace) -> NatConfig:
+    flags = {  # NatConfig field -> flag
+        "max_lb_nodes": "max_lb_nodes",
+        "max_local_backends": "max_local_backends",
+        "flows": "nat_flows",
+    }
+    sizes = {field: getattr(args, f) for field, f in flags.items() if getattr(args, f) is not None}
+    return NatConfig(interface=args.interface, bpffs=args.bpffs, **sizes)
+
+
 async def run(args: argparse.Namespace) -> int:
     tls = (
         None
         if args.plaintext
         else TLSConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     )
+    xdp, nat = dataplane_config(args), nat_config(args)
+    try:
+        xdp.validate()
+        nat.validate()
+    except DataplaneError as exc:
+        log.error("bad data-plane settings", error=str(exc))
+        return 2
     metrics = None
     if args.metrics_address:
         from weir.nodeagent.agent_metrics import PromMetrics
 
         metrics = PromMetrics(args.node)
         metrics.serve(args.metrics_address)
-    try:
-        dp = await asyncio.to_thread(Dataplane.open, dataplane_config(args))
-    except Exception as exc:
-        log.error("cannot open the data plane", interface=args.interface, error=str(exc))
-        return 1
-    try:
-        async with NeighborResolver(args.interface, timeout=args.neighbor_timeout) as resolver:
-            macs = BackendMacs(resolver)
-            # Bumped by whatever changes the NodeStatus: the reporter sends one soon after.
-            changes = Generation()
-            bgp = AgentBGP(
-                BGPSpeaker(
-                    workdir=args.bgp_workdir or Path("/run/weir/bgp") / args.node,
-                    on_change=changes.bump,
-                ),
-                on_stop=args.bgp_on_stop,
-                grace_seconds=args.drain_grace,
-            )
-            balancer = Balancer(dp, macs, tables=TableCache(), bgp=bgp, changes=changes)
-            agent = Agent(balancer, bgp=bgp, metrics=metrics, changes=changes)
-            client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
-            reporter = StatusReporter(
-                agent.status, client.report_status, changes, interval=args.status_interval
-            )
-            upkeep = MacUpkeep(
-                balancer, macs, retry=args.neighbor_retry, refresh=args.neighbor_refresh
-            )
-            await balancer.adopt()
-            await bgp.start()
-            log.info("agent started", node=args.node, controller=args.controller)
-            code = await run_until_stopped(
-                log,
-                {"controller": client.run(), "status": reporter.run(), "macs": upkeep.run()},
-                shutdown=agent.shutdown,
-            )
-            log.info("stopped: the data plane stays attached and pinned")
-            return code
-    finally:
-        await asyncio.to_thread(dp.close)
+    async with (
+        Uplink(args.interface) as uplink,
+        NeighborResolver(args.interface, timeout=args.neighbor_timeout) as resolver,
+    ):
+        # Bumped by whatever changes the NodeStatus: the reporter sends one soon after.
+        changes = Generation()
+        bgp = AgentBGP(
+            BGPSpeaker(
+                workdir=args.bgp_workdir or Path("/run/weir/bgp") / args.node,
+                on_change=changes.bump,
+            ),
+            on_stop=args.bgp_on_stop,
+            grace_seconds=args.drain_grace,
+        )
+        lb = LoadBalancerRole(
+            functools.partial(Dataplane.open, xdp),
+            BackendMacs(resolver, uplink),
+            uplink=uplink,
+            pinned=(args.bpffs / PROG_PIN).exists(),
+            tables=TableCache(),
+            bgp=bgp,
+            changes=changes,
+            retry=args.neighbor_retry,
+            refresh=args.neighbor_refresh,
+        )
+        backend = BackendRole(
+            functools.partial(NatDataplane.open, nat), uplink, pinned=has_nat_pins(args.bpffs)
+        )
+        agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes)
+        client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
+        reporter = StatusReporter(
+            agent.status, client.report_status, changes, interval=args.status_interval
+        )
+        await bgp.start()
+        log.info("agent started", node=args.node, controller=args.controller)
+        code = await run_until_stopped(
+            log,
+            {"controller": client.run(), "status": reporter.run(), "roles": agent.run()},
+            shutdown=agent.shutdown,
+        )
+        log.info("stopped: the data planes stay attached and pinned")
+        return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,12 @@
-"""Backend MAC addresses on the uplink, from the kernel's neighbour table.
+"""MAC addresses on the uplink, from the kernel's neighbour table.
 
-DSR in L2 mode rewrites the destination MAC to the backend's, so every backend must be on
-the uplink's segment and its MAC known before its service is programmed. For each address
-the resolver:
+DSR in L2 mode rewrites the destination MAC to the backend's, so every such backend must be
+on the uplink's segment and its MAC known before its service is programmed; an encapsulated
+packet goes to the MAC of the next hop toward the backend's node (nodeagent.uplink finds
+that hop). For each address the resolver:
 - checks that it is inside one of the uplink's connected subnets (a routed backend cannot
-  be reached by an L2 rewrite: clear error instead);
+  be reached by an L2 rewrite: clear error instead), unless the caller knows it is on-link
+  (a next hop from the routing table);
 - reads the neighbour table (one dump for all addresses);
 - for addresses with no usable entry, asks the kernel to resolve them with an RTM_NEWNEIGH
   carrying NTF_USE (the kernel sends the ARP/ND solicitation itself, nothing else is sent
@@ -44,6 +46,7 @@ from pyroute2.netlink.rtnl.ndmsg import (
     NUD_STALE,
 )
 from weir.common.logs import get_logger
+from weir.nodeagent.uplink import link_addresses, link_index, mac_bytes
 
 log = get_logger(__name__)
 
@@ -54,10 +57,6 @@ USABLE = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
 PENDING = NUD_INCOMPLETE | NUD_NONE
 
 
-class NeighborError(RuntimeError):
-    """The uplink itself is unusable (missing interface, no address)."""
-
-
 @dataclass(frozen=True)
 class Resolution:
     macs: dict[str, bytes] = field(default_factory=dict)  # address -> 6-byte MAC
@@ -66,16 +65,12 @@ class Resolution:
     offlink: frozenset[str] = frozenset()
 
 
-def mac_bytes(text: str) -> bytes:
-    return bytes(int(part, 16) for part in text.split(":"))
-
-
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
 class NeighborResolver:
-    """Resolves backend MACs on one interface. Use as `async with NeighborResolver(...)`.
+    """Resolves MACs on one interface. Use as `async with NeighborResolver(...)`.
     Calls are serialised: one netlink socket, one request at a time."""
 
     def __init__(
@@ -102,25 +97,30 @@ class NeighborResolver:
             self._ipr.close()
             self._ipr = None
 
-    async def resolve(self, addresses: Iterable[str], *, reprobe: bool = False) -> Resolution:
-        """MACs for addresses (deduplicated). Waits at most `timeout` for missing ones."""
-        wanted = sorted(set(addresses))
+    async def resolve(
+        self, addresses: Iterable[str], *, reprobe: bool = False, onlink: Iterable[str] = ()
+    ) -> Resolution:
+        """MACs for addresses (deduplicated). Waits at most `timeout` for missing ones.
+        `onlink`: addresses known to be neighbours on the uplink (next hops the routing
+        table names), resolved without the subnet check."""
+        known = set(onlink)
+        wanted = sorted(set(addresses) | known)
         if not wanted:
             return Resolution()
         async with self._lock:
-            return await self._resolve(wanted, reprobe)
+            return await self._resolve(wanted, reprobe, known)
 
-    async def _resolve(self, wanted: list[str], reprobe: bool) -> Resolution:
+    async def _resolve(self, wanted: list[str], reprobe: bool, known: set[str]) -> Resolution:
         ipr = self._ipr
         assert ipr is not None, "use NeighborResolver as an async context manager"
-        ifindex = await self._ifindex()
-        subnets = await self._subnets(ifindex)
+        ifindex = await link_index(ipr, self.interface)
+        subnets = [a.network for a in await link_addresses(ipr, ifindex)]
         errors: dict[str, str] = {}
         onlink: list[str] = []
         for addr in wanted:
             ip = ipaddress.ip_address(addr)
             same_family = [n for n in subnets if n.version == ip.version]
-            if any(ip in net for net in same_family):
+            if addr in known or any(ip in net for net in same_family):
                 onlink.append(addr)
             else:
                 nets = ", ".join(str(n) for n in same_family) or "none"
@@ -154,29 +154,13 @@ class NeighborResolver:
                     still.append(addr)
                 else:
                     errors[addr] = (
-                        f"backend {addr}: no ARP/ND answer on {self.interface} "
+                        f"no ARP/ND answer from {addr} on {self.interface} "
                         f"within {self.timeout:g}s (neighbour state {_state_name(state)})"
                     )
             missing = still
         if errors:
             log.info("neighbours unresolved", interface=self.interface, count=len(errors))
         return Resolution(macs, errors, frozenset(wanted) - frozenset(onlink))
-
-    async def _ifindex(self) -> int:
-        assert self._ipr is not None
-        found = await self._ipr.link_lookup(ifname=self.interface)
-        if not found:
-            raise NeighborError(f"interface {self.interface} not found")
-        return found[0]
-
-    async def _subnets(self, ifindex: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        assert self._ipr is not None
-        nets = []
-        async for msg in await self._ipr.get_addr(index=ifindex):
-            addr = msg.get("IFA_ADDRESS")
-            if addr:
-                nets.append(ipaddress.ip_network(f"{addr}/{msg['prefixlen']}", strict=False))
-        return nets
 
     async def _dump(self, ifindex: int) -> dict[str, tuple[int, bytes | None]]:
         assert self._ipr is not None

@@ -20,7 +20,7 @@ from weir.nodeagent.service import Service
 
 
 class ChangeKind(enum.Enum):
-    BACKENDS = "backends"  # the set of backends changed
+    BACKENDS = "backends"  # the set of backends changed, or how one is reached
     WEIGHTS = "weights"  # same backends, other weights
     TABLE_SIZE = "table-size"
     STRATEGY = "strategy"
@@ -95,7 +95,7 @@ def classify(old: Service, new: Service) -> frozenset[ChangeKind]:
     was, now = old.frontend, new.frontend
     if (was.vip, was.port, was.protocol) != (now.vip, now.port, now.protocol):
         kinds.add(ChangeKind.FRONTEND)
-    if [(b.address, b.port) for b in old.backends] != [(b.address, b.port) for b in new.backends]:
+    if _reached(old) != _reached(new):
         kinds.add(ChangeKind.BACKENDS)
     elif old.weights != new.weights:
         kinds.add(ChangeKind.WEIGHTS)
@@ -106,6 +106,10 @@ def classify(old: Service, new: Service) -> frozenset[ChangeKind]:
     if (was.affinity, old.affinity_timeout) != (now.affinity, new.affinity_timeout):
         kinds.add(ChangeKind.AFFINITY)
     return frozenset(kinds)
+
+
+def _reached(svc: Service) -> list[tuple[str, int, str, str]]:
+    return [(b.address, b.port, b.forwarding, b.node) for b in svc.backends]
 
 
 def make_plan(applied: AppliedState, seed: int, wanted: Mapping[str, Service]) -> Plan:

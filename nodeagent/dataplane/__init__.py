@@ -7,7 +7,7 @@ services atomically, read them back. See README.md in this directory for the des
     dp.applied(); dp.usage(); dp.close()
 
 Frontend is the agent's service model (nodeagent.service), exported here with the types
-apply_service takes.
+apply_service takes. The backend role's tc data plane is nat.NatDataplane.
 """
 
 from weir.nodeagent.dataplane.dataplane import Dataplane

@@ -6,6 +6,7 @@ from the load-balancer nodes to local pods, and translate the pods' replies back
     nat.configure(NatSettings(node_address="10.0.1.5", encap_port=6093, mtu=1500))
     nat.set_lb_nodes({"10.0.0.11", "10.0.0.12"})
     nat.set_local_backends([LocalBackend("192.0.2.10", 80, 6, "10.244.1.7", 8080)])
+    nat.local_backends(); nat.flows(); nat.counters(); nat.usage(); nat.close()
 
 Every method blocks (bcc, bpf syscalls): the agent calls them in a thread. The maps are
 pinned beside the XDP program's, so a restarted agent adopts them, and with them the flows
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import dataclasses
 import os
 import socket
 import sys
@@ -26,8 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weir.nodeagent.dataplane import bpfsys, layout, loader
-from weir.nodeagent.dataplane.model import DataplaneError
-from weir.nodeagent.dataplane.pinned import ip_of, port_of, possible_cpus
+from weir.nodeagent.dataplane.model import DataplaneError, MapUsage
+from weir.nodeagent.dataplane.nat_pinned import (
+    LocalBackend,
+    NatCounter,
+    NatFlow,
+    PinnedNatMaps,
+    Translation,
+)
 
 # tc filter identity on the uplink: decapsulate before other programs look at the packet;
 # translate replies back after them (their verdict for the pod's packet stands).
@@ -73,38 +81,6 @@ class NatSettings:
         return self.mtu - layout.ENCAP_OVERHEAD - TCP_IP_HEADERS
 
 
-@dataclass(frozen=True, order=True)
-class LocalBackend:
-    """A translation this node serves: VIP:vport (protocol) -> pod address:port."""
-
-    vip: str
-    vport: int
-    proto: int
-    address: str
-    port: int
-
-
-@dataclass(frozen=True)
-class NatCounter:
-    name: str
-    packets: int
-    bytes: int
-    new_flows: int
-
-
-@dataclass(frozen=True)
-class NatFlow:
-    """A flow being translated back: pod:port -> client:cport leaves as vip:vport."""
-
-    address: str
-    port: int
-    client: str
-    cport: int
-    proto: int
-    vip: str
-    vport: int
-
-
 def _be32(address: str) -> int:
     """An IPv4 address as a host integer whose bytes in memory are network order."""
     try:
@@ -115,6 +91,11 @@ def _be32(address: str) -> int:
 
 def _be16(port: int) -> int:
     return socket.htons(port)
+
+
+def check_local(b: LocalBackend) -> None:
+    """Raise DataplaneError if set_local_backends cannot program this translation."""
+    _backend_key(b)
 
 
 def _backend_key(b: LocalBackend) -> layout.NatBackendKey:
@@ -131,26 +112,17 @@ def _backend_key(b: LocalBackend) -> layout.NatBackendKey:
     )
 
 
-def _backend_of(key: layout.NatBackendKey) -> LocalBackend:
-    return LocalBackend(
-        ip_of(key.vip_be),
-        port_of(key.vport_be),
-        key.proto,
-        ip_of(key.addr_be),
-        port_of(key.port_be),
-    )
-
-
 class NatDataplane:
-    """The tc programs on one interface and their pinned maps."""
+    """The tc programs on one interface and their pinned maps. cfg holds the capacities in
+    force: those of the pinned maps when they were adopted."""
 
-    def __init__(self, cfg: NatConfig, ifindex: int, bpf: object, fds: dict[str, int]) -> None:
+    def __init__(self, cfg: NatConfig, ifindex: int, bpf: object, maps: PinnedNatMaps) -> None:
         self.cfg = cfg
         self.ifindex = ifindex
         self._bpf = bpf  # keeps the programs loaded while attached from here
-        self._fds = fds
+        self.maps = maps
+        self._fds = maps.fds
         self._lock = threading.Lock()
-        self._ncpu = possible_cpus()
         self._free = self._free_indices()
 
     # --- open / close ------------------------------------------------------------------
@@ -162,31 +134,37 @@ class NatDataplane:
         loader.prepare_pin_dir(cfg.bpffs)
         sizes = _pinned_sizes(cfg)
         bpf = _compile(cfg, sizes)
-        fds: dict[str, int] = {}
+        maps = None
         try:
-            for name in layout.NAT_MAPS:
-                fds[name] = bpfsys.obj_get(str(cfg.bpffs / name))
-            _check_layout(fds["nat_config"], cfg.bpffs)
+            maps = PinnedNatMaps(cfg.bpffs)
+            _check_layout(maps)
             for func, (pin, point, priority) in PROG_PINS.items():
                 prog = bpf.load_func(func.encode(), bpf.SCHED_CLS)  # type: ignore[attr-defined]
                 _attach(ifindex, point, priority, prog.fd, cfg.bpffs / pin)
         except Exception as exc:
-            for fd in fds.values():
-                os.close(fd)
+            if maps is not None:
+                maps.close()
+            bpf.cleanup()  # type: ignore[attr-defined]
             if isinstance(exc, DataplaneError):
                 raise
             raise DataplaneError(
                 f"cannot set up the backend role on {cfg.interface}: {exc}"
             ) from exc
-        return cls(cfg, ifindex, bpf, fds)
+        in_force = dataclasses.replace(
+            cfg,
+            max_lb_nodes=maps.capacity("lb_nodes"),
+            max_local_backends=maps.capacity("local_backends"),
+            flows=maps.capacity("nat_flows"),
+        )
+        return cls(in_force, ifindex, bpf, maps)
 
     def close(self) -> None:
         """Forget the maps; the programs stay attached (a restarted agent adopts them)."""
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-            self._bpf = None
+            self.maps.close()
+            if self._bpf is not None:
+                self._bpf.cleanup()  # type: ignore[attr-defined]
+                self._bpf = None
 
     def detach(self) -> None:
         """Take the programs off the interface and remove every pin of the backend role."""
@@ -287,56 +265,36 @@ class NatDataplane:
         return [i for i in range(self.cfg.max_local_backends - 1, -1, -1) if i not in used]
 
     def _zero_stats(self, index: int) -> None:
-        zeros = ct.create_string_buffer(ct.sizeof(layout.Counters) * self._ncpu)
+        zeros = ct.create_string_buffer(ct.sizeof(layout.Counters) * self.maps.ncpu)
         bpfsys.update(self._fds["be_nat_stats"], ct.c_uint32(index), zeros)
 
-    # --- read back ----------------------------------------------------------------------
+    # --- read back (nat_pinned.PinnedNatMaps) ----------------------------------------
 
     def local_backends(self) -> list[LocalBackend]:
         with self._lock:
-            rows = bpfsys.lookup_batch(self._fds["local_backends"], layout.NatBackendKey, 8)
-        return sorted(_backend_of(k) for k, _ in rows)
+            return sorted(t.backend for t in self.maps.translations())
+
+    def translations(self) -> list[Translation]:
+        with self._lock:
+            return self.maps.translations()
 
     def lb_nodes(self) -> list[str]:
         with self._lock:
-            rows = bpfsys.lookup_batch(self._fds["lb_nodes"], ct.c_uint32, 4)
-        return sorted((ip_of(k.value) for k, _ in rows), key=socket.inet_aton)
+            return self.maps.lb_nodes()
 
     def flows(self) -> list[NatFlow]:
         with self._lock:
-            rows = bpfsys.lookup_batch(self._fds["nat_flows"], layout.NatFlowKey, 8)
-        out = []
-        for k, raw in rows:
-            v = layout.NatVip.from_buffer_copy(raw)
-            out.append(
-                NatFlow(
-                    ip_of(k.addr_be),
-                    port_of(k.port_be),
-                    ip_of(k.client_be),
-                    port_of(k.cport_be),
-                    k.proto,
-                    ip_of(v.vip_be),
-                    port_of(v.vport_be),
-                )
-            )
-        return sorted(out, key=lambda f: (socket.inet_aton(f.address), f.port, f.client, f.cport))
+            return self.maps.flows()
 
     def counters(self) -> tuple[list[NatCounter], list[NatCounter]]:
         """(events, drops), by reason, summed over CPUs."""
         with self._lock:
-            events = [self._counter("nat_events", i, n) for i, n in enumerate(layout.NAT_EVENTS)]
-            drops = [self._counter("nat_drops", i, n) for i, n in enumerate(layout.NAT_DROPS)]
-        return events, drops
+            return self.maps.counters()
 
-    def _counter(self, name: str, index: int, label: str) -> NatCounter:
-        size = ct.sizeof(layout.Counters)
-        buf = ct.create_string_buffer(size * self._ncpu)
-        packets = nbytes = new = 0
-        if bpfsys.lookup(self._fds[name], ct.c_uint32(index), buf):
-            for cpu in range(self._ncpu):
-                c = layout.Counters.from_buffer_copy(buf.raw[cpu * size : (cpu + 1) * size])
-                packets, nbytes, new = packets + c.packets, nbytes + c.bytes, new + c.new_flows
-        return NatCounter(label, packets, nbytes, new)
+    def usage(self) -> list[MapUsage]:
+        """lb_nodes, local_backends and nat_flows: entries in use and capacity."""
+        with self._lock:
+            return self.maps.usage()
 
 
 def _pinned_sizes(cfg: NatConfig) -> dict[str, int]:
@@ -363,12 +321,11 @@ def _pinned_sizes(cfg: NatConfig) -> dict[str, int]:
     return sizes
 
 
-def _check_layout(config_fd: int, pin_dir: Path) -> None:
-    value = layout.NatConfig()
-    bpfsys.lookup(config_fd, ct.c_uint32(0), value)
-    if value.layout not in (0, layout.NAT_LAYOUT_VERSION):
+def _check_layout(maps: PinnedNatMaps) -> None:
+    found = maps.config().layout
+    if found not in (0, layout.NAT_LAYOUT_VERSION):
         raise DataplaneError(
-            f"pinned backend-role maps under {pin_dir} have layout {value.layout}, this agent "
+            f"pinned backend-role maps under {maps.directory} have layout {found}, this agent "
             f"knows {layout.NAT_LAYOUT_VERSION}"
         )
 

@@ -199,13 +199,18 @@ class PinnedMaps:
 
     def percpu_counters(self, name: str, index: int) -> layout.Counters:
         """A per-CPU counter summed over CPUs."""
-        size = ct.sizeof(layout.Counters)
-        buf = ct.create_string_buffer(size * self.ncpu)
-        total = layout.Counters()
-        if bpfsys.lookup(self.fds[name], ct.c_uint32(index), buf):
-            for cpu in range(self.ncpu):
-                c = layout.Counters.from_buffer_copy(buf.raw[cpu * size : (cpu + 1) * size])
-                total.packets += c.packets
-                total.bytes += c.bytes
-                total.new_flows += c.new_flows
-        return total
+        return percpu_sum(self.fds[name], index, self.ncpu)
+
+
+def percpu_sum(fd: int, index: int, ncpu: int) -> layout.Counters:
+    """Element `index` of a per-CPU array of counters, summed over CPUs."""
+    size = ct.sizeof(layout.Counters)
+    buf = ct.create_string_buffer(size * ncpu)
+    total = layout.Counters()
+    if bpfsys.lookup(fd, ct.c_uint32(index), buf):
+        for cpu in range(ncpu):
+            c = layout.Counters.from_buffer_copy(buf.raw[cpu * size : (cpu + 1) * size])
+            total.packets += c.packets
+            total.bytes += c.bytes
+            total.new_flows += c.new_flows
+    return total

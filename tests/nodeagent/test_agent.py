@@ -8,6 +8,7 @@ it observed and the test asserts on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import shutil
 import traceback
@@ -85,7 +86,13 @@ def _view(version: int, services, seed: int = 7):
     from weir.nodeagent.controller_client import apply_message
 
     services = sorted(services, key=lambda s: s.id)  # a view's services are sorted by id
-    snap = pb.Snapshot(version=version, node="lb", maglev_seed=seed, services=services)
+    snap = pb.Snapshot(
+        version=version,
+        node="lb",
+        maglev_seed=seed,
+        services=services,
+        node_config=pb.NodeConfig(load_balancer=True),
+    )
     snap.hash = viewhash.view_hash(snap)
     return apply_message(None, "lb", pb.ControllerMessage(snapshot=snap))
 
@@ -138,6 +145,9 @@ class Outcomes:
     def set_maps(self, usage) -> None:
         pass
 
+    def set_roles(self, active) -> None:
+        pass
+
 
 @dataclass
 class Node:
@@ -150,19 +160,22 @@ class Node:
 
 
 async def _make_agent(cfg, resolver) -> Node:
+    """An agent with the load-balancer role, its data plane opened up front so a scenario
+    can see what it adopted."""
     from weir.nodeagent.agent import Agent
     from weir.nodeagent.backend_macs import BackendMacs
-    from weir.nodeagent.balancer import Balancer
     from weir.nodeagent.dataplane import Dataplane
+    from weir.nodeagent.lb_role import LoadBalancerRole
     from weir.nodeagent.mac_upkeep import MacUpkeep
 
-    dp = await asyncio.to_thread(Dataplane.open, cfg)
     macs = BackendMacs(resolver)
-    balancer = Balancer(dp, macs)
+    role = LoadBalancerRole(functools.partial(Dataplane.open, cfg), macs)
+    await role.open()
     outcomes = Outcomes()
-    agent = Agent(balancer, metrics=outcomes)
-    adopted = await balancer.adopt()
-    return Node(agent, balancer, MacUpkeep(balancer, macs), dp, outcomes, adopted)
+    agent = Agent([role], metrics=outcomes)
+    balancer = role.balancer
+    adopted = len(balancer.applied)
+    return Node(agent, balancer, MacUpkeep(balancer, macs), role.dataplane, outcomes, adopted)
 
 
 # -- scenarios --------------------------------------------------------------------------------

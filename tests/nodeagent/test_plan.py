@@ -86,6 +86,18 @@ def test_classifies_backend_changes() -> None:
     assert change.new.backends == (Backend("10.0.0.1", 8080), Backend("10.0.0.3", 8080))
 
 
+def test_how_a_backend_is_reached_is_a_backend_change() -> None:
+    """The same pod, now reached through its node (or another node): rewritten."""
+    encap = {"forwarding": pb.FORWARDING_ENCAP, "node_address": "10.1.0.5"}
+    plain = view(service(backends=[backend("10.0.0.1")]))
+    pod = view(service(backends=[pb.Backend(address="10.0.0.1", port=8080, **encap)]))
+    encap["node_address"] = "10.1.0.6"
+    moved = view(service(backends=[pb.Backend(address="10.0.0.1", port=8080, **encap)]))
+    for old, new in ((plain, pod), (pod, moved)):
+        (change,) = make_plan(applied_from(old), 7, new).changed
+        assert change.kinds == {ChangeKind.BACKENDS}
+
+
 def test_classifies_weights_only() -> None:
     old = view(service(backends=[backend("10.0.0.1"), backend("10.0.0.2")]))
     new = view(service(backends=[backend("10.0.0.1", weight=3), backend("10.0.0.2")]))

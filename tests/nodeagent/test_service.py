@@ -44,3 +44,22 @@ def test_backends_are_the_ones_the_controller_chose() -> None:
     # ready=False): the agent programs what it was sent.
     svc = pb.Service(id="x", backends=[backend("10.0.0.2", ready=False), backend("10.0.0.1")])
     assert from_pb(svc).backends == (Backend("10.0.0.1", 8080), Backend("10.0.0.2", 8080))
+
+
+def test_each_backend_says_how_it_is_reached() -> None:
+    pod = pb.Backend(
+        address="10.244.1.7",
+        port=8080,
+        forwarding=pb.FORWARDING_ENCAP,
+        node="worker-1",
+        node_address="10.1.0.5",
+    )
+    host = pb.Backend(address="10.0.0.1", port=80, forwarding=pb.FORWARDING_L2_DSR)
+    older = pb.Backend(address="10.0.0.2", port=80, node_address="10.1.0.6")  # unspecified
+    got = from_pb(pb.Service(id="x", backends=[pod, host, older])).backends
+    assert got == (
+        Backend("10.0.0.1", 80),
+        Backend("10.0.0.2", 80),
+        Backend("10.244.1.7", 8080, forwarding="encap", node="10.1.0.5"),
+    )
+    assert str(got[2]) == "10.244.1.7:8080 via node 10.1.0.5"

@@ -1,6 +1,6 @@
 """StatusReporter: whatever changes what the NodeStatus shows (here the BGP speaker's
 on_change) has a NodeStatus sent at once, one for a burst of changes, without waiting for
---status-interval. No data plane needed: a stub reports map usage."""
+--status-interval. No data plane needed: the load-balancer role never opens one."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ from weir.common.aio import Generation
 from weir.common.pb import pb
 from weir.nodeagent.agent import Agent
 from weir.nodeagent.backend_macs import BackendMacs
-from weir.nodeagent.balancer import Balancer
 from weir.nodeagent.bgp.hook import NoBGP
+from weir.nodeagent.lb_role import LoadBalancerRole
 from weir.nodeagent.status import StatusReporter
-
-
-class StubDataplane:
-    def usage(self) -> list:
-        return []
 
 
 class StubBGP(NoBGP):
@@ -34,8 +29,8 @@ class StubBGP(NoBGP):
 
 async def test_changes_send_a_status_promptly_and_coalesce() -> None:
     bgp = StubBGP()
-    balancer = Balancer(StubDataplane(), BackendMacs(None))  # type: ignore[arg-type]
-    agent = Agent(balancer, bgp=bgp)
+    role = LoadBalancerRole(lambda: None, BackendMacs(None))  # type: ignore[arg-type]
+    agent = Agent([role], bgp=bgp)
     sent: list[pb.NodeStatus] = []
     arrived = asyncio.Event()
 
