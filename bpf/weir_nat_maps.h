@@ -50,28 +50,19 @@ struct nat_backend {
 	u32 pad;
 };
 
-/* --- rev_default: (pod, pod port, protocol) -> the VIP:port it serves ------------------
- * Lets replies be translated back when their flow is not (or no longer) in nat_flows
- * (evicted under pressure). Only pod ports that serve exactly one VIP:port are here:
- * for the others only the flow knows. */
-struct nat_rev_key {
-	__be32 addr_be;
-	__be16 port_be;
-	u8 proto;
-	u8 pad;
-};
-
+/* --- nat_flows: flows translated to a local pod, by their reply's view ----------------
+ * LRU hash (flows are forgotten least recently used first; every packet refreshes its
+ * flow). The reply pod:port -> client:port goes back out as VIP:port -> client:port, and
+ * only a flow found here is translated: the same pod port also answers traffic that never
+ * came through Weir (a ClusterIP client, another pod), which must leave as it is. Also
+ * lets packets of an established flow in after its endpoint left local_backends (the load
+ * balancers keep such flows on their backend until they end). */
 struct nat_vip {
 	__be32 vip_be;
 	__be16 vport_be;
 	u16 pad;
 };
 
-/* --- nat_flows: flows translated to a local pod, by their reply's view ----------------
- * LRU hash (flows are forgotten least recently used first). The reply pod:port ->
- * client:port goes back out as VIP:port -> client:port. Also lets packets of an
- * established flow in after its endpoint left local_backends (the load balancers keep
- * such flows on their backend until they end). */
 struct nat_flow_key {
 	__be32 addr_be;   /* the pod */
 	__be32 client_be;
@@ -100,7 +91,6 @@ enum nat_drop {
 
 _Static_assert(sizeof(struct nat_config) == 16, "nat_config layout");
 _Static_assert(sizeof(struct nat_backend_key) == 16, "nat_backend_key layout");
-_Static_assert(sizeof(struct nat_rev_key) == 8, "nat_rev_key layout");
 _Static_assert(sizeof(struct nat_vip) == 8, "nat_vip layout");
 _Static_assert(sizeof(struct nat_flow_key) == 16, "nat_flow_key layout");
 
@@ -108,8 +98,6 @@ BPF_TABLE_PINNED("array", u32, struct nat_config, nat_config, 1, WEIR_PIN("nat_c
 BPF_TABLE_PINNED("hash", __be32, u32, lb_nodes, WEIR_MAX_LB_NODES, WEIR_PIN("lb_nodes"));
 BPF_TABLE_PINNED("hash", struct nat_backend_key, struct nat_backend, local_backends,
 		 WEIR_MAX_LOCAL_BACKENDS, WEIR_PIN("local_backends"));
-BPF_TABLE_PINNED("hash", struct nat_rev_key, struct nat_vip, rev_default, WEIR_MAX_LOCAL_BACKENDS,
-		 WEIR_PIN("rev_default"));
 BPF_TABLE_PINNED("lru_hash", struct nat_flow_key, struct nat_vip, nat_flows, WEIR_NAT_FLOWS,
 		 WEIR_PIN("nat_flows"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, nat_events, NAT_EVENTS,

@@ -5,7 +5,7 @@
  *      (VIP:port -> pod:port in local_backends, or a flow it already translates)
  *   -> decapsulate -> VIP:port becomes pod:port -> remember the flow -> on to the stack
  *      (the kernel routes it to the pod: netfilter and conntrack see client -> pod)
- * egress: a pod's reply (pod:port -> client:port, found in nat_flows or rev_default)
+ * egress: a pod's reply (pod:port -> client:port, a flow found in nat_flows)
  *   -> becomes VIP:port -> client:port; a SYN-ACK's MSS is clamped so the client's
  *      segments fit the encapsulation -> out, straight to the client
  *
@@ -299,7 +299,6 @@ int weir_tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct nat_flow_key fkey = {};
-	struct nat_rev_key rkey = {};
 	struct weir_ports *ports;
 	struct nat_config *cfg;
 	struct nat_vip *to;
@@ -342,14 +341,8 @@ int weir_tc_egress(struct __sk_buff *skb)
 	fkey.addr_be = ip->saddr;
 	fkey.proto = proto;
 	to = nat_flows.lookup(&fkey);
-	if (!to) {
-		rkey.addr_be = ip->saddr;
-		rkey.port_be = fkey.port_be;
-		rkey.proto = proto;
-		to = rev_default.lookup(&rkey);
-		if (!to)
-			return TC_ACT_UNSPEC;
-	}
+	if (!to)
+		return TC_ACT_UNSPEC;
 	vip = to->vip_be;
 	vport = to->vport_be;
 

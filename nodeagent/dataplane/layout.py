@@ -251,15 +251,6 @@ class NatBackend(ct.Structure):
     _fields_ = [("index", ct.c_uint32), ("pad", ct.c_uint32)]
 
 
-class NatRevKey(ct.Structure):
-    _fields_ = [
-        ("addr_be", ct.c_uint32),
-        ("port_be", ct.c_uint16),
-        ("proto", ct.c_uint8),
-        ("pad", ct.c_uint8),
-    ]
-
-
 class NatVip(ct.Structure):
     _fields_ = [("vip_be", ct.c_uint32), ("vport_be", ct.c_uint16), ("pad", ct.c_uint16)]
 
@@ -279,7 +270,6 @@ NAT_MAPS: dict[str, tuple[type, type]] = {
     "nat_config": (ct.c_uint32, NatConfig),
     "lb_nodes": (ct.c_uint32, ct.c_uint32),
     "local_backends": (NatBackendKey, NatBackend),
-    "rev_default": (NatRevKey, NatVip),
     "nat_flows": (NatFlowKey, NatVip),
     "nat_events": (ct.c_uint32, Counters),
     "nat_drops": (ct.c_uint32, Counters),

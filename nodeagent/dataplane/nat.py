@@ -210,8 +210,8 @@ class NatDataplane:
                 bpfsys.delete(fd, ct.c_uint32(addr))
 
     def set_local_backends(self, backends: Iterable[LocalBackend]) -> None:
-        """Exactly these translations, and the reply defaults they imply. Translations
-        that leave keep their flows (nat_flows) until those end or are evicted."""
+        """Exactly these translations. Translations that leave keep their flows (nat_flows)
+        until those end or are evicted."""
         wanted = {bytes(_backend_key(b)): b for b in backends}
         if len(wanted) > self.cfg.max_local_backends:
             raise DataplaneError(
@@ -231,30 +231,6 @@ class NatDataplane:
                 self._zero_stats(index)
                 bpfsys.update(
                     fd, layout.NatBackendKey.from_buffer_copy(key), layout.NatBackend(index=index)
-                )
-            self._set_rev_default(wanted.values())
-
-    def _set_rev_default(self, backends: Iterable[LocalBackend]) -> None:
-        served: dict[tuple[str, int, int], set[tuple[str, int]]] = {}
-        for b in backends:
-            served.setdefault((b.address, b.port, b.proto), set()).add((b.vip, b.vport))
-        wanted: dict[bytes, bytes] = {}
-        for (addr, port, proto), vips in served.items():
-            if len(vips) != 1:
-                continue  # a pod port behind several VIP:ports: only its flows know which
-            ((vip, vport),) = vips
-            key = layout.NatRevKey(addr_be=_be32(addr), port_be=_be16(port), proto=proto)
-            wanted[bytes(key)] = bytes(layout.NatVip(vip_be=_be32(vip), vport_be=_be16(vport)))
-        fd = self._fds["rev_default"]
-        have = {bytes(k): v for k, v in bpfsys.lookup_batch(fd, layout.NatRevKey, 8)}
-        for key in have.keys() - wanted.keys():
-            bpfsys.delete(fd, layout.NatRevKey.from_buffer_copy(key))
-        for key, value in wanted.items():
-            if have.get(key) != value:
-                bpfsys.update(
-                    fd,
-                    layout.NatRevKey.from_buffer_copy(key),
-                    layout.NatVip.from_buffer_copy(value),
                 )
 
     def _free_indices(self) -> list[int]:
