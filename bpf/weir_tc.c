@@ -19,7 +19,8 @@
  * interface (a CNI's) still runs, and with none the packet goes on as with TC_ACT_OK.
  *
  * Compiled by bcc (weir.nodeagent.dataplane.nat) with -D WEIR_PIN_DIR, WEIR_MAX_LB_NODES,
- * WEIR_MAX_LOCAL_BACKENDS and WEIR_NAT_FLOWS.
+ * WEIR_MAX_LOCAL_BACKENDS and WEIR_NAT_FLOWS. WEIR_BENCH (bench/tc_bench.py only) puts each
+ * test-run packet back the way it came (weir_tc_bench.h).
  */
 #include <linux/in.h>
 #include <linux/icmp.h>
@@ -30,6 +31,9 @@
 #include "weir_nat_maps.h"
 #include "weir_parse.h"
 #include "weir_encap.h"
+#ifdef WEIR_BENCH
+#include "weir_tc_bench.h"
+#endif
 
 /* TCP options (RFC 9293), not in the UAPI headers. */
 #define WEIR_TCPOPT_EOL 0
@@ -173,12 +177,17 @@ int weir_tc_ingress(struct __sk_buff *skb)
 	struct nat_backend_key key = {};
 	struct nat_flow_key fkey = {};
 	struct nat_backend *local;
+	struct nat_vip *seen;
 	struct nat_config *cfg;
 	struct iphdr *ip, *inner;
 	struct udphdr *udp;
 	struct nat_flow f;
 	u64 bytes = skb->len, new_flow = 0;
 	u32 zero = 0, index = 0;
+	int known;
+#ifdef WEIR_BENCH
+	struct weir_tc_saved saved;
+#endif
 
 	ip = weir_parse_ipv4(data, data_end);
 	if (!ip || (void *)ip != data + ETH_HLEN || ip->protocol != IPPROTO_UDP ||
@@ -218,17 +227,18 @@ int weir_tc_ingress(struct __sk_buff *skb)
 	fkey.port_be = f.pport;
 	fkey.cport_be = f.cport;
 	fkey.proto = f.proto;
+	seen = nat_flows.lookup(&fkey);
+	known = seen && seen->vip_be == f.vip && seen->vport_be == f.vport;
 	local = local_backends.lookup(&key);
-	if (local) {
+	if (local)
 		index = local->index;
-	} else {
+	else if (!known)
 		/* Not (or no longer) a local endpoint: only a flow already translated here may
 		 * go on, to the pod it has. */
-		struct nat_vip *known = nat_flows.lookup(&fkey);
-
-		if (!known || known->vip_be != f.vip || known->vport_be != f.vport)
-			return nat_drop(NAT_DROP_UNKNOWN, bytes);
-	}
+		return nat_drop(NAT_DROP_UNKNOWN, bytes);
+#ifdef WEIR_BENCH
+	weir_tc_bench_save(skb, &saved);
+#endif
 	if (bpf_skb_adjust_room(skb, -(int)WEIR_ENC_LEN, BPF_ADJ_ROOM_MAC,
 				WEIR_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO))
 		return nat_drop(NAT_DROP_DECAP, bytes);
@@ -238,11 +248,9 @@ int weir_tc_ingress(struct __sk_buff *skb)
 		nat_rewrite_icmp(skb, offsetof(struct iphdr, daddr), offsetof(struct iphdr, saddr),
 				 offsetof(struct weir_ports, src), f.vip, f.pod, f.vport, f.pport);
 	} else {
-		struct nat_vip *seen = nat_flows.lookup(&fkey);
-
 		nat_rewrite(skb, f.proto, offsetof(struct iphdr, daddr),
 			    offsetof(struct weir_ports, dst), f.vip, f.pod, f.vport, f.pport);
-		if (!seen || seen->vip_be != f.vip || seen->vport_be != f.vport) {
+		if (!known) {
 			struct nat_vip v = {.vip_be = f.vip, .vport_be = f.vport};
 
 			nat_flows.update(&fkey, &v);
@@ -256,6 +264,9 @@ int weir_tc_ingress(struct __sk_buff *skb)
 	}
 	if (local)
 		weir_count(be_nat_stats.lookup(&index), bytes, new_flow);
+#ifdef WEIR_BENCH
+	weir_tc_bench_rewind(skb, &saved, f.vip, f.vport);
+#endif
 	return TC_ACT_UNSPEC;
 }
 

@@ -26,7 +26,9 @@ from weir.lab.topology import (
     build,
     replies_counted,
 )
+from weir.lab.wait import wait_until
 from weir.nodeagent.dataplane.nat import DEFAULT_ENCAP_PORT
+from weir.nodeagent.dataplane.nat_pinned import PinnedNatMaps
 
 from tests.requirements import BIRD, ETHTOOL, EXABGP, requires, root
 
@@ -81,10 +83,11 @@ def test_20_mb_through_the_vip_intact(lab: Stack, direction: str) -> None:
 
 
 def _nat_drops(lab: Stack, worker: str) -> dict[str, int]:
-    from weir.nodeagent.dataplane.nat import NatPinned
-
-    with NatPinned(lab.weir.bpffs(worker)) as maps:
+    maps = PinnedNatMaps(lab.weir.bpffs(worker))
+    try:
         return {c.name: c.packets for c in maps.counters()[1]}
+    finally:
+        maps.close()
 
 
 def test_spoofed_encapsulated_packets_are_dropped(lab: Stack) -> None:
@@ -105,8 +108,6 @@ def test_spoofed_encapsulated_packets_are_dropped(lab: Stack) -> None:
         "for _ in range(5)]"
     )
     lab.net.clients["c1"].run(["python3", "-c", code, (header + inner_syn).hex()])
-    from weir.lab.wait import wait_until
-
     wait_until(lambda: _nat_drops(lab, "n1")["not_lb"] - before["not_lb"] >= 5, 5, "drops counted")
     seen = lab.net.pods["p1a"].run(["ss", "-Htn", "state", "syn-recv"])
     assert CLIENTS["c1"] not in seen
