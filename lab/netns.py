@@ -76,6 +76,7 @@ class Host:
     topo: Topology
     name: str  # full namespace name, prefix included
     ifaces: dict[str, str] = field(default_factory=dict)  # iface name -> "addr/len"
+    routes: dict[str, list[str]] = field(default_factory=dict)  # dst -> `ip route` spec
 
     def cmd(self, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]
@@ -115,7 +116,12 @@ class Host:
             self.ifaces.setdefault(dev, cidr)
 
     def set_link(self, iface: str, up: bool) -> None:
+        """Down drops the routes through iface (the kernel does); up puts them back, as a
+        machine's network configuration does when its link returns."""
         self.run(["ip", "link", "set", iface, "up" if up else "down"])
+        if up:
+            for dst, spec in self.routes.items():
+                self.run(["ip", "route", "replace", dst, *spec], check=False)
 
     def sysctl(self, settings: Mapping[str, object]) -> None:
         for key, value in settings.items():
@@ -132,6 +138,7 @@ class Host:
         if dev is not None:
             spec += ["dev", dev]
         self.run(["ip", "route", "replace", dst, *spec])
+        self.routes[dst] = spec
 
     def nft(self, rules: str) -> None:
         """Load an nftables ruleset (`nft -f` syntax) into this host; it goes with it."""

@@ -134,12 +134,12 @@ class Stack:
         with self.weir.maps(node) as maps:
             return {e.client_port for e in ct_entries(maps, None)[0] if e.live}
 
-    def maglev_table(self, node: str, vip: str = VIP) -> list[str]:
-        """The active Maglev table of the VIP's service, as backend addresses."""
+    def maglev_table(self, node: str, vip: str = VIP, port: int = PORT) -> list[str]:
+        """The active Maglev table of the service vip:port, as backend addresses."""
         from weir.nodeagent.dataplane.inspection import nat_services
 
         with self.weir.maps(node) as maps:
-            (svc,) = [s for s in nat_services(maps) if s.record.vip == vip]
+            (svc,) = [s for s in nat_services(maps) if (s.record.vip, s.record.port) == (vip, port)]
             names = {b.index: b.address for b in svc.backends}
             slots = maps.slots()[svc.base : svc.base + svc.table_size]
             return [names.get(int(i), "?") for i in slots]
