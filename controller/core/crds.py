@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from weir.controller.core.parsing import (
+    NOT_VIPS,
     ParseError,
     boolean,
     canonical_ip,
@@ -115,6 +116,10 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         ranges.append((start, end))
     if not cidrs and not ranges:
         raise ParseError("spec: needs at least one of cidrs or ranges")
+    for i, net in enumerate(cidrs):
+        _no_special_addresses(net[0], net[-1], f"spec.cidrs[{i}]")
+    for i, (start, end) in enumerate(ranges):
+        _no_special_addresses(start, end, f"spec.ranges[{i}]")
     ns_sel = spec.get("namespaceSelector")
     svc_sel = spec.get("serviceSelector")
     namespaces = sequence(spec.get("namespaces"), "spec.namespaces")
@@ -137,6 +142,13 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         generation=meta.generation,
         status=MappingProxyType(dict(mapping(obj.get("status"), "status"))),
     )
+
+
+def _no_special_addresses(first: IPAddress, last: IPAddress, path: str) -> None:
+    """ParseError when [first, last] holds an address that cannot be a VIP (NOT_VIPS)."""
+    for net, what in NOT_VIPS:
+        if net.version == first.version and first <= net[-1] and net[0] <= last:
+            raise ParseError(f"{path}: includes {what} addresses ({net}), which cannot be VIPs")
 
 
 # ---------------------------------------------------------------------------------------------
