@@ -64,6 +64,10 @@ class IPPool:
     service_selector: LabelSelector | None
     generation: int  # metadata.generation: moves with every spec change
     status: Mapping[str, Any]  # as read: the allocator compares it with what it would write
+    # What the allocator's finalizer works from (a pool in use is deleted only once unused):
+    resource_version: str = ""
+    finalizers: tuple[str, ...] = ()
+    deleting: bool = False  # deletionTimestamp set
 
     def contains(self, ip: str | IPAddress) -> bool:
         addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
@@ -141,6 +145,9 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         else parse_selector(svc_sel, "spec.serviceSelector"),
         generation=meta.generation,
         status=MappingProxyType(dict(mapping(obj.get("status"), "status"))),
+        resource_version=meta.resource_version,
+        finalizers=meta.finalizers,
+        deleting=meta.deleting,
     )
 
 

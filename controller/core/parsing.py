@@ -207,6 +207,8 @@ class Metadata(NamedTuple):
     annotations: Mapping[str, str]
     resource_version: str  # "" in hand-written files
     generation: int  # 0 where the kind (or a hand-written file) has none
+    finalizers: tuple[str, ...]
+    deleting: bool  # deletionTimestamp is set: the object goes once its finalizers are gone
 
 
 def metadata(
@@ -247,7 +249,16 @@ def metadata(
         annotations=string_map(meta.get("annotations"), "metadata.annotations"),
         resource_version=string(meta.get("resourceVersion"), "metadata.resourceVersion"),
         generation=integer(meta.get("generation"), "metadata.generation", 0, 2**63 - 1, default=0),
+        finalizers=_strings(meta.get("finalizers"), "metadata.finalizers"),
+        deleting=meta.get("deletionTimestamp") is not None,
     )
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    items = sequence(value, path)
+    if not all(isinstance(i, str) for i in items):
+        raise ParseError(f"{path}: must be strings")
+    return tuple(items)
 
 
 def _kind(value: Any) -> str:
