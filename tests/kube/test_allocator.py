@@ -255,14 +255,20 @@ def pool_events(fake: FakeKubeAPI, name: str) -> list[tuple[str, str]]:
     ]
 
 
-async def test_a_pool_in_use_is_deleted_only_once_unused(ctl: Harness, fake: FakeKubeAPI) -> None:
-    fake.create(b.service("web"))
+async def held_from_main(fake: FakeKubeAPI, name: str) -> None:
+    """Create a Service and wait until it holds the first address of "main", which then
+    carries the allocator's finalizer."""
+    fake.create(b.service(name))
     await fake.wait_until(
         lambda: (
-            ingress(fake, "web") == ["192.0.2.0"]
+            ingress(fake, name) == ["192.0.2.0"]
             and FINALIZER in pool_of(fake, "main")["metadata"].get("finalizers", [])
         )
     )
+
+
+async def test_a_pool_in_use_is_deleted_only_once_unused(ctl: Harness, fake: FakeKubeAPI) -> None:
+    await held_from_main(fake, "web")
     fake.delete("weir.dev/v1alpha1", "LoadBalancerIPPool", "", "main")
     await fake.wait_until(lambda: DELETION_BLOCKED in pool_conditions(fake, "main"))
     blocked = pool_conditions(fake, "main")[DELETION_BLOCKED]
@@ -281,13 +287,7 @@ async def test_a_pool_in_use_is_deleted_only_once_unused(ctl: Harness, fake: Fak
 
 
 async def test_a_crd_reinstall_takes_no_address(ctl: Harness, fake: FakeKubeAPI) -> None:
-    fake.create(b.service("web"))
-    await fake.wait_until(
-        lambda: (
-            ingress(fake, "web") == ["192.0.2.0"]
-            and FINALIZER in pool_of(fake, "main")["metadata"].get("finalizers", [])
-        )
-    )
+    await held_from_main(fake, "web")
     crd = "loadbalancerippools.weir.dev"
     fake.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", crd)
     await fake.wait_until(lambda: DELETION_BLOCKED in pool_conditions(fake, "main"))
