@@ -275,7 +275,9 @@ class NodePlane:
         self._agents.pop(node, None)
         self._agents[node] = info
         while len(self._agents) > self._max_agents:
-            oldest = next(n for n in self._agents if n not in self._sessions)
+            oldest = next((n for n in self._agents if n not in self._sessions), None)
+            if oldest is None:
+                break  # all connected: _accept keeps them within max_agents
             del self._agents[oldest]
             self.metrics.agent_lag.remove(oldest)
             self._lag_gauges.pop(oldest, None)
