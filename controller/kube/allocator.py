@@ -218,18 +218,25 @@ class Allocator:
         )
 
     def _pool_write(self, pool: IPPool, result: IPAMResult) -> Awaitable[bool] | None:
-        """The write a pool needs this round, if any: its finalizer first, else its status."""
+        """The writes a pool needs this round, if any: its finalizer, then its status."""
         holders = result.holders.get(pool.name, ())
         finalizers = finalizers_after(pool, holders)
-        if finalizers is not None:
-            return self._set_finalizers(pool, finalizers)
-        if pool.deleting and not holders:
-            return None  # going: the API server deletes it
-        kept = result.kept.get(pool.name, ())
-        status = desired_status(pool, result.pools[pool.name], holders, kept)
-        if status == current_status(pool):
+        status = None
+        if holders or not pool.deleting:  # else it is going: the API server deletes it
+            kept = result.kept.get(pool.name, ())
+            status = desired_status(pool, result.pools[pool.name], holders, kept)
+            if status == current_status(pool):
+                status = None
+        if finalizers is None and status is None:
             return None
-        return self._write_pool(pool, status)
+        return self._update_pool(pool, finalizers, status)
+
+    async def _update_pool(
+        self, pool: IPPool, finalizers: list[str] | None, status: Mapping[str, Any] | None
+    ) -> bool:
+        if finalizers is not None and not await self._set_finalizers(pool, finalizers):
+            return False
+        return status is None or await self._write_pool(pool, status)
 
     async def _set_finalizers(self, pool: IPPool, finalizers: list[str]) -> bool:
         if pool.deleting:
