@@ -50,9 +50,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _prefix(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field (wire type 2) of length bytes."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): embedded message, string or bytes."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field: embedded message, string or bytes."""
+    return _prefix(number, len(payload)) + payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +188,23 @@ class SnapshotStore:
 
     def _hash(self, entry: Version, node: str) -> str:
         digest = entry.hashes.get(node)
-        if digest is None:
-            # A node's trailer rarely changes between versions: keep the last one per node.
-            bgp = entry.bgp_of(node)
-            key = (entry.maglev_seed, bgp)
-            cached = self._trailers.get(node)
-            if cached is None or cached[0] != key:
-                if len(self._trailers) > _MAX_TRAILERS:
-                    self._trailers.clear()  # node names come from requests: stay bounded
-                msg = pb.BGPConfig.FromString(bgp) if bgp else None
-                cached = self._trailers[node] = (key, viewhash.node_trailer(node, key[0], msg))
-            digest = entry.hashes[node] = viewhash.finish(entry.services_digest, cached[1])
+        if digest is not None:
+            return digest
+        bgp = entry.bgp_of(node)
+        if not bgp:
+            # A node without BGP settings, under whatever name a request carries: its hash is
+            # cheap (a trailer of a few bytes), so nothing is kept for it.
+            trailer = viewhash.node_trailer(node, entry.maglev_seed, None)
+            return viewhash.finish(entry.services_digest, trailer)
+        # A node's trailer rarely changes between versions: keep the last one per node.
+        key = (entry.maglev_seed, bgp)
+        cached = self._trailers.get(node)
+        if cached is None or cached[0] != key:
+            msg = pb.BGPConfig.FromString(bgp)
+            cached = self._trailers[node] = (key, viewhash.node_trailer(node, key[0], msg))
+            while len(self._trailers) > _MAX_TRAILERS:
+                del self._trailers[next(iter(self._trailers))]
+        digest = entry.hashes[node] = viewhash.finish(entry.services_digest, cached[1])
         return digest
 
     def message(self, node: str, base: int) -> tuple[int, bytes, bool]:
@@ -202,20 +213,27 @@ class SnapshotStore:
         A Delta when base is retained, else a full Snapshot. Returns (version, bytes,
         full). The caller checks that the agent really holds base (see node_hash).
         """
+        version, parts, full = self.message_parts(node, base)
+        return version, b"".join(parts), full
+
+    def message_parts(self, node: str, base: int) -> tuple[int, list[bytes], bool]:
+        """message() as parts that join into it. The bulk (the services) is one bytes object
+        shared by every node's message of that version, so a caller can size a message, and
+        wait until it may hold it, before building it."""
         latest = self.latest
         if latest is None:
             raise LookupError("no snapshot published yet")
         old = self._versions.get(base) if base else None
         if old is None:
-            return latest.version, self._snapshot_bytes(node, latest), True
-        return latest.version, self._delta_bytes(node, old, latest), False
+            return latest.version, self._snapshot_parts(node, latest), True
+        return latest.version, self._delta_parts(node, old, latest), False
 
     def node_snapshot(self, node: str) -> pb.Snapshot:
         """Node's full view at the latest version."""
         _, data, _ = self.message(node, 0)
         return pb.ControllerMessage.FromString(data).snapshot
 
-    def _snapshot_bytes(self, node: str, entry: Version) -> bytes:
+    def _snapshot_parts(self, node: str, entry: Version) -> list[bytes]:
         head = pb.Snapshot(
             version=entry.version,
             hash=self._hash(entry, node),
@@ -225,7 +243,8 @@ class SnapshotStore:
         bgp = entry.bgp_of(node)
         if bgp:
             head += _field(_SNAPSHOT_BGP, bgp)
-        return _field(_MESSAGE_SNAPSHOT, head + self._services_part(entry))
+        services = self._services_part(entry)
+        return [_prefix(_MESSAGE_SNAPSHOT, len(head) + len(services)), head, services]
 
     def _services_part(self, entry: Version) -> bytes:
         if self._full_services is None or self._full_services[0] != entry.version:
@@ -235,7 +254,7 @@ class SnapshotStore:
             self._full_services = (entry.version, b"".join(parts))
         return self._full_services[1]
 
-    def _delta_bytes(self, node: str, old: Version, new: Version) -> bytes:
+    def _delta_parts(self, node: str, old: Version, new: Version) -> list[bytes]:
         bgp = new.bgp_of(node)
         bgp_changed = bgp != old.bgp_of(node)
         head = pb.Delta(
@@ -247,7 +266,8 @@ class SnapshotStore:
         ).SerializeToString()
         if bgp_changed and bgp:
             head += _field(_DELTA_BGP, bgp)
-        return _field(_MESSAGE_DELTA, head + self._delta_services(old, new))
+        services = self._delta_services(old, new)
+        return [_prefix(_MESSAGE_DELTA, len(head) + len(services)), head, services]
 
     def _delta_services(self, old: Version, new: Version) -> bytes:
         """The upserted and removed fields of a delta, computed once for all nodes."""
