@@ -72,7 +72,9 @@ class ControllerApp:
             drainer=drainer,
             operators=args.operator,
         )
-        source: Source = kube.source if kube else FileSource(args.manifests)
+        source: Source = (
+            kube.source if kube else FileSource(args.manifests, max_bytes=args.manifest_max_bytes)
+        )
         return cls(args, tls, metrics, state, store, publisher, plane, source, kube)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:

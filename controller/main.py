@@ -23,6 +23,7 @@ from weir.controller.core.selectors import LabelSelector, parse_selector_string
 from weir.controller.core.snapshots import DEFAULT_HISTORY
 from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
 from weir.controller.plane.server import ServerTLS
+from weir.controller.sources.manifest import DEFAULT_MAX_BYTES
 
 log = get_logger("weir.controller")
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="weir-controller", description=__doc__.splitlines()[0])
     p.add_argument("--source", choices=("file", "kubernetes"), default="file")
     p.add_argument("--manifests", type=Path, help="directory of manifests (--source file)")
+    p.add_argument(
+        "--manifest-max-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BYTES,
+        help="larger manifest files are not read but reported as errors (--source file)",
+    )
     p.add_argument(
         "--kubeconfig",
         help="kubeconfig file (--source kubernetes; default: in-cluster, then ~/.kube/config)",
@@ -116,6 +123,12 @@ def _port(text: str) -> int:
     value = int(text, 10)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be a port number, 1 to 65535")
+
+
+def _positive(text: str) -> int:
+    value = int(text, 0)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 

@@ -28,7 +28,7 @@ class Metrics:
         )
         self.refused = Counter(
             "weir_agents_refused",
-            "Agent streams refused, by reason (hello, identity, shutdown)",
+            "Agent streams refused, by reason (hello, identity, shutdown, capacity)",
             ["reason"],
             registry=r,
         )

@@ -48,14 +48,17 @@ def _json(message: Any) -> str:
     )
 
 
-def printable(text: object) -> str:
-    """text with each character that is not printable escaped as Python would (\\x1b)."""
-    s = str(text)
-    return s if s.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in s)
+def printable(value: object) -> str:
+    """str(value) with every control character escaped (\\n, \\x1b, ...): names and messages
+    come from manifests and agents, and must not move the cursor or recolour the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns, two spaces apart, like kubectl (cells made printable)."""
+    """Left-aligned columns, two spaces apart, like kubectl."""
     cells = [[printable(h) for h in headers]] + [[printable(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join(
@@ -73,9 +76,9 @@ def _show(
     if resp is None:
         return 1
     if args.output == "json":
-        print(_json(resp))
-    else:
-        print("\n".join(printable(line) for line in text(resp).split("\n")))
+        print(_json(resp))  # JSON escapes control characters itself
+    else:  # table() cleans its cells; this catches the rest, line by line
+        print("\n".join(map(printable, text(resp).split("\n"))))
     return 0
 
 
@@ -124,7 +127,7 @@ def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) ->
 def format_node_snapshot(snap: pb.Snapshot, backends: bool = False) -> str:
     config = snap.node_config
     head = (
-        f"node {snap.node}  version {snap.version}  hash {snap.hash[:12]}  "
+        f"node {printable(snap.node)}  version {snap.version}  hash {printable(snap.hash[:12])}  "
         f"maglev seed {snap.maglev_seed}  services {len(snap.services)}"
     )
     roles = (
@@ -143,7 +146,7 @@ def format_node_snapshot(snap: pb.Snapshot, backends: bool = False) -> str:
     if not bgp.local_asn:
         parts.append("BGP: none (no BGPPeer selects this node)")
         return "\n".join(parts)
-    parts.append(f"BGP: local AS {bgp.local_asn}  router id {bgp.router_id}")
+    parts.append(f"BGP: local AS {bgp.local_asn}  router id {printable(bgp.router_id)}")
     peers = [
         (
             p.name,

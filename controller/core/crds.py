@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from weir.controller.core.parsing import (
+    NOT_VIPS,
     ParseError,
     boolean,
     canonical_ip,
@@ -63,6 +64,10 @@ class IPPool:
     service_selector: LabelSelector | None
     generation: int  # metadata.generation: moves with every spec change
     status: Mapping[str, Any]  # as read: the allocator compares it with what it would write
+    # What the allocator's finalizer works from (a pool in use is deleted only once unused):
+    resource_version: str = ""
+    finalizers: tuple[str, ...] = ()
+    deleting: bool = False  # deletionTimestamp set
 
     def contains(self, ip: str | IPAddress) -> bool:
         addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
@@ -115,6 +120,10 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         ranges.append((start, end))
     if not cidrs and not ranges:
         raise ParseError("spec: needs at least one of cidrs or ranges")
+    for i, net in enumerate(cidrs):
+        _no_special_addresses(net[0], net[-1], f"spec.cidrs[{i}]")
+    for i, (start, end) in enumerate(ranges):
+        _no_special_addresses(start, end, f"spec.ranges[{i}]")
     ns_sel = spec.get("namespaceSelector")
     svc_sel = spec.get("serviceSelector")
     namespaces = sequence(spec.get("namespaces"), "spec.namespaces")
@@ -136,7 +145,17 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         else parse_selector(svc_sel, "spec.serviceSelector"),
         generation=meta.generation,
         status=MappingProxyType(dict(mapping(obj.get("status"), "status"))),
+        resource_version=meta.resource_version,
+        finalizers=meta.finalizers,
+        deleting=meta.deleting,
     )
+
+
+def _no_special_addresses(first: IPAddress, last: IPAddress, path: str) -> None:
+    """ParseError when [first, last] holds an address that cannot be a VIP (NOT_VIPS)."""
+    for net, what in NOT_VIPS:
+        if net.version == first.version and first <= net[-1] and net[0] <= last:
+            raise ParseError(f"{path}: includes {what} addresses ({net}), which cannot be VIPs")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,14 +27,16 @@ from weir.common import protocols
 from weir.common.tablesize import validate_table_size
 from weir.controller.core import crds
 from weir.controller.core.parsing import (
+    DNS1035_LABEL,
+    DNS_LABEL,
     EMPTY_MAP,
     ParseError,
-    canonical_ip,
     integer,
     mapping,
     metadata,
     sequence,
     string,
+    vip,
 )
 
 LOAD_BALANCER_CLASS = "weir.dev/maglev"
@@ -160,7 +162,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_service(obj: Mapping[str, Any]) -> Service:
-    meta = metadata(obj, namespaced=True)
+    meta = metadata(obj, namespaced=True, name_rule=DNS1035_LABEL)
     spec = mapping(obj.get("spec"), "spec")
     status = mapping(obj.get("status"), "status")
     ports = _service_ports(spec.get("ports"))
@@ -285,11 +287,11 @@ def _service_ports(raw: Any) -> tuple[ServicePort, ...]:
 
 
 def _ips(raw: list[Any], path: str, problems: list[str]) -> list[str]:
-    """Canonical IPs, deduplicated in order; bad entries become problems."""
+    """Canonical VIPs, deduplicated in order; bad entries become problems."""
     out: list[str] = []
     for value in raw:
         try:
-            ip = canonical_ip(value, path)[0]
+            ip = vip(value, path)
         except ParseError as e:
             problems.append(str(e))
             continue
@@ -533,7 +535,7 @@ class Namespace:
 
 
 def parse_namespace(obj: Mapping[str, Any]) -> Namespace:
-    meta = metadata(obj, namespaced=False)
+    meta = metadata(obj, namespaced=False, name_rule=DNS_LABEL)
     return Namespace(name=meta.name, labels=meta.labels)
 
 

@@ -6,9 +6,11 @@ error on that object instead of crashing the controller.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -21,6 +23,56 @@ _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 class ParseError(ValueError):
     """An object (or one of its fields) is not what Weir expects; the message says why."""
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """A name format of Kubernetes' validation (apimachinery's IsDNS1123Subdomain, ...)."""
+
+    what: str
+    pattern: re.Pattern[str]
+    max_length: int
+
+    def problem(self, name: str) -> str | None:
+        """Why name breaks the rule, or None. Never quotes the name: it may be anything."""
+        if len(name) > self.max_length:
+            return f"longer than {self.max_length} characters"
+        if not self.pattern.fullmatch(name):
+            return f"not {self.what}"
+        return None
+
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+# Nodes, EndpointSlices, Secrets and custom resources.
+DNS_SUBDOMAIN = NameRule(
+    "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')",
+    re.compile(rf"{_LABEL}(\.{_LABEL})*"),
+    253,
+)
+# Namespaces.
+DNS_LABEL = NameRule("a DNS-1123 label (lowercase letters, digits and '-')", re.compile(_LABEL), 63)
+# Services: a DNS-1035 label also starts with a letter.
+DNS1035_LABEL = NameRule(
+    "a DNS-1035 label (lowercase letters, digits and '-', starting with a letter)",
+    re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
+    63,
+)
+
+# Addresses that cannot be a VIP: no router forwards them to a load balancer.
+NOT_VIPS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("0.0.0.0/32", "unspecified"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
 
 
 def mapping(value: Any, path: str) -> Mapping[str, Any]:
@@ -125,6 +177,25 @@ def canonical_ip(value: Any, path: str) -> tuple[str, bytes]:
         raise ParseError(f"{path}: {value!r} is not an IP address") from None
 
 
+def vip(value: Any, path: str) -> str:
+    """The canonical text of an address usable as a VIP (see NOT_VIPS)."""
+    text = canonical_ip(value, path)[0]
+    addr = ipaddress.ip_address(text)
+    for net, what in NOT_VIPS:
+        if addr in net:
+            raise ParseError(f"{path}: {text} is a {what} address, which cannot be a VIP")
+    return text
+
+
+def name(value: Any, path: str, rule: NameRule) -> str:
+    """A required name that follows rule."""
+    text = string(value, path, required=True)
+    problem = rule.problem(text)
+    if problem is not None:
+        raise ParseError(f"{path}: {problem}")
+    return text
+
+
 class Metadata(NamedTuple):
     """The metadata every kind shares."""
 
@@ -136,19 +207,27 @@ class Metadata(NamedTuple):
     annotations: Mapping[str, str]
     resource_version: str  # "" in hand-written files
     generation: int  # 0 where the kind (or a hand-written file) has none
+    finalizers: tuple[str, ...]
+    deleting: bool  # deletionTimestamp is set: the object goes once its finalizers are gone
 
 
 def metadata(
-    obj: Mapping[str, Any], *, namespaced: bool, api_version: str | None = None
+    obj: Mapping[str, Any],
+    *,
+    namespaced: bool,
+    api_version: str | None = None,
+    name_rule: NameRule = DNS_SUBDOMAIN,
 ) -> Metadata:
-    """obj's metadata; api_version, when given, is the only apiVersion accepted."""
+    """obj's metadata; api_version, when given, is the only apiVersion accepted. Names (and
+    namespaces) are checked as the API server checks them: name_rule is the kind's."""
     if api_version is not None and obj.get("apiVersion") != api_version:
         raise ParseError(f"apiVersion: {obj.get('apiVersion')!r} is not {api_version}")
     meta = mapping(obj.get("metadata"), "metadata")
-    name = string(meta.get("name"), "metadata.name", required=True)
+    obj_name = name(meta.get("name"), "metadata.name", name_rule)
     ns = ""
     if namespaced:
-        ns = string(meta.get("namespace"), "metadata.namespace") or "default"
+        ns = meta.get("namespace")
+        ns = "default" if ns in (None, "") else name(ns, "metadata.namespace", DNS_LABEL)
     created = None
     ts = meta.get("creationTimestamp")
     if ts is not None:
@@ -163,14 +242,23 @@ def metadata(
             created = created.replace(tzinfo=UTC)
     return Metadata(
         namespace=ns,
-        name=name,
+        name=obj_name,
         uid=string(meta.get("uid"), "metadata.uid"),
         created=created,
         labels=string_map(meta.get("labels"), "metadata.labels"),
         annotations=string_map(meta.get("annotations"), "metadata.annotations"),
         resource_version=string(meta.get("resourceVersion"), "metadata.resourceVersion"),
         generation=integer(meta.get("generation"), "metadata.generation", 0, 2**63 - 1, default=0),
+        finalizers=_strings(meta.get("finalizers"), "metadata.finalizers"),
+        deleting=meta.get("deletionTimestamp") is not None,
     )
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    items = sequence(value, path)
+    if not all(isinstance(i, str) for i in items):
+        raise ParseError(f"{path}: must be strings")
+    return tuple(items)
 
 
 def _kind(value: Any) -> str:

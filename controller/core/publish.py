@@ -11,7 +11,10 @@ an agent must never receive the empty state of a controller that is still starti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from weir.common.logs import get_logger
 from weir.common.pb import pb
@@ -47,6 +50,7 @@ class Publisher:
         self.required_kinds = required_kinds
         self._reduce_errors: tuple[pb.ObjectError, ...] = ()
         self._last_duration = 0.0
+        self._held: Mapping[str, str] = MappingProxyType({})  # see ClusterInputs.held
 
     def errors(self) -> list[pb.ObjectError]:
         """Bad input from the state (parse, source) and from reduce, sorted."""
@@ -72,7 +76,8 @@ class Publisher:
             if hold > 0:
                 await asyncio.sleep(hold)
             seen = self.state.generation
-            built = await self._build(self.state.inputs())
+            inputs = dataclasses.replace(self.state.inputs(), held=self._held)
+            built = await self._build(inputs)
             if built is not None:
                 self._publish(*built)
             last_publish = loop.time()
@@ -103,6 +108,7 @@ class Publisher:
         self.metrics.object_errors.set(len(self.errors()))
         before = self.store.version
         version = self.store.commit(prepared)
+        self._held = MappingProxyType({s.id: s.service for s in result.cluster.services})
         if version != before:
             self.metrics.versions.inc()
             log.info(

@@ -8,8 +8,9 @@ arrived in: every output list is sorted, and every tie is broken by name.
 - One pb.Service per (VIP, port, protocol), id "<vip>:<port>/<PROTO>" ("[v6]:port/PROTO").
   VIPs come from status.loadBalancer.ingress, plus the requested addresses
   (weir.dev/load-balancer-ips) when `vips_from_annotation` (the file source has no IPAM).
-- Two Services claiming one frontend: the oldest (creationTimestamp, then namespace/name)
-  keeps it, the other gets an error for that frontend.
+- Two Services claiming one frontend, or one VIP without a common sharing key: the one that
+  had it in the last version keeps it, else the oldest (controller/core/claims.py); the other
+  gets an error.
 - Backends per controller/core/endpoints.py (KEP-1669), of the VIP's address family, each
   reached by L2 DSR or encapsulation per controller/core/forwarding.py.
 - Per-node BGP per controller/core/bgpconfig.py; per-node roles, local endpoints and the
@@ -30,6 +31,7 @@ from weir.common import protocols
 from weir.common.pb import pb
 from weir.common.tablesize import DEFAULT_TABLE_SIZE
 from weir.controller.core.bgpconfig import AnnouncedVip, node_configs
+from weir.controller.core.claims import settle
 from weir.controller.core.endpoints import select_backends
 from weir.controller.core.forwarding import ENCAP, place
 from weir.controller.core.gcpause import gc_paused
@@ -90,7 +92,6 @@ class _Errors:
 class _Claim(NamedTuple):
     """A frontend a Service asks for."""
 
-    age: tuple[Any, ...]  # Service.age_key(): the oldest claim wins
     service: Service
     port: ServicePort
     vip: str
@@ -114,20 +115,11 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
     add_service = cluster.services.add
     announced: dict[str, dict[tuple[str, str], Service]] = {}
     with_frontends: set[tuple[str, str]] = set()
-    for fid in sorted(claims):
-        contenders = claims[fid]
-        if len(contenders) > 1:
-            contenders.sort(key=lambda c: c.age)
-            winner = contenders[0].service
-            for loser in (c.service for c in contenders[1:]):
-                error(
-                    SERVICE,
-                    loser.namespace,
-                    loser.name,
-                    f"frontend {fid} is also claimed by {winner.namespace}/{winner.name}, "
-                    "which is older; it is left out for this Service",
-                )
-        _, svc, port, vip, common = contenders[0]
+    won, lost = settle(claims, inputs.held)
+    for loser, message in lost:
+        error(SERVICE, loser.namespace, loser.name, message)
+    for fid in sorted(won):
+        svc, port, vip, common = won[fid]
         with_frontends.add(svc.key)
         by_family = slices.get(svc.key)
         family_slices = () if by_family is None else by_family[":" in vip]
@@ -212,11 +204,10 @@ def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict
             "affinity_timeout_seconds": svc.affinity_timeout if client_ip else 0,
             "service": f"{svc.namespace}/{svc.name}",
         }
-        age = svc.age_key()
         for vip in vips:
             for port in svc.ports:
                 fid = frontend_id(vip, port.port, port.protocol)
-                claims.setdefault(fid, []).append(_Claim(age, svc, port, vip, common))
+                claims.setdefault(fid, []).append(_Claim(svc, port, vip, common))
     return claims
 
 

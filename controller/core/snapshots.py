@@ -57,9 +57,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _prefix(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field (wire type 2) of length bytes."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): embedded message, string or bytes."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field: embedded message, string or bytes."""
+    return _prefix(number, len(payload)) + payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,23 +220,30 @@ class SnapshotStore:
 
     def _hash(self, entry: Version, node: str) -> str:
         digest = entry.hashes.get(node)
-        if digest is None:
-            # A node's trailer rarely changes between versions: keep the last one per node.
-            key = (entry.maglev_seed, entry.bgp_of(node), entry.config_of(node))
-            cached = self._trailers.get(node)
-            if cached is None or cached[0] != key:
-                if len(self._trailers) > _MAX_TRAILERS:
-                    self._trailers.clear()  # node names come from requests: stay bounded
-                seed, bgp, config = key
-                trailer = viewhash.node_trailer(
-                    node,
-                    seed,
-                    pb.BGPConfig.FromString(bgp) if bgp else None,
-                    pb.NodeConfig.FromString(config) if config else None,
-                )
-                cached = self._trailers[node] = (key, trailer)
-            services = entry.services_digest if node in entry.load_balancers else _NO_SERVICES
-            digest = entry.hashes[node] = viewhash.finish(services, cached[1])
+        if digest is not None:
+            return digest
+        bgp = entry.bgp_of(node)
+        config = entry.config_of(node)
+        services = entry.services_digest if node in entry.load_balancers else _NO_SERVICES
+        if not bgp and not config:
+            # A node Weir knows nothing of, under whatever name a request carries: its hash is
+            # cheap (a trailer of a few bytes), so nothing is kept for it.
+            trailer = viewhash.node_trailer(node, entry.maglev_seed, None, None)
+            return viewhash.finish(services, trailer)
+        # A node's trailer rarely changes between versions: keep the last one per node.
+        key = (entry.maglev_seed, bgp, config)
+        cached = self._trailers.get(node)
+        if cached is None or cached[0] != key:
+            trailer = viewhash.node_trailer(
+                node,
+                key[0],
+                pb.BGPConfig.FromString(bgp) if bgp else None,
+                pb.NodeConfig.FromString(config) if config else None,
+            )
+            cached = self._trailers[node] = (key, trailer)
+            while len(self._trailers) > _MAX_TRAILERS:
+                del self._trailers[next(iter(self._trailers))]
+        digest = entry.hashes[node] = viewhash.finish(services, cached[1])
         return digest
 
     def message(self, node: str, base: int) -> tuple[int, bytes, bool]:
@@ -241,20 +253,27 @@ class SnapshotStore:
         else a full Snapshot. Returns (version, bytes, full). The caller checks that the agent
         really holds base (see node_hash).
         """
+        version, parts, full = self.message_parts(node, base)
+        return version, b"".join(parts), full
+
+    def message_parts(self, node: str, base: int) -> tuple[int, list[bytes], bool]:
+        """message() as parts that join into it. The bulk (the services) is one bytes object
+        shared by every node's message of that version, so a caller can size a message, and
+        wait until it may hold it, before building it."""
         latest = self.latest
         if latest is None:
             raise LookupError("no snapshot published yet")
         old = self._versions.get(base) if base else None
         if old is None or (node in old.load_balancers) != (node in latest.load_balancers):
-            return latest.version, self._snapshot_bytes(node, latest), True
-        return latest.version, self._delta_bytes(node, old, latest), False
+            return latest.version, self._snapshot_parts(node, latest), True
+        return latest.version, self._delta_parts(node, old, latest), False
 
     def node_snapshot(self, node: str) -> pb.Snapshot:
         """Node's full view at the latest version."""
         _, data, _ = self.message(node, 0)
         return pb.ControllerMessage.FromString(data).snapshot
 
-    def _snapshot_bytes(self, node: str, entry: Version) -> bytes:
+    def _snapshot_parts(self, node: str, entry: Version) -> list[bytes]:
         head = pb.Snapshot(
             version=entry.version,
             hash=self._hash(entry, node),
@@ -267,9 +286,8 @@ class SnapshotStore:
         config = entry.config_of(node)
         if config:
             head += _field(_SNAPSHOT_NODE_CONFIG, config)
-        if node in entry.load_balancers:
-            head += self._services_part(entry)
-        return _field(_MESSAGE_SNAPSHOT, head)
+        services = self._services_part(entry) if node in entry.load_balancers else b""
+        return [_prefix(_MESSAGE_SNAPSHOT, len(head) + len(services)), head, services]
 
     def _services_part(self, entry: Version) -> bytes:
         if self._full_services is None or self._full_services[0] != entry.version:
@@ -279,7 +297,7 @@ class SnapshotStore:
             self._full_services = (entry.version, b"".join(parts))
         return self._full_services[1]
 
-    def _delta_bytes(self, node: str, old: Version, new: Version) -> bytes:
+    def _delta_parts(self, node: str, old: Version, new: Version) -> list[bytes]:
         bgp = new.bgp_of(node)
         bgp_changed = bgp != old.bgp_of(node)
         config = new.config_of(node)
@@ -296,9 +314,9 @@ class SnapshotStore:
             head += _field(_DELTA_BGP, bgp)
         if config_changed and config:
             head += _field(_DELTA_NODE_CONFIG, config)
-        if node in new.load_balancers:  # and in old: message() sends a snapshot otherwise
-            head += self._delta_services(old, new)
-        return _field(_MESSAGE_DELTA, head)
+        # (a node whose role changed gets a snapshot: message_parts)
+        services = self._delta_services(old, new) if node in new.load_balancers else b""
+        return [_prefix(_MESSAGE_DELTA, len(head) + len(services)), head, services]
 
     def _delta_services(self, old: Version, new: Version) -> bytes:
         """The upserted and removed fields of a delta, computed once for all nodes."""

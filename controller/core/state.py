@@ -71,6 +71,9 @@ class ClusterInputs:
     bgp_advertisements: Mapping[str, BGPAdvertisement] = field(default_factory=lambda: _EMPTY)
     namespaces: Mapping[str, Namespace] = field(default_factory=lambda: _EMPTY)  # IPAM only
     drained: frozenset[str] = frozenset()  # nodes drained in memory (weirctl, file source)
+    # Frontend id -> "namespace/name" of the Service the last published version gave it to
+    # (set by the publisher): a holder keeps it against newcomers (core/claims.py).
+    held: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
 class _Rejected(NamedTuple):

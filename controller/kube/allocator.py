@@ -10,7 +10,9 @@ runs kube/ipam.py, and writes what differs:
   decision made on a stale view fails with 409 instead of overwriting newer state;
 - Events on the Service: IPAllocated (Normal) when its addresses change, AllocationFailed
   (Warning) when a failure appears or changes;
-- LoadBalancerIPPool status: address counts.
+- LoadBalancerIPPool status (address counts, and conditions when a deletion waits or an edit
+  left held addresses out), Events for those conditions, and the pool finalizer that holds a
+  pool's deletion until no Service uses it (controller/kube/poolstatus.py).
 
 Each write's answer goes straight back into the state, so the next round never decides on
 the state from before its own writes. Nothing else is stored: a new leader rebuilds
@@ -22,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from weir.common.logs import get_logger
-from weir.controller.core.crds import IP_POOL
+from weir.controller.core.crds import IP_POOL, IPPool
 from weir.controller.core.objects import NAMESPACE, SERVICE, Ingress, Service, object_ref
 from weir.controller.core.state import ClusterInputs, ClusterState
 from weir.controller.kube.api import (
@@ -36,24 +37,22 @@ from weir.controller.kube.api import (
     SERVICES,
     ApiError,
     KubeAPI,
+    Resource,
     WriteFailure,
     write,
 )
-from weir.controller.kube.ipam import Allocation, PoolUsage, allocate, handles
+from weir.controller.kube.conditions import condition, now
+from weir.controller.kube.ipam import CONDITION, Allocation, IPAMResult, allocate, handles
+from weir.controller.kube.poolstatus import current_status, desired_status, finalizers_after, news
 
 log = get_logger("weir.allocator")
 
-CONDITION = "weir.dev/IPAllocated"
 EVENT_ALLOCATED = "IPAllocated"
 EVENT_FAILED = "AllocationFailed"
 COMPONENT = "weir-controller"
 WATCHED_KINDS = frozenset((SERVICE, IP_POOL, NAMESPACE))  # the state must keep them
 
 Key = tuple[str, str]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Allocator:
@@ -129,12 +128,10 @@ class Allocator:
         for key, svc in services.items():
             if key not in result.allocations and _our_condition(svc) is not None:
                 writes.append(self._release(svc))
-        for name, usage in result.pools.items():
-            pool = inputs.pools[name]
-            if _pool_status(usage, pool.generation) != {
-                k: pool.status.get(k) for k in _POOL_FIELDS
-            }:
-                writes.append(self._write_pool(name, usage, pool.generation))
+        for pool in inputs.pools.values():
+            pool_write = self._pool_write(pool, result)
+            if pool_write is not None:
+                writes.append(pool_write)
         ok = True
         if writes:
             async with asyncio.TaskGroup() as tg:
@@ -188,7 +185,7 @@ class Allocator:
             return True
         if alloc.ok and tuple(alloc.ips) != tuple(i.ip for i in svc.ingress):
             log.info("allocated", service=f"{ns}/{name}", ips=list(alloc.ips))
-            await self._event(svc.key, obj, "Normal", EVENT_ALLOCATED, f"Assigned {alloc.message}")
+            await self._event(SERVICES, obj, "Normal", EVENT_ALLOCATED, f"Assigned {alloc.message}")
         elif not alloc.ok and (
             old is None or (old.get("reason"), old.get("message")) != (alloc.reason, alloc.message)
         ):
@@ -199,7 +196,7 @@ class Allocator:
                 message=alloc.message,
             )
             await self._event(
-                svc.key, obj, "Warning", EVENT_FAILED, f"{alloc.reason}: {alloc.message}"
+                SERVICES, obj, "Warning", EVENT_FAILED, f"{alloc.reason}: {alloc.message}"
             )
         return True
 
@@ -220,71 +217,86 @@ class Allocator:
             is not None
         )
 
-    async def _write_pool(self, name: str, usage: PoolUsage, generation: int) -> bool:
-        patch = {"status": _pool_status(usage, generation)}
-        return (
-            await self._patch(
-                f"LoadBalancerIPPool {name}",
-                self.api.patch(IP_POOLS, "", name, patch, subresource="status"),
-            )
-            is not None
-        )
+    def _pool_write(self, pool: IPPool, result: IPAMResult) -> Awaitable[bool] | None:
+        """The writes a pool needs this round, if any: its finalizer, then its status."""
+        holders = result.holders.get(pool.name, ())
+        finalizers = finalizers_after(pool, holders)
+        status = None
+        if holders or not pool.deleting:  # else it is going: the API server deletes it
+            kept = result.kept.get(pool.name, ())
+            status = desired_status(pool, result.pools[pool.name], holders, kept)
+            if status == current_status(pool):
+                status = None
+        if finalizers is None and status is None:
+            return None
+        return self._update_pool(pool, finalizers, status)
+
+    async def _update_pool(
+        self, pool: IPPool, finalizers: list[str] | None, status: Mapping[str, Any] | None
+    ) -> bool:
+        if finalizers is not None and not await self._set_finalizers(pool, finalizers):
+            return False
+        return status is None or await self._write_pool(pool, status)
+
+    async def _set_finalizers(self, pool: IPPool, finalizers: list[str]) -> bool:
+        if pool.deleting:
+            log.info("pool no longer in use: its deletion goes on", pool=pool.name)
+        patch = {
+            "metadata": {"resourceVersion": pool.resource_version, "finalizers": finalizers or None}
+        }
+        call = self.api.patch(IP_POOLS, "", pool.name, patch)
+        return await self._patch(f"LoadBalancerIPPool {pool.name}", call) is not None
+
+    async def _write_pool(self, pool: IPPool, status: Mapping[str, Any]) -> bool:
+        call = self.api.patch(IP_POOLS, "", pool.name, {"status": status}, subresource="status")
+        obj = await self._patch(f"LoadBalancerIPPool {pool.name}", call)
+        if obj is None:
+            return False
+        for cond in news(pool, status) if obj else ():
+            message = cond["message"]
+            log.warning("pool condition", pool=pool.name, type=cond["type"], message=message)
+            reason = cond["type"].rpartition("/")[2]
+            await self._event(IP_POOLS, obj, "Warning", reason, message)
+        return True
 
     async def _event(
-        self, key: Key, obj: Mapping[str, Any], kind: str, reason: str, message: str
+        self, res: Resource, obj: Mapping[str, Any], kind: str, reason: str, message: str
     ) -> None:
-        ns, name = key
+        """An Event about obj (as the API answered a write). Events about cluster-scoped
+        objects go to the default namespace, as kubectl looks for them there."""
         meta = obj.get("metadata") or {}
-        now = _now()
+        name = meta.get("name", "")
+        ns = meta.get("namespace") or "default"
+        involved = {
+            "apiVersion": res.api_version,
+            "kind": res.kind,
+            "name": name,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        }
+        if res.namespaced:
+            involved["namespace"] = ns
+        stamp = now()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": ns},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "namespace": ns,
-                "name": name,
-                "uid": meta.get("uid", ""),
-                "resourceVersion": meta.get("resourceVersion", ""),
-            },
+            "involvedObject": involved,
             "type": kind,
             "reason": reason,
             "message": message[:1024],
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
             "reportingInstance": self.instance,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
         try:
             await self.api.create(EVENTS, ns, event)
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:  # best effort
-            log.warning("cannot record event", service=f"{ns}/{name}", reason=reason, error=str(e))
-
-
-_POOL_FIELDS = (
-    "assigned",
-    "assignedIPv4",
-    "assignedIPv6",
-    "availableIPv4",
-    "availableIPv6",
-    "services",
-    "observedGeneration",
-)
-
-
-def _pool_status(usage: PoolUsage, generation: int) -> dict[str, int]:
-    return {
-        "assigned": usage.assigned,
-        "assignedIPv4": usage.assigned_v4,
-        "assignedIPv6": usage.assigned_v6,
-        "availableIPv4": usage.available_v4,
-        "availableIPv6": usage.available_v6,
-        "services": usage.services,
-        "observedGeneration": generation,
-    }
+            what = f"{res.kind} {name}"
+            log.warning("cannot record event", object=what, reason=reason, error=str(e))
 
 
 def _our_condition(svc: Service) -> Mapping[str, Any] | None:
@@ -301,22 +313,16 @@ def _held_addresses(obj: Mapping[str, Any]) -> list[Any]:
 
 
 def _condition(alloc: Allocation, svc: Service, old: Mapping[str, Any] | None) -> dict:
+    # Services carry no generation today; when they do, the condition says which it saw.
     status = "True" if alloc.ok else "False"
-    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    cond = {
-        "type": CONDITION,
-        "status": status,
-        "reason": alloc.reason,
-        "message": alloc.message[:32768],
-        "lastTransitionTime": since or _now(),
-    }
-    if svc.generation:  # Services carry no generation today; when they do, say which we saw
-        cond["observedGeneration"] = svc.generation
-    return cond
+    return condition(CONDITION, status, alloc.reason, alloc.message, old, svc.generation)
 
 
 def _differs(svc: Service, alloc: Allocation) -> bool:
-    if svc.ingress != tuple(Ingress(ip, "VIP") for ip in alloc.ips):
+    # An unset ipMode means VIP: servers before Kubernetes 1.30 drop the field we write.
+    if tuple(Ingress(i.ip, i.ip_mode or "VIP") for i in svc.ingress) != tuple(
+        Ingress(ip, "VIP") for ip in alloc.ips
+    ):
         return True
     old = _our_condition(svc)
     if old is None:

@@ -7,9 +7,12 @@ the addresses Services already hold (status.loadBalancer.ingress) are the alloca
 so a restarted or newly elected controller computes the same answer and no address moves.
 
 Rules, in the order they are applied (each phase takes Services oldest first):
-1. Holders keep what they hold when it is still valid for them: every address in a pool that
-   selects the Service, the requested addresses if it asks for some, its family policy met,
-   and no clash with an older holder.
+1. Holders keep what they hold when it is still valid for them: the requested addresses if
+   they ask for some, their family policy met, and no clash with an older holder. An address
+   must also be in a pool that selects the Service, unless Weir gave it (the Service's
+   weir.dev/IPAllocated condition records it, with its pool): then no pool edit or deletion
+   takes it away. Such an address outside its pool's current spec is kept, and reported on
+   that pool (`kept`) so the operator sees what the edit would have taken.
 2. Services asking for addresses (weir.dev/load-balancer-ips, else the deprecated
    spec.loadBalancerIP) get exactly those, from any pool that selects them (autoAssign
    does not matter), or fail: NoPoolMatches, IPConflict.
@@ -17,6 +20,8 @@ Rules, in the order they are applied (each phase takes Services oldest first):
    selects them and has autoAssign: with a sharing key, first an address already used by
    Services with the same key whose ports do not clash; else the lowest free address.
    Failures: NoPoolMatches (no such pool), PoolExhausted (all full).
+A pool being deleted gives no new addresses; its holders keep theirs (`holders` says who, for
+the finalizer that holds the deletion until none is left).
 Two Services share an address only when both carry the same weir.dev/sharing-key and no
 (port, protocol) of one is a (port, protocol) of the other (TCP 53 and UDP 53 may share).
 avoidBuggyIPs leaves out IPv4 addresses ending in .0 and .255.
@@ -39,6 +44,7 @@ from weir.controller.core.objects import (
 Key = tuple[str, str]  # (namespace, name)
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+CONDITION = "weir.dev/IPAllocated"  # on Services: the allocation and the record of it
 ALLOCATED = "IPAllocated"
 NO_POOL = "NoPoolMatches"
 EXHAUSTED = "PoolExhausted"
@@ -78,6 +84,10 @@ class PoolUsage:
 class IPAMResult:
     allocations: Mapping[Key, Allocation]  # every Service Weir allocates for
     pools: Mapping[str, PoolUsage]
+    # Pool -> the Services ("namespace/name") holding its addresses, sorted.
+    holders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Pool -> held addresses its spec no longer offers, kept: "IP (namespace/name): why".
+    kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def handles(svc: Service, default_class: bool) -> bool:
@@ -116,17 +126,29 @@ def allocate(
         labels = ns_labels.get(svc.namespace)
         return [p for p in table.pools if p.pool.selects(svc.namespace, svc.labels, labels)]
 
+    def giving(svc: Service) -> list[_Pool]:
+        return [p for p in selecting(svc) if not p.pool.deleting]
+
     for svc in ours:  # 1. holders
         alloc = _keep(svc, svc.families, selecting(svc), table)
         if alloc is not None:
             done[svc.key] = alloc
     for svc in ours:  # 2. requested addresses
         if svc.key not in done and (svc.requested_ips or _bad_request(svc)):
-            done[svc.key] = _requested(svc, selecting(svc), table)
+            done[svc.key] = _requested(svc, giving(svc), table)
     for svc in ours:  # 3. automatic
         if svc.key not in done:
-            done[svc.key] = _automatic(svc, svc.families, selecting(svc), table)
-    return IPAMResult(done, table.usage())
+            done[svc.key] = _automatic(svc, svc.families, giving(svc), table)
+    holders: dict[str, set[str]] = {}
+    for alloc in done.values():
+        for name in alloc.pools:
+            holders.setdefault(name, set()).add("/".join(alloc.service))
+    return IPAMResult(
+        done,
+        table.usage(),
+        {name: tuple(sorted(keys)) for name, keys in holders.items()},
+        {name: tuple(notes) for name, notes in table.kept.items()},
+    )
 
 
 # --- the phases -----------------------------------------------------------------------------
@@ -148,8 +170,28 @@ def _keep(
             return None
         if policy.policy == "RequireDualStack" and len(versions) < 2:
             return None
-    alloc = _exact(svc, addrs, pools, table)
-    return alloc if alloc.ok else None
+    given = granted(svc)
+    owners: list[str] = []
+    notes: list[str] = []
+    for a in addrs:
+        if table.clash(a, svc) is not None:
+            return None
+        owner = next((p for p in pools if p.offers(a)), None)
+        if owner is not None:
+            owners.append(owner.pool.name)
+            notes.append("")
+            continue
+        recorded = given.get(str(a))
+        if recorded is None:
+            return None  # not an address Weir gave it: allocate anew
+        name, why = table.outside(a, recorded, pools)
+        owners.append(name)
+        notes.append(why)
+    for a, name, why in zip(addrs, owners, notes, strict=True):
+        table.claim(a, svc)
+        if why:
+            table.note(name, f"{a} ({svc.namespace}/{svc.name}): {why}")
+    return _ok(svc, addrs, owners, notes)
 
 
 def _requested(svc: Service, pools: list[_Pool], table: _Claims) -> Allocation:
@@ -182,7 +224,7 @@ def _exact(svc: Service, addrs: list[IPAddr], pools: list[_Pool], table: _Claims
         owners.append(owner)
     for a in addrs:
         table.claim(a, svc)
-    return _ok(svc, addrs, owners)
+    return _ok(svc, addrs, [p.pool.name for p in owners])
 
 
 def _automatic(
@@ -215,14 +257,33 @@ def _automatic(
         return _fail(svc, reason, message)
     for a, _ in got:
         table.claim(a, svc)
-    return _ok(svc, [a for a, _ in got], [p for _, p in got])
+    return _ok(svc, [a for a, _ in got], [p.pool.name for _, p in got])
 
 
-def _ok(svc: Service, addrs: list[IPAddr], owners: list[_Pool]) -> Allocation:
+def _ok(
+    svc: Service, addrs: list[IPAddr], pools: list[str], notes: list[str] | None = None
+) -> Allocation:
+    """Success; the message is also the record granted() reads back: one "IP from pool NAME"
+    clause per address, joined by ", ", each with " (kept: why)" when held outside its pool."""
     ips = tuple(str(a) for a in addrs)
-    names = tuple(p.pool.name for p in owners)
-    detail = ", ".join(f"{ip} from pool {n}" for ip, n in zip(ips, names, strict=True))
-    return Allocation(svc.key, ips, ALLOCATED, detail, names)
+    clauses = [
+        f"{ip} from pool {n}" + (f" (kept: {note})" if note else "")
+        for ip, n, note in zip(ips, pools, notes or [""] * len(ips), strict=True)
+    ]
+    return Allocation(svc.key, ips, ALLOCATED, ", ".join(clauses), tuple(pools))
+
+
+def granted(svc: Service) -> dict[str, str]:
+    """The addresses Weir gave svc, each with its pool, as its IPAllocated condition says."""
+    cond = next((c for c in svc.conditions if c.get("type") == CONDITION), None)
+    if cond is None or cond.get("status") != "True" or cond.get("reason") != ALLOCATED:
+        return {}
+    out: dict[str, str] = {}
+    for clause in str(cond.get("message", "")).split(", "):
+        words = clause.split()
+        if len(words) >= 4 and words[1:3] == ["from", "pool"]:
+            out[words[0]] = words[3]
+    return out
 
 
 def _fail(svc: Service, reason: str, message: str) -> Allocation:
@@ -276,9 +337,11 @@ class _Pool:
         return self.pool.avoid_buggy_ips and version == 4 and n % 256 in (0, 255)
 
     def offers(self, addr: IPAddr) -> bool:
+        return not self.buggy(addr.version, int(addr)) and self.spans(addr)
+
+    def spans(self, addr: IPAddr) -> bool:
+        """addr is in the pool's cidrs or ranges (avoidBuggyIPs aside)."""
         n = int(addr)
-        if self.buggy(addr.version, n):
-            return False
         return any(lo <= n <= hi for lo, hi in self.intervals[addr.version])
 
     def size(self, version: int) -> int:
@@ -297,6 +360,7 @@ class _Claims:
         self.pools = pools
         self.holders: dict[IPAddr, list[Service]] = {}
         self.reserved: dict[IPAddr, str] = {}
+        self.kept: dict[str, list[str]] = {}  # pool -> notes on addresses kept outside it
         # Claims only grow during a run, so each interval's lowest free address only moves up.
         self._cursor: dict[tuple[str, int, int], int] = {}
 
@@ -311,6 +375,25 @@ class _Claims:
 
     def claim(self, addr: IPAddr, svc: Service) -> None:
         self.holders.setdefault(addr, []).append(svc)
+
+    def outside(self, addr: IPAddr, recorded: str, selecting: list[_Pool]) -> tuple[str, str]:
+        """(pool, why) for an address Weir gave from pool `recorded` that no pool selecting
+        its Service offers now: the pool it is charged to, and what changed."""
+        by_name = {p.pool.name: p for p in self.pools}
+        pool = by_name.get(recorded) or next((p for p in self.pools if p.spans(addr)), None)
+        if pool is None:
+            return recorded, "its pool is gone"
+        if not pool.spans(addr):
+            return pool.pool.name, "not in the pool's cidrs or ranges"
+        if pool.buggy(addr.version, int(addr)):
+            return pool.pool.name, "left out by the pool's avoidBuggyIPs"
+        if pool not in selecting:
+            return pool.pool.name, "the pool's selectors no longer select the Service"
+        return pool.pool.name, "the pool no longer offers it"
+
+    def note(self, pool: str, note: str) -> None:
+        if any(p.pool.name == pool for p in self.pools):
+            self.kept.setdefault(pool, []).append(note)
 
     def shared_address(
         self, svc: Service, pools: list[_Pool], version: int

@@ -66,6 +66,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "removes other replicas' entries older than 3 times this",
     )
     g.add_argument(
+        "--watch-quiet-timeout",
+        type=float,
+        default=120.0,
+        help="seconds without any event or bookmark after which a watch is taken for dead "
+        "and its kind relisted (the API server sends a bookmark about every minute)",
+    )
+    g.add_argument(
         "--health-listen",
         default="",
         help="plaintext grpc.health.v1 for the kubelet's probes on host:port (off when empty): "
@@ -80,7 +87,9 @@ class KubernetesParts:
     def __init__(self, args: argparse.Namespace, api: KubeAPI) -> None:
         self.args = args
         self.api = api
-        self.source = KubernetesSource(api, args.secrets_namespace)
+        self.source = KubernetesSource(
+            api, args.secrets_namespace, quiet_after=args.watch_quiet_timeout
+        )
         self.drainer = AnnotationDrainer(api)
         self.identity = args.identity or default_identity()
         self.lease: LeaseConfig | None = None

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from weir.common.logs import get_logger
 from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.plane.server import bind
 
 log = get_logger("weir.health")
 
@@ -24,10 +25,10 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 async def serve_health(listen: str, store: SnapshotStore) -> None:
     """Serve until cancelled."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    port = server.add_insecure_port(listen)
+    port = bind(server, listen, None)
     await checker.set(LIVENESS, SERVING)
     await checker.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

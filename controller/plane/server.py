@@ -53,7 +53,22 @@ SERVER_OPTIONS = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_send_message_length", 512 * 1024 * 1024),
+    # gRPC sets SO_REUSEPORT by default: a second controller on the same address would then
+    # bind without an error and take half of the agents.
+    ("grpc.so_reuseport", 0),
 )
+
+
+def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Add the listening port (of a server made with SO_REUSEPORT off); the port number.
+
+    Raises OSError when the address cannot be bound, such as when another process has it."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, credentials)
+    except RuntimeError as e:  # how grpc says that binding failed
+        raise OSError(f"cannot listen on {listen}: the address is in use or not local") from e
 
 
 def _passthrough(message: bytes) -> bytes:
@@ -119,10 +134,7 @@ async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    if tls is None:
-        port = server.add_insecure_port(listen)
-    else:
-        port = server.add_secure_port(listen, tls.credentials())
+    port = bind(server, listen, None if tls is None else tls.credentials())
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await checker.set(name, not_serving)

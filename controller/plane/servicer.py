@@ -3,7 +3,19 @@
 Each agent stream has a reader (acks, status) and a sender. The sender keeps at most one
 version in flight per agent and, once it is acked, sends whatever is latest then: a slow
 agent skips the versions it missed with one delta and never holds up the others, and no
-queue grows. A nack with `error` makes the next message a full snapshot.
+queue grows. A nack with `error` makes the next message a full snapshot. Only an ack of the
+version in flight counts: an ack of version 0 or of a version never sent is ignored.
+
+What a slow reader can pin is bounded. Messages are built from the store's parts (the services
+part is one bytes object shared by every stream) only once the message fits in the send
+budget (`send_budget` bytes of messages being written at once, whatever their number; one
+larger message goes alone), nothing is kept once written, and an agent that does not take a
+message within `write_timeout` seconds loses its stream (it reconnects).
+
+What agents send is bounded too (controller/plane/records.py): node names must be DNS-1123
+subdomains, strings are clipped, lists cut, at most `max_agents` agents are kept (connected
+and disconnected: the oldest disconnected go first; a Hello beyond that many connected agents
+is refused), and log lines an agent can cause are rate-limited per node.
 
 Under TLS the identity in the client certificate (its DNS SANs, else its CN) must name the
 node the Hello asks for.
@@ -29,12 +41,20 @@ from typing import NoReturn
 import grpc
 from prometheus_client import Gauge
 from weir.common.aio import Generation
-from weir.common.logs import get_logger
+from weir.common.logs import RateLimit, clip, get_logger
 from weir.common.pb import ACCEPTED_KEY, pb
+from weir.controller.core.parsing import DNS_SUBDOMAIN
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.views import node_bgp
 from weir.controller.metrics import Metrics
+from weir.controller.plane.budget import ByteBudget
 from weir.controller.plane.drain import Drainer, DrainError
+from weir.controller.plane.records import (
+    ERROR_CHARS,
+    SHORT_CHARS,
+    bounded_errors,
+    bounded_status,
+)
 
 log = get_logger("weir.plane")
 
@@ -88,7 +108,9 @@ class NodePlane:
         errors: Callable[[], Sequence[pb.ObjectError]] = tuple,
         metrics: Metrics | None = None,
         hello_timeout: float = 30.0,
-        max_disconnected: int = 4096,
+        max_agents: int = 1024,
+        send_budget: int = 512 * 2**20,
+        write_timeout: float = 60.0,
         drainer: Drainer | None = None,
         drain_timeout: float = 10.0,
         operators: Iterable[str] = (),
@@ -97,7 +119,10 @@ class NodePlane:
         self._errors = errors
         self.metrics = metrics or Metrics()
         self._hello_timeout = hello_timeout
-        self._max_disconnected = max_disconnected
+        self._max_agents = max_agents
+        self.send_budget = ByteBudget(send_budget)
+        self._write_timeout = write_timeout
+        self._log_limit = RateLimit()
         self._drainer = drainer
         self._drain_timeout = drain_timeout
         self._operators = frozenset(operators)
@@ -187,12 +212,17 @@ class NodePlane:
             await self._refuse(
                 context, "hello", grpc.StatusCode.INVALID_ARGUMENT, "Hello.node is empty"
             )
+        problem = DNS_SUBDOMAIN.problem(hello.node)
+        if problem is not None:
+            await self._refuse(
+                context, "hello", grpc.StatusCode.INVALID_ARGUMENT, f"Hello.node: {problem}"
+            )
         names = peer_names(context)
         if names is not None and hello.node not in names:
-            log.warning(
+            self._log_agent(
                 "agent refused: certificate names another node",
-                node=hello.node,
-                certificate=sorted(names),
+                hello.node,
+                certificate=sorted(clip(n, SHORT_CHARS) for n in names)[:8],
                 peer=context.peer(),
             )
             await self._refuse(
@@ -204,6 +234,13 @@ class NodePlane:
         if self._closing:
             await self._refuse(
                 context, "shutdown", grpc.StatusCode.UNAVAILABLE, "controller shutting down"
+            )
+        if hello.node not in self._sessions and len(self._sessions) >= self._max_agents:
+            await self._refuse(
+                context,
+                "capacity",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"already {len(self._sessions)} agents connected, the most this controller takes",
             )
         return hello
 
@@ -222,7 +259,7 @@ class NodePlane:
             old.stop("replaced by a newer stream from the same node")
         info = pb.AgentInfo(
             node=node,
-            agent_version=hello.agent_version,
+            agent_version=clip(hello.agent_version, SHORT_CHARS),
             peer=peer,
             connected_unix=int(time.time()),
             connected=True,
@@ -237,21 +274,24 @@ class NodePlane:
         self._sessions[node] = session
         self._agents.pop(node, None)
         self._agents[node] = info
-        while len(self._agents) - len(self._sessions) > self._max_disconnected:
-            oldest = next(n for n in self._agents if n not in self._sessions)
+        while len(self._agents) > self._max_agents:
+            oldest = next((n for n in self._agents if n not in self._sessions), None)
+            if oldest is None:
+                break  # all connected: _accept keeps them within max_agents
             del self._agents[oldest]
             self.metrics.agent_lag.remove(oldest)
             self._lag_gauges.pop(oldest, None)
         self.metrics.connected_agents.set(len(self._sessions))
         self._acked_changed(info)
         session.wake.set()
-        log.info(
+        self._log_agent(
             "agent connected",
-            node=node,
+            node,
+            level="info",
             peer=peer,
             applied=version,
             delta=not session.need_full,
-            agent_version=hello.agent_version,
+            agent_version=info.agent_version,
         )
         return session
 
@@ -262,7 +302,9 @@ class NodePlane:
             del self._sessions[node]
         self.metrics.connected_agents.set(len(self._sessions))
         self._changes.bump()
-        log.info("agent disconnected", node=node, reason=session.end_reason or "stream ended")
+        self._log_agent(
+            "agent disconnected", node, level="info", reason=session.end_reason or "stream ended"
+        )
 
     async def _read(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
         while True:
@@ -274,47 +316,60 @@ class NodePlane:
             if kind == "ack":
                 self._on_ack(session, msg.ack)
             elif kind == "status":
-                session.info.status.CopyFrom(msg.status)
+                session.info.status.CopyFrom(bounded_status(msg.status))
                 self._changes.bump()
             else:
-                log.warning("unexpected message on agent stream", node=session.info.node, kind=kind)
+                self._log_agent("unexpected message on agent stream", session.info.node, kind=kind)
 
     def _on_ack(self, session: _Session, ack: pb.Ack) -> None:
         info = session.info
-        if ack.version != session.in_flight:
-            log.warning(
-                "ack for a version not in flight",
-                node=info.node,
+        if not session.in_flight or ack.version != session.in_flight:
+            self._log_agent(
+                "ack for a version not in flight; ignored",
+                info.node,
                 version=ack.version,
                 in_flight=session.in_flight,
             )
             return
         session.in_flight = 0
         self.metrics.ack_seconds.observe(time.monotonic() - session.sent_at)
+        errors = bounded_errors(ack.service_errors)
         del info.service_errors[:]
-        info.service_errors.extend(ack.service_errors)
-        info.error = ack.error
+        info.service_errors.extend(errors)
+        info.error = clip(ack.error, ERROR_CHARS)
         if ack.error:
             # The agent could not apply the version at all: start it over from scratch.
             session.need_full = True
             self.metrics.acks.labels("error").inc()
-            log.warning(
-                "agent failed a version", node=info.node, version=ack.version, error=ack.error
+            self._log_agent(
+                "agent failed a version", info.node, version=ack.version, error=info.error
             )
         else:
             info.acked_version = ack.version
             result = "service_errors" if ack.service_errors else "ok"
             self.metrics.acks.labels(result).inc()
             if ack.service_errors:
-                log.warning(
+                self._log_agent(
                     "agent could not apply some services",
-                    node=info.node,
+                    info.node,
                     version=ack.version,
-                    errors={e.service_id: e.message for e in ack.service_errors},
+                    errors={e.service_id: e.message for e in errors[:8]},
+                    count=len(ack.service_errors),
                 )
         self._acked_changed(info)
         if session.need_full or info.sent_version != self.store.version:
             session.wake.set()
+
+    def _log_agent(
+        self, event: str, node: str, *, level: str = "warning", **fields: object
+    ) -> None:
+        """A log line an agent's behaviour causes, at most a few per minute per node and event."""
+        dropped = self._log_limit((event, node))
+        if dropped is None:
+            return
+        if dropped:
+            fields["suppressed"] = dropped
+        getattr(log, level)(event, node=node, **fields)
 
     def _acked_changed(self, info: pb.AgentInfo) -> None:
         self._lag(info.node).set(self.store.version - info.acked_version)
@@ -336,13 +391,31 @@ class NodePlane:
             if not session.need_full and info.sent_version == latest:
                 continue
             base = 0 if session.need_full else info.sent_version
-            version, data, full = self.store.message(info.node, base)
+            version, parts, full = self.store.message_parts(info.node, base)
             session.in_flight = version
             session.sent_at = time.monotonic()
             session.need_full = False
             info.sent_version = version
-            await context.write(data)
+            written = await self._write(context, parts)
+            del parts  # an older version's parts must not stay alive with an idle stream
+            if not written:
+                session.stop(
+                    f"the agent did not take version {version} within {self._write_timeout} s"
+                )
+                return
             log.debug("sent", node=info.node, version=version, base=base, full=full)
+
+    async def _write(self, context: grpc.aio.ServicerContext, parts: list[bytes]) -> bool:
+        """Write one message once it fits in the send budget; False when the agent did not
+        take it in time. The joined message lives only while it is written."""
+        async with self.send_budget.hold(sum(map(len, parts))):
+            data = b"".join(parts)
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await context.write(data)
+            except TimeoutError:
+                return False
+        return True
 
     # --- inspection ---------------------------------------------------------------------
 
@@ -361,13 +434,20 @@ class NodePlane:
     async def GetNodeSnapshot(
         self, request: pb.GetNodeSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.Snapshot:
-        if not request.node:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        await self._check_node(request.node, context)
         if self.store.version == 0:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no snapshot published yet")
         snap = self.store.node_snapshot(request.node)
         redact(snap.bgp)
         return snap
+
+    async def _check_node(self, node: str, context: grpc.aio.ServicerContext) -> None:
+        """Abort with INVALID_ARGUMENT unless node is a node name (a DNS-1123 subdomain)."""
+        if not node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        problem = DNS_SUBDOMAIN.problem(node)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node: {problem}")
 
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
@@ -392,8 +472,7 @@ class NodePlane:
         await self._require_operator(context, "SetNodeDrain")
         if self._drainer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller cannot drain")
-        if not request.node:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        await self._check_node(request.node, context)
         try:
             await self._drainer.set(request.node, request.drain)
         except DrainError as e:

@@ -6,6 +6,12 @@ to `sink.upsert` / `sink.delete` and remembering the resourceVersion of every ev
 bookmark. When the server ends a watch, watch again from there. When the resourceVersion is
 too old (410 Gone, as an ERROR event or as an HTTP status), relist: the state compares the
 relist with what it has, so a relist that changes nothing makes no new snapshot version.
+
+A watch that goes quiet (no event and no bookmark for `quiet_after` seconds, while the API
+server sends a bookmark about every minute) is taken for dead: a load balancer or a network
+that stopped forwarding without closing the connection. Its connection is dropped and the
+kind relisted, so the controller is blind for that long at most, not until the watch's own
+timeout (five to ten minutes).
 Other failures (server down, 5xx, 429, broken streams, garbage) back off with jitter and
 retry, while the state keeps the last good objects, so the controller keeps serving them. A
 kind that cannot be listed is reported through the sink's source errors (weirctl errors).
@@ -100,6 +106,7 @@ class KubernetesSource:
         *,
         page_size: int = 500,
         watch_timeout: tuple[int, int] = (300, 600),
+        quiet_after: float = 120.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         watched: Sequence[Watched] | None = None,
@@ -107,6 +114,7 @@ class KubernetesSource:
         self.api = api
         self.page_size = page_size
         self.watch_timeout = watch_timeout
+        self.quiet_after = quiet_after
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         if watched is None:
             watched = (
@@ -203,29 +211,51 @@ class KubernetesSource:
 
     async def _watch(self, r: _Reflector, sink: StateSink) -> int:
         """Watch from r.rv until the server ends the stream, moving r.rv along with every
-        event and bookmark; -> the number of events seen."""
+        event and bookmark; -> the number of events seen. A watch gone quiet ends with r.rv
+        cleared (relist)."""
         res = r.watched.resource
         timeout = random.randint(*self.watch_timeout)
-        resp = await self.api.watch(res, r.watched.namespace, r.rv, timeout)
+        loop = asyncio.get_running_loop()
         events = 0
+        resp: aiohttp.ClientResponse | None = None
         try:
-            while (event := await read_event(resp)) is not None:
-                etype, obj = event.get("type"), event["object"]
-                if etype == "ERROR":
-                    raise ApiError(
-                        int(obj.get("code") or 500), obj.get("reason", ""), obj.get("message", "")
-                    )
-                meta = obj.get("metadata") or {}
-                events += 1
-                if etype in ("ADDED", "MODIFIED"):
-                    sink.upsert(res.typed(obj))
-                elif etype == "DELETED":
-                    sink.delete(res.kind, meta.get("namespace") or "", meta.get("name") or "")
-                elif etype != "BOOKMARK":
-                    log.warning("unknown watch event type", kind=res.kind, type=etype)
-                r.rv = str(meta.get("resourceVersion") or r.rv)
+            async with asyncio.timeout(self.quiet_after) as quiet:
+                resp = await self.api.watch(res, r.watched.namespace, r.rv, timeout)
+                while True:
+                    quiet.reschedule(loop.time() + self.quiet_after)
+                    event = await read_event(resp)
+                    if event is None:
+                        break
+                    etype, obj = event.get("type"), event["object"]
+                    if etype == "ERROR":
+                        raise ApiError(
+                            int(obj.get("code") or 500),
+                            obj.get("reason", ""),
+                            obj.get("message", ""),
+                        )
+                    meta = obj.get("metadata") or {}
+                    events += 1
+                    if etype in ("ADDED", "MODIFIED"):
+                        sink.upsert(res.typed(obj))
+                    elif etype == "DELETED":
+                        sink.delete(res.kind, meta.get("namespace") or "", meta.get("name") or "")
+                    elif etype != "BOOKMARK":
+                        log.warning("unknown watch event type", kind=res.kind, type=etype)
+                    r.rv = str(meta.get("resourceVersion") or r.rv)
+        except TimeoutError:
+            if not quiet.expired():
+                raise  # the client's own timeouts: a failure as any other
+            log.warning(
+                "watch gone quiet: no event or bookmark; relisting",
+                kind=res.kind,
+                seconds=self.quiet_after,
+            )
+            if resp is not None:
+                resp.close()  # the connection is dead: never reuse it
+            r.rv = ""
         finally:
-            resp.release()
+            if resp is not None:
+                resp.release()
         return events
 
 

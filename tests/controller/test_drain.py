@@ -5,22 +5,18 @@ report."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from weir.common.pb import pb
 from weir.controller.core.reduce import reduce
-from weir.lab.processes import ControllerOptions
 from weir.nodeagent.controller_client import ControllerClient, Update
 
+from tests.controller.controller_proc import BIN, Controller, running_controller
 from tests.controller.reduce_support import FILES, node, peer, run, state_of
-from tests.controller.test_plane_command import Controller, free_port
 
 pytestmark = pytest.mark.timeout(90)
-
-BIN = Path(sys.executable).parent
 
 
 def drained(result_nodes: list[pb.NodeBGP]) -> dict[str, bool]:
@@ -72,19 +68,8 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str]]:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "nodes.yaml").write_text(MANIFESTS)
-    opts = ControllerOptions(manifests=manifests, listen=f"127.0.0.1:{free_port()}", debounce_ms=20)
-    proc = await asyncio.create_subprocess_exec(*opts.argv(), stderr=asyncio.subprocess.PIPE)
-    ctl = Controller(proc)
-    try:
-        async with asyncio.timeout(30):
-            listening = await ctl.wait_log("gRPC server listening")
-            await ctl.wait_log("snapshot published", version=1)
-        yield ctl, f"127.0.0.1:{listening['port']}"
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        ctl._reader.cancel()
+    async with running_controller(manifests) as running:
+        yield running
 
 
 async def weirctl(target: str, *args: str) -> tuple[int, str, str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,11 +15,15 @@ from weir.ctl.controller_cmds import format_agents, format_errors
 from weir.lab.processes import ControllerOptions
 from weir.nodeagent.controller_client import ControllerClient
 
+from tests.controller.controller_proc import (
+    Controller,
+    free_port,
+    running_controller,
+    weirctl,
+)
 from tests.controller.plane_support import Recorder
 
 pytestmark = pytest.mark.timeout(90)
-
-BIN = Path(sys.executable).parent
 
 SERVICE = """
 apiVersion: v1
@@ -75,45 +77,6 @@ def write_slice(directory: Path, ips: list[str]) -> None:
     tmp.replace(directory / "slice.yaml")  # atomic: the poller never sees half a file
 
 
-class Controller:
-    """A weir-controller process; its JSON log lines are parsed as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.metrics = ""  # host:port of its /metrics
-        self.lines: list[dict] = []
-        self._new_line = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            try:
-                self.lines.append(json.loads(raw))
-            except ValueError:
-                self.lines.append({"event": raw.decode(errors="replace").rstrip()})
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_log(self, event: str, **fields: object) -> dict:
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
-                    return line
-            seen = len(self.lines)
-            if self._reader.done():
-                raise AssertionError(f"controller exited before logging {event!r}: {self.lines}")
-            self._new_line.clear()
-            await self._new_line.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str, Path]]:
     manifests = tmp_path / "manifests"
@@ -123,47 +86,19 @@ async def controller(tmp_path: Path) -> AsyncIterator[tuple[Controller, str, Pat
     write_slice(manifests, ["10.10.0.11"])
     (manifests / "broken.yaml").write_text("kind: Service\nmetadata: [unclosed\n")
     metrics = f"127.0.0.1:{free_port()}"
-    opts = ControllerOptions(
-        manifests=manifests,
-        listen="127.0.0.1:0",
-        debounce_ms=20,
+    async with running_controller(
+        manifests,
         metrics_listen=metrics,
         lb_node_selector="role in (balancer)",
         encap_port=7000,
-    )
-    proc = await asyncio.create_subprocess_exec(*opts.argv(), stderr=asyncio.subprocess.PIPE)
-    ctl = Controller(proc)
-    ctl.metrics = metrics
-    try:
-        async with asyncio.timeout(30):
-            listening = await ctl.wait_log("gRPC server listening")
-            await ctl.wait_log("snapshot published", version=1)
-        yield ctl, f"127.0.0.1:{listening['port']}", manifests
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        ctl._reader.cancel()
+    ) as (ctl, target):
+        ctl.metrics = metrics
+        yield ctl, target, manifests
 
 
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read().decode()
-
-
-async def weirctl(target: str, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "weirctl"),
-        "--controller",
-        target,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def test_controller_serves_the_manifests_and_weirctl_shows_them(

@@ -155,6 +155,7 @@ def test_vips_from_status_or_annotation() -> None:
 
 
 def test_conflicting_frontends_oldest_wins() -> None:
+    shared = {"weir.dev/sharing-key": "web"}  # one VIP: Services may share it with one key
     objs = [
         service(
             "young",
@@ -162,8 +163,9 @@ def test_conflicting_frontends_oldest_wins() -> None:
             ips=["192.0.2.1"],
             created="2024-02-01T00:00:00Z",
             ports=[("http", 80, "TCP"), ("alt", 8080, "TCP")],
+            annotations=shared,
         ),
-        service("old", "z", ips=["192.0.2.1"], created="2024-01-01T00:00:00Z"),
+        service("old", "z", ips=["192.0.2.1"], created="2024-01-01T00:00:00Z", annotations=shared),
         endpoint_slice(
             "young-1",
             "young",
@@ -173,7 +175,7 @@ def test_conflicting_frontends_oldest_wins() -> None:
         ),
         endpoint_slice("old-1", "old", ["10.0.0.2"], ns="z"),
         # Same VIP and port, other protocol: no conflict (TCP and UDP may share).
-        service("udp", "b", ips=["192.0.2.1"], ports=[("http", 80, "UDP")]),
+        service("udp", "b", ips=["192.0.2.1"], ports=[("http", 80, "UDP")], annotations=shared),
     ]
     result = run(objs)
     by_id = {s.id: s for s in result.cluster.services}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from .fakeapi import FakeKubeAPI
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy" / "base" / "crds"
 NAMESPACE = "weir-system"
+OLDEST_SUPPORTED = (1, 24)  # the oldest Kubernetes Weir supports (docs/OPERATING.md)
 
 
 def install_weir(fake: FakeKubeAPI) -> None:
@@ -27,15 +29,37 @@ def install_weir(fake: FakeKubeAPI) -> None:
     fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeKubeAPI]:
-    api = FakeKubeAPI(bookmark_interval=0.2)
+@contextlib.asynccontextmanager
+async def serving(**options: object) -> AsyncIterator[FakeKubeAPI]:
+    """A started fake API server with Weir installed (options: FakeKubeAPI's)."""
+    api = FakeKubeAPI(bookmark_interval=0.2, **options)
     install_weir(api)
     await api.start()
     try:
         yield api
     finally:
         await api.close()
+
+
+@contextlib.asynccontextmanager
+async def client_of(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    async with client.ApiClient(cfg) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeKubeAPI]:
+    async with serving() as api:
+        yield api
+
+
+@pytest.fixture
+async def oldest_fake() -> AsyncIterator[FakeKubeAPI]:
+    """The fake as the oldest Kubernetes Weir supports (no Service ipMode, for one)."""
+    async with serving(version=OLDEST_SUPPORTED) as api:
+        yield api
 
 
 @pytest.fixture
@@ -45,9 +69,7 @@ def kubeconfig(fake: FakeKubeAPI, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
-    cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
-    async with client.ApiClient(cfg) as api_client:
+    async with client_of(kubeconfig) as api_client:
         yield api_client
 
 

@@ -22,7 +22,12 @@ kubeconfig, and follows the API server's rules rather than any client's expectat
 - CustomResourceDefinitions registered through the API serve their resources with pruning,
   defaulting and validation from the OpenAPI v3 schema (see fakeapi_schema);
 - discovery (/api, /apis, /version), bearer-token authentication, an optional authorizer
-  (403), and a record of every request as RBAC attributes for RBAC tests.
+  (403), and a record of every request as RBAC attributes for RBAC tests;
+- a Kubernetes version (1.32 by default) that decides what is served where versions differ:
+  before 1.30, Service status.loadBalancer.ingress[].ipMode is dropped;
+- the strictness of the real strategies: a Lease update needs its resourceVersion, a Service
+  that stops being a LoadBalancer loses its status.loadBalancer, and deleting a CRD deletes
+  its resources first (DELETED events; finalizers hold it), then ends their watches.
 
 Label and field selectors and resourceVersionMatch=Exact are refused with 400 rather than
 ignored, so no test can silently rely on them.
@@ -47,7 +52,7 @@ from weir.common.aio import Generation
 from .fakeapi_certs import FakeTLS, fake_tls
 from .fakeapi_http import ApiServer, RequestRecord
 from .fakeapi_store import Store
-from .fakeapi_types import Obj
+from .fakeapi_types import DEFAULT_VERSION, Obj
 from .fakeapi_watch import Watches
 
 
@@ -60,10 +65,11 @@ class FakeKubeAPI:
         gone_as_http: bool = False,
         max_watch_seconds: float = 1800.0,
         tls: bool = True,
+        version: tuple[int, int] = DEFAULT_VERSION,
     ) -> None:
         # Bumped on every request, write, and watch start or end: what wait_until waits on.
         self._activity = Generation()
-        self.store = Store(self._activity, history_limit=history_limit)
+        self.store = Store(self._activity, history_limit=history_limit, version=version)
         self.watches = Watches(
             self.store,
             self._activity,

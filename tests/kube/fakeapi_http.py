@@ -173,10 +173,16 @@ class ApiServer:
 
     def _discovery(self, parts: list[str]) -> Obj | None:
         if parts == ["version"]:
+            major, minor = self.store.version
             return {
-                "major": "1",
-                "minor": "32",
-                "gitVersion": "v1.32.0-weir-fake",
+                "major": str(major),
+                "minor": str(minor),
+                "gitVersion": f"v{major}.{minor}.0-weir-fake",
+                "gitCommit": "0" * 40,
+                "gitTreeState": "clean",
+                "buildDate": "2025-01-01T00:00:00Z",
+                "goVersion": "go1.23",
+                "compiler": "gc",
                 "platform": "linux/amd64",
             }
         if parts == ["api"]:

@@ -20,9 +20,18 @@ from weir.common.aio import Generation
 
 from .fakeapi_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .fakeapi_schema import apply_defaults, prune_resource, validate
-from .fakeapi_types import FakeAllocators, Obj, ResourceType, builtin_types, crd_types
+from .fakeapi_types import (
+    DEFAULT_VERSION,
+    FakeAllocators,
+    Obj,
+    ResourceType,
+    builtin_types,
+    crd_types,
+)
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+CRD = "CustomResourceDefinition"
+CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"  # the real server's finalizer
 
 Event = tuple[int, tuple[str, str], str, Obj]  # (resourceVersion, type key, type, object)
 Listener = Callable[[ResourceType, str, Obj], None]  # (type, event type, object)
@@ -55,10 +64,24 @@ def now() -> str:
 
 class Store:
     """Objects by type, the resourceVersion of the last write (rv), and the retained history
-    of events; watches before `compacted` are gone. Listeners hear every event."""
+    of events; watches before `compacted` are gone. Listeners hear every event.
 
-    def __init__(self, activity: Generation, *, history_limit: int = 1000) -> None:
+    version: the Kubernetes (major, minor) it simulates, where that changes what it serves.
+
+    Deleting a CustomResourceDefinition deletes its resources first, as the real server's
+    finalizer does (DELETED events, or a deletionTimestamp on those with finalizers); the CRD
+    stays, terminating, until the last is gone, and its resources cannot be created then.
+    """
+
+    def __init__(
+        self,
+        activity: Generation,
+        *,
+        history_limit: int = 1000,
+        version: tuple[int, int] = DEFAULT_VERSION,
+    ) -> None:
         self.history_limit = history_limit
+        self.version = version
         self.types: dict[tuple[str, str, str], ResourceType] = {}  # group, version, plural
         self.objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
         self.rv = 0
@@ -67,7 +90,8 @@ class Store:
         self._activity = activity
         self._listeners: list[Listener] = []
         self._alloc = FakeAllocators()
-        for t in builtin_types():
+        self._crd_of: dict[tuple[str, str], str] = {}  # custom type key -> its CRD's name
+        for t in builtin_types(version):
             self.register(t)
         namespaces = self.type_for("v1", "Namespace")
         for ns in DEFAULT_NAMESPACES:
@@ -122,14 +146,41 @@ class Store:
         for listener in self._listeners:
             listener(rtype, etype, event_obj)
         self._activity.bump()
-        if etype == "ADDED" and rtype.kind == "CustomResourceDefinition":
+        if etype == "ADDED" and rtype.kind == CRD:
             for t in crd_types(obj):
                 self.register(t)
-        if etype == "DELETED" and rtype.kind == "CustomResourceDefinition":
+                self._crd_of[t.key] = meta["name"]
+        if etype == "DELETED" and rtype.kind == CRD:
             for t in crd_types(obj):
                 self.types.pop((t.group, t.version, t.plural), None)
                 self.objects.pop(t.key, None)
+                self._crd_of.pop(t.key, None)
+        if etype == "DELETED" and rtype.key in self._crd_of:
+            self._finish_crd_deletion(self._crd_of[rtype.key])
         return copy.deepcopy(obj)
+
+    def _crd(self, name: str) -> tuple[ResourceType, Obj] | None:
+        crds = self.type_for("apiextensions.k8s.io/v1", CRD)
+        obj = self.objects[crds.key].get(("", name))
+        return None if obj is None else (crds, obj)
+
+    def _terminating(self, rtype: ResourceType) -> bool:
+        name = self._crd_of.get(rtype.key)
+        found = self._crd(name) if name else None
+        return found is not None and bool(found[1]["metadata"].get("deletionTimestamp"))
+
+    def _finish_crd_deletion(self, name: str) -> None:
+        """Remove a terminating CRD once none of its resources is left."""
+        found = self._crd(name)
+        if found is None or not found[1]["metadata"].get("deletionTimestamp"):
+            return
+        keys = [key for key, crd in self._crd_of.items() if crd == name]
+        if any(self.objects.get(key) for key in keys):
+            return
+        crds, obj = found
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["finalizers"] = []
+        self._commit(crds, "DELETED", obj)
 
     def _check_body(self, rtype: ResourceType, body: Any, namespace: str) -> Obj:
         if not isinstance(body, Mapping):
@@ -187,6 +238,12 @@ class Store:
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if rtype.namespaced and ("", namespace) not in self.objects[("", "namespaces")]:
             raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        if self._terminating(rtype):
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "create not allowed while custom resource definition is terminating",
+            )
         key = (namespace if rtype.namespaced else "", meta["name"])
         if key in self.objects[rtype.key]:
             raise ApiError(409, "AlreadyExists", f'{rtype.plural} "{meta["name"]}" already exists')
@@ -329,6 +386,8 @@ class Store:
         ):
             raise ApiError(409, "Conflict", "Precondition failed: resourceVersion mismatch")
         obj = copy.deepcopy(old)
+        if rtype.kind == CRD:
+            return self._delete_crd(rtype, obj)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = now()
@@ -340,6 +399,24 @@ class Store:
                     if ns == name:
                         self._commit(t, "DELETED", copy.deepcopy(o))
         return self._commit(rtype, "DELETED", obj)
+
+    def _delete_crd(self, crds: ResourceType, obj: Obj) -> Obj:
+        """Mark the CRD terminating, delete its resources, and remove it once they are gone."""
+        name = obj["metadata"]["name"]
+        if not obj["metadata"].get("deletionTimestamp"):
+            obj["metadata"]["deletionTimestamp"] = now()
+            obj["metadata"]["finalizers"] = [CRD_CLEANUP]
+            obj = self._commit(crds, "MODIFIED", obj)
+        for key, crd in list(self._crd_of.items()):
+            if crd != name:
+                continue
+            rtype = next(t for t in self.types.values() if t.key == key)
+            for (ns, res_name), res in list(self.objects[key].items()):
+                if not res["metadata"].get("deletionTimestamp"):
+                    self.delete(rtype, ns, res_name, {})
+        self._finish_crd_deletion(name)
+        found = self._crd(name)
+        return copy.deepcopy(found[1]) if found else obj
 
     def read_list(self, rtype: ResourceType, namespace: str, q: Mapping[str, str]) -> Obj:
         """A list request's answer: pages with continue tokens, as the real server."""

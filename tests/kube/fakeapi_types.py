@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -207,6 +208,9 @@ def _service_validate(obj: Obj) -> Errors:
 def _service_validate_update(old: Obj, new: Obj) -> Errors:
     errs: Errors = []
     o, n = old.get("spec") or {}, new.get("spec") or {}
+    if n.get("type") != "LoadBalancer" and "status" in new:
+        # As the real strategy: a Service that is no longer a LoadBalancer has no LB status.
+        new["status"]["loadBalancer"] = {}
     if o.get("clusterIP") and n.get("clusterIP") not in (None, "", o.get("clusterIP")):
         errs.append("spec.clusterIP: Invalid value: field is immutable")
     if n.get("clusterIP") in (None, "") and o.get("clusterIP"):
@@ -217,7 +221,17 @@ def _service_validate_update(old: Obj, new: Obj) -> Errors:
     return errs
 
 
-def _service_validate_status(obj: Obj) -> Errors:
+def _drop_ip_mode(obj: Obj) -> None:
+    """Before Kubernetes 1.30 (LoadBalancerIPMode off) the server drops ingress[].ipMode."""
+    for ing in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        if isinstance(ing, dict):
+            ing.pop("ipMode", None)
+
+
+def _service_validate_status(obj: Obj, *, ip_mode: bool = True) -> Errors:
+    """ip_mode: whether the simulated version has ingress[].ipMode (1.30 and later)."""
+    if not ip_mode:
+        _drop_ip_mode(obj)
     status = obj.get("status") or {}
     errs: Errors = []
     for i, ing in enumerate((status.get("loadBalancer") or {}).get("ingress") or []):
@@ -226,6 +240,8 @@ def _service_validate_status(obj: Obj) -> Errors:
         if ip and not _is_ip(ip):
             errs.append(f"{p}.ip: Invalid value: {ip!r}: must be a valid IP address")
         mode = ing.get("ipMode")
+        if not ip_mode:
+            continue
         if ip and mode is None:
             ing["ipMode"] = "VIP"  # the server's defaulting
         elif mode is not None and not ip:
@@ -346,7 +362,12 @@ def _crd_validate(obj: Obj) -> Errors:
     return errs
 
 
-def builtin_types() -> list[ResourceType]:
+# The Kubernetes version the fake simulates by default, and the first that has ipMode.
+DEFAULT_VERSION = (1, 32)
+IP_MODE_SINCE = (1, 30)
+
+
+def builtin_types(version: tuple[int, int] = DEFAULT_VERSION) -> list[ResourceType]:
     node_keys = {
         **META_MERGE_KEYS,
         ("status", "conditions"): "type",
@@ -378,7 +399,9 @@ def builtin_types() -> list[ResourceType]:
             default=_service_default,
             validate=_service_validate,
             validate_update=_service_validate_update,
-            validate_status=_service_validate_status,
+            validate_status=functools.partial(
+                _service_validate_status, ip_mode=version >= IP_MODE_SINCE
+            ),
         ),
         ResourceType(
             "",
@@ -428,6 +451,8 @@ def builtin_types() -> list[ResourceType]:
             "Lease",
             True,
             merge_keys=META_MERGE_KEYS,
+            # The Lease strategy, unlike most built-in ones, refuses an update without one.
+            unconditional_update=False,
             validate=_lease_validate,
         ),
         ResourceType(

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from weir.common.aio import Generation
 
-from .fakeapi_store import ApiError, Store
-from .fakeapi_types import Obj, ResourceType
+from .fakeapi_store import CRD, ApiError, Store
+from .fakeapi_types import Obj, ResourceType, crd_types
 
 JSON = "application/json"
 
@@ -67,6 +67,13 @@ class Watches:
         for w in list(self._watchers):
             if w.rtype.key == rtype.key and w.namespace in ("", namespace):
                 w.queue.put_nowait({"type": etype, "object": obj})
+        if rtype.kind == CRD and etype == "DELETED":
+            # Its resources are no longer served: their watches end (after the DELETED
+            # events of every resource, which came first).
+            gone = {t.key for t in crd_types(obj)}
+            for w in list(self._watchers):
+                if w.rtype.key in gone:
+                    w.queue.put_nowait(None)
 
     def _gone_event(self, rv: int) -> Obj:
         err = ApiError(

@@ -3,12 +3,20 @@ addresses, sharing, conflicts, exhaustion, restarts, releases, write conflicts."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from weir.controller.core.state import ClusterState
+from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
 from weir.controller.kube.api import KubeAPI
+from weir.controller.kube.poolstatus import ADDRESSES_KEPT, DELETION_BLOCKED, FINALIZER
+from weir.controller.kube.wiring import STATE_KINDS
+from weir.controller.sources.kubernetes import KubernetesSource
 
 from . import builders as b
+from .conftest import NAMESPACE, client_of
 from .fakeapi import FakeKubeAPI
 from .harness import Harness, condition, events, ingress
 
@@ -228,3 +236,114 @@ async def test_addresses_of_unreadable_services_stay_held(ctl: Harness, fake: Fa
     fake.create(b.service("second"))
     await fake.wait_until(lambda: bool(ingress(fake, "second")))
     assert ingress(fake, "second") == ["192.0.2.2"]
+
+
+def pool_of(fake: FakeKubeAPI, name: str) -> dict:
+    return fake.get("weir.dev/v1alpha1", "LoadBalancerIPPool", "", name) or {}
+
+
+def pool_conditions(fake: FakeKubeAPI, name: str) -> dict[str, dict]:
+    return {c["type"]: c for c in pool_status(fake, name).get("conditions") or ()}
+
+
+def pool_events(fake: FakeKubeAPI, name: str) -> list[tuple[str, str]]:
+    return [
+        (e["type"], e["reason"])
+        for e in fake.list("v1", "Event", "default")
+        if e["involvedObject"]["kind"] == "LoadBalancerIPPool"
+        and e["involvedObject"]["name"] == name
+    ]
+
+
+async def held_from_main(fake: FakeKubeAPI, name: str) -> None:
+    """Create a Service and wait until it holds the first address of "main", which then
+    carries the allocator's finalizer."""
+    fake.create(b.service(name))
+    await fake.wait_until(
+        lambda: (
+            ingress(fake, name) == ["192.0.2.0"]
+            and FINALIZER in pool_of(fake, "main")["metadata"].get("finalizers", [])
+        )
+    )
+
+
+async def test_a_pool_in_use_is_deleted_only_once_unused(ctl: Harness, fake: FakeKubeAPI) -> None:
+    await held_from_main(fake, "web")
+    fake.delete("weir.dev/v1alpha1", "LoadBalancerIPPool", "", "main")
+    await fake.wait_until(lambda: DELETION_BLOCKED in pool_conditions(fake, "main"))
+    blocked = pool_conditions(fake, "main")[DELETION_BLOCKED]
+    assert (blocked["status"], blocked["reason"]) == ("True", "InUse")
+    assert "default/web" in blocked["message"]
+    await fake.wait_until(lambda: ("Warning", "DeletionBlocked") in pool_events(fake, "main"))
+    # The holder keeps its address; a newcomer gets none from a pool being deleted.
+    fake.create(b.service("late"))
+    await fake.wait_until(lambda: condition(fake, "late") is not None)
+    assert condition(fake, "late")["reason"] == "NoPoolMatches"
+    assert ingress(fake, "web") == ["192.0.2.0"] and condition(fake, "web")["status"] == "True"
+    assert pool_of(fake, "main")  # still there
+    # Once no Service holds its addresses, the finalizer goes, and the pool with it.
+    fake.delete("v1", "Service", "default", "web")
+    await fake.wait_until(lambda: not pool_of(fake, "main"))
+
+
+async def test_a_crd_reinstall_takes_no_address(ctl: Harness, fake: FakeKubeAPI) -> None:
+    await held_from_main(fake, "web")
+    crd = "loadbalancerippools.weir.dev"
+    fake.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", crd)
+    await fake.wait_until(lambda: DELETION_BLOCKED in pool_conditions(fake, "main"))
+    assert fake.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", crd)  # held
+    assert ingress(fake, "web") == ["192.0.2.0"] and condition(fake, "web")["status"] == "True"
+
+
+async def test_pool_edits_renumber_nobody_and_are_reported(ctl: Harness, fake: FakeKubeAPI) -> None:
+    for name in ("a", "b", "c"):
+        fake.create(b.service(name))
+    await fake.wait_until(lambda: pool_status(fake, "main").get("assigned") == 3)
+    assert [ingress(fake, n) for n in "abc"] == [["192.0.2.0"], ["192.0.2.1"], ["192.0.2.2"]]
+    # Shrink the pool to .0-.1 and leave out .0 as well.
+    edit = {"spec": {"cidrs": ["192.0.2.0/31"], "avoidBuggyIPs": True}}
+    fake.patch("weir.dev/v1alpha1", "LoadBalancerIPPool", "", "main", edit)
+    await fake.wait_until(lambda: ADDRESSES_KEPT in pool_conditions(fake, "main"))
+    kept = pool_conditions(fake, "main")[ADDRESSES_KEPT]
+    assert (kept["status"], kept["reason"]) == ("True", "OutsideSpec")
+    assert kept["observedGeneration"] == 2
+    assert kept["message"] == (
+        "Services keep addresses this pool no longer offers: "
+        "192.0.2.0 (default/a): left out by the pool's avoidBuggyIPs; "
+        "192.0.2.2 (default/c): not in the pool's cidrs or ranges"
+    )
+    await fake.wait_until(lambda: ("Warning", "AddressesKept") in pool_events(fake, "main"))
+    assert [ingress(fake, n) for n in "abc"] == [["192.0.2.0"], ["192.0.2.1"], ["192.0.2.2"]]
+    assert all(condition(fake, n)["status"] == "True" for n in "abc")
+    # Once the Services let go, the pool's condition goes too.
+    fake.delete("v1", "Service", "default", "a")
+    fake.delete("v1", "Service", "default", "c")
+    await fake.wait_until(lambda: not pool_conditions(fake, "main"))
+
+
+async def test_a_server_without_ip_mode_gets_each_status_written_once(
+    oldest_fake: FakeKubeAPI, tmp_path: Path
+) -> None:
+    fake = oldest_fake
+    fake.create(b.pool("main", "192.0.2.0/30"))
+    fake.create(b.service("a"))
+    fake.create(b.service("b"))
+    state = ClusterState(STATE_KINDS)
+    async with client_of(fake.write_kubeconfig(tmp_path / "kubeconfig")) as api_client:
+        kube = KubeAPI(api_client, request_timeout=5.0)
+        source = asyncio.create_task(KubernetesSource(kube, NAMESPACE).run(state))
+        try:
+            async with asyncio.timeout(10):
+                while not WATCHED_KINDS <= state.listed_kinds:
+                    await state.wait_changed(state.generation)
+            allocator = Allocator(kube, state)
+            # Rounds by hand: each write's answer goes into the state before round() returns.
+            assert await allocator.round()
+            assert await allocator.round()  # nothing changed since: nothing to write
+        finally:
+            source.cancel()
+            await asyncio.gather(source, return_exceptions=True)
+    writes = fake.calls(verb="patch", resource="services", subresource="status")
+    assert sorted(w.name for w in writes) == ["a", "b"]
+    svc = fake.get("v1", "Service", "default", "a")
+    assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "192.0.2.0"}]  # no ipMode here

@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client, config
 from weir.controller.core.objects import ALL_KINDS
 from weir.controller.core.state import ClusterState
-from weir.controller.kube.api import KubeAPI
-from weir.controller.sources.kubernetes import KubernetesSource
+from weir.controller.kube.api import SERVICES, KubeAPI
+from weir.controller.sources.kubernetes import KubernetesSource, Watched
 
 from .builders import node, pool, secret, service
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI
+from .tcpproxy import FreezingProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -148,3 +152,41 @@ async def test_resync_relists_on_demand(
     await fake.wait_until(lambda: fake.watch_count() == 8)
     fake.create(service("after"))  # and the watch goes on from the new list
     await until(state, lambda: "after" in names(state))
+
+
+async def test_a_watch_gone_quiet_is_taken_for_dead_and_relisted(
+    fake: FakeKubeAPI, tmp_path: Path
+) -> None:
+    proxy = FreezingProxy(fake.port)
+    await proxy.start()
+    kubeconfig = fake.write_kubeconfig(tmp_path / "through-proxy")
+    kubeconfig.write_text(
+        kubeconfig.read_text().replace(fake.url, f"https://127.0.0.1:{proxy.port}")
+    )
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    fake.create(service("early"))
+    state = ClusterState(frozenset({"Service"}))
+    async with client.ApiClient(cfg) as api_client:
+        source = KubernetesSource(
+            KubeAPI(api_client, request_timeout=5.0),
+            NAMESPACE,
+            quiet_after=1.0,  # the fake sends a bookmark every 0.2 s
+            backoff_base=0.05,
+            backoff_cap=0.3,
+            watched=[Watched(SERVICES)],
+        )
+        task = asyncio.create_task(source.run(state))
+        try:
+            await until(state, lambda: names(state) == ["early"])
+            await fake.wait_until(lambda: fake.watch_count("services") == 1)
+            lists = len(fake.calls(verb="list", resource="services"))
+            assert proxy.freeze() >= 1  # the watch's connection: open, and silent
+            fake.create(service("late"))
+            await until(state, lambda: names(state) == ["early", "late"])
+            assert len(fake.calls(verb="list", resource="services")) == lists + 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await proxy.close()

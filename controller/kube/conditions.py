@@ -1,0 +1,44 @@
+"""Status conditions (metav1.Condition) as the allocator writes them, on Services and pools."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+MAX_MESSAGE = 32768  # what the API server accepts in a condition's message
+
+
+def now() -> str:
+    """metav1.Time of now: RFC 3339, whole seconds, UTC."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    previous: Mapping[str, Any] | None,
+    generation: int = 0,
+) -> dict[str, Any]:
+    """A condition; lastTransitionTime is the previous one's while the status is the same.
+    generation: the metadata.generation it was computed from (0: the kind keeps none)."""
+    same = previous is not None and previous.get("status") == status
+    cond: dict[str, Any] = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "lastTransitionTime": (previous.get("lastTransitionTime") if same else None) or now(),
+    }
+    if generation:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def find(conditions: Any, ctype: str) -> Mapping[str, Any] | None:
+    """The condition of this type in a conditions list as read (anything), if any."""
+    if not isinstance(conditions, list | tuple):
+        return None
+    return next((c for c in conditions if isinstance(c, Mapping) and c.get("type") == ctype), None)

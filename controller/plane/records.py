@@ -1,0 +1,64 @@
+"""What the controller keeps of what an agent sends, bounded: an agent (or anything holding a
+node certificate) must not be able to grow the controller's memory, its logs, ListAgents or
+/metrics by sending long strings or long lists.
+
+Every string is clipped and every list cut to a fixed length; a cut list of errors ends with
+an entry saying how many were left out. With these bounds an agent's record is under 64 KiB,
+and the servicer keeps at most a fixed number of records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from weir.common.logs import clip
+from weir.common.pb import pb
+
+NAME_CHARS = 253  # peer names, service ids, map names: the longest Kubernetes name
+SHORT_CHARS = 64  # addresses, prefixes, session states, agent versions
+MESSAGE_CHARS = 256  # one service error
+ERROR_CHARS = 1024  # a whole version's error
+MAX_ERRORS = 16
+MAX_MAPS = 16
+MAX_SESSIONS = 32  # BGP sessions: a node has a few peers
+MAX_ANNOUNCED = 256  # announced prefixes: enough to show, and to tell none from some
+
+
+def bounded_errors(errors: Iterable[pb.ServiceError]) -> list[pb.ServiceError]:
+    """At most MAX_ERRORS errors, clipped; the last says how many more were left out."""
+    out: list[pb.ServiceError] = []
+    left_out = 0
+    for e in errors:
+        if len(out) < MAX_ERRORS:
+            service_id, message = clip(e.service_id, NAME_CHARS), clip(e.message, MESSAGE_CHARS)
+            out.append(pb.ServiceError(service_id=service_id, message=message))
+        else:
+            left_out += 1
+    if left_out:
+        out.append(pb.ServiceError(message=f"{left_out} more errors not kept"))
+    return out
+
+
+def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
+    """status with its lists cut and its strings clipped."""
+    return pb.NodeStatus(
+        applied_version=status.applied_version,
+        dataplane_healthy=status.dataplane_healthy,
+        draining=status.draining,
+        maps=[
+            pb.MapUsage(name=clip(m.name, NAME_CHARS), used=m.used, capacity=m.capacity)
+            for m in status.maps[:MAX_MAPS]
+        ],
+        bgp_sessions=[
+            pb.BGPSessionStatus(
+                peer=clip(s.peer, NAME_CHARS),
+                address=clip(s.address, SHORT_CHARS),
+                state=clip(s.state, SHORT_CHARS),
+                uptime_seconds=s.uptime_seconds,
+                routes_sent=s.routes_sent,
+            )
+            for s in status.bgp_sessions[:MAX_SESSIONS]
+        ],
+        announced=[clip(p, SHORT_CHARS) for p in status.announced[:MAX_ANNOUNCED]],
+        service_errors=bounded_errors(status.service_errors),
+    )

@@ -1,0 +1,110 @@
+"""The fake kube-apiserver is no kinder than the real one: Lease updates need their
+resourceVersion, a Service that stops being a LoadBalancer loses its load-balancer status,
+deleting a CRD deletes its resources (watches see it), and ipMode exists only from 1.30."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from . import builders as b
+from .conftest import client_of, serving
+from .fakeapi import FakeKubeAPI
+from .test_fakeapi import read_events, svc
+
+pytestmark = pytest.mark.timeout(60)
+
+POOLS = ("weir.dev", "v1alpha1", "loadbalancerippools")
+STATUS = "status"
+
+
+async def test_a_lease_update_needs_its_resource_version(
+    api: client.ApiClient, fake: FakeKubeAPI
+) -> None:
+    coord = client.CoordinationV1Api(api)
+    lease = {"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}
+    created = await coord.create_namespaced_lease("default", lease)
+    lease["spec"]["holderIdentity"] = "b"
+    with pytest.raises(ApiException) as e:
+        await coord.replace_namespaced_lease("l", "default", lease)
+    assert e.value.status == 422 and "resourceVersion" in e.value.body
+    lease["metadata"]["resourceVersion"] = created.metadata.resource_version
+    replaced = await coord.replace_namespaced_lease("l", "default", lease)
+    assert replaced.spec.holder_identity == "b"
+
+
+async def test_a_service_that_stops_being_a_load_balancer_loses_its_status(
+    fake: FakeKubeAPI,
+) -> None:
+    fake.create(svc("web"))
+    ingress = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}, "conditions": []}
+    fake.patch("v1", "Service", "default", "web", {"status": ingress}, subresource="status")
+    fake.patch("v1", "Service", "default", "web", {"spec": {"type": "ClusterIP"}})
+    assert fake.get("v1", "Service", "default", "web")["status"]["loadBalancer"] == {}
+
+
+async def test_deleting_a_crd_deletes_its_resources_first(
+    api: client.ApiClient, fake: FakeKubeAPI
+) -> None:
+    fake.create(b.pool("plain", "192.0.2.0/30"))
+    held = b.pool("held", "198.51.100.0/30")
+    held["metadata"]["finalizers"] = ["weir.dev/test"]
+    fake.create(held)
+    custom = client.CustomObjectsApi(api)
+    resp = await custom.list_cluster_custom_object(
+        *POOLS, watch=True, resource_version=str(fake.resource_version), _preload_content=False
+    )
+    crds = client.ApiextensionsV1Api(api)
+    definition = fake.get(
+        "apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "loadbalancerippools.weir.dev"
+    )
+    for f in ("uid", "resourceVersion", "creationTimestamp"):
+        del definition["metadata"][f]
+    await crds.delete_custom_resource_definition("loadbalancerippools.weir.dev")
+    events = await read_events(resp, 2)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in events) == [
+        ("DELETED", "plain"),
+        ("MODIFIED", "held"),
+    ]
+    crd = await crds.read_custom_resource_definition("loadbalancerippools.weir.dev")
+    assert crd.metadata.deletion_timestamp is not None  # held by the pool's finalizer
+    with pytest.raises(ApiException) as e:
+        await custom.create_cluster_custom_object(*POOLS, b.pool("new", "203.0.113.0/30"))
+    assert e.value.status == 405
+    await custom.patch_cluster_custom_object(
+        *POOLS,
+        "held",
+        {"metadata": {"finalizers": None}},
+        _content_type="application/merge-patch+json",
+    )
+    (gone,) = await read_events(resp, 1)
+    assert (gone["type"], gone["object"]["metadata"]["name"]) == ("DELETED", "held")
+    assert await resp.content.readline() == b""  # the watch ends with the CRD
+    resp.close()
+    with pytest.raises(ApiException) as e:
+        await crds.read_custom_resource_definition("loadbalancerippools.weir.dev")
+    assert e.value.status == 404
+    fake.apply_yaml([definition])  # and it can be installed again
+    fake.create(b.pool("again", "203.0.113.0/30"))
+
+
+async def test_ip_mode_is_served_from_1_30_only(fake: FakeKubeAPI, tmp_path: Path) -> None:
+    status = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
+    async with serving(version=(1, 29)) as old:
+        async with client_of(old.write_kubeconfig(tmp_path / "old")) as api:
+            version = await client.VersionApi(api).get_code()
+        assert (version.major, version.minor) == ("1", "29")
+        for server, mode in ((old, None), (fake, "VIP")):
+            server.create(svc("web"))
+            server.patch("v1", "Service", "default", "web", {"status": status}, subresource=STATUS)
+            written = server.get("v1", "Service", "default", "web")["status"]["loadBalancer"]
+            assert written["ingress"][0].get("ipMode") == mode
+    # Unset, the newer server defaults it.
+    status = {"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}}
+    fake.patch("v1", "Service", "default", "web", {"status": status}, subresource="status")
+    assert fake.get("v1", "Service", "default", "web")["status"]["loadBalancer"]["ingress"] == [
+        {"ip": "192.0.2.2", "ipMode": "VIP"}
+    ]
