@@ -123,6 +123,7 @@ def _port(text: str) -> int:
     value = int(text, 10)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be a port number, 1 to 65535")
+    return value
 
 
 def _positive(text: str) -> int:

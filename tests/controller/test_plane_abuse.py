@@ -27,7 +27,8 @@ MB = 2**20
 S1 = service("192.0.2.1", 80, [("10.0.0.1", 8080)])
 
 
-def big_cluster(services: int, backends: int) -> pb.ClusterSnapshot:
+def big_cluster(services: int, backends: int, lb: list[str]) -> pb.ClusterSnapshot:
+    """services x backends, carried by the views of the lb nodes."""
     return cluster(
         [
             service(
@@ -36,7 +37,8 @@ def big_cluster(services: int, backends: int) -> pb.ClusterSnapshot:
                 [(f"10.{j // 250}.{j % 250}.1", 8080) for j in range(backends)],
             )
             for i in range(services)
-        ]
+        ],
+        lb=lb,
     )
 
 
@@ -159,10 +161,10 @@ async def slow_streams(target: str, nodes: list[str]) -> AsyncIterator[None]:
 
 
 async def test_slow_readers_pin_a_bounded_amount_and_lose_their_stream() -> None:
-    snapshot = big_cluster(2000, 60)
+    slow = [f"slow-{i}" for i in range(6)]
+    snapshot = big_cluster(2000, 60, [*slow, "healthy"])
     size = len(snapshot.SerializeToString())
     assert size > 2 * MB
-    slow = [f"slow-{i}" for i in range(6)]
     async with Plane(send_budget=int(2.5 * size), write_timeout=1.0) as p:
         p.store.publish(snapshot)
         async with slow_streams(p.target, slow):
@@ -178,8 +180,8 @@ async def test_slow_readers_pin_a_bounded_amount_and_lose_their_stream() -> None
 
 
 async def test_streams_keep_no_copy_of_what_they_sent() -> None:
-    snapshot = big_cluster(1000, 50)
     nodes = [f"lb-{i}" for i in range(8)]
+    snapshot = big_cluster(1000, 50, nodes)
     async with Plane() as p, p.channel() as channel:
         stub = pb_grpc.NodePlaneStub(channel)
         p.store.publish(snapshot)
