@@ -30,6 +30,17 @@
 
 #define WEIR_PIN(name) WEIR_PIN_DIR "/" name
 
+/* --- layout: the version of the layouts in this file --------------------------------------
+ * One u64, written by the agent when it creates the maps or migrates older ones to these
+ * layouts (weir.nodeagent.dataplane.migrate); an agent never adopts pins of a layout it does
+ * not know. Pins without it are version 1, the first release's. Bump it with any change of
+ * size or meaning below, and teach migrate.py the step from the previous version.
+ *   1  the first release
+ *   2  backends: node_be, flags (encapsulation); config: encap, ct_key, ct_guard; drop
+ *      reasons too_big, encap, invalid; conntrack: keyed placement, client[].seen;
+ *      ct_stats, ct_guard */
+#define WEIR_LAYOUT_VERSION 2
+
 /* --- services: (vip, port, proto) -> service -------------------------------------
  * Hash map. The key is what the packet carries. The element is created once per
  * service (with its first table) and deleted when the service goes; in between
@@ -233,6 +244,7 @@ _Static_assert(sizeof(struct backend) == 40, "backend layout");
 _Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
 _Static_assert(sizeof(struct config) == 40, "config words");
 
+BPF_TABLE_PINNED("array", u32, u64, layout, 1, WEIR_PIN("layout"));
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
 		 WEIR_PIN("services"));
 BPF_TABLE_PINNED("array", u32, struct backend, backends, WEIR_MAX_BACKENDS, WEIR_PIN("backends"));

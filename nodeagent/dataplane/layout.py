@@ -163,8 +163,11 @@ class CommitOp(ct.Structure):
     ]
 
 
+LAYOUT_VERSION = 2  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
+
 # name -> (key type, value type) of every pinned map
 MAPS: dict[str, tuple[type, type]] = {
+    "layout": (ct.c_uint32, ct.c_uint64),
     "services": (SvcKey, SvcValue),
     "backends": (ct.c_uint32, Backend),
     "slots": (ct.c_uint32, SlotLine),
