@@ -105,6 +105,7 @@ def compile_programs(pins: Path, cfg: NatConfig):
             f"-DWEIR_MAX_LB_NODES={cfg.max_lb_nodes}",
             f"-DWEIR_MAX_LOCAL_BACKENDS={cfg.max_local_backends}",
             f"-DWEIR_NAT_FLOWS={cfg.flows}",
+            f"-DWEIR_NAT_FRAGS={layout.NAT_FRAGS}",
             *common,
         ],
     )

@@ -314,6 +314,7 @@ def _compile(cfg: NatConfig, sizes: dict[str, int]) -> object:
         f"-DWEIR_MAX_LB_NODES={sizes.get('lb_nodes', cfg.max_lb_nodes)}",
         f"-DWEIR_MAX_LOCAL_BACKENDS={sizes.get('local_backends', cfg.max_local_backends)}",
         f"-DWEIR_NAT_FLOWS={sizes.get('nat_flows', cfg.flows)}",
+        f"-DWEIR_NAT_FRAGS={layout.NAT_FRAGS}",
         f"-I{layout.BPF_DIR}",
     ]
     try:
