@@ -7,7 +7,13 @@ import struct
 
 import numpy as np
 import pytest
-from weir.nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, Frontend
+from weir.nodeagent.dataplane import (
+    BackendTarget,
+    CapacityError,
+    Dataplane,
+    DataplaneError,
+    Frontend,
+)
 from weir.nodeagent.dataplane.inspection import ct_entries, pass_counts, stats
 from weir.nodeagent.maglev import backend_id, build_table
 
@@ -289,8 +295,8 @@ def test_capacity_errors_leave_other_services_alone(node: Node) -> None:
         too_big = Frontend(f"{VIP}:82/TCP", VIP, 82, 6)
         with pytest.raises(CapacityError, match="table slots"):
             dp.apply_service(too_big, targets(20, 2), maglev(targets(20, 2), size=263))
-        with pytest.raises(CapacityError, match="table slots"):  # growing the first one
-            dp.apply_service(FE, bes, maglev(bes, size=787))  # 773 slots could be free
+        with pytest.raises(DataplaneError, match="can never fit"):  # growing the first one
+            dp.apply_service(FE, bes, maglev(bes, size=787))  # its two halves: > 1024
         assert dp.applied() == before
         for name in ("81", "82"):
             assert send(dp, Flow("172.16.0.1", VIP, 1234, int(name)))[0] == XDP_PASS
@@ -307,6 +313,10 @@ def test_capacity_errors_leave_other_services_alone(node: Node) -> None:
         assert set(dp.applied()) == {FE.id, too_big.id, f"{VIP}:84/TCP"}
         usage = {u.name: (u.used, u.capacity) for u in dp.usage()}
         assert usage["services"] == (3, 3) and usage["table_slots"] == (2 * 251 + 2 * 257, 1024)
+        # What cannot fit even alone is not a matter of room: a clear error, not a retry.
+        with pytest.raises(DataplaneError, match="can never fit") as never:
+            dp.apply_service(FE, targets(1, 9), maglev(targets(1, 9)))
+        assert not isinstance(never.value, CapacityError)
     finally:
         dp.close()
 
