@@ -1,7 +1,9 @@
 """The benchmark report: every benchmark beside its baseline, in one run, into
 bench/results/report.md (machine, versions, date) with PNG plots.
 
-    .venv/bin/python bench/report.py [--quick] [--only maglev,xdp,conn,plane,reduce,disruption,tc,pods]
+    .venv/bin/python bench/report.py [--quick] [--only SECTION,...]
+
+SECTION is one of maglev, xdp, conn, plane, reduce, disruption, tc, pods.
 
 Sections, each line with the target from its issue and whether it is met:
   1 maglev      table build, nodeagent.maglev vs a C reference compiled here (maglev_bench)
