@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from weir.common import protocols
 from weir.common.tablesize import validate_table_size
 from weir.controller.core import crds
+from weir.controller.core.healthcheck import HealthCheckSpec, parse_health_check
 from weir.controller.core.parsing import (
     DNS1035_LABEL,
     DNS_LABEL,
@@ -129,6 +130,7 @@ class Service:
     ingress: tuple[Ingress, ...]
     conditions: tuple[Mapping[str, Any], ...]  # status.conditions, as read (other writers')
     forwarding: str = "auto"  # weir.dev/forwarding: auto, encap or l2
+    health_check: HealthCheckSpec | None = None  # weir.dev/health-check*: core/healthcheck.py
     problems: tuple[str, ...] = ()  # bad weir.dev annotations or status; see module doc
     warnings: tuple[str, ...] = ()  # bad weir.dev annotations that fell back to a default
 
@@ -194,6 +196,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
             f"annotation {ANN_FORWARDING}: {forwarding!r} is not auto, encap or l2; auto is used"
         )
         forwarding = "auto"
+    health_check = parse_health_check(ann, warnings)
 
     table_size: int | None = None
     if ANN_MAGLEV_TABLE_SIZE in ann:
@@ -259,6 +262,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
             if isinstance(c, Mapping)
         ),
         forwarding=forwarding,
+        health_check=health_check,
         problems=tuple(problems),
         warnings=tuple(warnings),
     )

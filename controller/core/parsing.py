@@ -148,15 +148,35 @@ def string_map(value: Any, path: str) -> Mapping[str, str]:
 def seconds(value: Any, path: str, lo: int, hi: int, *, default: int) -> int:
     """Whole seconds from an integer or a Go duration string ("90s", "1m30s")."""
     if isinstance(value, str) and not value.strip().isdigit():
-        text = value.strip()
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ParseError(f'{path}: {value!r} is not a duration (e.g. 90 or "1m30s")')
-        total = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        total = _duration(value, path)
         if total > hi:
             raise ParseError(f"{path}: {value!r} is out of range [{lo}, {hi}] seconds")
         value = round(total)
     return integer(value, path, lo, hi, default=default)
+
+
+def milliseconds(value: Any, path: str, lo: int, hi: int, *, default: int) -> int:
+    """Whole milliseconds from a Go duration string ("500ms", "2s") or a number of seconds."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    try:
+        total = float(text) if text.replace(".", "", 1).isdigit() else _duration(text, path)
+    except ParseError:
+        raise ParseError(f'{path}: {value!r} is not a duration (e.g. "500ms" or "2s")') from None
+    ms = round(total * 1000)
+    if not lo <= ms <= hi:
+        raise ParseError(f"{path}: {value!r} is out of range [{lo}, {hi}] milliseconds")
+    return ms
+
+
+def _duration(value: str, path: str) -> float:
+    """Seconds in a Go duration string."""
+    text = value.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ParseError(f'{path}: {value!r} is not a duration (e.g. 90 or "1m30s")')
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 def canonical_ip(value: Any, path: str) -> tuple[str, bytes]:

@@ -33,7 +33,7 @@ from weir.common.tablesize import DEFAULT_TABLE_SIZE
 from weir.controller.core.bgpconfig import AnnouncedVip, node_configs
 from weir.controller.core.claims import settle
 from weir.controller.core.endpoints import select_backends
-from weir.controller.core.forwarding import ENCAP, place
+from weir.controller.core.forwarding import ENCAP, Placed, place
 from weir.controller.core.gcpause import gc_paused
 from weir.controller.core.nodeconfig import (
     DEFAULT_ENCAP_PORT,
@@ -53,6 +53,8 @@ from weir.controller.core.selectors import LabelSelector
 from weir.controller.core.state import ClusterInputs
 from weir.controller.core.views import cluster_hash
 
+# The ObjectError (and Service condition) of a frontend whose every backend fails its checks.
+FAIL_OPEN = "every backend fails its health check; fail open: all are kept"
 STRATEGY = {"maglev": pb.STRATEGY_MAGLEV, "random": pb.STRATEGY_RANDOM}
 
 
@@ -128,6 +130,15 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
         if left_out:
             error(SERVICE, svc.namespace, svc.name, f"frontend {fid}: {left_out}")
         protocol = protocols.NUMBERS[port.protocol]
+        failing = inputs.failing.get(fid)
+        held_out: list[Placed] = []
+        if failing and placed:
+            placed, held_out = _hold_out(placed, failing)
+            if not placed:
+                # Fail open: a check that fails everywhere is more likely broken than every
+                # backend at once; dropping all traffic would be worse.
+                placed, held_out = held_out, []
+                error(SERVICE, svc.namespace, svc.name, f"frontend {fid}: {FAIL_OPEN}")
         msg = add_service(
             id=fid,
             vip=vip,
@@ -136,22 +147,24 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
             port_name=port.name,
             **common,
         )
-        add_backend = msg.backends.add
-        for e, target, forwarding, node_address in placed:
-            add_backend(
-                address=e.address,
-                port=target,
-                weight=e.weight,
-                node=e.node,
-                ready=e.ready,
-                serving=e.serving,
-                terminating=e.terminating,
-                forwarding=forwarding,
-                node_address=node_address,
-            )
-            if forwarding == ENCAP:
-                translation = (fid, vip, port.port, protocol, e.address, target)
-                local.setdefault(e.node, []).append(translation)
+        # Held-out backends keep their translations: the checks reach them through them.
+        for listed, backends in ((msg.backends, placed), (msg.unhealthy, held_out)):
+            add_backend = listed.add
+            for e, target, forwarding, node_address in backends:
+                add_backend(
+                    address=e.address,
+                    port=target,
+                    weight=e.weight,
+                    node=e.node,
+                    ready=e.ready,
+                    serving=e.serving,
+                    terminating=e.terminating,
+                    forwarding=forwarding,
+                    node_address=node_address,
+                )
+                if forwarding == ENCAP:
+                    translation = (fid, vip, port.port, protocol, e.address, target)
+                    local.setdefault(e.node, []).append(translation)
         if placed:
             announced.setdefault(vip, {})[svc.key] = svc
 
@@ -169,6 +182,17 @@ def _reduce(inputs: ClusterInputs, config: ReduceConfig) -> ReduceResult:
     add_node_views(cluster, inputs, nodes, local, config.encap_port, error)
     cluster.hash = cluster_hash(cluster)
     return ReduceResult(cluster=cluster, errors=error.sorted())
+
+
+def _hold_out(
+    placed: list[Placed], failing: frozenset[tuple[str, int]]
+) -> tuple[list[Placed], list[Placed]]:
+    """(the backends to forward to, those the health checks hold out), in placed's order."""
+    kept: list[Placed] = []
+    out: list[Placed] = []
+    for p in placed:
+        (out if (p[0].address, p[1]) in failing else kept).append(p)
+    return kept, out
 
 
 def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict[str, list[_Claim]]:
@@ -204,6 +228,8 @@ def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict
             "affinity_timeout_seconds": svc.affinity_timeout if client_ip else 0,
             "service": f"{svc.namespace}/{svc.name}",
         }
+        if svc.health_check is not None:
+            common["health_check"] = svc.health_check.to_pb()
         for vip in vips:
             for port in svc.ports:
                 fid = frontend_id(vip, port.port, port.protocol)

@@ -74,6 +74,9 @@ class ClusterInputs:
     # Frontend id -> "namespace/name" of the Service the last published version gave it to
     # (set by the publisher): a holder keeps it against newcomers (core/claims.py).
     held: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # Frontend id -> the (address, port) of its backends that a majority of the LB nodes
+    # checking them see failing (controller/plane/health.py decides; reduce holds them out).
+    failing: Mapping[str, frozenset[tuple[str, int]]] = field(default_factory=lambda: _EMPTY)
 
 
 class _Rejected(NamedTuple):
@@ -99,6 +102,7 @@ class ClusterState:
         self._subscriptions: list[tuple[frozenset[str], Generation]] = []
         self._inputs: ClusterInputs | None = None
         self._drained: set[str] = set()
+        self._failing: Mapping[str, frozenset[tuple[str, int]]] = _EMPTY
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -125,7 +129,7 @@ class ClusterState:
 
     def inputs(self) -> ClusterInputs:
         if self._inputs is None:
-            self._inputs = _inputs_from(self._objects, frozenset(self._drained))
+            self._inputs = _inputs_from(self._objects, frozenset(self._drained), self._failing)
         return self._inputs
 
     def unparsed(self, kind: str) -> list[Mapping[str, Any]]:
@@ -141,6 +145,13 @@ class ClusterState:
             else:
                 self._drained.discard(node)
             self._bump({NODE})
+
+    def set_failing(self, failing: Mapping[str, frozenset[tuple[str, int]]]) -> None:
+        """The backends the health checks find failing, by frontend id (ClusterInputs.failing):
+        a change makes a version like any endpoint change."""
+        if failing != self._failing:
+            self._failing = MappingProxyType(dict(failing))
+            self._bump()
 
     def errors(self) -> list[pb.ObjectError]:
         """Parse errors and source errors, sorted by (kind, namespace, name, message)."""
@@ -288,7 +299,9 @@ def _ref_key(ref: ObjectRef) -> Key:
 
 
 def _inputs_from(
-    by_kind: Mapping[str, Mapping[Key, KubeObject]], drained: frozenset[str]
+    by_kind: Mapping[str, Mapping[Key, KubeObject]],
+    drained: frozenset[str],
+    failing: Mapping[str, frozenset[tuple[str, int]]],
 ) -> ClusterInputs:
     def namespaced(kind: str) -> Mapping[Key, Any]:
         return MappingProxyType(dict(by_kind.get(kind, _EMPTY)))
@@ -306,4 +319,5 @@ def _inputs_from(
         bgp_advertisements=cluster_scoped(BGP_ADVERTISEMENT),
         namespaces=cluster_scoped(NAMESPACE),
         drained=drained,
+        failing=failing,
     )
