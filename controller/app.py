@@ -24,6 +24,7 @@ from weir.controller.core.state import ClusterState
 from weir.controller.kube.wiring import STATE_KINDS, KubernetesParts
 from weir.controller.metrics import Metrics, serve_metrics
 from weir.controller.plane.drain import Drainer, MemoryDrainer
+from weir.controller.plane.health import HealthTracker
 from weir.controller.plane.server import ServerTLS, serve
 from weir.controller.plane.servicer import NodePlane
 from weir.controller.sources.base import Source
@@ -39,6 +40,7 @@ class ControllerApp:
     store: SnapshotStore
     publisher: Publisher
     plane: NodePlane
+    health: HealthTracker
     source: Source
     kube: KubernetesParts | None  # with --source kubernetes
 
@@ -65,17 +67,19 @@ class ControllerApp:
         )
         # Kubernetes: the Node annotation, seen by every replica; files: memory.
         drainer: Drainer = kube.drainer if kube else MemoryDrainer(state)
+        health = HealthTracker(state, store, metrics)
         plane = NodePlane(
             store,
             errors=publisher.errors,
             metrics=metrics,
             drainer=drainer,
             operators=args.operator,
+            health=health.list_health,
         )
         source: Source = (
             kube.source if kube else FileSource(args.manifests, max_bytes=args.manifest_max_bytes)
         )
-        return cls(args, tls, metrics, state, store, publisher, plane, source, kube)
+        return cls(args, tls, metrics, state, store, publisher, plane, health, source, kube)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Every task, by name, for weir.common.lifecycle.run_until_stopped."""
@@ -83,6 +87,7 @@ class ControllerApp:
         tasks = {
             "source": self.source.run(self.state),
             "publisher": self.publisher.run(),
+            "health": self.health.run(self.plane),
             "grpc": serve(self.plane, args.listen, self.tls, grace=args.shutdown_grace),
         }
         if args.metrics_listen:

@@ -50,6 +50,22 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        self.backends_failing = Gauge(
+            "weir_health_backends_failing",
+            "Backends a majority of their LB nodes see failing their health check",
+            registry=r,
+        )
+        self.frontends_fail_open = Gauge(
+            "weir_health_frontends_fail_open",
+            "Frontends whose every backend fails its health check (all kept: fail open)",
+            registry=r,
+        )
+        self.health_transitions = Counter(
+            "weir_health_transitions",
+            "Backends held out (out) or taken back (back) by the health checks",
+            ["direction"],
+            registry=r,
+        )
         self.object_errors = Gauge(
             "weir_object_errors", "Objects currently rejected as bad input", registry=r
         )

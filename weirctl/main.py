@@ -3,7 +3,7 @@
 Each command group lives in its own module and registers its subcommands here:
 the controller's view (snapshot, agents, errors) over gRPC, the local data plane
 (`weirctl bpf ...`) from the pinned maps, BGP (`weirctl bgp ...`), node drain
-(`weirctl node drain|undrain`).
+(`weirctl node drain|undrain`), health checks (`weirctl health`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ GROUPS = (
     "weir.ctl.bpf_cmds",
     "weir.ctl.bgp_cmds",
     "weir.ctl.node_cmds",
+    "weir.ctl.health_cmds",
 )
 
 

@@ -22,6 +22,10 @@ MAX_ERRORS = 16
 MAX_MAPS = 16
 MAX_SESSIONS = 32  # BGP sessions: a node has a few peers
 MAX_ANNOUNCED = 256  # announced prefixes: enough to show, and to tell none from some
+# Health reports: frontends checked and backends seen failing. Cut lists only make the
+# controller see fewer checkers or fewer failures, never take a backend out wrongly.
+MAX_HEALTH_CHECKED = 2048
+MAX_HEALTH_FAILING = 2048
 
 
 def bounded_errors(errors: Iterable[pb.ServiceError]) -> list[pb.ServiceError]:
@@ -61,4 +65,15 @@ def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
         ],
         announced=[clip(p, SHORT_CHARS) for p in status.announced[:MAX_ANNOUNCED]],
         service_errors=bounded_errors(status.service_errors),
+        health_checked=[clip(f, NAME_CHARS) for f in status.health_checked[:MAX_HEALTH_CHECKED]],
+        health_failing=[
+            pb.BackendHealth(
+                service_id=clip(f.service_id, NAME_CHARS),
+                address=clip(f.address, SHORT_CHARS),
+                port=f.port,
+                since_unix=f.since_unix,
+                reason=clip(f.reason, SHORT_CHARS),
+            )
+            for f in status.health_failing[:MAX_HEALTH_FAILING]
+        ],
     )

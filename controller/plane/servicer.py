@@ -114,6 +114,7 @@ class NodePlane:
         drainer: Drainer | None = None,
         drain_timeout: float = 10.0,
         operators: Iterable[str] = (),
+        health: Callable[[], pb.ListHealthResponse] | None = None,
     ) -> None:
         self.store = store
         self._errors = errors
@@ -126,6 +127,7 @@ class NodePlane:
         self._drainer = drainer
         self._drain_timeout = drain_timeout
         self._operators = frozenset(operators)
+        self._health = health
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
@@ -139,6 +141,15 @@ class NodePlane:
         self._closing = True
         for session in list(self._sessions.values()):
             session.stop("controller shutting down")
+
+    @property
+    def changes(self) -> Generation:
+        """Bumps on every agent event (open, close, ack, status) and version."""
+        return self._changes
+
+    def connected_statuses(self) -> list[tuple[str, pb.NodeStatus]]:
+        """(node, its last NodeStatus) of every connected agent."""
+        return [(node, s.info.status) for node, s in self._sessions.items()]
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until predicate() holds; re-checked on every agent event (open, ack, ...)."""
@@ -463,6 +474,13 @@ class NodePlane:
     ) -> pb.ListErrorsResponse:
         errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
         return pb.ListErrorsResponse(errors=errors)
+
+    async def ListHealth(
+        self, request: pb.ListHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListHealthResponse:
+        if self._health is None:
+            return pb.ListHealthResponse(version=self.store.version)
+        return self._health()
 
     # --- operation ----------------------------------------------------------------------
 

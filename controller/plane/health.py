@@ -1,0 +1,143 @@
+"""The controller's side of the active health checks: reports in, decision out.
+
+The connected LB agents' NodeStatus reports (which frontends each checks, which backends it
+sees failing) go through core/health.py's majority rule on every agent event; a changed
+decision goes into the cluster state, so it reaches every node in one snapshot version like
+an endpoint change. A disconnected agent's reports no longer count. ListHealth (weirctl
+health) shows each reported backend, who sees it failing and since when.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from weir.common.logs import get_logger
+from weir.common.pb import pb
+from weir.controller.core.health import BackendKey, Decision, NodeReport, decide
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.state import ClusterState
+from weir.controller.metrics import Metrics
+from weir.controller.plane.servicer import NodePlane
+
+log = get_logger("weir.health")
+
+# A transition of one backend: (frontend id, address, port, "out" or "back").
+Transition = tuple[str, str, int, str]
+
+
+def node_report(node: str, status: pb.NodeStatus) -> NodeReport:
+    return NodeReport(
+        node=node,
+        checked=frozenset(status.health_checked),
+        failing={
+            (f.service_id, f.address, f.port): (f.since_unix, f.reason)
+            for f in status.health_failing
+        },
+    )
+
+
+class HealthTracker:
+    def __init__(
+        self,
+        state: ClusterState,
+        store: SnapshotStore,
+        metrics: Metrics,
+        on_transition: Callable[[str, Transition], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.metrics = metrics
+        # Called with the Service ("namespace/name") of each backend going out or back.
+        self._on_transition = on_transition
+        self.decision = decide(())
+        self._since: dict[BackendKey, int] = {}  # when the controller last changed its state
+
+    async def run(self, plane: NodePlane) -> None:
+        """Decide again on every agent event, until cancelled."""
+        seen = -1
+        while True:
+            seen = await plane.changes.wait_past(seen)
+            self.update(plane.connected_statuses())
+
+    def update(self, statuses: Iterable[tuple[str, pb.NodeStatus]]) -> None:
+        """Decide from the connected LB agents' statuses; a change makes a version."""
+        decision = decide(node_report(node, status) for node, status in statuses)
+        old = _held(self.decision.failing)
+        new = _held(decision.failing)
+        self.decision = decision
+        self.metrics.frontends_fail_open.set(len(self.fail_open()))
+        if old == new:
+            return
+        now = int(time.time())
+        for key in sorted(new - old):
+            self._changed(key, "out", now, decision)
+        for key in sorted(old - new):
+            self._changed(key, "back", now, decision)
+        self.metrics.backends_failing.set(len(new))
+        self.state.set_failing(decision.failing)
+
+    def _changed(self, key: BackendKey, direction: str, now: int, decision: Decision) -> None:
+        fid, address, port = key
+        self._since[key] = now
+        self.metrics.health_transitions.labels(direction).inc()
+        nodes = [f.node for f in decision.seen.get(key, ())]
+        log.info(
+            "backend failing its health check" if direction == "out" else "backend healthy again",
+            frontend=fid,
+            backend=f"{address}:{port}",
+            failing_on=nodes,
+            checkers=decision.checkers.get(fid, 0),
+        )
+        if direction == "back":
+            del self._since[key]
+        if self._on_transition is not None:
+            self._on_transition(self._service_of(fid), (fid, address, port, direction))
+
+    def _service_of(self, fid: str) -> str:
+        cluster = self.store.cluster()
+        if cluster is not None:
+            for s in cluster.services:
+                if s.id == fid:
+                    return s.service
+        return ""
+
+    def fail_open(self) -> set[str]:
+        """Frontends whose every backend is failing, all kept (reduce's fail open)."""
+        cluster = self.store.cluster()
+        if cluster is None:
+            return set()
+        out = set()
+        for s in cluster.services:
+            failing = self.decision.failing.get(s.id)
+            if failing and all((b.address, b.port) in failing for b in s.backends):
+                out.add(s.id)
+        return out
+
+    def list_health(self) -> pb.ListHealthResponse:
+        decision = self.decision
+        held = _held(decision.failing)
+        fail_open = self.fail_open()
+        out = pb.ListHealthResponse(version=self.store.version, fail_open=sorted(fail_open))
+        for key in sorted(held | decision.seen.keys()):
+            fid, address, port = key
+            state = "healthy"
+            if key in held:
+                state = "fail-open" if fid in fail_open else "out"
+            out.backends.add(
+                service_id=fid,
+                address=address,
+                port=port,
+                state=state,
+                checkers=decision.checkers.get(fid, 0),
+                failing=[
+                    pb.FailingReport(node=f.node, since_unix=f.since_unix, reason=f.reason)
+                    for f in decision.seen.get(key, ())
+                ],
+                since_unix=self._since.get(key, 0),
+            )
+        return out
+
+
+def _held(failing: Mapping[str, frozenset[tuple[str, int]]]) -> set[BackendKey]:
+    return {(fid, a, p) for fid, backends in failing.items() for a, p in backends}
