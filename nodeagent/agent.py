@@ -22,6 +22,8 @@ from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.nodeagent.bgp.hook import BGPHook, NoBGP
 from weir.nodeagent.controller_client import NodeView, Update
+from weir.nodeagent.health.checker import HealthChecker
+from weir.nodeagent.health.targets import targets_of
 from weir.nodeagent.roles import Role
 from weir.nodeagent.service import Desired, from_pb, node_from_pb
 
@@ -53,12 +55,14 @@ class Agent:
         bgp: BGPHook | None = None,
         metrics: AgentMetrics | None = None,
         changes: Generation | None = None,  # bumped when a version was applied
+        health: HealthChecker | None = None,  # the active health checks (LB nodes)
     ) -> None:
         self._roles = tuple(roles)
         self._bgp: BGPHook = bgp or NoBGP()
         self._metrics = metrics
         self._changes = changes or Generation()
         self._version = 0
+        self._health = health
 
     async def handle(self, update: Update) -> pb.Ack:
         """Apply one version, return its Ack."""
@@ -68,6 +72,8 @@ class Agent:
         for role in self._roles:
             outcome.update(await role.apply(desired))
         errors = _merged(r.errors() for r in self._roles)
+        if self._health is not None:
+            self._health.apply(targets_of(update.view.services.values()), desired.node)
         self._version = update.version
         elapsed = time.monotonic() - started
         log.info(
@@ -94,6 +100,7 @@ class Agent:
         ]
         if self._metrics:
             self._metrics.set_maps(maps)
+        checked, failing = self._health.report() if self._health else ([], [])
         return pb.NodeStatus(
             applied_version=self._version,
             maps=maps,
@@ -102,6 +109,8 @@ class Agent:
             announced=self._bgp.announced(),
             draining=self._bgp.draining,
             service_errors=_service_errors(_merged(s.errors for s in roles)),
+            health_checked=checked,
+            health_failing=failing,
         )
 
     async def run(self) -> None:
@@ -109,6 +118,8 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             for role in self._roles:
                 tg.create_task(role.run(), name=f"{role.name}-upkeep")
+            if self._health is not None:
+                tg.create_task(self._health.run(), name="health-checks")
 
     async def shutdown(self) -> None:
         """The BGP hook decides on draining (the data planes forward meanwhile); then the
@@ -121,6 +132,11 @@ class Agent:
                     await role.close()
                 except Exception:
                     log.exception("cannot release a data plane", role=role.name)
+            if self._health is not None:
+                try:
+                    await self._health.close()
+                except Exception:
+                    log.exception("cannot detach the health-check program")
 
 
 def _merged(per_role: Iterable[Mapping[str, str]]) -> dict[str, str]:

@@ -31,9 +31,11 @@ from weir.nodeagent.backend_role import BackendRole
 from weir.nodeagent.bgp import AgentBGP, BGPSpeaker
 from weir.nodeagent.controller_client import ControllerClient, TLSConfig
 from weir.nodeagent.dataplane import Dataplane, DataplaneConfig, DataplaneError
+from weir.nodeagent.dataplane.hcpath import HcPath
 from weir.nodeagent.dataplane.layout import PROG_PIN
 from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
 from weir.nodeagent.dataplane.nat_pinned import has_nat_pins
+from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.lb_role import LoadBalancerRole
 from weir.nodeagent.maglev import TableCache
 from weir.nodeagent.neighbors import NeighborResolver
@@ -85,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bgp.add_argument("--drain-grace", type=float, default=10.0, help="seconds, see --bgp-on-stop")
     bgp.add_argument(
         "--bgp-workdir", type=Path, help="ExaBGP's config and API socket (/run/weir/bgp/NODE)"
+    )
+    sizes.add_argument(
+        "--max-health-checks",
+        type=int,
+        default=4096,
+        help="load-balancer role: backends checked at once (health-check paths)",
     )
     p.add_argument("--status-interval", type=float, default=10.0, help="NodeStatus period, s")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on host:port")
@@ -167,7 +175,13 @@ async def run(args: argparse.Namespace) -> int:
         backend = BackendRole(
             functools.partial(NatDataplane.open, nat), uplink, pinned=has_nat_pins(args.bpffs)
         )
-        agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes)
+        health = HealthChecker(
+            functools.partial(HcPath.open, args.interface, args.max_health_checks),
+            BackendMacs(resolver, uplink),
+            changes,
+            refresh=args.neighbor_retry,
+        )
+        agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes, health=health)
         client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
         reporter = StatusReporter(
             agent.status, client.report_status, changes, interval=args.status_interval

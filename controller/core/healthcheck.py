@@ -74,7 +74,9 @@ def parse_health_check(ann: Mapping[str, str], warnings: list[str]) -> HealthChe
             warnings.append(f"annotation {e}; {default} is used")
             return default
 
-    interval = field(ANN_INTERVAL, MIN_INTERVAL_MS, MAX_INTERVAL_MS, DEFAULT_INTERVAL_MS, duration=True)
+    interval = field(
+        ANN_INTERVAL, MIN_INTERVAL_MS, MAX_INTERVAL_MS, DEFAULT_INTERVAL_MS, duration=True
+    )
     default_timeout = min(DEFAULT_TIMEOUT_MS, interval)
     timeout = field(ANN_TIMEOUT, 10, MAX_INTERVAL_MS, default_timeout, duration=True)
     if timeout > interval:

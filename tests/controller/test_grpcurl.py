@@ -54,6 +54,7 @@ async def test_list_and_describe_through_reflection() -> None:
                 "GetSnapshot",
                 "ListAgents",
                 "ListErrors",
+                "ListHealth",
                 "SetNodeDrain",
             )
         ]
