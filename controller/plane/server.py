@@ -83,6 +83,7 @@ UNARY_METHODS = (
     ("GetNodeSnapshot", pb.GetNodeSnapshotRequest, pb.Snapshot),
     ("ListAgents", pb.ListAgentsRequest, pb.ListAgentsResponse),
     ("ListErrors", pb.ListErrorsRequest, pb.ListErrorsResponse),
+    ("ListHealth", pb.ListHealthRequest, pb.ListHealthResponse),
     ("SetNodeDrain", pb.SetNodeDrainRequest, pb.SetNodeDrainResponse),
 )
 
