@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
