@@ -79,9 +79,7 @@ def _checked_everywhere(lab: Stack) -> bool:
 
 
 def _health(lab: Stack) -> dict[tuple[str, str], dict]:
-    return {
-        (b["service_id"], b["address"]): b for b in _weirctl(lab, "health").get("backends", [])
-    }
+    return {(b["service_id"], b["address"]): b for b in _weirctl(lab, "health").get("backends", [])}
 
 
 def _service(lab: Stack, fid: str) -> dict:
@@ -159,7 +157,9 @@ def test_one_lb_node_cut_off_from_one_backend_splits_nothing(lab: Stack) -> None
     )
     try:
         seen = wait_until(
-            lambda: [f["node"] for f in _health(lab).get((WEB, BACKENDS["b2"]), {}).get("failing", [])],
+            lambda: [
+                f["node"] for f in _health(lab).get((WEB, BACKENDS["b2"]), {}).get("failing", [])
+            ],
             DEADLINE,
             "lb1 seeing b2 failing",
         )
