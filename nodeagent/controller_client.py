@@ -231,6 +231,7 @@ class ControllerClient:
         self._changes = Generation()  # view, connection state or failure count changed
         self._connected = False
         self._failures = 0
+        self._accepted = 0
         self._write_lock = asyncio.Lock()
 
     @property
@@ -242,6 +243,11 @@ class ControllerClient:
     def connected(self) -> bool:
         """True while a stream is up and the controller accepted the Hello."""
         return self._connected
+
+    @property
+    def accepted(self) -> int:
+        """Streams the controller accepted since the client started."""
+        return self._accepted
 
     @property
     def failures(self) -> int:
@@ -359,6 +365,7 @@ class ControllerClient:
                 return False
             self._connected = True
             self._failures = 0
+            self._accepted += 1
             self._changes.bump()
             log.info("connected to controller", target=self.target, applied=hello.applied_version)
             writer = asyncio.create_task(self._write_status(call), name="status-writer")

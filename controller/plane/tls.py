@@ -70,7 +70,9 @@ def credentials(source: ServingSource, *, mutual: bool = True) -> grpc.ServerCre
 class ServerTLS:
     cert: Path
     key: Path
-    client_ca: Path  # agents (and weirctl) must present a certificate signed by it
+    # Client certificates (agents, weirctl) must be signed by it or by the extra roots.
+    client_ca: Path | None
+    extra_roots: bytes = b""  # the controller's own CA, which signs token-issued certificates
     _read: dict[Path, tuple[float, bytes]] = field(default_factory=dict, repr=False)
 
     def _file(self, path: Path) -> bytes:
@@ -83,7 +85,8 @@ class ServerTLS:
         return cached[1]
 
     def material(self) -> Material:
-        return self._file(self.key), self._file(self.cert), self._file(self.client_ca)
+        roots = self.extra_roots + (self._file(self.client_ca) if self.client_ca else b"")
+        return self._file(self.key), self._file(self.cert), roots
 
     def not_after(self) -> datetime.datetime | None:
         return not_after(x509.load_pem_x509_certificate(self._file(self.cert)))
