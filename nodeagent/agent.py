@@ -102,6 +102,7 @@ class Agent:
             announced=self._bgp.announced(),
             draining=self._bgp.draining,
             service_errors=_service_errors(_merged(s.errors for s in roles)),
+            dataplane_mode=",".join(r.mode for r in self._roles if r.mode),
         )
 
     async def run(self) -> None:

@@ -63,6 +63,10 @@ class BackendRole:
         """The last version had local endpoints."""
         return self._active
 
+    @property
+    def mode(self) -> str:
+        return "tc" if self.nat is not None else ""
+
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         node = desired.node
         endpoints = node.local_endpoints

@@ -73,6 +73,10 @@ class LoadBalancerRole:
         """The last version gave this node the role."""
         return self._active
 
+    @property
+    def mode(self) -> str:
+        return f"xdp-{self.dataplane.xdp_mode}" if self.dataplane is not None else ""
+
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         wanted = desired.node.load_balancer
         if wanted != self._active:

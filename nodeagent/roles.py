@@ -33,6 +33,11 @@ class Role(Protocol):
         """The last version gave the node this role."""
         ...
 
+    @property
+    def mode(self) -> str:
+        """Its data plane as NodeStatus.dataplane_mode names it ("" while none is open)."""
+        ...
+
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         """Apply one version; returns what it did, in services, by outcome (for logs and
         metrics)."""
