@@ -125,3 +125,29 @@ def pod(name: str, ns: str, node: str, account: str) -> dict[str, Any]:
             "containers": [{"name": "agent", "image": "weir"}],
         },
     }
+
+
+def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": name, "image": "weir"}]},
+            },
+        },
+    }
+
+
+def config_map(name: str, ns: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    }
