@@ -56,5 +56,5 @@ def agent_refusal(agent: str, controller: str = VERSION) -> str | None:
     advice = "upgrade the agents" if found < oldest else "upgrade the controller first"
     return (
         f"agent {clip(agent, 32)} is not served by controller {controller}, which serves agents "
-        f"{describe_range(controller)}: {advice} (docs/OPERATING.md, Upgrades)"
+        f"{describe_range(controller)}: {advice} (deploy/README.md, Versions and upgrades)"
     )
