@@ -52,7 +52,9 @@ __all__ = ["ControllerClient", "Identity", "NodeView", "TLSConfig", "TokenIdenti
 class Identity(Protocol):
     """What the client connects with (nodeagent/identity.py)."""
 
-    generation: Generation  # bumped when the certificate changes
+    @property
+    def generation(self) -> Generation:  # bumped when the certificate changes
+        ...
 
     async def run(self) -> None: ...
     async def channel_credentials(self) -> grpc.ChannelCredentials: ...
@@ -378,7 +380,7 @@ class ControllerClient:
                 if msg is None:
                     log.info("node certificate renewed: moving the stream to a new connection")
                     return True
-                if msg is grpc.aio.EOF:
+                if not isinstance(msg, pb.ControllerMessage):  # grpc.aio.EOF
                     code = await call.code()
                     log.info("controller ended the stream", code=code.name)
                     return False

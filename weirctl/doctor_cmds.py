@@ -67,7 +67,8 @@ def controller_check(args: argparse.Namespace) -> Check:
         channel = grpc.secure_channel(target, creds, options)
     try:
         with channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
+            # The typing stubs of grpc_health leave out the stub's methods.
+            answer = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(), timeout=TIMEOUT
             )
     except grpc.RpcError as e:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from weir.common.pb import pb, pb_grpc
 from weir.ctl.channel import add_tls_args, call
 from weir.ctl.controller_cmds import TIMEOUT, age, printable, table
@@ -44,7 +47,7 @@ def gather(stub: pb_grpc.NodePlaneStub) -> Status:
 
 
 def to_json(status: Status) -> str:
-    def message(m: object) -> dict:
+    def message(m: Message) -> dict[str, Any]:
         return json_format.MessageToDict(
             m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
@@ -79,7 +82,7 @@ def to_text(status: Status) -> str:
         f"snapshot version {status.version}",
         "",
     ]
-    rows = [
+    rows: list[Sequence[object]] = [
         (
             a.node,
             a.roles,

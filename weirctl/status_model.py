@@ -170,15 +170,14 @@ def evaluate(
         if not a.connected:
             continue  # its sessions are as last reported; the node's problem is said above
         for peer in bgp.get(node, pb.BGPConfig()).peers:
-            s = sessions.get(peer.name)
-            if s is None:
+            reported = sessions.get(peer.name)
+            if reported is None:
                 problems.append(
                     Problem(node, f"BGP peer {peer.name} ({peer.address}) not reported")
                 )
-            elif s.state != "established":
-                problems.append(
-                    Problem(node, f"BGP peer {peer.name} ({peer.address or s.address}) {s.state}")
-                )
+            elif reported.state != "established":
+                address = peer.address or reported.address
+                problems.append(Problem(node, f"BGP peer {peer.name} ({address}) {reported.state}"))
     for pool in controller.pools:
         problems += [Problem("", f"pool {pool.name}: {c}") for c in pool.conditions]
         if pool.available == 0 and pool.assigned:

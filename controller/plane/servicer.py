@@ -87,7 +87,7 @@ def certificate_end(context: grpc.aio.ServicerContext) -> float | None:
     pem = context.auth_context().get("x509_pem_cert")
     if not pem:
         return None
-    return not_after(x509.load_pem_x509_certificate(pem[0])).timestamp()
+    return not_after(x509.load_pem_x509_certificate(next(iter(pem)))).timestamp()
 
 
 def redact(bgp: pb.BGPConfig) -> None:

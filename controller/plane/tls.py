@@ -61,8 +61,12 @@ def credentials(source: ServingSource, *, mutual: bool = True) -> grpc.ServerCre
         given[0] = now
         return configuration(now)
 
+    # gRPC keeps the certificates it has when fetch returns None; the typing stubs say
+    # otherwise.
     return grpc.dynamic_ssl_server_credentials(
-        configuration(given[0]), fetch, require_client_authentication=mutual
+        configuration(given[0]),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=mutual,
     )
 
 
