@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,17 @@ CONFIG_MAPS = Resource("ConfigMap", "", "v1", "configmaps", True)
 BUNDLE_KEY = "ca.crt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "weir-controller"}
 ATTEMPTS = 5  # conflicts with another replica writing the same thing
+
+
+async def _written(write: Awaitable[Any]) -> bool:
+    """Whether the write went through; False when another replica wrote first (409)."""
+    try:
+        await write
+    except ApiError as e:
+        if e.status == 409:
+            return False
+        raise
+    return True
 
 
 async def load_authority(api: KubeAPI, namespace: str, name: str) -> Authority:
@@ -58,11 +70,7 @@ async def load_authority(api: KubeAPI, namespace: str, name: str) -> Authority:
                 "tls.key": base64.b64encode(authority.key_pem).decode(),
             },
         }
-        try:
-            await api.create(SECRETS, namespace, body)
-        except ApiError as e:
-            if e.status != 409:
-                raise
+        if not await _written(api.create(SECRETS, namespace, body)):
             continue  # another replica made it first: use theirs
         log.info("CA created", secret=f"{namespace}/{name}", not_after=str(authority.not_after))
         return authority
@@ -84,23 +92,15 @@ async def publish_bundle(api: KubeAPI, namespace: str, name: str, bundle: bytes)
                 "metadata": {"name": name, "namespace": namespace, "labels": MANAGED_BY},
                 "data": data,
             }
-            try:
-                await api.create(CONFIG_MAPS, namespace, body)
-            except ApiError as e:
-                if e.status == 409:
-                    continue
-                raise
+            if not await _written(api.create(CONFIG_MAPS, namespace, body)):
+                continue
             log.info("CA bundle published", configmap=f"{namespace}/{name}")
             return
         if current.get("data") == data:
             return
         current["data"] = data
-        try:
-            await api.replace(CONFIG_MAPS, namespace, current)
-        except ApiError as e:
-            if e.status == 409:
-                continue
-            raise
+        if not await _written(api.replace(CONFIG_MAPS, namespace, current)):
+            continue
         log.info("CA bundle updated", configmap=f"{namespace}/{name}")
         return
 

@@ -128,26 +128,13 @@ def pod(name: str, ns: str, node: str, account: str) -> dict[str, Any]:
 
 
 def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    """A Deployment of one container, its selector matching its Pods' labels."""
     labels = {"app.kubernetes.io/name": name}
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [{"name": name}]}}
+    spec = {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": name, "image": "weir"}]},
-            },
-        },
-    }
-
-
-def config_map(name: str, ns: str, data: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns},
-        "data": data,
+        "spec": spec,
     }

@@ -25,6 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Leader election in seconds rather than the defaults' tens of seconds.
+FAST_LEASE = (
+    "--leader-elect",
+    "--lease-duration",
+    "4",
+    "--renew-deadline",
+    "3",
+    "--retry-period",
+    "0.5",
+)
+
+
 class ControllerProc:
     """One `weir-controller --source kubernetes` process: a plaintext NodePlane on loopback,
     or with tokens=AUDIENCE, TLS from its own CA and a bootstrap port for agents' tokens."""

@@ -22,7 +22,7 @@ from . import builders as b
 from .conftest import NAMESPACE, render_deploy, serving
 from .fakeapi import FakeKubeAPI
 from .harness import events, ingress
-from .procs import Agent, ControllerProc
+from .procs import FAST_LEASE, Agent, ControllerProc
 from .rbac import Grant, bindings_of, grants_for, service_account_user
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -58,13 +58,7 @@ async def check_rbac(fake: FakeKubeAPI, tmp_path: Path) -> None:
             kubeconfig,
             tmp_path,
             identity,
-            "--leader-elect",
-            "--lease-duration",
-            "4",
-            "--renew-deadline",
-            "3",
-            "--retry-period",
-            "0.5",
+            *FAST_LEASE,
             "--deployment",
             "weir-controller",
             "--local-socket",

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from weir.lab.netns import Topology, cleanup_prefix
 from weir.lab.stack import Stack
-from weir.lab.topology import NODES, WORKERS, build
+from weir.lab.topology import NODES, WORKERS
 from weir.lab.wait import wait_until
 
+from tests.lab.running import running_lab
 from tests.requirements import BIRD, EXABGP, requires, root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, requires(root, BIRD, EXABGP)]
@@ -25,11 +25,7 @@ WEIRCTL = [sys.executable, "-m", "weir.ctl.main"]
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Stack]:
-    cleanup_prefix(PREFIX)
-    with Topology(PREFIX) as topo:
-        stack = Stack(build(topo), topo.workdir(), "bgp")
-        stack.weir.tail_lines = 30
-        stack.start(progress=lambda _: None)
+    with running_lab(PREFIX) as stack:
         yield stack
 
 
