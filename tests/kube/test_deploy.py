@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from weir.common.version import VERSION
 from weir.controller.core.objects import parse_object
 from weir.controller.kube.api import KubeAPI
 
@@ -73,7 +74,7 @@ def test_every_object_is_well_formed(docs: list[dict]) -> None:
             )
             volumes = {v["name"] for v in pod.get("volumes", [])}
             for c in pod["containers"]:
-                assert c["image"].startswith("weir:"), c["image"]
+                assert c["image"] == f"weir:{VERSION}", c["image"]  # the release
                 assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
                 assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
 
