@@ -148,6 +148,9 @@ class Outcomes:
     def set_roles(self, active) -> None:
         pass
 
+    def set_healthy(self, healthy) -> None:
+        pass
+
 
 @dataclass
 class Node:

@@ -1,0 +1,151 @@
+"""A load-balancer node whose maps cannot hold every service: which services it serves (the
+same on every node, whatever each applied before), the room an update needs, and what it
+announces when a table cannot be made current.
+
+No kernel here: the data plane is a stand-in that refuses what the real one would (the
+real one: test_agent.py)."""
+
+from __future__ import annotations
+
+from weir.common.pb import pb
+from weir.nodeagent.admission import admit
+from weir.nodeagent.agent import Agent
+from weir.nodeagent.service import from_pb
+
+from tests.nodeagent.standins import (
+    FakeDataplane,
+    Opener,
+    RecordingBGP,
+    backend,
+    capacities,
+    errors,
+    lb_role,
+    service,
+    view,
+)
+
+HOST = "10.88.0.21"  # resolves: its ports make distinct backends
+
+
+def aged(vip: str, created: int, backends: int = 1, *, owner: str = "", size: int = 251):
+    svc = service(vip, *(backend(HOST, port=8000 + i) for i in range(backends)))
+    svc.created_unix_seconds, svc.service, svc.maglev_table_size = created, owner, size
+    return svc
+
+
+def admitted(caps, *services: pb.Service) -> list[str]:
+    return list(admit(map(from_pb, services), caps).admitted)
+
+
+def test_the_oldest_services_are_served_first() -> None:
+    caps = capacities(services=2)
+    young, old, older = aged("192.0.2.1", 300), aged("192.0.2.9", 200), aged("192.0.2.5", 100)
+    assert admitted(caps, young, old, older) == [older.id, old.id]
+    result = admit(map(from_pb, (young, old, older)), caps)
+    assert result.refused == {
+        young.id: "does not fit on this node: all 2 service entries are taken, after the "
+        "Services served before it (the oldest first, on every node alike)"
+    }
+    # Unknown creation times come last; then namespace/name, then the frontend id.
+    untimed = [aged("192.0.2.7", 0, owner="b/x"), aged("192.0.2.8", 0, owner="a/y")]
+    assert admitted(capacities(services=3), *untimed, young) == [
+        young.id,
+        "192.0.2.8:80/TCP",
+        "192.0.2.7:80/TCP",
+    ]
+
+
+def test_the_largest_services_backends_are_kept_free_for_its_updates() -> None:
+    caps = capacities(backends=10)
+    a, b = aged("192.0.2.1", 100, backends=4), aged("192.0.2.2", 200, backends=2)
+    result = admit(map(from_pb, (a, b)), caps)
+    assert list(result.admitted) == [a.id, b.id] and result.reserved == 4
+    c = aged("192.0.2.3", 300, backends=3)  # 6 + 3 used, and 4 kept free: 13 > 10
+    result = admit(map(from_pb, (a, b, c)), caps)
+    assert list(result.admitted) == [a.id, b.id]
+    assert (
+        "its 3 backends need as many backend entries, 0 of 10 are left (4 kept free for "
+        in (result.refused[c.id])
+    )
+
+
+def test_what_can_never_fit_is_refused_as_such() -> None:
+    caps = capacities(backends=10, slots=1024)
+    big = aged("192.0.2.1", 100, backends=6)
+    wide = aged("192.0.2.2", 100, size=521)
+    bad = aged("192.0.2.3", 100, size=253)
+    result = admit(map(from_pb, (big, wide, bad)), caps)
+    assert not result.admitted
+    assert result.refused[big.id] == (
+        "can never fit on this node: its 6 backends need 12 backend entries while they are "
+        "replaced (old and new coexist), the maps hold 10 (--max-backends)"
+    )
+    assert result.refused[wide.id] == (
+        "can never fit on this node: its table needs 1042 slots (two halves of 521), the maps "
+        "hold 1024 (--max-table-slots)"
+    )
+    assert "not prime" in result.refused[bad.id]
+
+
+async def test_a_fresh_node_serves_the_services_the_old_nodes_serve() -> None:
+    caps = capacities(services=2)
+    old1, old2 = aged("192.0.2.3", 100), aged("192.0.2.4", 200)
+    young = aged("192.0.2.1", 300)  # the first by id
+    old_dp, fresh_dp = FakeDataplane(caps=caps), FakeDataplane(caps=caps)
+    old_node, fresh_node = Agent([lb_role(Opener(old_dp))]), Agent([lb_role(Opener(fresh_dp))])
+    await old_node.handle(view(1, old1, old2))
+    old_ack = await old_node.handle(view(2, old1, old2, young))
+    fresh_ack = await fresh_node.handle(view(2, old1, old2, young))
+    assert set(old_dp.services) == set(fresh_dp.services) == {old1.id, old2.id}
+    assert errors(old_ack) == errors(fresh_ack)
+    assert "does not fit on this node" in errors(fresh_ack)[young.id]
+    status = await fresh_node.status()
+    assert [e.service_id for e in status.service_errors] == [young.id]
+
+    # The oldest grows beyond what the maps hold beside the others: the youngest makes room,
+    # on every node alike.
+    grown = aged("192.0.2.3", 100, backends=3)
+    caps_b = capacities(services=2, backends=7)  # 3 + 1 used, 3 kept free
+    dp = FakeDataplane(caps=caps_b)
+    agent = Agent([lb_role(Opener(dp))])
+    await agent.handle(view(1, old1, old2))
+    ack = await agent.handle(view(2, grown, old2, young))
+    assert set(dp.services) == {grown.id, old2.id} and set(errors(ack)) == {young.id}
+
+
+async def test_services_that_free_backend_entries_are_written_first() -> None:
+    """A (older) gives up its 4 backends while B replaces its 2 with 5 new ones: fine once A
+    has shrunk (2 + 5 <= 10), too many before (4 + 2 + 5 > 10), whatever the ids say."""
+    a = aged("192.0.2.9", 100, backends=4)
+    b = service("192.0.2.1", *(backend(HOST, port=8000 + i) for i in range(2)))
+    b.created_unix_seconds = 200
+    dp = FakeDataplane(caps=capacities(backends=10))
+    agent = Agent([lb_role(Opener(dp))])
+    assert not errors(await agent.handle(view(1, a, b)))
+    a2 = aged("192.0.2.9", 100, backends=0)
+    b2 = service("192.0.2.1", *(backend(HOST, port=9000 + i) for i in range(5)))
+    b2.created_unix_seconds = 200
+    dp.writes.clear()
+    assert not errors(await agent.handle(view(2, a2, b2)))
+    assert dp.writes == [a.id, b.id]
+    assert len(dp.services[b.id][1]) == 5
+
+
+async def test_a_vip_whose_table_cannot_be_made_current_is_withdrawn() -> None:
+    web = service("192.0.2.10", backend(HOST))
+    web_tls = service("192.0.2.10", backend(HOST, port=8443), port=443)  # same VIP
+    other = service("192.0.2.11", backend(HOST))
+    dp, bgp = FakeDataplane(), RecordingBGP()
+    agent = Agent([lb_role(Opener(dp), bgp=bgp)], bgp=bgp)
+    await agent.handle(view(1, web, web_tls, other))
+    assert bgp.vips[-1] == {"192.0.2.10", "192.0.2.11"}
+    # An update of one of the VIP's services fails: its old table is still in the maps
+    # (stale, while the other nodes hold the new one), so the whole VIP is withdrawn.
+    dp.broken.add(web_tls.id)
+    web_tls2 = service("192.0.2.10", backend(HOST, port=8444), port=443)
+    ack = await agent.handle(view(2, web, web_tls2, other))
+    assert set(errors(ack)) == {web_tls.id}
+    assert bgp.vips[-1] == {"192.0.2.11"}
+    dp.broken.clear()
+    assert not errors(await agent.handle(view(3, web, web_tls2, other)))
+    assert bgp.vips[-1] == {"192.0.2.10", "192.0.2.11"}
