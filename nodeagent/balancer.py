@@ -13,15 +13,17 @@ apply(desired), once per version, in order:
   6. builds the Maglev tables (TableCache) and writes them (Dataplane) in a worker thread,
      one service at a time, so a service that fails is recorded and the others are
      applied; services that need no more backend entries than they hold go first (they
-     free entries the others may need), then the rest in admission order;
+     free entries the others may need), then the rest in admission order. A service whose
+     additions do not fit (CapacityError) is written with the backends it keeps, its
+     removed ones taken out: removing never needs room;
   7. hands the BGP settings and the VIPs now served to the BGP hook.
 errors() then names every service wanted that is not (fully) applied. reprogram() writes
 services again between versions, when their backends' MACs resolve or change
 (nodeagent.mac_upkeep).
 
 What is announced: the VIPs with a service programmed with at least one backend, except
-- a VIP one of whose services failed to be written: this node holds a stale table (or
-  none) where the other nodes hold the current one;
+- a VIP one of whose services failed to be written, or was written with its kept backends
+  only: this node holds a stale table (or none) where the other nodes hold the current one;
 - every VIP while the data plane does not forward (set_forwarding: the XDP program is
   detached or replaced, nodeagent.forwarding_watch).
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from weir.common.aio import Generation
@@ -45,7 +47,7 @@ from weir.common.tablesize import validate_table_size
 from weir.nodeagent.admission import Admission, admit
 from weir.nodeagent.backend_macs import BackendMacs, Reachable, excluded_message
 from weir.nodeagent.bgp.hook import BGPHook, NoBGP
-from weir.nodeagent.dataplane import Dataplane, DataplaneError
+from weir.nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, DataplaneError
 from weir.nodeagent.maglev import NoBackendsError, TableCache, backend_id
 from weir.nodeagent.plan import AppliedState, make_plan
 from weir.nodeagent.roles import RoleStatus, UplinkSource
@@ -72,15 +74,26 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class _Held:
+    """What the maps hold of a service: the backends its table names, its table size."""
+
+    targets: frozenset[BackendTarget]
+    table_size: int
+
+
+@dataclass(frozen=True)
 class _Work:
     service: Service
     backends: Reachable
+    held: _Held | None = None  # None: not in the maps yet
 
 
 @dataclass(frozen=True)
 class _Written:
     error: str | None = None
     changed: bool = False  # False: the maps already held it
+    # On a capacity error: what was written instead, the backends it keeps (None: nothing).
+    kept: _Work | None = None
 
 
 class Balancer:
@@ -106,7 +119,7 @@ class Balancer:
         self._admission = Admission()
         self._wanted: Mapping[str, Service] = {}  # the services admitted, by id
         self._failed: dict[str, str] = {}  # service id -> error (not written as wanted)
-        self._programmed: dict[str, int] = {}  # id -> backends programmed
+        self._held: dict[str, _Held] = {}  # id -> what the maps hold of it
         self._affinity_noted: set[str] = set()  # ClientIP services whose timeout was explained
         self._bgp_config: pb.BGPConfig | None = None  # None until the first version
         self.not_forwarding = ""  # why the data plane does not forward ("": it does)
@@ -137,7 +150,8 @@ class Balancer:
             spec.frontend.vip
             for sid, spec in self._state.services.items()
             if spec is not None
-            and self._programmed.get(sid, 0) > 0
+            and sid in self._held
+            and self._held[sid].targets
             and spec.frontend.vip not in stale
         )
 
@@ -176,6 +190,9 @@ class Balancer:
         async with self._lock:
             applied = await asyncio.to_thread(self._dp.applied)
         macs = self._macs.adopt(b for svc in applied.values() for b in svc.backends)
+        self._held = {
+            sid: _Held(frozenset(svc.backends), svc.table_size) for sid, svc in applied.items()
+        }
         self._state = AppliedState.adopted(applied)
         log.info("adopted pinned services", services=len(applied), macs=macs)
         return len(applied)
@@ -246,6 +263,9 @@ class Balancer:
             outcome = Outcome()
             # A failed re-program leaves the previous table in place: the service stays applied.
             applied = await self._write(services, self._state.seed, outcome)
+            self._state = replace(
+                self._state, services={**self._state.services, **{s.id: s for s in applied}}
+            )
             log.info("services re-programmed", services=[s.id for s in applied], **outcome.counts())
             await self._announce()
         self._changes.bump()
@@ -267,7 +287,7 @@ class Balancer:
 
         done = await asyncio.to_thread(work)
         for sid in done:
-            self._programmed.pop(sid, None)
+            self._held.pop(sid, None)
             self._failed.pop(sid, None)
             self._macs.forget(sid)
         return done
@@ -281,24 +301,29 @@ class Balancer:
             return []
         self._note_affinity(services)
         found = await self._macs.resolve(b for s in services for b in s.backends)
-        work = [_Work(s, self._macs.reachable(s, found)) for s in services]
+        work = [_Work(s, self._macs.reachable(s, found), self._held.get(s.id)) for s in services]
         results = await asyncio.to_thread(self._write_all, work, seed)
         applied = []
         for w, res in zip(work, results, strict=True):
             sid = w.service.id
             if res.error is not None:
                 self._failed[sid] = res.error
-                self._macs.forget(sid)
                 outcome.failed += 1
-                continue
-            applied.append(w.service)
-            self._programmed[sid] = len(w.backends.targets)
-            self._failed.pop(sid, None)
-            self._macs.programmed(sid, w.backends)
-            if res.changed:
-                outcome.written += 1
+                if res.kept is None:
+                    self._macs.forget(sid)
+                    continue
+                # Recorded as applied with what it keeps: the next plan sees it differ from
+                # the service wanted and writes it again.
+                w = res.kept
             else:
-                outcome.unchanged += 1
+                self._failed.pop(sid, None)
+                if res.changed:
+                    outcome.written += 1
+                else:
+                    outcome.unchanged += 1
+            applied.append(w.service)
+            self._held[sid] = _Held(frozenset(w.backends.targets), w.service.table_size)
+            self._macs.programmed(sid, w.backends)
         return applied
 
     async def _set_encap(self, node: NodeSettings, services: Iterable[Service]) -> bool:
@@ -338,13 +363,51 @@ class Balancer:
         results = []
         for w in work:
             try:
-                table = self._table(w, seed)
-                changed = self._dp.apply_service(w.service.frontend, w.backends.targets, table)
-                results.append(_Written(changed=changed))
-            except Exception as exc:  # CapacityError, DataplaneError, ValueError (table size)
+                results.append(_Written(changed=self._write_one(w, seed)))
+            except CapacityError as exc:
+                results.append(self._write_kept(w, seed, str(exc)))
+            except Exception as exc:  # DataplaneError, ValueError (table size)
                 log.warning("service not applied", service=w.service.id, error=str(exc))
                 results.append(_Written(error=str(exc)))
         return results
+
+    def _write_one(self, w: _Work, seed: int) -> bool:
+        table = self._table(w, seed)
+        return self._dp.apply_service(w.service.frontend, w.backends.targets, table)
+
+    def _write_kept(self, w: _Work, seed: int, error: str) -> _Written:
+        """The additions do not fit, but removals need no room: write the service with the
+        backends the maps hold already and still wanted, at the table size they hold, so no
+        new flow goes to a removed backend. Its VIP stays withdrawn (the service failed)
+        until the whole service is written."""
+        if w.held is None:  # a new service: nothing to keep
+            log.warning("service not applied", service=w.service.id, error=error)
+            return _Written(error=error)
+        reach = w.backends
+        keep = [i for i, t in enumerate(reach.targets) if t in w.held.targets]
+        kept_reach = Reachable(
+            members=[reach.members[i] for i in keep],
+            targets=[reach.targets[i] for i in keep],
+            excluded=reach.excluded,
+            hops=[reach.hops[i] for i in keep],
+        )
+        kept = _Work(
+            replace(w.service, backends=tuple(kept_reach.members), table_size=w.held.table_size),
+            kept_reach,
+            w.held,
+        )
+        try:
+            self._write_one(kept, seed)
+        except Exception as exc:
+            error = f"{error}; its removed backends cannot be taken out either: {exc}"
+            log.warning("service not applied", service=w.service.id, error=error)
+            return _Written(error=error)
+        error = (
+            f"{error}; written with the {len(keep)} of its backends the maps already hold "
+            "(removed ones taken out), its VIP withdrawn until the others fit"
+        )
+        log.warning("service applied in part", service=w.service.id, error=error)
+        return _Written(error=error, kept=kept)
 
     def _table(self, w: _Work, seed: int) -> np.ndarray:
         proto = w.service.frontend.protocol

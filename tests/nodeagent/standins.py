@@ -81,6 +81,7 @@ class FakeDataplane:
     caps: Capacities = field(default_factory=capacities)
     writes: list[str] = field(default_factory=list)  # service ids, in the order written
     broken: set[str] = field(default_factory=set)
+    taken: int = 0  # backend entries no service names that are not free yet (retired ones)
 
     def applied(self) -> dict[str, AppliedService]:
         empty = np.zeros(0, dtype=np.uint32)
@@ -102,7 +103,7 @@ class FakeDataplane:
         if before is None and len(self.services) >= self.caps.services:
             raise CapacityError(f"service {fe.id}: all service entries are in use")
         fresh = set(backends) - set(before[1] if before else ())
-        used = sum(len(bes) for _, bes in self.services.values())
+        used = self.taken + sum(len(bes) for _, bes in self.services.values())
         if used + len(fresh) > self.caps.backends:
             raise CapacityError(f"service {fe.id}: needs {len(fresh)} new backend entries")
         self.writes.append(fe.id)

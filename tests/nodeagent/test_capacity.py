@@ -149,3 +149,38 @@ async def test_a_vip_whose_table_cannot_be_made_current_is_withdrawn() -> None:
     dp.broken.clear()
     assert not errors(await agent.handle(view(3, web, web_tls2, other)))
     assert bgp.vips[-1] == {"192.0.2.10", "192.0.2.11"}
+
+
+async def test_removed_backends_are_taken_out_when_the_added_ones_do_not_fit() -> None:
+    """The maps cannot take web's two new backends: web is written with the two it keeps (no
+    new flow goes to the one removed), reported, and its VIP withdrawn until all of it is
+    written; other VIPs stay announced."""
+    web = service("192.0.2.10", *(backend(HOST, port=p) for p in (8000, 8001, 8002)))
+    other = service("192.0.2.11", backend(HOST, port=7000))
+    dp, bgp = FakeDataplane(caps=capacities(backends=10)), RecordingBGP()
+    agent = Agent([lb_role(Opener(dp), bgp=bgp)], bgp=bgp)
+    assert not errors(await agent.handle(view(1, web, other)))
+    dp.taken = 5  # 4 programmed + 5: one entry free
+    web2 = service("192.0.2.10", *(backend(HOST, port=p) for p in (8001, 8002, 8003, 8004)))
+    ack = await agent.handle(view(2, web2, other))
+    assert [b.port for b in dp.services[web.id][1]] == [8001, 8002]
+    assert set(errors(ack)) == {web.id}
+    assert "needs 2 new backend entries; written with the 2 of its backends" in errors(ack)[web.id]
+    assert bgp.vips[-1] == {"192.0.2.11"}
+    # Room again: the next version writes all of it, and the VIP is announced again.
+    dp.taken = 0
+    assert not errors(await agent.handle(view(3, web2, other)))
+    assert [b.port for b in dp.services[web.id][1]] == [8001, 8002, 8003, 8004]
+    assert bgp.vips[-1] == {"192.0.2.10", "192.0.2.11"}
+
+
+async def test_a_service_whose_backends_are_all_replaced_keeps_none_of_the_old_ones() -> None:
+    web = service("192.0.2.10", *(backend(HOST, port=8000 + i) for i in range(3)))
+    dp, bgp = FakeDataplane(caps=capacities(backends=8)), RecordingBGP()
+    agent = Agent([lb_role(Opener(dp), bgp=bgp)], bgp=bgp)
+    await agent.handle(view(1, web))
+    dp.taken = 3  # 3 + 3 used: the 3 new ones do not fit beside the old ones
+    web2 = service("192.0.2.10", *(backend(HOST, port=9000 + i) for i in range(3)))
+    ack = await agent.handle(view(2, web2))
+    assert dp.services[web.id][1] == () and set(errors(ack)) == {web.id}
+    assert bgp.vips[-1] == frozenset()
