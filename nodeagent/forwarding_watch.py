@@ -46,11 +46,11 @@ class ForwardingWatch:
     async def check(self) -> str:
         """One check; returns the problem reported now ("": forwarding)."""
         found = await asyncio.to_thread(self._probe.check)
-        problem = found.problem
+        problem, reattached = found.problem, False
         if found.missing:
             try:
                 await asyncio.to_thread(self._probe.reattach)
-                log.warning("program re-attached", role=self._role, was=problem)
+                reattached = True
             except Exception as exc:  # DataplaneError; anything else, reported the same way
                 problem = f"{problem}; cannot attach it again: {exc}"
         if problem != self.problem:
@@ -60,4 +60,6 @@ class ForwardingWatch:
                 log.info("data plane forwarding again", role=self._role, was=self.problem)
             self.problem = problem
             await self._report(problem)
+        if reattached:
+            log.warning("program re-attached", role=self._role)
         return problem
