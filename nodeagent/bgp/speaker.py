@@ -86,7 +86,7 @@ class BGPSpeaker:
         workdir: Path | None = None,
         default_router_id: str = "",
         options: ExaBGPOptions | None = None,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[], object] | None = None,
     ) -> None:
         """workdir: where ExaBGP's config and API socket live (a private temporary
         directory when None, removed on stop). default_router_id: used when the config
@@ -365,8 +365,8 @@ class BGPSpeaker:
             if cfg.session_settings() != running.session_settings():
                 running = await self._reload(proc, running, cfg)
                 continue
-            for peer in list(self._rib):
-                await self._sync_peer(proc, peer, plan.get(peer, {}))
+            for address in list(self._rib):
+                await self._sync_peer(proc, address, plan.get(address, {}))
             for peer in cfg.peers:
                 if peer.address in self._eor_due:
                     self._eor_due.discard(peer.address)
