@@ -9,7 +9,7 @@ Service never pushes out an older one; one that grows may push out younger ones,
 node alike. Nodes with different map sizes may admit different Services: give the
 load-balancer nodes the same sizes.
 
-What a service takes (docs/CAPACITY.md):
+What a service takes (nodeagent/dataplane/README.md, "Capacity"):
 - one service entry;
 - one backend entry per backend in the view (reachable from this node or not: the count
   must not depend on the node);
