@@ -17,8 +17,10 @@ What a service takes (nodeagent/dataplane/README.md, "Capacity"):
   it is added, so an update needs no more slots.
 And the double buffer's headroom: while a service's backends are replaced, the old entries
 stay live until the new table is in place, so as many backend entries as the largest
-admitted service has are kept free (`reserved`). A service that cannot fit even alone is
-refused as one that can never fit, naming the flag that would make room.
+admitted service has are kept free (`reserved`). A service that cannot fit even alone with
+its own headroom (twice its backends, both halves of its table) is refused as one that can
+never fit, by the data plane's own rule (Capacities.never_fits), naming the flag that would
+make room.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Capacities(Protocol):
 
     @property
     def slots(self) -> int: ...
+
+    def never_fits(self, backends: int, slots: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -102,17 +106,13 @@ def admit(services: Iterable[Service], caps: Capacities) -> Admission:
 
 
 def _never_fits(need: Needs, caps: Capacities) -> str:
-    if 2 * need.backends > caps.backends:
-        return (
-            f"its {need.backends} backends need {2 * need.backends} backend entries while they "
-            f"are replaced (old and new coexist), the maps hold {caps.backends} (--max-backends)"
-        )
-    if need.slots > caps.slots:
-        return (
-            f"its table needs {need.slots} slots (two halves of {need.slots // 2}), the maps "
-            f"hold {caps.slots} (--max-table-slots)"
-        )
-    return ""
+    why = caps.never_fits(2 * need.backends, need.slots)
+    if not why:
+        return ""
+    return (
+        f"{why}; while a service's backends are replaced, old and new coexist, and both "
+        "halves of its table are kept"
+    )
 
 
 def _short(need: Needs, used: Needs, headroom: int, caps: Capacities) -> str:

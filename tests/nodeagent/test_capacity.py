@@ -76,13 +76,15 @@ def test_what_can_never_fit_is_refused_as_such() -> None:
     bad = aged("192.0.2.3", 100, size=253)
     result = admit(map(from_pb, (big, wide, bad)), caps)
     assert not result.admitted
+    why = "; while a service's backends are replaced, old and new coexist, and both halves of "
     assert result.refused[big.id] == (
-        "can never fit on this node: its 6 backends need 12 backend entries while they are "
-        "replaced (old and new coexist), the maps hold 10 (--max-backends)"
+        "can never fit on this node: needs 12 backend entries, the map holds 10 (--max-backends)"
+        + why
+        + "its table are kept"
     )
     assert result.refused[wide.id] == (
-        "can never fit on this node: its table needs 1042 slots (two halves of 521), the maps "
-        "hold 1024 (--max-table-slots)"
+        "can never fit on this node: needs 1042 table slots, the pool holds 1024 "
+        "(--max-table-slots)" + why + "its table are kept"
     )
     assert "not prime" in result.refused[bad.id]
 
