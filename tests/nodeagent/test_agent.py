@@ -273,7 +273,9 @@ def test_capacity_is_handed_out_with_room_for_updates(node) -> None:
     lb, *_, pins = node
     out = in_netns(lb.name, scenario_capacity, pins)
     assert list(out["ack1"]) == ["192.0.2.5:80/TCP"]
-    assert out["ack1"]["192.0.2.5:80/TCP"].startswith("can never fit on this node: its 6 backends")
+    assert out["ack1"]["192.0.2.5:80/TCP"].startswith(
+        "can never fit on this node: needs 12 backend entries, the map holds 10 (--max-backends)"
+    )
     assert out["maps1"]["backends"] == (6, 10, 4)  # the largest service's 4 kept free
     assert out["ack2"] == {}
     assert out["backends"] == {"192.0.2.9:80/TCP": 0, "192.0.2.1:80/TCP": 5}
