@@ -211,7 +211,10 @@ async def run(args: argparse.Namespace) -> int:
             refresh=args.neighbor_refresh,
         )
         backend = BackendRole(
-            functools.partial(NatDataplane.open, nat), uplink, pinned=has_nat_pins(args.bpffs)
+            functools.partial(NatDataplane.open, nat),
+            uplink,
+            pinned=has_nat_pins(args.bpffs),
+            changes=changes,
         )
         agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes)
         client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
