@@ -227,6 +227,7 @@ def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict
             else pb.SESSION_AFFINITY_NONE,
             "affinity_timeout_seconds": svc.affinity_timeout if client_ip else 0,
             "service": f"{svc.namespace}/{svc.name}",
+            "created_unix_seconds": int(svc.created.timestamp()) if svc.created else 0,
         }
         if svc.health_check is not None:
             common["health_check"] = svc.health_check.to_pb()
