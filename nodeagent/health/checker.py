@@ -26,17 +26,19 @@ from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.nodeagent.backend_macs import BackendMacs
 from weir.nodeagent.dataplane.hcpath import Encap, HcPath, HcRoute, mark
-from weir.nodeagent.health.probe import probe
+from weir.nodeagent.health.probe import Connects, Done, probe
 from weir.nodeagent.health.targets import Check, Target
 from weir.nodeagent.service import Backend, Frontend, NodeSettings, Service
 
 log = get_logger("weir.health")
+_TIMEOUT_TICK = 0.02  # seconds: how late a check's timeout may be noticed
 
 
 @dataclass
 class _State:
     check: Check
     index: int  # the path index: the socket mark's lower bits
+    timer: asyncio.TimerHandle | None = None  # the next check
     failing: bool = False  # a new backend is healthy until `fall` failures say otherwise
     streak: int = 0  # consecutive results against the current state
     since: int = 0  # unix time it became failing
@@ -62,7 +64,7 @@ class HealthChecker:
         self._node = NodeSettings()
         self._wanted_changed = Generation()
         self._states: dict[Target, _State] = {}
-        self._tasks: dict[Target, asyncio.Task[None]] = {}
+        self._started: set[Target] = set()
         self._free: list[int] = []
         self._next_index = 0
 
@@ -92,9 +94,13 @@ class HealthChecker:
         return checked, failing
 
     async def run(self) -> None:
-        """Reconcile the check loops with the targets, until cancelled."""
+        """Reconcile the checks with the targets, until cancelled. TCP checks are callbacks
+        on the loop (probe.Connects); each HTTP check is a task of this group."""
         seen = 0
+        loop = asyncio.get_running_loop()
+        connects = Connects(loop)
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._expire(connects), name="health-timeouts")
             try:
                 while True:
                     try:
@@ -102,17 +108,24 @@ class HealthChecker:
                             seen = await self._wanted_changed.wait_past(seen)
                     except TimeoutError:
                         pass
-                    await self._reconcile(tg)
+                    await self._reconcile(tg, connects)
             finally:
-                for task in self._tasks.values():
-                    task.cancel()
+                for target in list(self._states):
+                    self._stop(target)
+                connects.close()
+
+    @staticmethod
+    async def _expire(connects: Connects) -> None:
+        while True:
+            await asyncio.sleep(_TIMEOUT_TICK)
+            connects.expire()
 
     async def close(self) -> None:
         if self._path is not None:
             path, self._path = self._path, None
             await asyncio.to_thread(path.close)
 
-    async def _reconcile(self, tg: asyncio.TaskGroup) -> None:
+    async def _reconcile(self, tg: asyncio.TaskGroup, connects: Connects) -> None:
         wanted = self._wanted
         for target in [t for t in self._states if wanted.get(t) != self._states[t].check]:
             self._stop(target)
@@ -124,9 +137,14 @@ class HealthChecker:
             if target not in self._states:
                 self._states[target] = _State(check, self._index())
         await self._program()
+        loop = asyncio.get_running_loop()
         for target in wanted:
-            if target not in self._tasks:
-                self._tasks[target] = tg.create_task(self._loop(target), name="health-check")
+            if target not in self._started:
+                self._started.add(target)
+                state = self._states[target]
+                # Spread the checks over the interval, so a thousand do not fire at once.
+                first = loop.time() + random.uniform(0, state.check.interval)
+                state.timer = loop.call_at(first, self._fire, target, state, tg, connects)
 
     async def _open(self) -> bool:
         try:
@@ -148,9 +166,9 @@ class HealthChecker:
     def _stop(self, target: Target) -> None:
         state = self._states.pop(target)
         self._free.append(state.index)
-        task = self._tasks.pop(target, None)
-        if task is not None:
-            task.cancel()
+        self._started.discard(target)
+        if state.timer is not None:
+            state.timer.cancel()
         if state.failing:
             self._changes.bump()
 
@@ -177,18 +195,25 @@ class HealthChecker:
             routes[state.index] = HcRoute(mac, encap)
         await asyncio.to_thread(self._path.set, routes)
 
-    async def _loop(self, target: Target) -> None:
-        state = self._states[target]
+    def _fire(
+        self, target: Target, state: _State, tg: asyncio.TaskGroup, connects: Connects
+    ) -> None:
         check = state.check
-        http = (check.http_path, check.http_status) if check.kind == "http" else None
+        started = asyncio.get_running_loop().time()
+
+        def done(reason: str | None) -> None:
+            if self._states.get(target) is not state:
+                return  # stopped meanwhile
+            self._record(target, state, reason)
+            loop = asyncio.get_running_loop()
+            at = max(started + check.interval, loop.time())
+            state.timer = loop.call_at(at, self._fire, target, state, tg, connects)
+
         address, sock_mark = (target.vip, target.vip_port), mark(state.index)
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(random.uniform(0, check.interval))  # spread the checks out
-        next_at = loop.time()
-        while True:
-            self._record(target, state, await probe(address, sock_mark, check.timeout, http))
-            next_at = max(next_at + check.interval, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+        if check.kind == "tcp":
+            connects.start(address, sock_mark, check.timeout, done)
+        else:
+            tg.create_task(_http(address, sock_mark, check, done))
 
     def _record(self, target: Target, state: _State, reason: str | None) -> None:
         if reason is not None:
@@ -208,6 +233,11 @@ class HealthChecker:
             reason=state.reason,
         )
         self._changes.bump()
+
+
+async def _http(address: tuple[str, int], sock_mark: int, check: Check, done: Done) -> None:
+    http = (check.http_path, check.http_status)
+    done(await probe(address, sock_mark, check.timeout, http))
 
 
 def _backend(t: Target) -> Backend:
