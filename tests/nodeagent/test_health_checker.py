@@ -1,0 +1,160 @@
+"""The LB node's health checks (docs/HEALTH.md): which backends it checks, and the checker's
+fall/rise bookkeeping and reports against real TCP and HTTP listeners on loopback (the path
+program is stubbed: these checks go over lo)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+from weir.common.aio import Generation
+from weir.common.pb import pb
+from weir.nodeagent.backend_macs import BackendMacs, Reachable
+from weir.nodeagent.dataplane.hcpath import HcPath
+from weir.nodeagent.health.checker import HealthChecker
+from weir.nodeagent.health.probe import probe
+from weir.nodeagent.health.targets import Check, Target, targets_of
+from weir.nodeagent.service import NodeSettings
+
+from tests.requirements import requires, root
+
+FID = "192.0.2.1:80/TCP"
+
+
+def svc() -> pb.Service:
+    hc = pb.HealthCheck(type=pb.HEALTH_CHECK_TCP, interval_ms=1000, timeout_ms=500, rise=2, fall=3)
+    return pb.Service(
+        id=FID,
+        vip="192.0.2.1",
+        port=80,
+        protocol=pb.PROTOCOL_TCP,
+        health_check=hc,
+        backends=[
+            pb.Backend(address="10.0.0.1", port=80),
+            pb.Backend(
+                address="10.244.1.5",
+                port=8080,
+                forwarding=pb.FORWARDING_ENCAP,
+                node_address="10.1.0.1",
+            ),
+        ],
+        unhealthy=[pb.Backend(address="10.0.0.2", port=80)],
+    )
+
+
+def test_targets_are_every_backend_and_held_out_one_pods_only_when_asked() -> None:
+    targets = targets_of([svc()])
+    assert sorted(t.address for t in targets) == ["10.0.0.1", "10.0.0.2"]
+    check = next(iter(targets.values()))
+    assert (check.kind, check.interval, check.timeout, check.rise, check.fall) == (
+        "tcp", 1.0, 0.5, 2, 3,
+    )  # fmt: skip
+    pods = svc()
+    pods.health_check.check_encapsulated = True
+    (encap,) = [t for t in targets_of([pods]) if t.forwarding == "encap"]
+    assert (encap.vip, encap.vip_port, encap.node, encap.port) == (
+        "192.0.2.1",
+        80,
+        "10.1.0.1",
+        8080,
+    )
+    udp = svc()
+    udp.protocol = pb.PROTOCOL_UDP
+    assert targets_of([udp]) == {}
+    no_check = svc()
+    no_check.ClearField("health_check")
+    assert targets_of([no_check]) == {}
+
+
+class _Path:
+    def set(self, routes: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Macs:
+    async def resolve(self, backends: object) -> None:
+        return None
+
+    def reachable(self, service: object, found: object) -> Reachable:
+        return Reachable()
+
+
+def _listener(port: int = 0) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    return s
+
+
+@pytest.fixture
+async def checker() -> AsyncIterator[tuple[HealthChecker, Generation]]:
+    changes = Generation()
+    hc = HealthChecker(
+        lambda: cast(HcPath, _Path()), cast(BackendMacs, _Macs()), changes, refresh=60
+    )
+    task = asyncio.create_task(hc.run())
+    yield hc, changes
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until_changed(changes: Generation, seen: int) -> int:
+    async with asyncio.timeout(5):
+        return await changes.wait_past(seen)
+
+
+@requires(root)  # SO_MARK
+async def test_fall_then_rise_reported_with_reason(
+    checker: tuple[HealthChecker, Generation],
+) -> None:
+    hc, changes = checker
+    server = _listener()
+    port = server.getsockname()[1]
+    target = Target(FID, "10.0.0.1", 80, "127.0.0.1", port)
+    hc.apply({target: Check("tcp", 0.05, 0.05, rise=2, fall=2)}, NodeSettings(load_balancer=True))
+    await asyncio.sleep(0.3)
+    assert hc.report() == ([FID], [])
+    seen = changes.value
+    server.close()  # refused from now on
+    seen = await _until_changed(changes, seen)
+    checked, failing = hc.report()
+    assert checked == [FID]
+    assert [(f.address, f.port, f.reason) for f in failing] == [("10.0.0.1", 80, "refused")]
+    assert failing[0].since_unix > 0
+    server = _listener(port)
+    try:
+        await _until_changed(changes, seen)
+        assert hc.report() == ([FID], [])
+    finally:
+        server.close()
+    hc.apply({}, NodeSettings(load_balancer=False))  # the role is gone: nothing checked
+    await asyncio.sleep(0.1)
+    assert hc.report() == ([], [])
+
+
+@requires(root)
+async def test_http_checks_want_the_status() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        status = b"200 OK" if b" /ok " in line else b"503 Unavailable"
+        writer.write(b"HTTP/1.0 " + status + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        assert await probe(("127.0.0.1", port), 0, 1.0, ("/ok", 200)) is None
+        assert await probe(("127.0.0.1", port), 0, 1.0, ("/down", 200)) == "status 503"
+        # 192.0.2.0/24 is TEST-NET: nothing answers there, or the route refuses at once.
+        assert await probe(("192.0.2.254", 9), 0, 0.1, None) in {
+            "timeout",
+            "Network is unreachable",
+        }
