@@ -10,7 +10,7 @@ health) shows each reported backend, who sees it failing and since when.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from weir.common.logs import get_logger
 from weir.common.pb import pb
@@ -21,9 +21,6 @@ from weir.controller.metrics import Metrics
 from weir.controller.plane.servicer import NodePlane
 
 log = get_logger("weir.health")
-
-# A transition of one backend: (frontend id, address, port, "out" or "back").
-Transition = tuple[str, str, int, str]
 
 
 def node_report(node: str, status: pb.NodeStatus) -> NodeReport:
@@ -43,13 +40,10 @@ class HealthTracker:
         state: ClusterState,
         store: SnapshotStore,
         metrics: Metrics,
-        on_transition: Callable[[str, Transition], None] | None = None,
     ) -> None:
         self.state = state
         self.store = store
         self.metrics = metrics
-        # Called with the Service ("namespace/name") of each backend going out or back.
-        self._on_transition = on_transition
         self.decision = decide(())
         self._since: dict[BackendKey, int] = {}  # when the controller last changed its state
 
@@ -91,21 +85,11 @@ class HealthTracker:
         )
         if direction == "back":
             del self._since[key]
-        if self._on_transition is not None:
-            self._on_transition(self._service_of(fid), (fid, address, port, direction))
-
-    def _service_of(self, fid: str) -> str:
-        cluster = self.store.cluster()
-        if cluster is not None:
-            for s in cluster.services:
-                if s.id == fid:
-                    return s.service
-        return ""
 
     def fail_open(self) -> set[str]:
         """Frontends whose every backend is failing, all kept (reduce's fail open)."""
         cluster = self.store.cluster()
-        if cluster is None:
+        if cluster is None or not self.decision.failing:
             return set()
         out = set()
         for s in cluster.services:
