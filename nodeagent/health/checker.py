@@ -32,6 +32,9 @@ from weir.nodeagent.service import Backend, Frontend, NodeSettings, Service
 
 log = get_logger("weir.health")
 _TIMEOUT_TICK = 0.02  # seconds: how late a check's timeout may be noticed
+# Checks start on a grid of this many seconds: the loop wakes once for each slot's batch,
+# not once per check.
+_SLOT = 0.02
 
 
 @dataclass
@@ -143,7 +146,7 @@ class HealthChecker:
                 self._started.add(target)
                 state = self._states[target]
                 # Spread the checks over the interval, so a thousand do not fire at once.
-                first = loop.time() + random.uniform(0, state.check.interval)
+                first = _slot(loop.time() + random.uniform(0, state.check.interval))
                 state.timer = loop.call_at(first, self._fire, target, state, tg, connects)
 
     async def _open(self) -> bool:
@@ -206,7 +209,7 @@ class HealthChecker:
                 return  # stopped meanwhile
             self._record(target, state, reason)
             loop = asyncio.get_running_loop()
-            at = max(started + check.interval, loop.time())
+            at = _slot(max(started + check.interval, loop.time()))
             state.timer = loop.call_at(at, self._fire, target, state, tg, connects)
 
         address, sock_mark = (target.vip, target.vip_port), mark(state.index)
@@ -238,6 +241,10 @@ class HealthChecker:
 async def _http(address: tuple[str, int], sock_mark: int, check: Check, done: Done) -> None:
     http = (check.http_path, check.http_status)
     done(await probe(address, sock_mark, check.timeout, http))
+
+
+def _slot(t: float) -> float:
+    return round(t / _SLOT) * _SLOT
 
 
 def _backend(t: Target) -> Backend:
