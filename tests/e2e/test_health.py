@@ -152,8 +152,14 @@ def test_dsr_backend_without_the_vip_on_loopback_fails(lab: Stack) -> None:
 def test_one_lb_node_cut_off_from_one_backend_splits_nothing(lab: Stack) -> None:
     b2 = lab.net.backends["b2"]
     b2.nft(
-        f"table ip cut {{ chain in {{ type filter hook input priority 0; "
-        f"ip saddr {NODES['lb1']} drop; }} }}"
+        f"""
+table ip cut {{
+    chain in {{
+        type filter hook input priority 0;
+        ip saddr {NODES["lb1"]} drop
+    }}
+}}
+"""
     )
     try:
         seen = wait_until(
