@@ -64,8 +64,8 @@ class HcPath:
         self.ifindex = ifindex
         self.capacity = capacity
         self._bpf = bpf
-        self._paths = bpf["hc_paths"]
-        self._stats = bpf["hc_stats"]
+        self._paths = bpf[b"hc_paths"]
+        self._stats = bpf[b"hc_stats"]
         self._written: dict[int, HcRoute] = {}
         self._lock = threading.Lock()
 
