@@ -33,6 +33,7 @@ class AgentMetrics(Protocol):
     def set_services(self, applied: int, failed: int, incomplete: int) -> None: ...
     def set_maps(self, usage: Sequence[pb.MapUsage]) -> None: ...
     def set_roles(self, active: Mapping[str, bool]) -> None: ...
+    def set_service_names(self, names: Mapping[str, str]) -> None: ...
 
 
 def desired_of(view: NodeView) -> Desired:
@@ -82,6 +83,9 @@ class Agent:
             self._metrics.set_services(*(sum(c) for c in zip(*counts, strict=True)))
             self._metrics.observe_apply(update.version, elapsed, outcome)
             self._metrics.set_roles({r.name: r.active for r in self._roles})
+            self._metrics.set_service_names(
+                {sid: svc.service for sid, svc in update.view.services.items()}
+            )
         self._changes.bump()
         return pb.Ack(version=update.version, service_errors=_service_errors(errors))
 

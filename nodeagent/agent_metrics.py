@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from weir.common.pb import pb
+from weir.nodeagent.traffic_metrics import TrafficCollector
 
 
 class PromMetrics:
@@ -40,6 +42,7 @@ class PromMetrics:
             "weir_agent_role", "1 while the node has the role, else 0", ["role"], registry=r
         )
         Gauge("weir_agent_info", "Agent identity", ["node"], registry=r).labels(node).set(1)
+        self._service_names: Mapping[str, str] = {}
 
     def observe_apply(self, version: int, seconds: float, outcome: Mapping[str, int]) -> None:
         self.version.set(version)
@@ -60,6 +63,16 @@ class PromMetrics:
     def set_roles(self, active: Mapping[str, bool]) -> None:
         for role, on in active.items():
             self.roles.labels(role).set(int(on))
+
+    def set_service_names(self, names: Mapping[str, str]) -> None:
+        # Replaced whole, never changed in place: the scrape thread reads it.
+        self._service_names = dict(names)
+
+    def collect_traffic(self, bpffs: Path, *, per_backend: bool = False) -> None:
+        """Export the data plane's traffic counters (nodeagent.traffic_metrics)."""
+        self.registry.register(
+            TrafficCollector(bpffs, lambda: self._service_names, per_backend=per_backend)
+        )
 
     def serve(self, address: str) -> None:
         """Serve /metrics on host:port (a daemon thread of prometheus_client)."""

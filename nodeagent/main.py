@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--status-interval", type=float, default=10.0, help="NodeStatus period, s")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on host:port")
+    p.add_argument(
+        "--metrics-per-backend",
+        action="store_true",
+        help="traffic counters per backend too (one series per backend: see docs/METRICS.md)",
+    )
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -138,6 +143,7 @@ async def run(args: argparse.Namespace) -> int:
         from weir.nodeagent.agent_metrics import PromMetrics
 
         metrics = PromMetrics(args.node)
+        metrics.collect_traffic(args.bpffs, per_backend=args.metrics_per_backend)
         metrics.serve(args.metrics_address)
     async with (
         Uplink(args.interface) as uplink,
