@@ -33,7 +33,6 @@ class AgentMetrics(Protocol):
     def set_services(self, applied: int, failed: int, incomplete: int) -> None: ...
     def set_maps(self, usage: Sequence[pb.MapUsage]) -> None: ...
     def set_roles(self, active: Mapping[str, bool]) -> None: ...
-    def set_service_names(self, names: Mapping[str, str]) -> None: ...
 
 
 def desired_of(view: NodeView) -> Desired:
@@ -60,6 +59,7 @@ class Agent:
         self._metrics = metrics
         self._changes = changes or Generation()
         self._version = 0
+        self._names: Mapping[str, str] = {}
 
     async def handle(self, update: Update) -> pb.Ack:
         """Apply one version, return its Ack."""
@@ -70,6 +70,7 @@ class Agent:
             outcome.update(await role.apply(desired))
         errors = _merged(r.errors() for r in self._roles)
         self._version = update.version
+        self._names = {sid: svc.service for sid, svc in update.view.services.items()}
         elapsed = time.monotonic() - started
         log.info(
             "version applied",
@@ -83,11 +84,14 @@ class Agent:
             self._metrics.set_services(*(sum(c) for c in zip(*counts, strict=True)))
             self._metrics.observe_apply(update.version, elapsed, outcome)
             self._metrics.set_roles({r.name: r.active for r in self._roles})
-            self._metrics.set_service_names(
-                {sid: svc.service for sid, svc in update.view.services.items()}
-            )
         self._changes.bump()
         return pb.Ack(version=update.version, service_errors=_service_errors(errors))
+
+    @property
+    def service_names(self) -> Mapping[str, str]:
+        """Service id -> "<namespace>/<name>" of the applied view (replaced whole on each
+        version: other threads may read it)."""
+        return self._names
 
     async def status(self) -> pb.NodeStatus:
         roles = [await r.status() for r in self._roles]

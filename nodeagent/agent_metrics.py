@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -42,7 +42,6 @@ class PromMetrics:
             "weir_agent_role", "1 while the node has the role, else 0", ["role"], registry=r
         )
         Gauge("weir_agent_info", "Agent identity", ["node"], registry=r).labels(node).set(1)
-        self._service_names: Mapping[str, str] = {}
 
     def observe_apply(self, version: int, seconds: float, outcome: Mapping[str, int]) -> None:
         self.version.set(version)
@@ -64,15 +63,11 @@ class PromMetrics:
         for role, on in active.items():
             self.roles.labels(role).set(int(on))
 
-    def set_service_names(self, names: Mapping[str, str]) -> None:
-        # Replaced whole, never changed in place: the scrape thread reads it.
-        self._service_names = dict(names)
-
-    def collect_traffic(self, bpffs: Path, *, per_backend: bool = False) -> None:
+    def collect_traffic(
+        self, bpffs: Path, names: Callable[[], Mapping[str, str]], *, per_backend: bool = False
+    ) -> None:
         """Export the data plane's traffic counters (nodeagent.traffic_metrics)."""
-        self.registry.register(
-            TrafficCollector(bpffs, lambda: self._service_names, per_backend=per_backend)
-        )
+        self.registry.register(TrafficCollector(bpffs, names, per_backend=per_backend))
 
     def serve(self, address: str) -> None:
         """Serve /metrics on host:port (a daemon thread of prometheus_client)."""

@@ -143,7 +143,6 @@ async def run(args: argparse.Namespace) -> int:
         from weir.nodeagent.agent_metrics import PromMetrics
 
         metrics = PromMetrics(args.node)
-        metrics.collect_traffic(args.bpffs, per_backend=args.metrics_per_backend)
         metrics.serve(args.metrics_address)
     async with (
         Uplink(args.interface) as uplink,
@@ -174,6 +173,10 @@ async def run(args: argparse.Namespace) -> int:
             functools.partial(NatDataplane.open, nat), uplink, pinned=has_nat_pins(args.bpffs)
         )
         agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes)
+        if metrics:
+            metrics.collect_traffic(
+                args.bpffs, lambda: agent.service_names, per_backend=args.metrics_per_backend
+            )
         client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
         reporter = StatusReporter(
             agent.status, client.report_status, changes, interval=args.status_interval

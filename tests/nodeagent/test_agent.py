@@ -148,9 +148,6 @@ class Outcomes:
     def set_roles(self, active) -> None:
         pass
 
-    def set_service_names(self, names) -> None:
-        pass
-
 
 @dataclass
 class Node:

@@ -153,9 +153,6 @@ class RecordingMetrics:
     def set_roles(self, active) -> None:
         self.roles.append(dict(active))
 
-    def set_service_names(self, names) -> None:
-        pass
-
 
 class Opener:
     """Opens a stand-in data plane, failing the first `fail` times."""
