@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 from weir.nodeagent.dataplane import Dataplane, Frontend
-from weir.nodeagent.dataplane.flowlog import FlowLogReader
 from weir.nodeagent.dataplane.flowhash import maglev_slot
+from weir.nodeagent.dataplane.flowlog import FlowLogReader
 
 from .conftest import Node
 from .support import XDP_DROP
