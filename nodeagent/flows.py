@@ -52,16 +52,21 @@ class FlowLog:
         self._names = names
         self._kept: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._followers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
+        self.listening = asyncio.Event()  # set once run() accepts connections
 
     async def run(self, address: str) -> None:
         """Read the flow log and serve it on host:port, until cancelled."""
         host, _, port = address.rpartition(":")
         server = await asyncio.start_server(self._serve, host.strip("[]") or "127.0.0.1", int(port))
+        self.listening.set()
         try:
             async with server:
                 await self._read()
         finally:
             server.close()
+            for w in self._clients:
+                w.close()  # their handlers end at their next write or check
 
     async def _read(self) -> None:
         reader = None
@@ -106,6 +111,7 @@ class FlowLog:
             q.put_nowait(record)
 
     async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self._clients.add(w)
         try:
             async with asyncio.timeout(10):
                 request = await r.readuntil(b"\r\n\r\n")
@@ -127,6 +133,7 @@ class FlowLog:
         except ConnectionError:
             pass  # the client went
         finally:
+            self._clients.discard(w)
             w.close()
 
     async def _send(
@@ -149,7 +156,7 @@ class FlowLog:
                 try:
                     rec = await asyncio.wait_for(queue.get(), 1.0)
                 except TimeoutError:
-                    if r.at_eof():
+                    if r.at_eof() or w.is_closing():
                         return  # the client went while nothing was logged
                     continue
                 if match(rec):
