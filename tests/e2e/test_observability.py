@@ -227,7 +227,9 @@ def test_counters_in_prometheus_match_what_the_client_sent(lab: Lab) -> None:
     }
 
 
-def test_every_dashboard_query_returns_data_and_every_rule_evaluates(lab: Lab) -> None:
+def test_every_dashboard_query_returns_data_and_every_rule_evaluates(
+    lab: Lab, tmp_path: Path
+) -> None:
     lab.wait_value('count(up{job="weir-system/weir-agent"} == 1)', 2)
     empty = []
     for expr in dashboard_queries():
@@ -235,7 +237,7 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(lab: Lab) -
         if not result and not any(m in expr for m in NO_DATA_HERE):
             empty.append(expr)
     assert empty == []
-    rules = yaml.safe_load(rule_file(Path(lab.weir.workdir)).read_text())
+    rules = yaml.safe_load(rule_file(tmp_path).read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
             lab.query(rule["expr"])  # parses and evaluates (status success)
