@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, requires(root, ETHTOOL, PROMET
 PREFIX = "wobs"
 VIP = "192.0.2.20"
 PORT = 80
-OTHER_PORT = 8080  # a second service: the services map (2 entries) is full
+OTHER_VIP = "192.0.2.21"  # a second service: the services map (2 entries) is full
 CTL_ADDR = "10.78.0.2"
 CLIENT_ADDR = "10.78.0.10"
 LBS = {"lb1": "10.78.0.21", "lb2": "10.78.0.22"}
@@ -157,8 +157,8 @@ def write_manifest(weir: Deployment, other_backends: list[str]) -> None:
     web = manifests.service("web", VIP, PORT)
     web_eps = manifests.endpoint_slice("web", PORT, list(BACKENDS.values()))
     # The second service's only backend never resolves: the agents cannot apply it (nacks).
-    other = manifests.service("other", VIP, OTHER_PORT)
-    other_eps = manifests.endpoint_slice("other", OTHER_PORT, other_backends)
+    other = manifests.service("other", OTHER_VIP, PORT)
+    other_eps = manifests.endpoint_slice("other", PORT, other_backends)
     weir.write_manifests("svc.yaml", [*nodes, web, web_eps, other, other_eps])
 
 
