@@ -102,6 +102,8 @@ class Agent:
             announced=self._bgp.announced(),
             draining=self._bgp.draining,
             service_errors=_service_errors(_merged(s.errors for s in roles)),
+            bgp_errors=self._bgp.errors(),
+            routes_settled=self._bgp.settled(),
         )
 
     async def run(self) -> None:

@@ -52,6 +52,7 @@ from weir.controller.plane.drain import Drainer, DrainError
 from weir.controller.plane.records import (
     ERROR_CHARS,
     SHORT_CHARS,
+    agent_errors,
     bounded_errors,
     bounded_status,
 )
@@ -461,7 +462,10 @@ class NodePlane:
     async def ListErrors(
         self, request: pb.ListErrorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListErrorsResponse:
-        errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        errors = sorted(
+            [*self._errors(), *agent_errors(self._agents.values())],
+            key=lambda e: (e.kind, e.namespace, e.name, e.message),
+        )
         return pb.ListErrorsResponse(errors=errors)
 
     # --- operation ----------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_router_id_falls_back_and_must_be_ipv4() -> None:
     parsed, errors = bgpconfig.parse(c, default_router_id="10.0.0.9")
     assert parsed.router_id == "10.0.0.9" and parsed.enabled and not errors
     parsed, errors = bgpconfig.parse(c)
-    assert not parsed.enabled and "router id" in errors[0]
+    assert not parsed.enabled and "router id" in str(errors[0])
     c.router_id = "2001:db8::1"
     assert not bgpconfig.parse(c)[0].enabled
 
@@ -61,13 +61,14 @@ def test_bad_peers_are_skipped_with_a_reason(bad: pb.BGPPeer, message: str) -> N
     bad.name = "bad"
     parsed, errors = bgpconfig.parse(cfg(bad, peer("good", "10.0.0.5")))
     assert [p.name for p in parsed.peers] == ["good"]
-    assert len(errors) == 1 and errors[0].startswith("BGPPeer bad:") and message in errors[0]
+    assert len(errors) == 1 and str(errors[0]).startswith("BGPPeer bad:")
+    assert message in str(errors[0])
 
 
 def test_duplicate_peer_address_keeps_the_first_by_name() -> None:
     parsed, errors = bgpconfig.parse(cfg(peer("b"), peer("a")))
     assert [p.name for p in parsed.peers] == ["a"]
-    assert "already used by a" in errors[0]
+    assert "already used by a" in str(errors[0])
 
 
 def test_peer_defaults() -> None:
@@ -92,7 +93,7 @@ def test_advertisements_and_routes_per_peer() -> None:
             adverts=adverts,
         )
     )
-    assert len(errors) == 1 and "192.0.2.12/32" in errors[0] and "65536:1" in errors[0]
+    assert len(errors) == 1 and "192.0.2.12/32" in str(errors[0]) and "65536:1" in str(errors[0])
     wanted = {"192.0.2.10/32", "192.0.2.11/32", "192.0.2.12/32", "2001:db8::10/128",
               "198.51.100.1/32"}  # fmt: skip
     plan = parsed.routes_for(wanted)
@@ -103,7 +104,8 @@ def test_advertisements_and_routes_per_peer() -> None:
     assert plan["10.0.0.3"]["192.0.2.11/32"].local_preference == 200
     assert set(plan["2001:db8::1"]) == {"2001:db8::10/128"}  # families do not mix
     r = plan["10.0.0.1"]["192.0.2.10/32"]
-    assert r == Route("192.0.2.10/32", ("65000:100", "no-export"), ("1:2:3",), 0)
+    # Well-known communities go as numbers (no-export: 65535:65281).
+    assert r == Route("192.0.2.10/32", ("65000:100", "65535:65281"), ("1:2:3",), 0)
 
 
 # ---- ExaBGP text ---------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class _ReloadReportsUp:
     def helper(self) -> str:
         return "/bin/true"
 
-    async def reload(self, _config: str) -> bool:
+    async def reload(self, _config: str, _keepalives: str) -> bool:
         self.speaker._on_message(NeighborEvent(self.peer, "state", "up", local=self.local))
         return True
 
