@@ -47,11 +47,15 @@ class BirdBFD:
     min_rx_ms: int = 100
     min_tx_ms: int = 100
     multiplier: int = 3
+    # Sessions of BFD's own, which no BGP session follows (the others come from `bfd on`).
+    neighbors: tuple[str, ...] = ()
 
     def config(self) -> str:
+        neighbors = " ".join(f"neighbor {n};" for n in self.neighbors)
         return (
             f'protocol bfd {{ interface "*" {{ min rx interval {self.min_rx_ms} ms; '
-            f"min tx interval {self.min_tx_ms} ms; multiplier {self.multiplier}; }}; }}"
+            f"min tx interval {self.min_tx_ms} ms; multiplier {self.multiplier}; }}; "
+            f"{neighbors} }}"
         )
 
 
@@ -62,6 +66,7 @@ class BirdBFDSession:
     address: str
     interface: str
     state: str  # Up, Down, Init, AdminDown
+    since: str  # when it entered that state
     interval: float  # seconds: how often BIRD sends
     timeout: float  # seconds: BIRD's detection time
 
@@ -144,11 +149,10 @@ class Bird:
         )  # fmt: skip
         wait_until(lambda: self.sock.exists() and self._ready(), 15, "BIRD's control socket")
         if self.nice:
-            self._renice()
+            self.renice()
 
-    def _renice(self) -> None:
-        """Every thread of BIRD (its BFD runs in one of its own)."""
-        assert self.proc is not None
+    def renice(self) -> None:
+        """Apply `nice` to every thread of BIRD (its BFD runs in one of its own)."""
         for pid in self.host.pids():
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() != "bird":
@@ -223,7 +227,9 @@ class Bird:
             if len(parts) < 6 or not _is_address(parts[0]):
                 continue  # a header
             interval, timeout = float(parts[-2]), float(parts[-1])
-            out[parts[0]] = BirdBFDSession(parts[0], parts[1], parts[2], interval, timeout)
+            out[parts[0]] = BirdBFDSession(
+                parts[0], parts[1], parts[2], parts[3], interval, timeout
+            )
         return out
 
     def bgp_next_hops(self, prefix: str) -> set[str]:

@@ -1,4 +1,5 @@
-"""ExaBGP 5 as the speaker runs it: `python -m weir.nodeagent.bgp.exabgp_main server CONF`.
+"""ExaBGP 5 as the speaker runs it: `python exabgp_main.py server CONF` (run as a script:
+it needs ExaBGP, not the agent).
 
 ExaBGP itself, with one addition its configuration lacks: a keepalive interval per peer
 (BGPPeer.spec.keepaliveTime). ExaBGP always sends keepalives every third of the negotiated

@@ -28,6 +28,7 @@ from weir.nodeagent.bgp.exabgp_main import KEEPALIVE_ENV
 from weir.nodeagent.bgp.waiting import first_done
 
 RELAY = Path(__file__).with_name("relay.py")
+EXABGP = Path(__file__).with_name("exabgp_main.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STOP_TIMEOUT = 5.0  # for ExaBGP to send its Cease and exit after SIGTERM
 log = get_logger("weir.bgp.exabgp")
@@ -42,7 +43,7 @@ class ExaBGPOptions:
     """How to run ExaBGP. `prefix` runs it under another command (tests use
     `ip netns exec NAME` to put it in a node's namespace)."""
 
-    command: Sequence[str] = (sys.executable, "-m", "weir.nodeagent.bgp.exabgp_main")
+    command: Sequence[str] = (sys.executable, str(EXABGP))
     prefix: Sequence[str] = ()
     # Started as root, ExaBGP drops to this user once its API helper runs (the helper
     # stays root, so the API socket can stay root-only). None: keep the agent's user.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weir.common.pb import pb
-from weir.lab.bird import Bird, BirdPeer
+from weir.lab.bird import Bird, BirdBFD, BirdPeer
 from weir.lab.netns import Host, Topology
 from weir.nodeagent.bgp import BGPSpeaker, ExaBGPOptions
 
@@ -26,7 +26,11 @@ class Lab:
     bird: Bird
 
 
-def build(topo: Topology, tmp: Path, n: int, **peer_opts: object) -> Lab:
+def build(
+    topo: Topology, tmp: Path, n: int, *, bird_bfd: BirdBFD | None = None, **peer_opts: object
+) -> Lab:
+    """A router and n nodes (10.98.0.11 and up); bird_bfd: BIRD runs `protocol bfd` with
+    these timers (peer option bfd=True: the BGP sessions follow it)."""
     lan = topo.bridge("lan")
     router = topo.host("r", forwarding=True)
     topo.link(router, lan, f"{ROUTER}/24")
@@ -36,7 +40,7 @@ def build(topo: Topology, tmp: Path, n: int, **peer_opts: object) -> Lab:
         topo.link(node, lan, f"10.98.0.{11 + i}/24")
         nodes.append(node)
     peers = [BirdPeer(f"n{i + 1}", h.addr(), NODE_ASN, **peer_opts) for i, h in enumerate(nodes)]
-    bird = Bird(router, tmp / "bird", ROUTER, ROUTER_ASN, peers)
+    bird = Bird(router, tmp / "bird", ROUTER, ROUTER_ASN, peers, bfd=bird_bfd)
     bird.start()
     return Lab(router, nodes, bird)
 

@@ -257,6 +257,12 @@ def test_weirctl_peers_table() -> None:
                     pb.BGPSessionStatus(peer="r1", address="10.0.0.1", state="established",
                                         uptime_seconds=3700, routes_sent=2),
                     pb.BGPSessionStatus(peer="r2", address="10.0.0.3", state="active"),
+                    pb.BGPSessionStatus(peer="r3", address="10.0.0.4", state="established",
+                                        bfd_state="up", bfd_transmit_ms=100,
+                                        bfd_receive_ms=120, bfd_detect_ms=360),
+                    pb.BGPSessionStatus(peer="r4", address="10.0.0.5", state="idle",
+                                        bfd_state="down",
+                                        bfd_diagnostic="control detection time expired"),
                 ],
                 announced=["192.0.2.10/32"],
             ),
@@ -264,10 +270,14 @@ def test_weirctl_peers_table() -> None:
         pb.AgentInfo(node="lb-2", connected=False, status=pb.NodeStatus(draining=True)),
     ]  # fmt: skip
     lines = format_peers(agents).splitlines()
-    assert lines[0].split() == ["NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES", "SENT"]
-    assert lines[1].split() == ["lb-1", "r1", "10.0.0.1", "established", "1h", "2"]
-    assert lines[2].split() == ["lb-1", "r2", "10.0.0.3", "active", "-", "0"]
-    assert "lb-2 (stale) (draining)" in lines[3] and "no BGP peers" in lines[3]
+    assert lines[0].split() == [
+        "NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES", "SENT", "BFD",
+    ]  # fmt: skip
+    assert lines[1].split() == ["lb-1", "r1", "10.0.0.1", "established", "1h", "2", "-"]
+    assert lines[2].split() == ["lb-1", "r2", "10.0.0.3", "active", "-", "0", "-"]
+    assert lines[3].split()[-5:] == ["0", "up", "tx/rx/detect", "100/120/360", "ms"]
+    assert lines[4].endswith("down (control detection time expired)")
+    assert "lb-2 (stale) (draining)" in lines[5] and "no BGP peers" in lines[5]
     assert '"state": "established"' in peers_json(agents)
 
 
