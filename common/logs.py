@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable
 from typing import Literal
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -41,7 +42,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr)
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+def get_logger(name: str) -> FilteringBoundLogger:
     return structlog.get_logger(name)
 
 

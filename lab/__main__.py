@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("the lab needs root (network namespaces, XDP, bpffs)", file=sys.stderr)
         return 2
 
-    def on_term(signum, frame):  # SIGTERM takes the same clean-up path as Ctrl-C
+    # SIGTERM takes the same clean-up path as Ctrl-C
+    def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it

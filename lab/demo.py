@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from weir.lab import show, traffic
-from weir.lab.client import Outcome
+from weir.lab.client import Outcome, Target
 from weir.lab.stack import POD_TARGET, TARGET, Stack
 from weir.lab.topology import (
     BACKENDS,
@@ -61,7 +61,7 @@ class Summary:
 
 
 def burst(
-    stack: Stack, label: str, count: int, target=TARGET, sport_base: int = SPORT_BASE
+    stack: Stack, label: str, count: int, target: Target = TARGET, sport_base: int = SPORT_BASE
 ) -> list[Outcome]:
     """count new connections from c1 with fixed source ports, with a progress bar."""
     bar = show.Progress(label, count)

@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from weir.lab import bpffs
 
@@ -91,7 +92,9 @@ class Host:
     ) -> str:
         return sh(self.cmd(args), check=check, timeout=timeout, input=input)
 
-    def popen(self, args: Sequence[str], *, log: Path | None = None, **kwargs) -> subprocess.Popen:
+    def popen(
+        self, args: Sequence[str], *, log: Path | None = None, **kwargs: Any
+    ) -> subprocess.Popen:
         """Start a long-running process in this host (its own session); close() kills it.
         log: append its stdout and stderr to this file."""
         kwargs.setdefault("start_new_session", True)
@@ -168,7 +171,7 @@ class Topology:
     prefix: str
     hosts: list[Host] = field(default_factory=list)
     links: list[str] = field(default_factory=list)  # root-namespace veth ends, oldest first
-    _undo: list[Callable[[], None]] = field(default_factory=list)
+    _undo: list[Callable[[], object]] = field(default_factory=list)
     _names: int = 0
 
     def __enter__(self) -> Topology:
@@ -177,7 +180,7 @@ class Topology:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def defer(self, undo: Callable[[], None]) -> None:
+    def defer(self, undo: Callable[[], object]) -> None:
         """Run undo at close(), before whatever was recorded earlier is removed."""
         self._undo.append(undo)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -123,7 +123,7 @@ class Stack:
         """The node addresses of the router's kernel route to the VIP."""
         return sorted(self.router.kernel_next_hops(f"{VIP}/32"))
 
-    def wait_next_hops(self, nodes: Sequence[str], timeout: float) -> None:
+    def wait_next_hops(self, nodes: Collection[str], timeout: float) -> None:
         for vip in VIPS:
             self.router.wait_kernel_next_hops(f"{vip}/32", [NODES[n] for n in nodes], timeout)
 

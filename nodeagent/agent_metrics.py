@@ -41,7 +41,7 @@ class PromMetrics:
         )
         Gauge("weir_agent_info", "Agent identity", ["node"], registry=r).labels(node).set(1)
 
-    def observe_apply(self, version: int, seconds: float, outcome: dict[str, int]) -> None:
+    def observe_apply(self, version: int, seconds: float, outcome: Mapping[str, int]) -> None:
         self.version.set(version)
         self.apply_seconds.observe(seconds)
         for result, n in outcome.items():

@@ -87,7 +87,7 @@ def _canonical(backends: Sequence[str], weights: Sequence[int] | None) -> _Canon
     dups = sorted({ids[a] for a, b in itertools.pairwise(order) if ids[a] == ids[b]})
     if dups:
         raise ValueError(f"duplicate backends: {', '.join(dups)}")
-    w = None
+    reduced: tuple[int, ...] | None = None
     if weights is not None:
         if isinstance(weights, str | bytes):
             raise TypeError("weights must be a sequence of integers")
@@ -101,9 +101,9 @@ def _canonical(backends: Sequence[str], weights: Sequence[int] | None) -> _Canon
                 + ", ".join(bad)
             )
         g = math.gcd(*w)
-        w = None if all(x == w[0] for x in w) else tuple(w[k] // g for k in order)
+        reduced = None if all(x == w[0] for x in w) else tuple(w[k] // g for k in order)
     return _Canonical(
-        ids=tuple(ids[k] for k in order), weights=w, order=np.array(order, dtype=np.uint32)
+        ids=tuple(ids[k] for k in order), weights=reduced, order=np.array(order, dtype=np.uint32)
     )
 
 

@@ -40,7 +40,7 @@ def peers_cmd(args: argparse.Namespace) -> int:
 
 
 def format_peers(agents: list[pb.AgentInfo]) -> str:
-    rows = []
+    rows: list[tuple[str, str, str, str, str, str | int, str]] = []
     for a in agents:
         node = a.node + ("" if a.connected else " (stale)")
         if a.status.draining:

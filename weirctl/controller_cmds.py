@@ -106,7 +106,7 @@ def format_cluster_snapshot(snap: pb.ClusterSnapshot, backends: bool = False) ->
     )
     parts = [head, "", format_services(snap.services, backends)]
     if snap.node_views:
-        rows = [
+        rows: list[tuple[object, ...]] = [
             (
                 v.node,
                 v.config.address or "-",

@@ -75,7 +75,8 @@ class IPPool:
         if any(addr in net for net in self.cidrs):
             return True
         return any(
-            start.version == addr.version and start <= addr <= end for start, end in self.ranges
+            start.version == addr.version and int(start) <= int(addr) <= int(end)
+            for start, end in self.ranges
         )
 
     def selects(
@@ -116,7 +117,7 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
         end = ipaddress.ip_address(canonical_ip(r.get("end"), f"{path}.end")[0])
         if start.version != end.version:
             raise ParseError(f"{path}: start and end are of different IP families")
-        if start > end:
+        if int(start) > int(end):
             raise ParseError(f"{path}: start {start} is after end {end}")
         ranges.append((start, end))
     if not cidrs and not ranges:
@@ -155,7 +156,7 @@ def parse_ip_pool(obj: Mapping[str, Any]) -> IPPool:
 def _no_special_addresses(first: IPAddress, last: IPAddress, path: str) -> None:
     """ParseError when [first, last] holds an address that cannot be a VIP (NOT_VIPS)."""
     for net, what in NOT_VIPS:
-        if net.version == first.version and first <= net[-1] and net[0] <= last:
+        if net.version == first.version and int(first) <= int(net[-1]) and int(net[0]) <= int(last):
             raise ParseError(f"{path}: includes {what} addresses ({net}), which cannot be VIPs")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -445,7 +445,7 @@ def _sorted_unique(endpoints: list[Endpoint], problems: list[str]) -> tuple[Endp
     return tuple(out)
 
 
-_FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
 
 def _is_opt_bool(v: Any) -> bool:
@@ -554,7 +554,7 @@ KubeObject = (
     | crds.BGPAdvertisement
 )
 
-PARSERS = {
+PARSERS: dict[str, Callable[[Mapping[str, Any]], KubeObject]] = {
     SERVICE: parse_service,
     ENDPOINT_SLICE: parse_endpoint_slice,
     NODE: parse_node,
@@ -581,8 +581,8 @@ def object_ref(obj: Any) -> ObjectRef:
     name = name if isinstance(name, str) else ""
     ns = ""
     if kind not in CLUSTER_SCOPED:
-        ns = meta.get("namespace")
-        ns = ns if isinstance(ns, str) and ns else "default"
+        raw_ns = meta.get("namespace")
+        ns = raw_ns if isinstance(raw_ns, str) and raw_ns else "default"
     return ObjectRef(kind, ns, name)
 
 

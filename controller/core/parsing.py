@@ -226,8 +226,8 @@ def metadata(
     obj_name = name(meta.get("name"), "metadata.name", name_rule)
     ns = ""
     if namespaced:
-        ns = meta.get("namespace")
-        ns = "default" if ns in (None, "") else name(ns, "metadata.namespace", DNS_LABEL)
+        raw_ns = meta.get("namespace")
+        ns = "default" if raw_ns in (None, "") else name(raw_ns, "metadata.namespace", DNS_LABEL)
     created = None
     ts = meta.get("creationTimestamp")
     if ts is not None:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from google.protobuf.message import Message
 from weir.common import viewhash
 from weir.common.aio import Generation
 from weir.common.pb import pb
@@ -32,7 +33,7 @@ DEFAULT_HISTORY = 64
 _MAX_TRAILERS = 16384
 
 
-def _number(message: type, name: str) -> int:
+def _number(message: type[Message], name: str) -> int:
     return message.DESCRIPTOR.fields_by_name[name].number
 
 
@@ -155,7 +156,7 @@ class SnapshotStore:
         self._deltas: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._delta_cache = delta_cache
         self._full_services: tuple[int, bytes] | None = None
-        self._trailers: dict[str, tuple[tuple[int, bytes], bytes]] = {}
+        self._trailers: dict[str, tuple[tuple[int, bytes, bytes], bytes]] = {}
         self._listeners: list[Callable[[int], None]] = []
         self._version = Generation()  # counts the versions: its value is the latest
 

@@ -24,13 +24,15 @@ def condition(
 ) -> dict[str, Any]:
     """A condition; lastTransitionTime is the previous one's while the status is the same.
     generation: the metadata.generation it was computed from (0: the kind keeps none)."""
-    same = previous is not None and previous.get("status") == status
+    since = None
+    if previous is not None and previous.get("status") == status:
+        since = previous.get("lastTransitionTime")
     cond: dict[str, Any] = {
         "type": ctype,
         "status": status,
         "reason": reason,
         "message": message[:MAX_MESSAGE],
-        "lastTransitionTime": (previous.get("lastTransitionTime") if same else None) or now(),
+        "lastTransitionTime": since or now(),
     }
     if generation:
         cond["observedGeneration"] = generation

@@ -23,7 +23,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,7 +86,7 @@ class LeaderElector:
         self._observed_spec: dict[str, Any] | None = None
         self._observed_at = 0.0  # monotonic time the spec last changed under our eyes
 
-    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+    async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Forever: wait for the Lease, run lead() while holding it, cancel it when the Lease
         is lost. Cancelling run() releases a held Lease so a standby takes over at once.
         When lead() returns, run() returns; when it raises, run() raises."""
@@ -112,7 +112,7 @@ class LeaderElector:
         self._holding = self.is_leader = True
         log.info("became leader", lease=self._where, identity=self.config.identity)
 
-    async def _lead(self, lead: Callable[[], Awaitable[None]]) -> bool:
+    async def _lead(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Lead until the Lease is lost (False) or lead() ends (True, or its exception)."""
         cfg = self.config
         work = asyncio.create_task(lead(), name="lead")

@@ -197,7 +197,7 @@ class PeerStatusWriter:
             if obj is None:  # deleted meanwhile: nothing to write
                 self._written[peer] = desired[peer]
                 continue
-            mine = {
+            mine: dict[str, dict[str, Any] | None] = {
                 node: {**e, "reporter": self.reporter, "observedTime": observed}
                 for node, e in desired[peer].items()
             }

@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -88,7 +89,7 @@ UNARY_METHODS = (
 
 def node_plane_handler(plane: NodePlane) -> grpc.GenericRpcHandler:
     """The NodePlane methods; Connect writes messages the store already encoded."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(plane, name),
             request_deserializer=request.FromString,

@@ -83,7 +83,7 @@ def _check_shape(text: str) -> None:
     nodes = 0  # nodes so far, counting what aliases expand to
     via_aliases = 0
     open_nodes: list[tuple[str | None, int, int]] = []  # (anchor, nodes before, depth)
-    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, levels) of its node
+    anchors: dict[str | None, tuple[int, int]] = {}  # anchor -> (nodes, levels) of its node
     deepest = 0  # deepest level reached under each open collection
     for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, _START):

@@ -22,9 +22,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 
-def _copy(read, write) -> None:
+def _copy(read: Callable[[int], bytes], write: Callable[[bytes], object]) -> None:
     try:
         while data := read(65536):
             write(data)

@@ -96,7 +96,7 @@ class BGPSpeaker:
         default_router_id: str = "",
         options: ExaBGPOptions | None = None,
         bfd_options: BFDOptions | None = None,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[], object] | None = None,
     ) -> None:
         """workdir: where ExaBGP's config and API socket live (a private temporary
         directory when None, removed on stop). default_router_id: used when the config
@@ -427,12 +427,12 @@ class BGPSpeaker:
             if cfg.session_settings() != running.session_settings():
                 running = await self._reload(proc, running, cfg)
                 continue
-            for peer in sorted(self._teardown_due):
-                self._teardown_due.discard(peer)
-                if self._sessions.established(peer) and not await proc.teardown(peer):
-                    log.error("exabgp refused to close a session", peer=peer)
-            for peer in list(self._rib):
-                await self._sync_peer(proc, peer, plan.get(peer, {}))
+            for address in sorted(self._teardown_due):
+                self._teardown_due.discard(address)
+                if self._sessions.established(address) and not await proc.teardown(address):
+                    log.error("exabgp refused to close a session", peer=address)
+            for address in list(self._rib):
+                await self._sync_peer(proc, address, plan.get(address, {}))
             for peer in cfg.peers:
                 if peer.address in self._eor_due:
                     self._eor_due.discard(peer.address)

@@ -187,7 +187,9 @@ def lookup_batch_raw(
         first = False
 
 
-def lookup_batch(fd: int, key_type: type, value_size: int) -> list[tuple[Any, bytes]]:
+def lookup_batch(
+    fd: int, key_type: type[ct.Structure] | type[ct.c_uint32], value_size: int
+) -> list[tuple[Any, bytes]]:
     """Every (key, value bytes) of a map, keys as key_type objects."""
     ks = ct.sizeof(key_type)
     keys, values, count = lookup_batch_raw(fd, ks, value_size)

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy
 from weir.nodeagent.dataplane import bpfsys, layout, loader
@@ -41,6 +42,9 @@ from weir.nodeagent.dataplane.pools import BackendPool, GracePool
 from weir.nodeagent.dataplane.regions import RegionAllocator
 from weir.nodeagent.dataplane.vipset import VipSet
 from weir.nodeagent.service import Frontend
+
+if TYPE_CHECKING:
+    from bcc import BPF
 
 NO_TAG = bytes(16)
 
@@ -99,7 +103,7 @@ class Dataplane:
     def __init__(
         self,
         cfg: DataplaneConfig,
-        bpf: object,
+        bpf: BPF,
         xdp_fd: int,
         commit_fd: int,
         maps: PinnedMaps,
@@ -258,10 +262,10 @@ class Dataplane:
             self._be_pool.halves[idx] = halves
         by_index = {s.index: s for s in self._services.values()}
         for b in entries:  # retired entries stay revivable until their index is reused
-            svc = by_index.get(b.entry.svc)
-            if b.index not in in_use and svc is not None and bytes(b.entry.svc_key) == svc.key:
+            owner = by_index.get(b.entry.svc)
+            if b.index not in in_use and owner is not None and bytes(b.entry.svc_key) == owner.key:
                 ident = b.target
-                self._be_pool.remember(b.index, (svc.index, svc.key, ident))
+                self._be_pool.remember(b.index, (owner.index, owner.key, ident))
         if kill:
             commit(self._commit_fd, [(layout.COMMIT_BACKEND, idx, 0) for idx in kill])
             self._write_be_meta({idx: 0 for idx in kill})

@@ -19,9 +19,13 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weir.nodeagent.dataplane import bpfsys, layout
 from weir.nodeagent.dataplane.model import DataplaneConfig, DataplaneError
+
+if TYPE_CHECKING:
+    from bcc import BPF
 
 BPF_FS_MAGIC = 0xCAFE4A11
 SIOCGIFHWADDR = 0x8927
@@ -110,7 +114,7 @@ def pinned_capacities(pin_dir: Path, wanted: Capacities) -> Capacities:
     )
 
 
-def compile_program(pin_dir: Path, caps: Capacities, extra_cflags: tuple[str, ...] = ()):
+def compile_program(pin_dir: Path, caps: Capacities, extra_cflags: tuple[str, ...] = ()) -> BPF:
     """bcc-compile bpf/weir_xdp.c against the pins in pin_dir (created when missing)."""
     from bcc import BPF  # imported late: weirctl and the pure-Python parts work without
 

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weir.nodeagent.dataplane import bpfsys, layout, loader
 from weir.nodeagent.dataplane.model import DataplaneError, MapUsage
@@ -36,6 +37,9 @@ from weir.nodeagent.dataplane.nat_pinned import (
     PinnedNatMaps,
     Translation,
 )
+
+if TYPE_CHECKING:
+    from bcc import BPF
 
 # tc filter identity on the uplink: decapsulate before other programs look at the packet;
 # translate replies back after them (their verdict for the pod's packet stands).
@@ -116,10 +120,10 @@ class NatDataplane:
     """The tc programs on one interface and their pinned maps. cfg holds the capacities in
     force: those of the pinned maps when they were adopted."""
 
-    def __init__(self, cfg: NatConfig, ifindex: int, bpf: object, maps: PinnedNatMaps) -> None:
+    def __init__(self, cfg: NatConfig, ifindex: int, bpf: BPF, maps: PinnedNatMaps) -> None:
         self.cfg = cfg
         self.ifindex = ifindex
-        self._bpf = bpf  # keeps the programs loaded while attached from here
+        self._bpf: BPF | None = bpf  # keeps the programs loaded while attached from here
         self.maps = maps
         self._fds = maps.fds
         self._lock = threading.Lock()
@@ -139,12 +143,12 @@ class NatDataplane:
             maps = PinnedNatMaps(cfg.bpffs)
             _check_layout(maps)
             for func, (pin, point, priority) in PROG_PINS.items():
-                prog = bpf.load_func(func.encode(), bpf.SCHED_CLS)  # type: ignore[attr-defined]
+                prog = bpf.load_func(func.encode(), bpf.SCHED_CLS)
                 _attach(ifindex, point, priority, prog.fd, cfg.bpffs / pin)
         except Exception as exc:
             if maps is not None:
                 maps.close()
-            bpf.cleanup()  # type: ignore[attr-defined]
+            bpf.cleanup()
             if isinstance(exc, DataplaneError):
                 raise
             raise DataplaneError(
@@ -163,7 +167,7 @@ class NatDataplane:
         with self._lock:
             self.maps.close()
             if self._bpf is not None:
-                self._bpf.cleanup()  # type: ignore[attr-defined]
+                self._bpf.cleanup()
                 self._bpf = None
 
     def detach(self) -> None:
@@ -306,7 +310,7 @@ def _check_layout(maps: PinnedNatMaps) -> None:
         )
 
 
-def _compile(cfg: NatConfig, sizes: dict[str, int]) -> object:
+def _compile(cfg: NatConfig, sizes: dict[str, int]) -> BPF:
     from bcc import BPF  # late: the pure-Python parts work without bcc
 
     cflags = [

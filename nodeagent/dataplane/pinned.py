@@ -137,13 +137,12 @@ class PinnedMaps:
     # --- readers --------------------------------------------------------------------
 
     def services(self) -> list[ServiceRecord]:
-        key_t, val_t = layout.MAPS["services"]
-        rows = bpfsys.lookup_batch(self.fds["services"], key_t, ct.sizeof(val_t))
+        rows = bpfsys.lookup_batch(self.fds["services"], layout.SvcKey, ct.sizeof(layout.SvcValue))
         metas = self._array_all("svc_meta") if rows else b""
         msize = ct.sizeof(layout.SvcMeta)
         out = []
         for key, raw in rows:
-            value = val_t.from_buffer_copy(raw)
+            value = layout.SvcValue.from_buffer_copy(raw)
             at = value.index * msize
             meta = layout.SvcMeta.from_buffer_copy(metas[at : at + msize])
             out.append(

@@ -488,5 +488,5 @@ def test_bgp_advertisement_med_prepend_and_every_community_name() -> None:
         "blackhole", "graceful-shutdown", "no-advertise", "no-export-subconfed", "no-peer",
     )  # fmt: skip
     assert parse_bgp_advertisement(weir("BGPAdvertisement", "a", {})).med is None
-    with pytest.raises(ParseError, match="spec.asPathPrepend"):
+    with pytest.raises(ParseError, match=r"spec\.asPathPrepend"):
         parse_bgp_advertisement(weir("BGPAdvertisement", "a", {"asPathPrepend": 11}))
