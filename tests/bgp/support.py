@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,17 @@ async def speaker_on(
         yield speaker
     finally:
         await speaker.stop(graceful=False)
+
+
+def hard_failure(node: Host, speaker: BGPSpeaker) -> None:
+    """The node dies under the speaker: cable pulled, then its ExaBGP and BFD daemon
+    killed, so nothing more leaves it (the speaker starts them again, as a rebooted node
+    would)."""
+    node.run(["ip", "link", "set", "eth0", "down"])
+    for proc in (speaker._proc, speaker._bfd._proc):
+        if proc is not None and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
 
 
 def session(speaker: BGPSpeaker, peer: str = "router") -> pb.BGPSessionStatus | None:
