@@ -237,6 +237,24 @@ class Bird:
         out = self.birdc("show", "route", "for", prefix, "all", check=False)
         return set(re.findall(r"BGP\.next_hop: (\S+)", out))
 
+    def communities(self, prefix: str) -> set[str]:
+        """Communities on the BGP routes BIRD has for prefix, as Weir writes them:
+        "65000:100" (standard) and "65000:1:2" (large)."""
+        out = self.birdc("show", "route", "for", prefix, "all", check=False)
+        found = set()
+        for values in re.findall(r"BGP\.(?:community|large_community): (.*)", out):
+            for value in re.findall(r"\(([^)]*)\)", values):
+                found.add(":".join(re.split(r",\s*", value)))
+        return found
+
+    def hold_timer(self, name: str) -> tuple[float, int]:
+        """(seconds left, hold time) of a session's hold timer: each message from the peer
+        (a keepalive when it has nothing else to say) sets it back to the hold time."""
+        m = re.search(r"Hold timer:\s+([\d.]+)/(\d+)", self.protocol_detail(name))
+        if m is None:
+            raise LabError(f"no hold timer for {name} (session not established?)")
+        return float(m.group(1)), int(m.group(2))
+
     def kernel_next_hops(self, prefix: str) -> set[str]:
         """Next hops of the kernel's route for prefix in the router's host."""
         out = self.host.run(["ip", "-4", "route", "show", "exact", prefix], check=False)
