@@ -65,8 +65,9 @@ class ControlPacket:
     required_min_rx: int
     poll: bool = False
     final: bool = False
-    # C bit clear: our BFD shares fate with the control plane (the agent), so a router must
-    # not take a BFD failure for a control-plane restart and keep our routes (RFC 5882 4.3).
+    # C bit clear, truthfully: our BFD runs only while the agent (the control plane) does.
+    # What a router then makes of BFD going down with graceful restart negotiated is its
+    # own setting (deploy/README.md, "BGP: BFD and graceful restart").
     control_plane_independent: bool = False
 
     def encode(self) -> bytes:
