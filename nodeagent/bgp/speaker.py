@@ -47,9 +47,10 @@ BFD. Peers with BFD settings get a BFD session each (nodeagent/bfd: a daemon pro
 its own, so its timing does not depend on this event loop). When a BFD session that was up
 goes down, the BGP session is torn down at once with a NOTIFICATION (Cease, "BFD Down"),
 never left to end like a crash, so no router keeps our routes as for a graceful restart;
-ExaBGP connects again by itself, and the routes go again once it is up. A peer whose BFD is
-`required` gets no routes unless its BFD session is up. The peer saying AdminDown is not a
-failure (RFC 5882): nothing is torn down, and the routes stay.
+ExaBGP connects again by itself, and the peer gets the routes again once BFD is back up.
+A peer whose BFD is `required` gets no routes unless its BFD session is up, from the
+start. The peer saying AdminDown is not a failure (RFC 5882): nothing is torn down, and
+the routes stay; nor is BFD taken off a peer (its settings removed) a failure.
 
 `on_change` is called (synchronously, from the event loop) whenever sessions() (apart
 from uptime), announced() or draining change: the agent sends a NodeStatus then.
@@ -127,6 +128,7 @@ class BGPSpeaker:
             bfd_options or BFDOptions(prefix=self._opts.prefix), on_change=self._on_bfd
         )
         self._bfd_up: set[str] = set()  # peers whose BFD session is up (or AdminDown)
+        self._bfd_lost: set[str] = set()  # peers whose BFD went down, until it is up again
         self._teardown_due: set[str] = set()  # BFD went down: close the BGP session
         self._proc: ExaBGPProcess | None = None
         self._wake = asyncio.Event()  # work for the supervisor
@@ -258,8 +260,9 @@ class BGPSpeaker:
             return self._cfg.routes_for(set())
         plan = self._cfg.routes_for(self._prefixes)
         for peer in self._cfg.peers:
-            if peer.bfd and peer.bfd.required and peer.address not in self._bfd_up:
-                plan[peer.address] = {}  # not used until BFD says the path works
+            if peer.bfd and peer.address not in self._bfd_up:
+                if peer.bfd.required or peer.address in self._bfd_lost:
+                    plan[peer.address] = {}  # not used until BFD says the path works
         return plan
 
     def _should_run(self) -> bool:
@@ -328,14 +331,19 @@ class BGPSpeaker:
         up = shown is not None and (
             shown.state == State.UP or shown.remote_state == State.ADMIN_DOWN
         )
-        if up and peer not in self._bfd_up:
+        if not any(p.bfd and p.address == peer for p in self._cfg.peers):
+            self._bfd_up.discard(peer)  # BFD taken off the peer: no failure of the path
+            self._bfd_lost.discard(peer)
+        elif up and peer not in self._bfd_up:
             log.info("bfd up", peer=peer)
             self._bfd_up.add(peer)
+            self._bfd_lost.discard(peer)
             self._wake.set()
         elif not up and peer in self._bfd_up:
             diag = shown.diag.label if shown is not None else "no BFD daemon"
             log.warning("bfd down: closing the BGP session", peer=peer, diagnostic=diag)
             self._bfd_up.discard(peer)
+            self._bfd_lost.add(peer)
             self._teardown_due.add(peer)
             self._wake.set()
         self._notify()
