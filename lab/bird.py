@@ -249,7 +249,8 @@ class Bird:
 
     def hold_timer(self, name: str) -> tuple[float, int]:
         """(seconds left, hold time) of a session's hold timer: each message from the peer
-        (a keepalive when it has nothing else to say) sets it back to the hold time."""
+        (a keepalive when it has nothing else to say) sets it back to the hold time, less
+        up to 25% (BIRD jitters it)."""
         m = re.search(r"Hold timer:\s+([\d.]+)/(\d+)", self.protocol_detail(name))
         if m is None:
             raise LabError(f"no hold timer for {name} (session not established?)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,15 @@ def lab_manifests(timers: LabTimers) -> list[dict]:
     return docs
 
 
+@dataclass(frozen=True)
+class Failover:
+    """A hard failure under the client's conversations."""
+
+    convergence: float  # seconds from the failure to the router's route without the node
+    moved: int  # connections the surviving nodes took on meanwhile
+    summary: dict  # summary() of the conversations
+
+
 @dataclass
 class Lab:
     client: Host
@@ -109,6 +119,23 @@ class Lab:
         # Its ExaBGP must not outlive it (nodeagent/bgp/relay.py sees to that).
         wait_until(lambda: not self.exabgp_pids(name), 5, f"{name}'s exabgp gone")
         return t
+
+    def fail_while_talking(self, vip: str, victim: str, limit: float) -> Failover:
+        """The client talks through vip while victim fails hard; until the conversations
+        flow again (those that broke excepted)."""
+        survivors = [n for n in LBS if n != victim]
+        talk = self.talk(vip)
+        before = self.new_flows(vip)
+        with ThreadPoolExecutor(1) as pool:
+            # Watched from before the failure: killing the agent takes a while.
+            converged = pool.submit(self.wait_hops, vip, survivors, limit, 0.01)
+            t_fail = self.fail_hard(victim)
+            t_conv = converged.result()
+        convergence = t_conv - t_fail
+        talk.wait_flowing(2 * convergence + 10)
+        report = talk.stop()
+        n_moved = moved(before, self.new_flows(vip), survivors)
+        return Failover(convergence, n_moved, summary(report, t_fail, t_conv))
 
     def exabgp_pids(self, name: str) -> list[int]:
         out = []

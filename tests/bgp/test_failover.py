@@ -87,23 +87,16 @@ def test_router_has_three_next_hops_and_new_flows_reach_all_nodes(lab: Lab) -> N
 
 
 def test_node_failure_breaks_no_maglev_connection(lab: Lab) -> None:
-    talk = lab.talk(VIP_MAGLEV)
-    before = lab.new_flows(VIP_MAGLEV)
-    t_fail = lab.fail_hard("lb3")
-    t_conv = lab.wait_hops(VIP_MAGLEV, ["lb1", "lb2"], HOLD + 10)
-    convergence = t_conv - t_fail
-    talk.wait_flowing(2 * convergence + 10)
-    report = talk.stop()
-    n_moved = moved(before, lab.new_flows(VIP_MAGLEV), ["lb1", "lb2"])
-    s = summary(report, t_fail, t_conv)
-    print(f"\nmaglev, hard failure: router converged in {convergence:.2f} s, "
-          f"{n_moved} connections moved to another node, {s}")  # fmt: skip
+    f = lab.fail_while_talking(VIP_MAGLEV, "lb3", HOLD + 10)
+    s = f.summary
+    print(f"\nmaglev, hard failure: router converged in {f.convergence:.2f} s, "
+          f"{f.moved} connections moved to another node, {s}")  # fmt: skip
     assert s["broken"] == 0, s
-    assert n_moved >= CONNS // 4, f"lb3's flows should have moved: {n_moved}"
+    assert f.moved >= CONNS // 4, f"lb3's flows should have moved: {f.moved}"
     assert s["stalled"] >= CONNS // 6, f"the failure should stall lb3's flows: {s}"
     # Stalled until the route changed, plus at most one TCP retransmission backoff (which
     # is no longer than the time spent backing off so far).
-    assert s["resumed_after_convergence"] <= convergence + 0.5, s
+    assert s["resumed_after_convergence"] <= f.convergence + 0.5, s
     lab.restore("lb3")
 
 
