@@ -1,7 +1,9 @@
 """The benchmark report: every benchmark beside its baseline, in one run, into
 bench/results/report.md (machine, versions, date) with PNG plots.
 
-    .venv/bin/python bench/report.py [--quick] [--only maglev,xdp,conn,plane,reduce,disruption,bfd]
+    .venv/bin/python bench/report.py [--quick] [--only SECTION,...]
+
+SECTION is one of maglev, xdp, conn, plane, reduce, disruption, tc, pods, bfd.
 
 Sections, each line with the target from its issue and whether it is met:
   1 maglev      table build, nodeagent.maglev vs a C reference compiled here (maglev_bench)
@@ -12,7 +14,11 @@ Sections, each line with the target from its issue and whether it is met:
                 Services reduce + serialize (reduce_bench)
   5 disruption  table slots that change when 1 of N backends leaves, vs the ideal 1/N
                 (maglev_bench)
-  6 bfd         failure detection (link cut to next hop gone at the router): BFD at 100 and
+  6 tc          the backend node's decapsulate-and-translate per packet vs a minimal tc
+                program (tc_bench, root)
+  7 pods        new connections/s to pods through the whole path, Weir vs a kube-proxy-style
+                path, wrk + nginx (pods_bench, root)
+  8 bfd         failure detection (link cut to next hop gone at the router): BFD at 100 and
                 300 ms x 3 vs BGP hold 3 s alone (bfd_detection_bench, root)
 Each benchmark module measures and returns typed rows; this script only renders them. Every
 benchmark runs in a fresh process of its own (bench/isolated.py); a section that fails is
@@ -45,7 +51,9 @@ import bfd_detection_bench  # noqa: E402
 import conn_bench  # noqa: E402
 import maglev_bench  # noqa: E402
 import plane_bench  # noqa: E402
+import pods_bench  # noqa: E402
 import reduce_bench  # noqa: E402
+import tc_bench  # noqa: E402
 import xdp_bench  # noqa: E402
 from isolated import in_child  # noqa: E402
 
@@ -348,13 +356,77 @@ def disruption(quick: bool) -> Section:
     return sec
 
 
-# -- 6. failure detection --------------------------------------------------------------------
+# -- 6. the backend node's tc programs --------------------------------------------------------
+
+
+def tc(quick: bool) -> Section:
+    sec = Section(
+        "6. Backend node per-packet cost (BPF_PROG_TEST_RUN) vs a minimal tc program",
+        "6. tc per packet",
+    )
+    opts = tc_bench.Options(repeat=1_000_000, rounds=3 if quick else 5)
+    rows = in_child(tc_bench.run, opts, timeout=240)
+    sec.body = [
+        "An encapsulated packet of an established flow, decapsulated and translated to its "
+        "pod; a pod's reply translated back. test_run reuses one skb, so both the Weir build "
+        "and the baseline put the packet back after each run (same code, same cost): the "
+        "ratio compares equal overheads.",
+        "",
+        *md_table(
+            ["case", "ns/packet", "baseline", "ratio", "target"],
+            [
+                [r.case, str(r.ns), f"{r.baseline} ({r.baseline_ns} ns)" if r.baseline else "",
+                 f"{r.ratio:.2f}x" if r.baseline else "", f"<= {r.target}x" if r.target else ""]
+                for r in rows
+            ],
+        ),
+    ]  # fmt: skip
+    sec.checks += [
+        Check(f"{r.case}: {r.ns} ns vs {r.baseline_ns} ns", f"{r.ratio:.2f}x",
+              f"<= {r.target}x (issue 10)", r.met)
+        for r in rows
+        if r.target
+    ]  # fmt: skip
+    return sec
+
+
+# -- 7. connections to pods -------------------------------------------------------------------
+
+
+def pods(quick: bool) -> Section:
+    sec = Section(
+        "7. New connections to pods: Weir vs a kube-proxy-style path (wrk + nginx)",
+        "7. Pods",
+    )
+    rounds, seconds = (2, 3.0) if quick else (3, 5.0)
+    rows = in_child(pods_bench.run, rounds, seconds, 64, timeout=600)
+    base, weir = rows
+    sec.body = [
+        "Client -> router -> LB node -> pod's worker -> pod (nginx, 6 pods on 3 workers). "
+        "wrk opens a new connection per request (64 at a time). kube-proxy-style: nftables "
+        "DNAT + masquerade on the LB node, replies back through it; Weir: XDP Maglev, "
+        "encapsulation, tc on the worker, replies straight to the client. Everything shares "
+        "this machine's 2 cores: the rates are CPU-bound, the comparison is what counts.",
+        "",
+        *md_table(
+            ["mode", "conn/s (median)", "errors", "per round"],
+            [[r.mode, f"{r.rate:.0f}", str(r.errors), str(r.rounds)] for r in rows],
+        ),
+    ]
+    sec.checks.append(
+        Check("Weir vs kube-proxy-style, new connections/s", f"{weir.rate / base.rate:.2f}x",
+              ">= 1.0x (issue 10)", weir.rate >= base.rate and not weir.errors)
+    )  # fmt: skip
+    return sec
+
+
+# -- 8. failure detection --------------------------------------------------------------------
 
 
 def bfd(quick: bool) -> Section:
     sec = Section(
-        "6. Failure detection: link cut to next hop gone at the router, BFD vs BGP hold time",
-        "6. Failure detection",
+        "8. Failure detection: link cut to next hop gone at the router, BFD vs BGP hold time",
+        "8. Failure detection",
     )
     rows = in_child(bfd_detection_bench.run_sync, 2 if quick else 3, timeout=400)
     base = rows[0]
@@ -405,9 +477,11 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "plane": plane,
     "reduce": reduce_,
     "disruption": disruption,
+    "tc": tc,
+    "pods": pods,
     "bfd": bfd,
 }
-NEEDS_ROOT = {"xdp", "conn", "bfd"}
+NEEDS_ROOT = {"xdp", "conn", "tc", "pods", "bfd"}
 
 
 # -- the report -------------------------------------------------------------------------------

@@ -32,7 +32,11 @@ sys.path.insert(0, str(HERE.parent))  # tests.dataplane.support
 
 from weir.lab import bpffs  # noqa: E402
 from weir.lab.netns import Topology  # noqa: E402
-from weir.nodeagent.dataplane import bpfsys, layout  # noqa: E402
+from weir.nodeagent.dataplane import (  # noqa: E402
+    bpfsys,
+    layout,
+    nat,
+)
 from weir.nodeagent.dataplane.nat import (  # noqa: E402
     LocalBackend,
     NatConfig,
@@ -94,21 +98,12 @@ def frames() -> tuple[bytes, bytes]:
     return bytes(outer), bytes(reply / Raw(b"y" * 64))
 
 
-def compile_programs(pins: Path, cfg: NatConfig):
+def compile_programs(cfg: NatConfig):
     from bcc import BPF
 
-    common = [f"-I{layout.BPF_DIR}", "-DWEIR_BENCH"]
-    weir = BPF(
-        src_file=str(layout.TC_SOURCE).encode(),
-        cflags=[
-            f'-DWEIR_PIN_DIR="{pins}"',
-            f"-DWEIR_MAX_LB_NODES={cfg.max_lb_nodes}",
-            f"-DWEIR_MAX_LOCAL_BACKENDS={cfg.max_local_backends}",
-            f"-DWEIR_NAT_FLOWS={cfg.flows}",
-            *common,
-        ],
-    )
-    minimal = BPF(src_file=str(HERE / "tc_minimal.c").encode(), cflags=common)
+    weir = nat.compile_programs(cfg, {}, ("-DWEIR_BENCH",))
+    flags = [f"-I{layout.BPF_DIR}", "-DWEIR_BENCH"]
+    minimal = BPF(src_file=str(HERE / "tc_minimal.c").encode(), cflags=flags)
     return weir, minimal
 
 
@@ -130,7 +125,7 @@ def run(opts: Options) -> list[TcRow]:
 def best_times(pins: Path, opts: Options) -> dict[str, int]:
     cfg = NatConfig(interface="wtb0", bpffs=pins)
     nat = NatDataplane.open(cfg)
-    programs = compile_programs(pins, cfg)
+    programs = compile_programs(cfg)
     try:
         nat.configure(NatSettings(NODE))
         nat.set_lb_nodes([LB])

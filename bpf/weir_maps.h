@@ -30,6 +30,17 @@
 
 #define WEIR_PIN(name) WEIR_PIN_DIR "/" name
 
+/* --- layout: the version of the layouts in this file --------------------------------------
+ * One u64, written by the agent when it creates the maps or migrates older ones to these
+ * layouts (weir.nodeagent.dataplane.migrate); an agent never adopts pins of a layout it does
+ * not know. Pins without it are version 1, the first release's. Bump it with any change of
+ * size or meaning below, and teach migrate.py the step from the previous version.
+ *   1  the first release
+ *   2  backends: node_be, flags (encapsulation); config: encap, ct_key, ct_guard; drop
+ *      reasons too_big, encap, invalid; conntrack: keyed placement, client[].seen;
+ *      ct_stats, ct_guard */
+#define WEIR_LAYOUT_VERSION 2
+
 /* --- services: (vip, port, proto) -> service -------------------------------------
  * Hash map. The key is what the packet carries. The element is created once per
  * service (with its first table) and deleted when the service goes; in between
@@ -166,7 +177,7 @@ struct config {
 
 enum drop_reason {
 	DROP_PARSE = 0,      /* VIP packet too short to hold its L4 ports */
-	DROP_FRAGMENT = 1,   /* IPv4 fragment for a VIP (no ports to hash) */
+	DROP_FRAGMENT = 1,   /* IPv4 fragment for a VIP whose first fragment was not seen */
 	DROP_TABLE_EMPTY = 2,/* service has no backends */
 	DROP_NO_BACKEND = 3, /* table slot names a backend of another service (stale map) */
 	DROP_TOO_BIG = 4,    /* too big to encapsulate within the MTU (ICMP sent when DF) */
@@ -189,6 +200,25 @@ enum ct_event {
 	CT_UNTRACKED = 2, /* a packet that makes no entry by design (TCP RST or FIN, ICMP) */
 	CT_FULL = 3,      /* a new flow forwarded untracked: every way of its bucket is in use */
 	CT_EVENTS = 4,
+};
+
+/* --- frags: where the fragments of a datagram go ---------------------------------------
+ * LRU hash. Only a datagram's first fragment carries the ports: its backend is remembered
+ * here by (source, destination, IP ID, protocol), as Cilium does, and the later fragments
+ * follow it. A later fragment that finds nothing (it arrived first, or its first never
+ * came) is dropped as "fragment". */
+struct frag_key {
+	__be32 saddr_be;
+	__be32 daddr_be;
+	__be16 id_be;
+	u8 proto;
+	u8 pad;
+};
+
+struct frag_value {
+	u64 handle;   /* the backend's, as conntrack keeps it */
+	u32 entropy;  /* the datagram's encapsulation entropy: every fragment takes one path */
+	u32 pad;
 };
 
 /* The insert-rate guard's window, per CPU. */
@@ -232,7 +262,9 @@ _Static_assert(__builtin_offsetof(struct backend, svc_key) % 8 == 0,
 _Static_assert(sizeof(struct backend) == 40, "backend layout");
 _Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
 _Static_assert(sizeof(struct config) == 40, "config words");
+_Static_assert(sizeof(struct frag_key) == 12 && sizeof(struct frag_value) == 16, "frags");
 
+BPF_TABLE_PINNED("array", u32, u64, layout, 1, WEIR_PIN("layout"));
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, WEIR_MAX_SERVICES,
 		 WEIR_PIN("services"));
 BPF_TABLE_PINNED("array", u32, struct backend, backends, WEIR_MAX_BACKENDS, WEIR_PIN("backends"));
@@ -252,6 +284,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counters, drop_stats, DROP_REASONS,
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, pass_stats, PASS_REASONS,
 		 WEIR_PIN("pass_stats"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, ct_stats, CT_EVENTS, WEIR_PIN("ct_stats"));
+BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_value, frags, WEIR_FRAG_ENTRIES,
+		 WEIR_PIN("frags"));
 BPF_TABLE_PINNED("percpu_array", u32, struct ct_guard_state, ct_guard, 1, WEIR_PIN("ct_guard"));
 BPF_TABLE_PINNED("array", u32, struct svc_meta, svc_meta, WEIR_MAX_SERVICES, WEIR_PIN("svc_meta"));
 BPF_TABLE_PINNED("array", u32, struct be_meta, be_meta, WEIR_MAX_BACKENDS, WEIR_PIN("be_meta"));

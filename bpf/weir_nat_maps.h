@@ -72,6 +72,18 @@ struct nat_flow_key {
 	u8 pad[3];
 };
 
+/* --- nat_frags: the translated address of a datagram's later fragments -----------------
+ * LRU hash. Later fragments carry no ports: the first fragment's translation records, by
+ * (source, destination, IP ID, protocol) as the fragment carries them, the address it
+ * got, so the others get it too (in: VIP -> pod; out: pod -> VIP). */
+struct nat_frag_key {
+	__be32 saddr_be;
+	__be32 daddr_be;
+	__be16 id_be;
+	u8 proto;
+	u8 pad;
+};
+
 /* --- counters: per-CPU arrays of struct counters (weir_counters.h) ---------------------
  * nat_events and nat_drops by reason; be_nat_stats per local_backends index. */
 enum nat_event {
@@ -86,13 +98,15 @@ enum nat_drop {
 	NAT_DROP_HEADER = 1,      /* bad Weir header, inner packet or lengths */
 	NAT_DROP_UNKNOWN = 2,     /* no such local translation (VIP:port -> pod:port) */
 	NAT_DROP_DECAP = 3,       /* the kernel refused to remove the outer headers */
-	NAT_DROPS = 4,
+	NAT_DROP_FRAGMENT = 4,    /* a later fragment whose first fragment was not seen */
+	NAT_DROPS = 5,
 };
 
 _Static_assert(sizeof(struct nat_config) == 16, "nat_config layout");
 _Static_assert(sizeof(struct nat_backend_key) == 16, "nat_backend_key layout");
 _Static_assert(sizeof(struct nat_vip) == 8, "nat_vip layout");
 _Static_assert(sizeof(struct nat_flow_key) == 16, "nat_flow_key layout");
+_Static_assert(sizeof(struct nat_frag_key) == 12, "nat_frag_key layout");
 
 BPF_TABLE_PINNED("array", u32, struct nat_config, nat_config, 1, WEIR_PIN("nat_config"));
 BPF_TABLE_PINNED("hash", __be32, u32, lb_nodes, WEIR_MAX_LB_NODES, WEIR_PIN("lb_nodes"));
@@ -100,6 +114,8 @@ BPF_TABLE_PINNED("hash", struct nat_backend_key, struct nat_backend, local_backe
 		 WEIR_MAX_LOCAL_BACKENDS, WEIR_PIN("local_backends"));
 BPF_TABLE_PINNED("lru_hash", struct nat_flow_key, struct nat_vip, nat_flows, WEIR_NAT_FLOWS,
 		 WEIR_PIN("nat_flows"));
+BPF_TABLE_PINNED("lru_hash", struct nat_frag_key, __be32, nat_frags, WEIR_NAT_FRAGS,
+		 WEIR_PIN("nat_frags"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, nat_events, NAT_EVENTS,
 		 WEIR_PIN("nat_events"));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, nat_drops, NAT_DROPS,

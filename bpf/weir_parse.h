@@ -49,6 +49,7 @@ static __always_inline struct iphdr *weir_parse_ipv4(void *data, void *data_end)
 	return l3;
 }
 
-#define WEIR_IP_FRAG_MASK 0x3fff /* MF flag + fragment offset */
+#define WEIR_IP_FRAG_MASK 0x3fff   /* MF flag + fragment offset */
+#define WEIR_IP_OFFSET_MASK 0x1fff /* fragment offset: not 0 in every fragment but the first */
 
 #endif

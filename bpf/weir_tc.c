@@ -55,6 +55,32 @@ static __always_inline int nat_drop(u32 reason, u64 bytes)
 	return TC_ACT_SHOT;
 }
 
+static __always_inline void nat_count(u32 event, u64 bytes, u64 new_flow)
+{
+	weir_count(nat_events.lookup(&event), bytes, new_flow);
+}
+
+/* A fragment's datagram, as the fragment carries it. */
+static __always_inline struct nat_frag_key nat_frag_of(const struct iphdr *ip)
+{
+	struct nat_frag_key k = {
+		.saddr_be = ip->saddr,
+		.daddr_be = ip->daddr,
+		.id_be = ip->id,
+		.proto = ip->protocol,
+	};
+
+	return k;
+}
+
+/* Replace a fragment's address (no ports in it: only the IPv4 checksum changes). */
+static __always_inline void nat_rewrite_addr(struct __sk_buff *skb, u32 a_off, __be32 from,
+					     __be32 to)
+{
+	bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to, sizeof(to));
+	bpf_skb_store_bytes(skb, ETH_HLEN + a_off, &to, sizeof(to), 0);
+}
+
 static __always_inline u32 csum_off(u8 proto)
 {
 	return proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check);
@@ -169,6 +195,23 @@ static __always_inline int nat_inner_flow(struct nat_flow *f, struct iphdr *inne
 	return 0;
 }
 
+/* A later fragment of a datagram whose first fragment went to `pod` on this node. */
+static __always_inline int nat_later_fragment_in(struct __sk_buff *skb, struct iphdr *inner,
+						 __be32 pod, u64 bytes)
+{
+	struct nat_frag_key frag = nat_frag_of(inner);
+	__be32 *to = nat_frags.lookup(&frag), vip = inner->daddr;
+
+	if (!to || *to != pod)
+		return nat_drop(NAT_DROP_FRAGMENT, bytes);
+	if (bpf_skb_adjust_room(skb, -(int)WEIR_ENC_LEN, BPF_ADJ_ROOM_MAC,
+				WEIR_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO))
+		return nat_drop(NAT_DROP_DECAP, bytes);
+	nat_rewrite_addr(skb, offsetof(struct iphdr, daddr), vip, pod);
+	nat_count(NAT_DECAP, bytes - WEIR_ENC_LEN, 0);
+	return TC_ACT_UNSPEC;
+}
+
 int weir_tc_ingress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -214,8 +257,15 @@ int weir_tc_ingress(struct __sk_buff *skb)
 	    *(u8 *)inner != 0x45 ||
 	    bpf_ntohs(ip->tot_len) != bpf_ntohs(inner->tot_len) + WEIR_ENC_LEN)
 		return nat_drop(NAT_DROP_HEADER, bytes);
+	if (inner->frag_off & bpf_htons(WEIR_IP_OFFSET_MASK))
+		return nat_later_fragment_in(skb, inner, wh->addr_be, bytes);
 	if (!nat_inner_flow(&f, inner, wh, data_end))
 		return nat_drop(NAT_DROP_HEADER, bytes);
+	if (inner->frag_off & bpf_htons(WEIR_IP_FRAG_MASK)) {
+		struct nat_frag_key frag = nat_frag_of(inner);
+
+		nat_frags.update(&frag, &f.pod);
+	}
 
 	key.vip_be = f.vip;
 	key.addr_be = f.pod;
@@ -257,11 +307,7 @@ int weir_tc_ingress(struct __sk_buff *skb)
 			new_flow = 1;
 		}
 	}
-	{
-		u32 ev = NAT_DECAP;
-
-		weir_count(nat_events.lookup(&ev), bytes, new_flow);
-	}
+	nat_count(NAT_DECAP, bytes, new_flow);
 	if (local)
 		weir_count(be_nat_stats.lookup(&index), bytes, new_flow);
 #ifdef WEIR_BENCH
@@ -305,6 +351,21 @@ static __always_inline int nat_clamp_mss(struct __sk_buff *skb, u32 doff, u16 ms
 	return 0;
 }
 
+/* A later fragment of a pod's reply whose first fragment was translated back: not ours
+ * otherwise (the pod answers others too), so it passes untouched. */
+static __always_inline int nat_later_fragment_out(struct __sk_buff *skb, struct iphdr *ip,
+						  u64 bytes)
+{
+	struct nat_frag_key frag = nat_frag_of(ip);
+	__be32 *to = nat_frags.lookup(&frag), pod = ip->saddr;
+
+	if (!to)
+		return TC_ACT_UNSPEC;
+	nat_rewrite_addr(skb, offsetof(struct iphdr, saddr), pod, *to);
+	nat_count(NAT_REVERSE, bytes, 0);
+	return TC_ACT_UNSPEC;
+}
+
 int weir_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -315,7 +376,7 @@ int weir_tc_egress(struct __sk_buff *skb)
 	struct nat_vip *to;
 	struct iphdr *ip;
 	u64 bytes = skb->len;
-	u32 zero = 0, ev;
+	u32 zero = 0;
 	__be32 vip;
 	__be16 vport;
 	u8 proto;
@@ -341,6 +402,8 @@ int weir_tc_egress(struct __sk_buff *skb)
 		fkey.cport_be = qports->src;
 		fkey.port_be = qports->dst;
 	} else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		if (ip->frag_off & bpf_htons(WEIR_IP_OFFSET_MASK))
+			return nat_later_fragment_out(skb, ip, bytes);
 		if ((void *)(ports + 1) > data_end)
 			return TC_ACT_UNSPEC;
 		fkey.client_be = ip->daddr;
@@ -373,15 +436,17 @@ int weir_tc_egress(struct __sk_buff *skb)
 			syn_ack = tcp->syn && tcp->ack;
 			doff = tcp->doff;
 		}
+		if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK)) {
+			struct nat_frag_key frag = nat_frag_of(ip);
+
+			nat_frags.update(&frag, &vip);
+		}
 		nat_rewrite(skb, proto, offsetof(struct iphdr, saddr),
 			    offsetof(struct weir_ports, src), ip->saddr, vip, fkey.port_be, vport);
 		cfg = nat_config.lookup(&zero);
-		if (syn_ack && cfg && cfg->mss && nat_clamp_mss(skb, doff, cfg->mss)) {
-			ev = NAT_MSS;
-			weir_count(nat_events.lookup(&ev), bytes, 0);
-		}
+		if (syn_ack && cfg && cfg->mss && nat_clamp_mss(skb, doff, cfg->mss))
+			nat_count(NAT_MSS, bytes, 0);
 	}
-	ev = NAT_REVERSE;
-	weir_count(nat_events.lookup(&ev), bytes, 0);
+	nat_count(NAT_REVERSE, bytes, 0);
 	return TC_ACT_UNSPEC;
 }

@@ -92,9 +92,9 @@ static __always_inline void weir_set_l2(void *new, const void *old, u32 l2len, c
 	__builtin_memcpy(new + ETH_ALEN, &node_mac, ETH_ALEN);
 }
 
-/* The inner packet cannot be encapsulated within the MTU and the client forbade
- * fragmenting it: answer "fragmentation needed" (RFC 1191) from the VIP, quoting its
- * IPv4 header and first 8 bytes, with the MTU it must fit. The frame is reused:
+/* The inner packet cannot be encapsulated within the MTU: answer "fragmentation needed"
+ * (RFC 1191) from the VIP, quoting its IPv4 header and first 8 bytes, with the MTU it must
+ * fit, and drop it. The frame is reused:
  *
  *   before  [l2][ip][l4 ...]
  *   after   [l2][ip VIP->client][icmp 3/4][quoted ip][quoted 8 bytes]
@@ -179,9 +179,9 @@ static __always_inline int weir_encap(struct xdp_md *ctx, const struct backend *
 		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
 	len = bpf_ntohs(inner->tot_len);
 	if (len + WEIR_ENC_LEN > mtu) {
-		if (inner->frag_off & bpf_htons(WEIR_IP_DF))
-			return weir_icmp_too_big(ctx, l2len, mtu - WEIR_ENC_LEN, bytes);
-		return WEIR_HANDLED | weir_drop(DROP_TOO_BIG, bytes);
+		/* Without DF too: a Linux client takes the MTU it is told and fragments its
+		 * next datagrams to fit (UDP, path MTU discovery's "want" mode). */
+		return weir_icmp_too_big(ctx, l2len, mtu - WEIR_ENC_LEN, bytes);
 	}
 	id = inner->id;
 	frag = inner->frag_off & bpf_htons(WEIR_IP_DF);
@@ -364,11 +364,48 @@ static __always_inline int weir_ct_way(const struct ct_bucket *bucket, int match
 	return oldest_age >= WEIR_CT_MIN_AGE ? oldest : -1;
 }
 
+/* A datagram's first fragment went to this backend: its later fragments follow it. */
+static __always_inline void weir_frag_remember(struct frag_key *frag, u64 handle,
+					       u32 entropy)
+{
+	struct frag_value v = {.handle = handle, .entropy = entropy};
+
+	if (frag)
+		frags.update(frag, &v);
+}
+
+/* A later fragment (no ports): to the backend its datagram's first fragment went to. */
+static __always_inline int weir_frag_forward(struct xdp_md *ctx, struct iphdr *ip,
+					     const struct config *cfg, u64 node_mac, u32 l2len,
+					     u64 bytes)
+{
+	struct frag_key k = {
+		.saddr_be = ip->saddr,
+		.daddr_be = ip->daddr,
+		.id_be = ip->id,
+		.proto = ip->protocol,
+	};
+	struct frag_value *v = frags.lookup(&k);
+	struct backend *be;
+	u64 handle;
+	u32 bid;
+
+	if (!v)
+		return vips.lookup(&ip->daddr) ? weir_drop(DROP_FRAGMENT, bytes) : XDP_PASS;
+	handle = v->handle;
+	bid = handle & BE_INDEX_MASK;
+	be = backends.lookup(&bid);
+	if (!be || WEIR_READ_ONCE(be->handle) != handle)
+		return weir_drop(DROP_FRAGMENT, bytes); /* its backend left meanwhile */
+	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, v->entropy, bytes, 0);
+}
+
 /* Conntrack, then Maglev, then forward. Packets that must not make an entry (`track` 0:
- * TCP RST or FIN, ICMP errors about a flow) use the flow's entry but make none. */
+ * TCP RST or FIN, ICMP errors about a flow) use the flow's entry but make none. A first
+ * fragment (`frag`) has its choice remembered for the fragments that follow. */
 static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_flow *f,
 					const struct config *cfg, u64 node_mac, u32 l2len,
-					u64 bytes, int track)
+					u64 bytes, int track, struct frag_key *frag)
 {
 	struct svc_key sk = {
 		.vip_be = f->daddr,
@@ -410,6 +447,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		    *(u64 *)&be->svc_key == *(u64 *)&sk) {
 			if (bucket->client[match & (CT_WAYS - 1)].seen != now)
 				bucket->client[match & (CT_WAYS - 1)].seen = now;
+			weir_frag_remember(frag, handle, pos.entropy);
 			return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes,
 					    0);
 		}
@@ -446,6 +484,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 	} else if (!track) {
 		weir_ct_count(CT_UNTRACKED);
 	}
+	weir_frag_remember(frag, WEIR_READ_ONCE(be->handle), pos.entropy);
 	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes, track);
 }
 
@@ -478,7 +517,7 @@ static __always_inline int weir_icmp_error(struct xdp_md *ctx, struct iphdr *ip,
 	f.ports.src = quoted_ports->dst;
 	f.ports.dst = quoted_ports->src;
 	f.proto = quoted->protocol;
-	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 0);
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 0, 0);
 }
 
 static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void *data_end,
@@ -517,15 +556,14 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 		return weir_icmp_error(ctx, ip, cfg, node_mac, l2len, bytes);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
+	if (ip->frag_off & bpf_htons(WEIR_IP_OFFSET_MASK))
+		return weir_frag_forward(ctx, ip, cfg, node_mac, l2len, bytes);
 	ports = (void *)ip + ip->ihl * 4;
 	l4_min = ip->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
-	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK) || (void *)ports + l4_min > l4_end ||
-	    (void *)(ports + 1) > data_end) {
+	if ((void *)ports + l4_min > l4_end || (void *)(ports + 1) > data_end) {
 		/* No ports to hash: drop when the address really is a VIP. */
 		if (!vips.lookup(&ip->daddr))
 			return XDP_PASS;
-		if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK))
-			return weir_drop(DROP_FRAGMENT, bytes);
 		return weir_drop(DROP_PARSE, bytes);
 	}
 	f.saddr = ip->saddr;
@@ -542,7 +580,18 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 		if (tcp->rst || tcp->fin)
 			track = 0;
 	}
-	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track);
+	if (ip->frag_off & bpf_htons(WEIR_IP_FRAG_MASK)) {
+		/* The first fragment of a datagram (MF set, offset 0): it has the ports. */
+		struct frag_key fk = {
+			.saddr_be = ip->saddr,
+			.daddr_be = ip->daddr,
+			.id_be = ip->id,
+			.proto = ip->protocol,
+		};
+
+		return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, &fk);
+	}
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, 0);
 }
 
 #ifdef WEIR_BENCH

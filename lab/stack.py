@@ -23,6 +23,8 @@ from weir.lab.processes import ControllerOptions
 from weir.lab.topology import (
     BACKENDS,
     BULK_POD_PORT,
+    DNS_POD_PORT,
+    DNS_PORT,
     NODES,
     POD_PORT,
     POD_VIP,
@@ -82,9 +84,11 @@ class Stack:
     def start_backends(self) -> None:
         for name, host in self.net.backends.items():
             traffic.serve(host, name, PORT)
+            # UDP answers leave from the address the socket is bound to: the VIP, for DSR
+            traffic.serve_bulk(host, BULK_POD_PORT, udp_port=DNS_PORT, udp_bind=VIP)
         for name, host in self.net.pods.items():
             traffic.serve(host, name, POD_PORT)
-            traffic.serve_bulk(host, BULK_POD_PORT)
+            traffic.serve_bulk(host, BULK_POD_PORT, udp_port=DNS_POD_PORT)
 
     def start_weir(self, progress: Callable[[str], None] = print) -> None:
         """weir-controller and the three agents; returns once every agent acked."""

@@ -40,6 +40,7 @@ WORKERS = {"n1": "10.66.2.11", "n2": "10.66.2.12", "n3": "10.66.2.13"}
 POD_VIP = "192.0.2.20"
 POD_PORT = 8080
 BULK_PORT, BULK_POD_PORT = 9000, 9090  # the shop Service's second port: large transfers
+DNS_PORT, DNS_POD_PORT = 53, 5353  # UDP echo on both Services: large datagrams, fragmented
 POD_CIDR = "10.244.0.0/16"
 # pod -> (its worker, its address)
 PODS = {

@@ -60,10 +60,14 @@ def serve(host: Host, name: str, port: int = 80, *, proto: Proto = "http") -> su
     return _started(host, args + ["--lines"] * (proto == "lines"), name)
 
 
-def serve_bulk(host: Host, port: int) -> subprocess.Popen:
-    """A weir.lab.bulk server in host; returns once it listens."""
-    return _started(host, [sys.executable, "-m", "weir.lab.bulk", "serve", "--port", str(port)],
-                    f"bulk server in {host.name}")  # fmt: skip
+def serve_bulk(
+    host: Host, port: int, udp_port: int | None = None, udp_bind: str = "0.0.0.0"
+) -> subprocess.Popen:
+    """A weir.lab.bulk server in host (and its UDP echo); returns once it listens."""
+    args = [sys.executable, "-m", "weir.lab.bulk", "serve", "--port", str(port)]
+    if udp_port is not None:
+        args += ["--udp-port", str(udp_port), "--udp-bind", udp_bind]
+    return _started(host, args, f"bulk server in {host.name}")
 
 
 def _started(host: Host, args: list[str], what: str) -> subprocess.Popen:
@@ -75,7 +79,8 @@ def _started(host: Host, args: list[str], what: str) -> subprocess.Popen:
 
 
 def bulk(host: Host, direction: str, vip: str, port: int, size: int, seed: int = 1) -> Transfer:
-    """One upload or download of size bytes through vip:port, checked (weir.lab.bulk)."""
+    """One upload, download or echoed datagram of size bytes through vip:port, checked
+    (weir.lab.bulk)."""
     out = host.run(
         [sys.executable, "-m", "weir.lab.bulk", direction, "--vip", vip, "--port", str(port),
          "--bytes", str(size), "--seed", str(seed)],

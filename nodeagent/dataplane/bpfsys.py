@@ -22,6 +22,8 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_F_MMAPABLE = 1 << 10
 BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -264,11 +266,19 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(ct.c_uint32(prog_id)), f"program id {prog_id}")
 
 
-def map_create_array(value_size: int, max_entries: int, name: str = "") -> int:
-    opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts))
+def map_create_array(
+    value_size: int,
+    max_entries: int,
+    name: str = "",
+    *,
+    per_cpu: bool = False,
+    mmapable: bool = False,
+) -> int:
+    opts = _MapCreateOpts(sz=ct.sizeof(_MapCreateOpts), map_flags=BPF_F_MMAPABLE * mmapable)
+    kind = BPF_MAP_TYPE_PERCPU_ARRAY if per_cpu else BPF_MAP_TYPE_ARRAY
     return _check(
         lib().bpf_map_create(
-            BPF_MAP_TYPE_ARRAY, name.encode() or None, 4, value_size, max_entries, ct.byref(opts)
+            kind, name.encode() or None, 4, value_size, max_entries, ct.byref(opts)
         ),
         "create array map",
     )

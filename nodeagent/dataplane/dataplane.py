@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import dataclasses
 import os
 import socket
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy
-from weir.nodeagent.dataplane import bpfsys, layout, loader
+from weir.nodeagent.dataplane import bpfsys, layout, loader, migrate
 from weir.nodeagent.dataplane.canonical import CanonicalService, canonicalise
 from weir.nodeagent.dataplane.inspection import applied_services
 from weir.nodeagent.dataplane.model import (
@@ -133,6 +134,7 @@ class Dataplane:
         self._slots = maps.slots()
         self._ncpu = maps.ncpu
         self._closed = False
+        self.migrated: migrate.Report | None = None  # what open() carried over from older pins
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -143,7 +145,16 @@ class Dataplane:
         loader.prepare_pin_dir(cfg.bpffs)
         ifindex = loader.interface_index(cfg.interface)
         node_mac = loader.interface_mac(cfg.interface)
-        caps = loader.pinned_capacities(cfg.bpffs, loader.Capacities.from_config(cfg))
+        migration = migrate.prepare(cfg.bpffs)
+        wanted = loader.Capacities.from_config(cfg)
+        if migration is not None:
+            old = migrate.old_capacities(migration)
+            wanted = dataclasses.replace(
+                wanted,
+                backends=old.get("backends", wanted.backends),
+                ct_buckets=old.get("conntrack", wanted.ct_buckets),
+            )
+        caps = loader.pinned_capacities(cfg.bpffs, wanted)
         bpf = loader.compile_program(cfg.bpffs, caps)
         maps = None
         dp = None
@@ -152,6 +163,10 @@ class Dataplane:
             commit_fn = bpf.load_func(layout.COMMIT_FUNC.encode(), bpf.XDP)
             maps = PinnedMaps(cfg.bpffs, writable=True)
             dp = cls(cfg, bpf, xdp.fd, commit_fn.fd, maps, ifindex, caps)
+            if migration is not None:
+                dp.migrated = migrate.finish(migration, maps, migrate.fresh_key())
+            elif not maps.layout_version():
+                migrate.record_version(maps)
             dp._set_node_mac(node_mac)
             dp._set_conntrack_guard(cfg.conntrack_insert_rate)
             dp._load_state()
@@ -210,8 +225,7 @@ class Dataplane:
         cfg = self.maps.config()
         ops = []
         if not cfg.ct_key:
-            key = int.from_bytes(os.urandom(8), "little") or 1
-            ops.append((layout.COMMIT_CONFIG, layout.CONFIG_CT_KEY, key))
+            ops.append((layout.COMMIT_CONFIG, layout.CONFIG_CT_KEY, migrate.fresh_key()))
         if cfg.ct_guard != rate:
             ops.append((layout.COMMIT_CONFIG, layout.CONFIG_CT_GUARD, rate))
         if ops:
@@ -425,6 +439,18 @@ class Dataplane:
         """Which index each backend gets (kept, revived or new) and the room it all needs;
         CapacityError when it does not fit."""
         fe, size, pool = spec.frontend, spec.size, self._be_pool
+        # The double buffer: while a service changes, its old half (and the backends it
+        # names) stays readable beside the new one. What cannot fit even alone never will.
+        if len(spec.backends) > self.caps.backends:
+            raise DataplaneError(
+                f"service {fe.id}: {len(spec.backends)} backends can never fit, the map holds "
+                f"{self.caps.backends} (--max-backends)"
+            )
+        if 2 * size > self.caps.slots:
+            raise DataplaneError(
+                f"service {fe.id}: a table of {size} slots can never fit: each service keeps two "
+                f"(old and new), the pool holds {self.caps.slots} (--max-table-slots)"
+            )
         plan = _Plan(half=0 if svc is None else svc.inactive)
         for b in spec.backends:
             if svc is not None and b in svc.live:

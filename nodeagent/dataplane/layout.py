@@ -57,6 +57,7 @@ DROP_REASONS = (
 )
 CT_EVENTS = ("evict", "guarded", "untracked", "full")
 CT_TICK_SHIFT = 4
+FRAG_ENTRIES = 16384  # datagrams whose fragments are being forwarded (LRU)
 CT_MIN_AGE = 2
 # frames for a VIP passed to the kernel untouched because they are not addressed to us
 PASS_REASONS = ("other_host", "multicast")
@@ -129,6 +130,20 @@ class Config(ct.Structure):
     ]
 
 
+class FragKey(ct.Structure):
+    _fields_ = [
+        ("saddr_be", ct.c_uint32),
+        ("daddr_be", ct.c_uint32),
+        ("id_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class FragValue(ct.Structure):
+    _fields_ = [("handle", ct.c_uint64), ("entropy", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
 class CtGuardState(ct.Structure):
     _fields_ = [("start_ns", ct.c_uint64), ("count", ct.c_uint64)]
 
@@ -163,8 +178,11 @@ class CommitOp(ct.Structure):
     ]
 
 
+LAYOUT_VERSION = 2  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
+
 # name -> (key type, value type) of every pinned map
 MAPS: dict[str, tuple[type, type]] = {
+    "layout": (ct.c_uint32, ct.c_uint64),
     "services": (SvcKey, SvcValue),
     "backends": (ct.c_uint32, Backend),
     "slots": (ct.c_uint32, SlotLine),
@@ -178,6 +196,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "pass_stats": (ct.c_uint32, Counters),
     "ct_stats": (ct.c_uint32, Counters),
     "ct_guard": (ct.c_uint32, CtGuardState),
+    "frags": (FragKey, FragValue),
     "svc_meta": (ct.c_uint32, SvcMeta),
     "be_meta": (ct.c_uint32, BeMeta),
 }
@@ -223,7 +242,8 @@ TC_INGRESS_FUNC = "weir_tc_ingress"
 TC_EGRESS_FUNC = "weir_tc_egress"
 NAT_LAYOUT_VERSION = 1
 NAT_EVENTS = ("decap", "reverse", "mss_clamped")
-NAT_DROPS = ("not_lb", "header", "unknown", "decap_failed")
+NAT_DROPS = ("not_lb", "header", "unknown", "decap_failed", "fragment")
+NAT_FRAGS = 16384
 
 
 class NatConfig(ct.Structure):
@@ -271,6 +291,7 @@ NAT_MAPS: dict[str, tuple[type, type]] = {
     "lb_nodes": (ct.c_uint32, ct.c_uint32),
     "local_backends": (NatBackendKey, NatBackend),
     "nat_flows": (NatFlowKey, NatVip),
+    "nat_frags": (FragKey, ct.c_uint32),
     "nat_events": (ct.c_uint32, Counters),
     "nat_drops": (ct.c_uint32, Counters),
     "be_nat_stats": (ct.c_uint32, Counters),

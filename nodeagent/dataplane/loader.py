@@ -124,6 +124,7 @@ def compile_program(pin_dir: Path, caps: Capacities, extra_cflags: tuple[str, ..
         f"-DWEIR_MAX_BACKENDS={caps.backends}",
         f"-DWEIR_SLOT_LINES={caps.slot_lines}",
         f"-DWEIR_CT_BUCKETS={caps.ct_buckets}",
+        f"-DWEIR_FRAG_ENTRIES={layout.FRAG_ENTRIES}",
         f"-I{layout.BPF_DIR}",
         *extra_cflags,
     ]

@@ -137,7 +137,7 @@ class NatDataplane:
         ifindex = loader.interface_index(cfg.interface)
         loader.prepare_pin_dir(cfg.bpffs)
         sizes = _pinned_sizes(cfg)
-        bpf = _compile(cfg, sizes)
+        bpf = compile_programs(cfg, sizes)
         maps = None
         try:
             maps = PinnedNatMaps(cfg.bpffs)
@@ -310,7 +310,11 @@ def _check_layout(maps: PinnedNatMaps) -> None:
         )
 
 
-def _compile(cfg: NatConfig, sizes: dict[str, int]) -> BPF:
+def compile_programs(
+    cfg: NatConfig, sizes: dict[str, int], extra_cflags: tuple[str, ...] = ()
+) -> BPF:
+    """bcc-compile bpf/weir_tc.c against the pins in cfg.bpffs (made when missing); sizes:
+    the pinned maps' own capacities, which win over cfg's."""
     from bcc import BPF  # late: the pure-Python parts work without bcc
 
     cflags = [
@@ -318,7 +322,9 @@ def _compile(cfg: NatConfig, sizes: dict[str, int]) -> BPF:
         f"-DWEIR_MAX_LB_NODES={sizes.get('lb_nodes', cfg.max_lb_nodes)}",
         f"-DWEIR_MAX_LOCAL_BACKENDS={sizes.get('local_backends', cfg.max_local_backends)}",
         f"-DWEIR_NAT_FLOWS={sizes.get('nat_flows', cfg.flows)}",
+        f"-DWEIR_NAT_FRAGS={layout.NAT_FRAGS}",
         f"-I{layout.BPF_DIR}",
+        *extra_cflags,
     ]
     try:
         return BPF(src_file=str(layout.TC_SOURCE).encode(), cflags=cflags)

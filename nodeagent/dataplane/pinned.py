@@ -191,6 +191,12 @@ class PinnedMaps:
         bpfsys.lookup(self.fds["backends"], ct.c_uint32(index), entry)
         return entry
 
+    def layout_version(self) -> int:
+        """The layout version recorded in the pins (0: not yet recorded)."""
+        value = ct.c_uint64()
+        bpfsys.lookup(self.fds["layout"], ct.c_uint32(0), value)
+        return value.value
+
     def config(self) -> layout.Config:
         cfg = layout.Config()
         bpfsys.lookup(self.fds["config"], ct.c_uint32(0), cfg)

@@ -189,14 +189,16 @@ async def test_the_lab_manifests_load_cleanly(tmp_path: Path) -> None:
         for s in result.cluster.services
         for b in s.backends
     }
-    web = {m for m in modes if m[0] == "192.0.2.10:80/TCP"}
-    assert {(a, p, f, n) for _, a, p, f, n in web} == {
-        (f"10.66.0.2{i}", 80, pb.FORWARDING_L2_DSR, "") for i in range(1, 5)
+    web = {m for m in modes if m[0].startswith("192.0.2.10:")}
+    assert {(s, a, p, f, n) for s, a, p, f, n in web} == {
+        (sid, f"10.66.0.2{i}", port, pb.FORWARDING_L2_DSR, "")
+        for sid, port in (("192.0.2.10:80/TCP", 80), ("192.0.2.10:53/UDP", 53))
+        for i in range(1, 5)
     }
     shop = modes - web
     assert {(s, a, p) for s, a, p, _, _ in shop} == {
-        (f"192.0.2.20:{port}/TCP", f"10.244.{n}.{h}", target)
-        for port, target in ((80, 8080), (9000, 9090))
+        (f"192.0.2.20:{port}/{proto}", f"10.244.{n}.{h}", target)
+        for port, proto, target in ((80, "TCP", 8080), (9000, "TCP", 9090), (53, "UDP", 5353))
         for n in (1, 2, 3)
         for h in (10, 11)
     }
@@ -209,7 +211,7 @@ async def test_the_lab_manifests_load_cleanly(tmp_path: Path) -> None:
         views[n].load_balancer and not views[n].local_endpoints for n in ("lb1", "lb2", "lb3")
     )
     for n in ("n1", "n2", "n3"):
-        assert not views[n].load_balancer and len(views[n].local_endpoints) == 4
+        assert not views[n].load_balancer and len(views[n].local_endpoints) == 6
         assert list(views[n].lb_node_addresses) == ["10.66.0.11", "10.66.0.12", "10.66.0.13"]
 
 

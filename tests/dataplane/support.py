@@ -63,6 +63,7 @@ def packet(
     *,
     vlan: int | None = None,
     frag: int = 0,
+    ip_id: int = 0,
     l4_bytes: int | None = None,
     payload: bytes = b"",
 ) -> bytes:
@@ -83,7 +84,7 @@ def packet(
         0x45,
         0,
         20 + len(l4),
-        0,
+        ip_id,
         frag,
         64,
         flow.proto,

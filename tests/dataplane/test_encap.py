@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from weir.nodeagent.dataplane import BackendTarget, Dataplane, Frontend, bpfsys
@@ -154,9 +154,11 @@ def test_too_big_with_df_gets_fragmentation_needed(lb: Dataplane) -> None:
     assert counts["too_big"] == 1
 
 
-def test_too_big_without_df_is_dropped(lb: Dataplane) -> None:
-    action, _ = run(lb, client_packet(size=1500 - 40, df=False))
-    assert action == XDP_DROP
+def test_too_big_without_df_gets_fragmentation_needed_too(lb: Dataplane) -> None:
+    """A datagram's fragments carry no DF: a Linux client still takes the MTU it is told
+    and fragments its next datagrams to fit; one that fits is encapsulated."""
+    action, out = run(lb, client_packet(size=1500 - 40, df=False))
+    assert action == XDP_TX and (out[ICMP].type, out[ICMP].nexthopmtu) == (3, 1464)
     assert {d.name: d.packets for d in stats(lb.maps)[1]}["too_big"] == 1
     action, out = run(lb, client_packet(size=1500 - 40 - 36, df=False))
     assert action in (XDP_TX, XDP_PASS) and len(bytes(out[IP])) == 1500
@@ -209,3 +211,21 @@ def test_nat_dump_shows_the_node(lb: Dataplane) -> None:
         (p.address, p.node) for p in PODS
     )
     assert lb.applied()[FE.id].backends == tuple(sorted(PODS))
+
+
+def test_fragments_take_their_first_ones_path(lb: Dataplane) -> None:
+    """The fragments of a datagram go to the pod its first fragment went to, with the same
+    outer source port (one path through the fabric)."""
+    dns = Frontend(f"{VIP}:53/UDP", VIP, 53, 17)
+    lb.apply_service(dns, PODS, table(PODS))
+    base = Ether(src=CLIENT_MAC, dst=NODE_MAC.hex(":")) / IP(src="172.16.0.9", dst=VIP, id=77)
+    datagram = UDP(sport=5353, dport=53) / Raw(b"d" * 1000)
+    fragments = [Ether(bytes(base)[:14]) / f for f in fragment(base[IP] / datagram, 400)]
+    assert len(fragments) == 3
+    outs = [run(lb, f) for f in fragments]
+    assert all(action in (XDP_TX, XDP_PASS) for action, _ in outs)
+    pods = {pod_of(out) for _, out in outs}
+    sports = {out[UDP].sport for _, out in outs}
+    assert len(pods) == 1 and len(sports) == 1
+    for (_, out), sent in zip(outs, fragments, strict=True):
+        assert bytes(out[UDP].payload)[8:] == bytes(sent[IP])

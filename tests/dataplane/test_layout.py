@@ -35,3 +35,32 @@ def test_python_layouts_match_the_c_header(privileged: None) -> None:
                     assert fields(leaf) == fields(value_t), name
         finally:
             bpf.cleanup()
+
+
+def test_python_layouts_match_the_backend_node_header(privileged: None) -> None:
+    from weir.nodeagent.dataplane.nat import NatConfig, compile_programs
+
+    with bpffs_mount() as pins:
+        pins.mkdir()
+        bpf = compile_programs(NatConfig(interface="lo", bpffs=pins), {})
+        try:
+            for name, (key_t, value_t) in layout.NAT_MAPS.items():
+                table = bpf[name.encode()]
+                leaf = getattr(table, "sLeaf", table.Leaf)
+                assert ct.sizeof(table.Key) == ct.sizeof(key_t), name
+                assert ct.sizeof(leaf) == ct.sizeof(value_t), name
+                if hasattr(value_t, "_fields_"):
+                    assert fields(leaf) == fields(value_t), name
+                if hasattr(key_t, "_fields_"):
+                    assert fields(table.Key) == fields(key_t), name
+        finally:
+            bpf.cleanup()
+
+
+def test_layout_versions_match_the_c_headers() -> None:
+    for header, name, value in (
+        ("weir_maps.h", "WEIR_LAYOUT_VERSION", layout.LAYOUT_VERSION),
+        ("weir_nat_maps.h", "NAT_LAYOUT_VERSION", layout.NAT_LAYOUT_VERSION),
+    ):
+        text = (layout.BPF_DIR / header).read_text()
+        assert f"#define {name} {value}\n" in text, (header, name)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPerror, UDPerror, defragment, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from weir.nodeagent.dataplane import bpfsys
@@ -252,3 +252,30 @@ def test_adopted_after_a_restart(nat: BackendNode) -> None:
     assert len(nat.dp.flows()) == 1
     nat.dp.set_local_backends([WEB])
     assert nat.dp.local_backends() == [WEB]
+
+
+def test_fragments_are_translated_both_ways(nat: BackendNode) -> None:
+    """A large datagram's fragments (only the first carries the ports) all reach the pod,
+    and the pod's fragmented answer all leaves as the VIP, each reassembling into a datagram
+    with a valid checksum; a later fragment whose first never came is dropped and counted."""
+    query = IP(src=CLIENT, dst=VIP, id=4242) / UDP(sport=5000, dport=53) / Raw(b"q" * 1000)
+    outs = []
+    for piece in fragment(query, 400):
+        verdict, out = nat.run(nat.ingress, encapsulated(piece, header=weir_header(POD, 5353)))
+        assert verdict == TC_ACT_UNSPEC
+        assert (out[IP].src, out[IP].dst, out[IP].id) == (CLIENT, POD, 4242)
+        outs.append(out[IP])
+    assert len(outs) == 3
+    (whole,) = defragment(outs)
+    assert (whole[UDP].sport, whole[UDP].dport) == (5000, 5353) and checksums_valid(Ether() / whole)
+    answer = IP(src=POD, dst=CLIENT, id=99) / UDP(sport=5353, dport=5000) / Raw(b"a" * 1000)
+    outs = []
+    for piece in fragment(answer, 400):
+        verdict, out = nat.run(nat.egress, Ether() / piece)
+        assert verdict == TC_ACT_UNSPEC and out[IP].src == VIP
+        outs.append(out[IP])
+    (whole,) = defragment(outs)
+    assert (whole[UDP].sport, whole[UDP].dport) == (53, 5000) and checksums_valid(Ether() / whole)
+    orphan = IP(src=CLIENT, dst=VIP, id=7, frag=50) / Raw(b"x" * 40)
+    verdict, _ = nat.run(nat.ingress, encapsulated(orphan, header=weir_header(POD, 5353)))
+    assert verdict == TC_ACT_SHOT and nat.counters()["fragment"] == 1

@@ -131,7 +131,8 @@ def test_backend_role_commands(dp: Dataplane, node: Node, capsys) -> None:
             r"\tnot_lb packets 1 bytes \d+\n"
             r"\theader packets 0 bytes 0\n"
             r"\tunknown packets 0 bytes 0\n"
-            r"\tdecap_failed packets 0 bytes 0\n",
+            r"\tdecap_failed packets 0 bytes 0\n"
+            r"\tfragment packets 0 bytes 0\n",
             backend,
         )
     finally:

@@ -7,7 +7,13 @@ import struct
 
 import numpy as np
 import pytest
-from weir.nodeagent.dataplane import BackendTarget, CapacityError, Dataplane, Frontend
+from weir.nodeagent.dataplane import (
+    BackendTarget,
+    CapacityError,
+    Dataplane,
+    DataplaneError,
+    Frontend,
+)
 from weir.nodeagent.dataplane.inspection import ct_entries, pass_counts, stats
 from weir.nodeagent.maglev import backend_id, build_table
 
@@ -17,6 +23,7 @@ from .support import XDP_DROP, XDP_PASS, XDP_TX, Flow, packet, predicted_backend
 SEED = 0x5EED
 VIP = "10.0.0.10"
 FE = Frontend(f"{VIP}:80/TCP", VIP, 80, 6, "maglev")
+UDP_FE = Frontend(f"{VIP}:53/UDP", VIP, 53, 17, "maglev")
 
 
 def targets(first: int, count: int, port: int = 8080) -> list[BackendTarget]:
@@ -187,19 +194,41 @@ def test_drops_are_counted_by_reason(dp: Dataplane) -> None:
     f = Flow("172.16.0.1", VIP, 1234, 80)
     assert send(dp, Flow("172.16.0.1", VIP, 1234, 81))[0] == XDP_DROP  # no backends
     assert send(dp, f, l4_bytes=3)[0] == XDP_DROP  # ports cut off
-    assert send(dp, f, frag=0x2000)[0] == XDP_DROP  # first fragment (MF)
-    assert send(dp, f, frag=0x0010)[0] == XDP_DROP  # later fragment
+    assert send(dp, f, frag=0x0010, ip_id=7)[0] == XDP_DROP  # a later fragment, no first
     _, drops = stats(dp.maps)
     counted = {d.name: d.packets for d in drops}
     assert counted == {
         "parse": 1,
-        "fragment": 2,
+        "fragment": 1,
         "table_empty": 1,
         "no_backend": 0,
         "too_big": 0,
         "encap": 0,
         "invalid": 0,
     }
+
+
+def test_fragments_follow_their_first(dp: Dataplane) -> None:
+    """All fragments of a datagram reach the backend its first fragment (the one with the
+    ports) went to; a fragment that comes before its first is dropped and counted."""
+    dp.set_seed(SEED)
+    bes = targets(1, 8)
+    dp.apply_service(UDP_FE, bes, maglev(bes, proto="UDP"))
+    sent = 0
+    for i in range(40):
+        f = Flow(f"172.16.1.{i}", VIP, 5000 + i, 53, 17)
+        first_action, first = send(dp, f, frag=0x2000, ip_id=100 + i, payload=b"q" * 64)
+        assert first_action == XDP_TX
+        for offset in (0x2009, 0x0012):  # MF + offset 72, then the last at 144
+            later = bytearray(packet(f, NODE_MAC, frag=offset, ip_id=100 + i, payload=b"r" * 64))
+            later[14 + 20 : 14 + 28] = b"r" * 8  # no ports in a later fragment
+            action, out = run_xdp(dp.xdp_prog_fd, bytes(later))
+            assert action == XDP_TX and out[:6] == first[:6]
+            sent += 1
+    assert sent == 80
+    orphan = packet(Flow("172.16.2.1", VIP, 1, 53, 17), NODE_MAC, frag=0x0012, ip_id=999)
+    assert run_xdp(dp.xdp_prog_fd, orphan)[0] == XDP_DROP
+    assert {d.name: d.packets for d in stats(dp.maps)[1]}["fragment"] == 1
 
 
 def test_vlan_tagged_frames_keep_their_tag(dp: Dataplane) -> None:
@@ -266,8 +295,8 @@ def test_capacity_errors_leave_other_services_alone(node: Node) -> None:
         too_big = Frontend(f"{VIP}:82/TCP", VIP, 82, 6)
         with pytest.raises(CapacityError, match="table slots"):
             dp.apply_service(too_big, targets(20, 2), maglev(targets(20, 2), size=263))
-        with pytest.raises(CapacityError, match="table slots"):  # growing the first one
-            dp.apply_service(FE, bes, maglev(bes, size=787))  # 773 slots could be free
+        with pytest.raises(DataplaneError, match="can never fit"):  # growing the first one
+            dp.apply_service(FE, bes, maglev(bes, size=787))  # its two halves: > 1024
         assert dp.applied() == before
         for name in ("81", "82"):
             assert send(dp, Flow("172.16.0.1", VIP, 1234, int(name)))[0] == XDP_PASS
@@ -284,6 +313,10 @@ def test_capacity_errors_leave_other_services_alone(node: Node) -> None:
         assert set(dp.applied()) == {FE.id, too_big.id, f"{VIP}:84/TCP"}
         usage = {u.name: (u.used, u.capacity) for u in dp.usage()}
         assert usage["services"] == (3, 3) and usage["table_slots"] == (2 * 251 + 2 * 257, 1024)
+        # What cannot fit even alone is not a matter of room: a clear error, not a retry.
+        with pytest.raises(DataplaneError, match="can never fit") as never:
+            dp.apply_service(FE, targets(1, 9), maglev(targets(1, 9)))
+        assert not isinstance(never.value, CapacityError)
     finally:
         dp.close()
 

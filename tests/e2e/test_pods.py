@@ -19,9 +19,11 @@ from weir.lab.stack import POD_TARGET, Stack
 from weir.lab.topology import (
     BULK_PORT,
     CLIENTS,
+    DNS_PORT,
     NODES,
     POD_VIP,
     PODS,
+    VIP,
     WORKERS,
     build,
     replies_counted,
@@ -80,6 +82,16 @@ def test_20_mb_through_the_vip_intact(lab: Stack, direction: str) -> None:
     SYN-ACK keeps the client's segments small enough; the download is not encapsulated."""
     t = traffic.bulk(lab.net.clients["c1"], direction, POD_VIP, BULK_PORT, 20_000_000)
     assert t.ok and t.bytes == 20_000_000, t
+
+
+@pytest.mark.parametrize("vip", [POD_VIP, VIP], ids=["pods", "hosts"])
+def test_large_udp_datagrams_arrive_whole(lab: Stack, vip: str) -> None:
+    """4,000-byte datagrams travel in fragments: every fragment follows its first one to
+    the same backend (pods: through the encapsulation, whose first datagram may only teach
+    the client its path MTU), and the fragmented echo comes back whole."""
+    for seed in range(5):
+        t = traffic.bulk(lab.net.clients["c1"], "datagram", vip, DNS_PORT, 4000, seed)
+        assert t.ok, t
 
 
 def _nat_drops(lab: Stack, worker: str) -> dict[str, int]:
