@@ -128,7 +128,7 @@ def weir_programs(stack: Stack, on: bool) -> None:
                 worker.run([*base, "del", *spec, "bpf"], check=False)
 
 
-def wrk(stack: Stack, seconds: float, connections: int) -> tuple[float, int]:
+def wrk(stack: Stack, seconds: int, connections: int) -> tuple[float, int]:
     out = stack.net.clients["c1"].run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
          f"http://{POD_VIP}/"],
@@ -140,7 +140,7 @@ def wrk(stack: Stack, seconds: float, connections: int) -> tuple[float, int]:
     return rate, errors + (int(bad.group(1)) if bad else 0)
 
 
-def run(rounds: int = 3, seconds: float = 5.0, connections: int = 64) -> list[PodsRow]:
+def run(rounds: int = 3, seconds: int = 5, connections: int = 64) -> list[PodsRow]:
     cleanup_prefix(PREFIX)
     with Topology(PREFIX) as topo:
         net = build(topo)
@@ -184,7 +184,7 @@ def run(rounds: int = 3, seconds: float = 5.0, connections: int = 64) -> list[Po
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=int, default=5)  # wrk takes whole seconds
     ap.add_argument("--connections", type=int, default=64)
     args = ap.parse_args()
     rows = run(args.rounds, args.seconds, args.connections)

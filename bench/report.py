@@ -398,7 +398,7 @@ def pods(quick: bool) -> Section:
         "7. New connections to pods: Weir vs a kube-proxy-style path (wrk + nginx)",
         "7. Pods",
     )
-    rounds, seconds = (2, 3.0) if quick else (3, 5.0)
+    rounds, seconds = (2, 3) if quick else (3, 5)
     rows = in_child(pods_bench.run, rounds, seconds, 64, timeout=600)
     base, weir = rows
     sec.body = [

@@ -16,13 +16,13 @@ from pathlib import Path
 from grpc.experimental.aio import init_grpc_aio
 from weir.common.lifecycle import run_until_stopped
 from weir.common.logs import configure, get_logger
+from weir.common.version import VERSION
 from weir.controller.app import ControllerApp
 from weir.controller.core.nodeconfig import DEFAULT_ENCAP_PORT, DEFAULT_LB_NODE_SELECTOR
 from weir.controller.core.parsing import ParseError
 from weir.controller.core.selectors import LabelSelector, parse_selector_string
 from weir.controller.core.snapshots import DEFAULT_HISTORY
 from weir.controller.kube.wiring import add_flags as add_kubernetes_flags
-from weir.controller.plane.server import ServerTLS
 from weir.controller.sources.manifest import DEFAULT_MAX_BYTES
 
 log = get_logger("weir.controller")
@@ -34,6 +34,7 @@ DEFAULT_MAGLEV_SEED = 0x57E1_B0A7
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="weir-controller", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"weir-controller {VERSION}")
     p.add_argument("--source", choices=("file", "kubernetes"), default="file")
     p.add_argument("--manifests", type=Path, help="directory of manifests (--source file)")
     p.add_argument(
@@ -57,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also handle LoadBalancer Services without a loadBalancerClass",
     )
     p.add_argument("--listen", default="0.0.0.0:9443", help="NodePlane gRPC address")
+    p.add_argument(
+        "--bootstrap-listen",
+        default="",
+        help="address of the bootstrap port, where agents trade a ServiceAccount token for a "
+        "node certificate (TLS without client certificates; --agent-token-audience)",
+    )
+    p.add_argument(
+        "--local-socket",
+        type=Path,
+        help="also serve on this Unix socket (mode 0600), for weirctl inside the Pod",
+    )
     p.add_argument(
         "--debounce-ms",
         type=float,
@@ -92,10 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on host:port (off when empty)",
     )
     p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds")
-    tls = p.add_argument_group("TLS (agents must present a client certificate naming their node)")
+    tls = p.add_argument_group(
+        "TLS (agents must present a client certificate naming their node; with the "
+        "Kubernetes API and no --tls-cert, the controller makes its own)"
+    )
     tls.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     tls.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    tls.add_argument("--tls-client-ca", type=Path, help="CA that signs agent certificates")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="CA that signs hand-placed agent and operator certificates (the controller's own "
+        "CA signs the agents' token-issued ones)",
+    )
     tls.add_argument(
         "--plaintext", action="store_true", help="serve without TLS (labs and tests only)"
     )
@@ -140,31 +160,47 @@ def _seed(text: str) -> int:
     return value
 
 
-def server_tls(args: argparse.Namespace) -> ServerTLS | None:
-    """TLS settings from the flags; None only with an explicit --plaintext."""
+def check_tls_flags(args: argparse.Namespace) -> None:
+    """Exit on flags that do not make one TLS setup (app.py builds it)."""
     files = (args.tls_cert, args.tls_key, args.tls_client_ca)
+    kubernetes = args.source == "kubernetes"
     if args.plaintext:
         if any(files):
             raise SystemExit("weir-controller: --plaintext and --tls-* are exclusive")
-        return None
-    if not all(files):
+        if args.agent_token_audience or args.bootstrap_listen:
+            raise SystemExit("weir-controller: node certificates for tokens need TLS")
+        return
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("weir-controller: --tls-cert and --tls-key go together")
+    if args.tls_cert is None and not kubernetes:
         raise SystemExit(
             "weir-controller: refusing to serve without TLS: pass --tls-cert, --tls-key and "
-            "--tls-client-ca, or --plaintext explicitly"
+            "--tls-client-ca, or --plaintext explicitly (with --source kubernetes the "
+            "controller makes its own certificates)"
         )
+    if args.tls_cert is not None and args.tls_client_ca is None and not kubernetes:
+        raise SystemExit("weir-controller: --tls-client-ca is needed to accept agents")
+    if args.agent_token_audience and not (kubernetes and args.bootstrap_listen):
+        raise SystemExit(
+            "weir-controller: --agent-token-audience needs --source kubernetes (TokenReview) "
+            "and --bootstrap-listen"
+        )
+    if args.bootstrap_listen and not args.agent_token_audience:
+        raise SystemExit("weir-controller: --bootstrap-listen needs --agent-token-audience")
     for f in files:
-        if not f.is_file():
+        if f is not None and not f.is_file():
             raise SystemExit(f"weir-controller: {f}: no such file")
-    return ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
 
 
 async def run(args: argparse.Namespace) -> int:
     # Keep grpc.aio initialized until the process exits: its shutdown inside asyncio.run()
     # can hang when many streams end at once (grpc/grpc#40989).
     init_grpc_aio()
-    app = await ControllerApp.build(args, server_tls(args))
+    check_tls_flags(args)
+    app = await ControllerApp.build(args)
     log.info(
         "weir-controller starting",
+        version=VERSION,
         source=args.source,
         manifests=str(args.manifests or ""),
         listen=args.listen,

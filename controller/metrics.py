@@ -28,7 +28,8 @@ class Metrics:
         )
         self.refused = Counter(
             "weir_agents_refused",
-            "Agent streams refused, by reason (hello, identity, shutdown, capacity)",
+            "Agent streams and certificate requests refused, by reason (hello, identity, version, "
+            "shutdown, capacity, token, request)",
             ["reason"],
             registry=r,
         )

@@ -38,6 +38,7 @@ class Deployment:
     agent: AgentOptions = field(default_factory=AgentOptions)  # per node: start_agent()
     tail_lines: int = 0  # print each log's last lines at close (tests: shown on failure)
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)
+    controller_proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.manifests.mkdir(exist_ok=True)
@@ -67,7 +68,16 @@ class Deployment:
 
     def start_controller(self) -> subprocess.Popen:
         opts = replace(self.controller, manifests=self.manifests)
-        return self.ctl.popen(opts.argv(), log=self.log("controller"))
+        self.controller_proc = self.ctl.popen(opts.argv(), log=self.log("controller"))
+        return self.controller_proc
+
+    def stop_controller(self, sig: int = signal.SIGKILL, timeout: float = 20) -> int:
+        """Signal the controller (a crash by default) and wait for it to exit; its status."""
+        proc, self.controller_proc = self.controller_proc, None
+        if proc is None:
+            raise LabError("no controller running")
+        kill_group(proc, sig)
+        return proc.wait(timeout=timeout)
 
     def agent_options(self, node: str, **changes: Any) -> AgentOptions:
         return replace(

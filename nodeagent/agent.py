@@ -33,6 +33,7 @@ class AgentMetrics(Protocol):
     def set_services(self, applied: int, failed: int, incomplete: int) -> None: ...
     def set_maps(self, usage: Sequence[pb.MapUsage]) -> None: ...
     def set_roles(self, active: Mapping[str, bool]) -> None: ...
+    def set_healthy(self, healthy: Mapping[str, bool]) -> None: ...
 
 
 def desired_of(view: NodeView) -> Desired:
@@ -86,22 +87,29 @@ class Agent:
         return pb.Ack(version=update.version, service_errors=_service_errors(errors))
 
     async def status(self) -> pb.NodeStatus:
-        roles = [await r.status() for r in self._roles]
+        roles = {r.name: await r.status() for r in self._roles}
         maps = [
-            pb.MapUsage(name=u.name, used=u.used, capacity=u.capacity)
-            for s in roles
+            pb.MapUsage(
+                name=u.name, used=u.used, capacity=u.capacity, reserved=s.reserved.get(u.name, 0)
+            )
+            for s in roles.values()
             for u in s.maps
         ]
         if self._metrics:
             self._metrics.set_maps(maps)
+            self._metrics.set_healthy({name: s.healthy for name, s in roles.items()})
         return pb.NodeStatus(
             applied_version=self._version,
             maps=maps,
             bgp_sessions=self._bgp.sessions(),
-            dataplane_healthy=all(s.healthy for s in roles),
+            dataplane_healthy=all(s.healthy for s in roles.values()),
+            dataplane_problem="; ".join(
+                f"{name}: {s.problem}" for name, s in roles.items() if s.problem
+            ),
             announced=self._bgp.announced(),
             draining=self._bgp.draining,
-            service_errors=_service_errors(_merged(s.errors for s in roles)),
+            service_errors=_service_errors(_merged(s.errors for s in roles.values())),
+            dataplane_mode=",".join(r.mode for r in self._roles if r.mode),
             bgp_errors=self._bgp.errors(),
             routes_settled=self._bgp.settled(),
         )

@@ -36,6 +36,18 @@ class PromMetrics:
         self.map_capacity = Gauge(
             "weir_agent_map_capacity", "BPF map capacity", ["map"], registry=r
         )
+        self.map_reserved = Gauge(
+            "weir_agent_map_reserved",
+            "BPF map entries kept free for updates (old and new coexist while a service changes)",
+            ["map"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "weir_agent_dataplane_healthy",
+            "1 while the role's data plane works (attached, readable), else 0",
+            ["role"],
+            registry=r,
+        )
         self.roles = Gauge(
             "weir_agent_role", "1 while the node has the role, else 0", ["role"], registry=r
         )
@@ -56,10 +68,15 @@ class PromMetrics:
         for u in usage:
             self.map_used.labels(u.name).set(u.used)
             self.map_capacity.labels(u.name).set(u.capacity)
+            self.map_reserved.labels(u.name).set(u.reserved)
 
     def set_roles(self, active: Mapping[str, bool]) -> None:
         for role, on in active.items():
             self.roles.labels(role).set(int(on))
+
+    def set_healthy(self, healthy: Mapping[str, bool]) -> None:
+        for role, ok in healthy.items():
+            self.healthy.labels(role).set(int(ok))
 
     def serve(self, address: str) -> None:
         """Serve /metrics on host:port (a daemon thread of prometheus_client)."""

@@ -12,7 +12,9 @@ left. Each version it
      or UDP, beyond --max-local-backends) is an error for its service, the others go on.
 When the node cannot be configured (its address is not on the uplink) or a map write is
 refused, every service with a local endpoint is reported with the reason, and the next
-version tries again.
+version tries again. Once the data plane is open, nodeagent.forwarding_watch checks every
+second that the tc programs are still attached: one that is gone is attached again from its
+pin, one in its place is left there; either way the role reports it (NodeStatus).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
+from weir.nodeagent.attachment import Probe, TcAttachment
 from weir.nodeagent.dataplane import DataplaneError
 from weir.nodeagent.dataplane.nat import LocalBackend, NatDataplane, NatSettings, check_local
+from weir.nodeagent.forwarding_watch import ForwardingWatch
 from weir.nodeagent.roles import RoleStatus, UplinkSource
 from weir.nodeagent.service import Desired, LocalEndpoint, NodeSettings
 from weir.nodeagent.uplink import UplinkError
@@ -47,12 +52,20 @@ class BackendRole:
         uplink: UplinkSource,
         *,
         pinned: bool = False,  # an earlier agent's backend role is pinned: take it over
+        changes: Generation | None = None,  # bumped when the status changes between versions
+        attachment: Callable[[NatDataplane], Probe] = TcAttachment,
+        check_interval: float = 1.0,  # forwarding_watch's period
     ) -> None:
         self._open_nat = open_nat
         self._uplink = uplink
         self._pinned = pinned
+        self._changes = changes or Generation()
+        self._attachment = attachment
+        self._check_interval = check_interval
         self.nat: NatDataplane | None = None
+        self._opened = asyncio.Event()
         self._open_error: str | None = None
+        self._not_forwarding = ""
         self._applied: _Applied | None = None
         self._programmed: dict[str, frozenset[LocalBackend]] = {}  # service id -> its own
         self._errors: dict[str, str] = {}
@@ -62,6 +75,10 @@ class BackendRole:
     def active(self) -> bool:
         """The last version had local endpoints."""
         return self._active
+
+    @property
+    def mode(self) -> str:
+        return "tc" if self.nat is not None else ""
 
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         node = desired.node
@@ -75,6 +92,7 @@ class BackendRole:
             try:
                 self.nat = await asyncio.to_thread(self._open_nat)
                 log.info("backend-role data plane open", max_flows=self.nat.cfg.flows)
+                self._opened.set()
             except Exception as exc:  # DataplaneError, bcc's bare Exception
                 self._open_error = f"cannot open the backend-role data plane: {exc}"
                 log.error("backend-role data plane not opened", error=str(exc))
@@ -144,16 +162,29 @@ class BackendRole:
 
     async def status(self) -> RoleStatus:
         if self.nat is None:
-            return RoleStatus(healthy=self._open_error is None, errors=self.errors())
+            return RoleStatus(problem=self._open_error or "", errors=self.errors())
         try:
             maps = await asyncio.to_thread(self.nat.usage)
         except Exception as exc:
             log.error("cannot read backend-role map usage", error=str(exc))
-            return RoleStatus(healthy=False, errors=self.errors())
-        return RoleStatus(maps=maps, errors=self.errors())
+            return RoleStatus(problem=f"cannot read the maps: {exc}", errors=self.errors())
+        return RoleStatus(maps=maps, problem=self._not_forwarding, errors=self.errors())
 
     async def run(self) -> None:
-        """Nothing to keep up between versions."""
+        """The tc programs' check, from the moment the data plane is open, until cancelled."""
+        await self._opened.wait()
+        assert self.nat is not None
+        watch = ForwardingWatch(
+            self._attachment(self.nat),
+            self._forwarding,
+            role=self.name,
+            interval=self._check_interval,
+        )
+        await watch.run()
+
+    async def _forwarding(self, problem: str) -> None:
+        self._not_forwarding = problem
+        self._changes.bump()
 
     async def close(self) -> None:
         """Release the data plane; the tc programs stay attached and the maps pinned."""

@@ -6,6 +6,11 @@
         ...
         client.report_status(pb.NodeStatus(...))  # latest wins, sent when connected
 
+tls is the agent's identity (nodeagent/identity.py): certificate files (TLSConfig) or a
+certificate traded for the Pod's ServiceAccount token (TokenIdentity), which run() keeps
+renewed; when it changes, the stream moves to a new connection with it between two messages
+(never while the handler runs), without backoff.
+
 `handler(update) -> pb.Ack` is awaited once per version, in order, never concurrently.
 `update.view` is the node's complete view after that version (hash verified);
 `update.upserted/removed/bgp_changed/node_config_changed` say what changed since the
@@ -26,34 +31,34 @@ import random
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import grpc
 from weir.common import viewhash
 from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import ACCEPTED_KEY, pb, pb_grpc
+from weir.common.version import VERSION
+from weir.nodeagent.identity import TLSConfig, TokenIdentity
 
 log = get_logger("weir.controller_client")
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = VERSION  # the package release (weir.common.version)
 
 
-@dataclass(frozen=True)
-class TLSConfig:
-    """mTLS material for the agent: its own certificate (naming its node) and the CA."""
+__all__ = ["ControllerClient", "Identity", "NodeView", "TLSConfig", "TokenIdentity", "Update"]
 
-    ca: Path
-    cert: Path
-    key: Path
-    server_name: str | None = None  # override the name checked in the server certificate
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes(),
-            certificate_chain=self.cert.read_bytes(),
-        )
+class Identity(Protocol):
+    """What the client connects with (nodeagent/identity.py)."""
+
+    @property
+    def generation(self) -> Generation:  # bumped when the certificate changes
+        ...
+
+    async def run(self) -> None: ...
+    async def channel_credentials(self) -> grpc.ChannelCredentials: ...
+    def channel_options(self) -> list[tuple[str, str | int]]: ...
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class ControllerClient:
         node: str,
         handler: Handler,
         *,
-        tls: TLSConfig | None = None,  # None: plaintext (the caller asked for it explicitly)
+        tls: Identity | None = None,  # None: plaintext (the caller asked for it explicitly)
         initial: NodeView | None = None,  # a view already applied (Hello carries it)
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
@@ -228,6 +233,7 @@ class ControllerClient:
         self._changes = Generation()  # view, connection state or failure count changed
         self._connected = False
         self._failures = 0
+        self._accepted = 0
         self._write_lock = asyncio.Lock()
 
     @property
@@ -239,6 +245,11 @@ class ControllerClient:
     def connected(self) -> bool:
         """True while a stream is up and the controller accepted the Hello."""
         return self._connected
+
+    @property
+    def accepted(self) -> int:
+        """Streams the controller accepted since the client started."""
+        return self._accepted
 
     @property
     def failures(self) -> int:
@@ -264,10 +275,17 @@ class ControllerClient:
             seen = await self._changes.wait_past(seen)
 
     async def run(self) -> None:
-        """Connect and follow the stream until cancelled, reconnecting with backoff."""
+        """Connect and follow the stream until cancelled, reconnecting with backoff; keep
+        the identity renewed meanwhile."""
+        async with asyncio.TaskGroup() as tg:
+            if self._tls is not None:
+                tg.create_task(self._tls.run(), name="identity")
+            await self._follow()
+
+    def _options(self) -> list[tuple[str, str | int]]:
         initial, maximum = self._backoff
         ms = int(initial * 1000)
-        options = [
+        return [
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -279,45 +297,59 @@ class ControllerClient:
             ("grpc.max_reconnect_backoff_ms", int(maximum * 1000)),
             *self._channel_options,
         ]
-        if self._tls is None:
-            channel = grpc.aio.insecure_channel(self.target, options=options)
-        else:
-            if self._tls.server_name:
-                options.append(("grpc.ssl_target_name_override", self._tls.server_name))
-            channel = grpc.aio.secure_channel(self.target, self._tls.credentials(), options)
-        attempt = 0
-        try:
-            stub = pb_grpc.NodePlaneStub(channel)
-            while True:
-                try:
-                    await self._session(stub)
-                except grpc.aio.AioRpcError as exc:
-                    log.warning(
-                        "controller stream failed",
-                        target=self.target,
-                        code=exc.code().name,
-                        details=exc.details(),
-                    )
-                except Exception:
-                    log.exception("controller stream error", target=self.target)
-                if self._connected:  # the stream had been accepted: start backing off anew
-                    self._connected = False
-                    attempt = 0
-                else:
-                    self._failures += 1
-                self._changes.bump()
-                # Full jitter: agents that lost the same controller do not return in step.
-                delay = random.uniform(0, min(maximum, initial * 2**attempt))
-                attempt = min(attempt + 1, 30)
-                await asyncio.sleep(delay)
-        finally:
-            self._connected = False
-            await channel.close(grace=None)
 
-    async def _session(self, stub: pb_grpc.NodePlaneStub) -> None:
-        """One stream: Hello, then apply messages until it ends."""
+    async def _follow(self) -> None:
+        """Channels, each with the identity of the moment, and streams on them."""
+        initial, maximum = self._backoff
+        attempt = 0
+        while True:
+            if self._tls is None:
+                identity = 0
+                channel = grpc.aio.insecure_channel(self.target, options=self._options())
+            else:
+                credentials = await self._tls.channel_credentials()
+                identity = self._tls.generation.value
+                options = self._options() + self._tls.channel_options()
+                channel = grpc.aio.secure_channel(self.target, credentials, options)
+            try:
+                stub = pb_grpc.NodePlaneStub(channel)
+                while True:
+                    renewed = False
+                    try:
+                        renewed = await self._session(stub, identity)
+                    except grpc.aio.AioRpcError as exc:
+                        log.warning(
+                            "controller stream failed",
+                            target=self.target,
+                            code=exc.code().name,
+                            details=exc.details(),
+                        )
+                    except Exception:
+                        log.exception("controller stream error", target=self.target)
+                    if renewed:  # a new certificate: a new connection with it, at once
+                        self._connected = False
+                        self._changes.bump()
+                        break
+                    if self._connected:  # the stream had been accepted: start backing off anew
+                        self._connected = False
+                        attempt = 0
+                    else:
+                        self._failures += 1
+                    self._changes.bump()
+                    # Full jitter: agents that lost the same controller do not return in step.
+                    delay = random.uniform(0, min(maximum, initial * 2**attempt))
+                    attempt = min(attempt + 1, 30)
+                    await asyncio.sleep(delay)
+            finally:
+                self._connected = False
+                await channel.close(grace=None)
+
+    async def _session(self, stub: pb_grpc.NodePlaneStub, identity: int) -> bool:
+        """One stream: Hello, then apply messages until it ends (False) or the identity
+        changed past `identity` (True)."""
         call = stub.Connect()
         writer: asyncio.Task[None] | None = None
+        renewal: asyncio.Task[int] | None = None
         try:
             view = self._view
             hello = pb.Hello(
@@ -332,27 +364,53 @@ class ControllerClient:
                 # Refused: reading raises the status (PERMISSION_DENIED, INVALID_ARGUMENT).
                 await call.read()
                 await call.code()
-                return
+                return False
             self._connected = True
             self._failures = 0
+            self._accepted += 1
             self._changes.bump()
             log.info("connected to controller", target=self.target, applied=hello.applied_version)
             writer = asyncio.create_task(self._write_status(call), name="status-writer")
+            if self._tls is not None:
+                renewal = asyncio.create_task(
+                    self._tls.generation.wait_past(identity), name="identity-renewal"
+                )
             while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
+                msg = await self._next(call, renewal)
+                if msg is None:
+                    log.info("node certificate renewed: moving the stream to a new connection")
+                    return True
+                if not isinstance(msg, pb.ControllerMessage):  # grpc.aio.EOF
                     code = await call.code()
                     log.info("controller ended the stream", code=code.name)
-                    return
+                    return False
                 await self._on_message(call, msg)
         finally:
             call.cancel()
-            if writer is not None:
-                writer.cancel()
-                # Awaited, not just cancelled: it ends before the next session's writer starts.
-                (ended,) = await asyncio.gather(writer, return_exceptions=True)
+            for task in (writer, renewal):
+                if task is None:
+                    continue
+                task.cancel()
+                # Awaited, not just cancelled: it ends before the next session's starts.
+                (ended,) = await asyncio.gather(task, return_exceptions=True)
                 if isinstance(ended, Exception):
-                    log.error("status writer failed", error=repr(ended), exc_info=ended)
+                    log.error(f"{task.get_name()} failed", error=repr(ended), exc_info=ended)
+
+    @staticmethod
+    async def _next(
+        call: grpc.aio.StreamStreamCall, renewal: asyncio.Task[int] | None
+    ) -> pb.ControllerMessage | object | None:
+        """The next message (or EOF); None once renewal is done first."""
+        if renewal is None:
+            return await call.read()
+        read = asyncio.ensure_future(call.read())
+        try:
+            await asyncio.wait((read, renewal), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+        return read.result() if not read.cancelled() else None
 
     async def _on_message(self, call: grpc.aio.StreamStreamCall, msg: pb.ControllerMessage) -> None:
         version = msg.snapshot.version if msg.HasField("snapshot") else msg.delta.version

@@ -7,7 +7,9 @@ before: an agent that never gets the role never attaches XDP. An earlier agent's
 as having had the role: they are taken over at the first version and reconciled with it.
 
 Applying a version is the balancer's job (nodeagent.balancer); keeping backend MACs right
-between versions is mac_upkeep's, which runs once the data plane is open.
+between versions is mac_upkeep's, and checking every second that the XDP program is still
+attached (every route withdrawn while it is not; put back when nothing else took its place)
+is forwarding_watch's: both run once the data plane is open.
 
 Losing the role: the balancer is handed no services, so it removes them all and announces
 nothing (BGP withdraws every VIP). XDP stays attached and the data plane open: with no
@@ -25,10 +27,12 @@ from collections.abc import Callable, Mapping
 
 from weir.common.aio import Generation
 from weir.common.logs import get_logger
+from weir.nodeagent.attachment import Probe, XdpAttachment
 from weir.nodeagent.backend_macs import BackendMacs
 from weir.nodeagent.balancer import Balancer
 from weir.nodeagent.bgp.hook import BGPHook
 from weir.nodeagent.dataplane import Dataplane
+from weir.nodeagent.forwarding_watch import ForwardingWatch
 from weir.nodeagent.mac_upkeep import MacUpkeep
 from weir.nodeagent.maglev import TableCache
 from weir.nodeagent.roles import RoleStatus, UplinkSource
@@ -52,6 +56,8 @@ class LoadBalancerRole:
         changes: Generation | None = None,
         retry: float = 2.0,  # mac_upkeep's periods
         refresh: float = 30.0,
+        attachment: Callable[[Dataplane], Probe] = XdpAttachment,
+        check_interval: float = 1.0,  # forwarding_watch's period
     ) -> None:
         self._open_dataplane = open_dataplane
         self._macs = macs
@@ -61,6 +67,8 @@ class LoadBalancerRole:
         self._bgp = bgp
         self._changes = changes
         self._upkeep = (retry, refresh)
+        self._attachment = attachment
+        self._check_interval = check_interval
         self.dataplane: Dataplane | None = None
         self.balancer: Balancer | None = None
         self._opened = asyncio.Event()
@@ -72,6 +80,10 @@ class LoadBalancerRole:
     def active(self) -> bool:
         """The last version gave this node the role."""
         return self._active
+
+    @property
+    def mode(self) -> str:
+        return f"xdp-{self.dataplane.xdp_mode}" if self.dataplane is not None else ""
 
     async def apply(self, desired: Desired) -> Mapping[str, int]:
         wanted = desired.node.load_balancer
@@ -133,15 +145,25 @@ class LoadBalancerRole:
 
     async def status(self) -> RoleStatus:
         if self.balancer is None:
-            return RoleStatus(healthy=self._open_error is None, errors=self.errors())
+            return RoleStatus(problem=self._open_error or "", errors=self.errors())
         return await self.balancer.status()
 
     async def run(self) -> None:
-        """Backend MAC upkeep, from the moment the data plane is open, until cancelled."""
+        """Backend MAC upkeep and the XDP program's check, from the moment the data plane
+        is open, until cancelled."""
         await self._opened.wait()
-        assert self.balancer is not None
+        assert self.balancer is not None and self.dataplane is not None
         retry, refresh = self._upkeep
-        await MacUpkeep(self.balancer, self._macs, retry=retry, refresh=refresh).run()
+        upkeep = MacUpkeep(self.balancer, self._macs, retry=retry, refresh=refresh)
+        watch = ForwardingWatch(
+            self._attachment(self.dataplane),
+            self.balancer.set_forwarding,
+            role=self.name,
+            interval=self._check_interval,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(upkeep.run(), name="mac-upkeep")
+            tg.create_task(watch.run(), name="xdp-watch")
 
     async def close(self) -> None:
         """Release the data plane; XDP stays attached and the maps pinned."""

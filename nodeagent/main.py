@@ -2,7 +2,12 @@
 
     weir-agent --controller ctl:9443 --interface eth0 --tls-ca ca.pem --tls-cert node.pem \\
                --tls-key node.key
+    weir-agent --controller ctl:9443 --interface eth0 --tls-ca bundle.pem \\
+               --token-file /var/run/secrets/weir/token      # a node certificate for the token
     weir-agent --controller 127.0.0.1:9443 --interface eth0 --plaintext --bpffs /run/weir/bpf
+
+At start it says what the node offers (nodeagent/preflight.py: kernel, headers for bcc, BTF,
+bpffs, the uplink's XDP, capabilities) and what is missing, with the fix.
 
 It runs on every node. The view says which roles the node has: load balancer (XDP on the
 uplink, BGP) and backend (tc translation to the node's own endpoints); each role's data
@@ -25,15 +30,18 @@ from pathlib import Path
 from weir.common import logs
 from weir.common.aio import Generation
 from weir.common.lifecycle import run_until_stopped
+from weir.common.version import VERSION
+from weir.nodeagent import preflight
 from weir.nodeagent.agent import Agent
 from weir.nodeagent.backend_macs import BackendMacs
 from weir.nodeagent.backend_role import BackendRole
 from weir.nodeagent.bgp import AgentBGP, BGPSpeaker
-from weir.nodeagent.controller_client import ControllerClient, TLSConfig
+from weir.nodeagent.controller_client import ControllerClient, Identity
 from weir.nodeagent.dataplane import Dataplane, DataplaneConfig, DataplaneError
 from weir.nodeagent.dataplane.layout import PROG_PIN
 from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
 from weir.nodeagent.dataplane.nat_pinned import has_nat_pins
+from weir.nodeagent.identity import TLSConfig, TokenIdentity, bootstrap_target
 from weir.nodeagent.lb_role import LoadBalancerRole
 from weir.nodeagent.maglev import TableCache
 from weir.nodeagent.neighbors import NeighborResolver
@@ -45,6 +53,7 @@ log = logs.get_logger("weir.agent")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="weir-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"weir-agent {VERSION}")
     p.add_argument("--controller", required=True, help="controller address host:port")
     p.add_argument("--node", default=socket.gethostname(), help="this node's name (hostname)")
     p.add_argument("--interface", required=True, help="uplink: XDP and tc attach here")
@@ -70,6 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tls.add_argument("--tls-cert", type=Path, help="this node's client certificate")
     tls.add_argument("--tls-key", type=Path, help="this node's client key")
     tls.add_argument("--tls-server-name", help="name expected in the controller certificate")
+    tls.add_argument(
+        "--token-file",
+        type=Path,
+        help="the Pod's projected ServiceAccount token: trade it for a node certificate "
+        "(instead of --tls-cert/--tls-key)",
+    )
+    tls.add_argument(
+        "--bootstrap",
+        help="the controller's bootstrap address for --token-file (default: the "
+        "--controller host, port 9445)",
+    )
     nb = p.add_argument_group("backend neighbours")
     nb.add_argument("--neighbor-timeout", type=float, default=1.0, help="seconds per resolution")
     nb.add_argument("--neighbor-retry", type=float, default=2.0, help="retry unresolved, seconds")
@@ -92,11 +112,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
-    if args.plaintext and any(tls_files):
-        p.error("--plaintext excludes --tls-ca/--tls-cert/--tls-key")
-    if not args.plaintext and not all(tls_files):
-        p.error("give --tls-ca, --tls-cert and --tls-key, or --plaintext")
+    if args.plaintext and (any(tls_files) or args.token_file):
+        p.error("--plaintext excludes --tls-ca/--tls-cert/--tls-key/--token-file")
+    if args.token_file and (args.tls_cert or args.tls_key or not args.tls_ca):
+        p.error("--token-file goes with --tls-ca (the controller's CA bundle), not --tls-cert")
+    if not args.plaintext and not args.token_file and not all(tls_files):
+        p.error("give --tls-ca with --tls-cert and --tls-key or --token-file, or --plaintext")
     return args
+
+
+def identity(args: argparse.Namespace) -> Identity | None:
+    """The agent's identity towards the controller (None: --plaintext)."""
+    if args.plaintext:
+        return None
+    if args.token_file:
+        return TokenIdentity(
+            args.node,
+            args.token_file,
+            args.tls_ca,
+            args.bootstrap or bootstrap_target(args.controller),
+            server_name=args.tls_server_name,
+        )
+    return TLSConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
+def report(checks: list[preflight.Check]) -> None:
+    """What the node offers, in one line, then each missing piece with its fix."""
+    log.info("node checked", **{c.name.replace(" ", "_"): c.found for c in checks})
+    for c in checks:
+        if not c.ok:
+            say = log.warning if c.required else log.info
+            say(f"missing: {c.name}", found=c.found, fix=c.fix)
+        elif c.fix:
+            log.info(f"note: {c.name}", found=c.found, note=c.fix)
 
 
 def dataplane_config(args: argparse.Namespace) -> DataplaneConfig:
@@ -121,11 +169,9 @@ def nat_config(args: argparse.Namespace) -> NatConfig:
 
 
 async def run(args: argparse.Namespace) -> int:
-    tls = (
-        None
-        if args.plaintext
-        else TLSConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
-    )
+    tls = identity(args)
+    log.info("weir-agent starting", version=VERSION, node=args.node, interface=args.interface)
+    report(await asyncio.to_thread(preflight.local_checks, args.interface, args.bpffs))
     xdp, nat = dataplane_config(args), nat_config(args)
     try:
         xdp.validate()
@@ -165,7 +211,10 @@ async def run(args: argparse.Namespace) -> int:
             refresh=args.neighbor_refresh,
         )
         backend = BackendRole(
-            functools.partial(NatDataplane.open, nat), uplink, pinned=has_nat_pins(args.bpffs)
+            functools.partial(NatDataplane.open, nat),
+            uplink,
+            pinned=has_nat_pins(args.bpffs),
+            changes=changes,
         )
         agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes)
         client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)

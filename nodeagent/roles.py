@@ -21,8 +21,14 @@ from weir.nodeagent.uplink import UplinkInfo
 @dataclass(frozen=True)
 class RoleStatus:
     maps: list[MapUsage] = field(default_factory=list)
-    healthy: bool = True  # its data plane can be read and the uplink works (or not needed)
+    problem: str = ""  # why the role's data plane does not work ("": it does, or none needed)
     errors: dict[str, str] = field(default_factory=dict)  # service id -> why not (fully) applied
+    reserved: dict[str, int] = field(default_factory=dict)  # map -> entries kept for updates
+
+    @property
+    def healthy(self) -> bool:
+        """Its data plane is open, attached and can be read, and the uplink works."""
+        return not self.problem
 
 
 class Role(Protocol):
@@ -31,6 +37,11 @@ class Role(Protocol):
     @property
     def active(self) -> bool:
         """The last version gave the node this role."""
+        ...
+
+    @property
+    def mode(self) -> str:
+        """Its data plane as NodeStatus.dataplane_mode names it ("" while none is open)."""
         ...
 
     async def apply(self, desired: Desired) -> Mapping[str, int]:

@@ -68,6 +68,11 @@ class Service:
     # sessionAffinityConfig.clientIP.timeoutSeconds: hash-based affinity has no use for it.
     affinity_timeout: int
     backends: tuple[Backend, ...]  # the backends that take new flows, sorted
+    # Which Services a node short of capacity serves first (nodeagent.admission): the
+    # Kubernetes Service's creationTimestamp (Unix seconds, 0: not known) and its
+    # "<namespace>/<name>".
+    created: int = 0
+    owner: str = ""
 
     @property
     def id(self) -> str:
@@ -132,6 +137,8 @@ def from_pb(svc: pb.Service) -> Service:
         table_size=svc.maglev_table_size,
         affinity_timeout=svc.affinity_timeout_seconds,
         backends=tuple(sorted(_backend(b) for b in svc.backends)),
+        created=svc.created_unix_seconds,
+        owner=svc.service,
     )
 
 

@@ -203,6 +203,7 @@ def _claims(inputs: ClusterInputs, config: ReduceConfig, error: _Errors) -> dict
             else pb.SESSION_AFFINITY_NONE,
             "affinity_timeout_seconds": svc.affinity_timeout if client_ip else 0,
             "service": f"{svc.namespace}/{svc.name}",
+            "created_unix_seconds": int(svc.created.timestamp()) if svc.created else 0,
         }
         for vip in vips:
             for port in svc.ports:

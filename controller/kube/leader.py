@@ -86,6 +86,11 @@ class LeaderElector:
         self._observed_spec: dict[str, Any] | None = None
         self._observed_at = 0.0  # monotonic time the spec last changed under our eyes
 
+    @property
+    def holder(self) -> str:
+        """The Lease holder as last seen ("" when free or not read yet)."""
+        return str((self._observed_spec or {}).get("holderIdentity") or "")
+
     async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Forever: wait for the Lease, run lead() while holding it, cancel it when the Lease
         is lost. Cancelling run() releases a held Lease so a standby takes over at once.

@@ -6,17 +6,24 @@ serves the NodePlane and writes the BGPPeer status entries of the agents connect
 (controller/kube/peerstatus.py); only the Lease holder (or every replica, without
 --leader-elect) runs the allocator, which writes Service status, Events and pool status, and
 removes the BGPPeer status entries of gone replicas.
+
+At start: the API server must be a Kubernetes Weir supports (controller/kube/status.py).
+With the API come the controller's own CA (a Secret, controller/kube/pki.py), which signs
+its serving certificates when none is given and, with --agent-token-audience, the node
+certificates agents get for their ServiceAccount tokens (controller/kube/tokenreview.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from weir.common.logs import get_logger
+from weir.common.pb import pb
 from weir.controller.core.objects import ALL_KINDS
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
@@ -25,7 +32,12 @@ from weir.controller.kube.api import KubeAPI, load_client
 from weir.controller.kube.drain import AnnotationDrainer
 from weir.controller.kube.leader import LeaderElector, LeaseConfig, default_identity
 from weir.controller.kube.peerstatus import PeerStatusWriter
+from weir.controller.kube.pki import keep_bundle, load_authority, publish_bundle
+from weir.controller.kube.status import check_kubernetes, pool_usage, replicas
+from weir.controller.kube.tokenreview import TokenReviewer
+from weir.controller.plane.authority import Authority
 from weir.controller.plane.healthport import serve_health
+from weir.controller.plane.identity import NodeCertificates
 from weir.controller.plane.servicer import NodePlane
 from weir.controller.sources.kubernetes import KubernetesSource
 
@@ -36,6 +48,7 @@ STATE_KINDS = ALL_KINDS | WATCHED_KINDS
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    namespace = os.environ.get("POD_NAMESPACE") or "weir-system"
     g = parser.add_argument_group("Kubernetes: leader election and probes (--source kubernetes)")
     g.add_argument(
         "--leader-elect",
@@ -46,8 +59,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lease-name", default="weir-controller")
     g.add_argument(
         "--lease-namespace",
-        default=os.environ.get("POD_NAMESPACE") or "weir-system",
-        help="default: $POD_NAMESPACE, else weir-system",
+        default=namespace,
+        help="the controller's namespace: its Lease, CA Secret, CA bundle ConfigMap and "
+        "Deployment (default: $POD_NAMESPACE, else weir-system)",
     )
     g.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
     g.add_argument("--renew-deadline", type=float, default=10.0, help="seconds")
@@ -73,20 +87,80 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "and its kind relisted (the API server sends a bookmark about every minute)",
     )
     g.add_argument(
+        "--deployment",
+        default="",
+        help="the controller's Deployment: weirctl status shows its replicas ('' for none)",
+    )
+    g.add_argument(
         "--health-listen",
         default="",
         help="plaintext grpc.health.v1 for the kubelet's probes on host:port (off when empty): "
         'service "liveness", and "" ready once the first snapshot is published',
     )
 
+    pki = parser.add_argument_group(
+        "Kubernetes: node identity and the controller's certificates (--source kubernetes)"
+    )
+    pki.add_argument(
+        "--agent-token-audience",
+        default="",
+        help="agents trade a projected ServiceAccount token of this audience for a node "
+        "certificate on --bootstrap-listen (off when empty)",
+    )
+    pki.add_argument(
+        "--agent-service-account",
+        default=f"{namespace}/weir-agent",
+        help="NAMESPACE/NAME of the agents' ServiceAccount: only its tokens are taken",
+    )
+    pki.add_argument(
+        "--agent-cert-validity",
+        type=float,
+        default=12 * 3600.0,
+        help="seconds a node certificate lasts (agents renew it after half to four fifths)",
+    )
+    pki.add_argument(
+        "--ca-secret",
+        default="weir-controller-ca",
+        help="Secret holding the controller's CA (made when missing)",
+    )
+    pki.add_argument(
+        "--ca-bundle-configmap",
+        default="weir-ca-bundle",
+        help="ConfigMap where the CA is published (key ca.crt) for the agents to trust, "
+        "when the controller makes its own serving certificate",
+    )
+    pki.add_argument(
+        "--serving-names",
+        default=f"weir-controller.{namespace}.svc,weir-controller.{namespace}.svc.cluster.local",
+        help="comma-separated DNS names of the serving certificate the controller makes when "
+        "no --tls-cert is given",
+    )
+    pki.add_argument(
+        "--serving-validity",
+        type=float,
+        default=7 * 86400.0,
+        help="seconds a serving certificate the controller makes lasts (renewed at two thirds)",
+    )
+
+
+def account(text: str) -> tuple[str, str]:
+    """NAMESPACE/NAME of a ServiceAccount."""
+    namespace, _, name = text.partition("/")
+    if not namespace or not name:
+        raise SystemExit(f"weir-controller: --agent-service-account {text!r} is not NAMESPACE/NAME")
+    return namespace, name
+
 
 class KubernetesParts:
     """The API client (owned: close() closes it), the source, the Node-annotation drainer,
-    and tasks() for the rest."""
+    the CA, and tasks() for the rest."""
 
-    def __init__(self, args: argparse.Namespace, api: KubeAPI) -> None:
+    def __init__(self, args: argparse.Namespace, api: KubeAPI, kubernetes_version: str) -> None:
         self.args = args
         self.api = api
+        self.kubernetes_version = kubernetes_version
+        self.elector: LeaderElector | None = None
+        self.bundle: bytes | None = None  # published in the ConfigMap (and kept so)
         self.source = KubernetesSource(
             api, args.secrets_namespace, quiet_after=args.watch_quiet_timeout
         )
@@ -110,10 +184,59 @@ class KubernetesParts:
     async def connect(cls, args: argparse.Namespace) -> KubernetesParts:
         api = KubeAPI(await load_client(args.kubeconfig))
         try:
-            return cls(args, api)
-        except BaseException:  # bad flags (SystemExit): the client must not leak
+            return cls(args, api, await check_kubernetes(api))
+        except BaseException:  # bad flags, an old API server (SystemExit): no leak
             await api.client.close()
             raise
+
+    async def authority(self) -> Authority:
+        """The controller's CA, from its Secret (made when missing)."""
+        return await load_authority(self.api, self.args.lease_namespace, self.args.ca_secret)
+
+    async def publish(self, bundle: bytes) -> None:
+        """Publish the CA bundle agents trust now, and keep it published (tasks())."""
+        await publish_bundle(
+            self.api, self.args.lease_namespace, self.args.ca_bundle_configmap, bundle
+        )
+        self.bundle = bundle
+
+    def certificates(
+        self, authority: Authority, ca_bundle: Callable[[], bytes]
+    ) -> NodeCertificates | None:
+        """Node certificates for tokens, with --agent-token-audience."""
+        if not self.args.agent_token_audience:
+            return None
+        reviewer = TokenReviewer(
+            self.api,
+            audience=self.args.agent_token_audience,
+            account=account(self.args.agent_service_account),
+        )
+        return NodeCertificates(
+            authority,
+            reviewer,
+            validity=datetime.timedelta(seconds=self.args.agent_cert_validity),
+            ca_bundle=ca_bundle,
+        )
+
+    def status(self, state: ClusterState) -> Callable[[], Awaitable[pb.ControllerStatus]]:
+        """The GetControllerStatus answer's Kubernetes part."""
+
+        async def status() -> pb.ControllerStatus:
+            out = pb.ControllerStatus(
+                source="kubernetes",
+                identity=self.identity,
+                leader_election=self.elector is not None,
+                leader=self.elector.holder if self.elector else self.identity,
+                kubernetes_version=self.kubernetes_version,
+                pools=pool_usage(state.inputs().pools.values()),
+            )
+            if self.args.deployment:
+                out.replicas.CopyFrom(
+                    await replicas(self.api, self.args.lease_namespace, self.args.deployment)
+                )
+            return out
+
+        return status
 
     def tasks(
         self, state: ClusterState, store: SnapshotStore, plane: NodePlane
@@ -142,7 +265,13 @@ class KubernetesParts:
             log.info("no leader election: this replica allocates")
             tasks["lead"] = lead()
         else:
-            tasks["elector"] = LeaderElector(self.api, self.lease).run(lead)
+            self.elector = LeaderElector(self.api, self.lease)
+            tasks["elector"] = self.elector.run(lead)
+        if self.bundle is not None:
+            args = self.args
+            tasks["ca-bundle"] = keep_bundle(
+                self.api, args.lease_namespace, args.ca_bundle_configmap, self.bundle
+            )
         if self.args.health_listen:
             tasks["health"] = serve_health(self.args.health_listen, store)
         return tasks

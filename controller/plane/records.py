@@ -76,6 +76,7 @@ def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
         ],
         announced=[clip(p, SHORT_CHARS) for p in status.announced[:MAX_ANNOUNCED]],
         service_errors=bounded_errors(status.service_errors),
+        dataplane_mode=clip(status.dataplane_mode, SHORT_CHARS),
     )
 
 

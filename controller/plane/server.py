@@ -4,10 +4,20 @@
     ...
     await running.stop(grace=5)
 
-or `await serve(plane, listen, tls)` in a TaskGroup: it runs until cancelled and then
+or `await serve(plane, Listeners(...), tls)` in a TaskGroup: it runs until cancelled and then
 stops gracefully (streams are ended so agents reconnect elsewhere, then in-flight
 unary calls get `grace` seconds). tls=None serves plaintext: callers only pass None
-when the operator asked for it explicitly (--plaintext).
+when the operator asked for it explicitly (--plaintext). tls is ServerTLS (files) or
+ManagedTLS (the controller's own CA), controller/plane/tls.py; either is renewed in place.
+
+Besides the NodePlane port (mutual TLS), the same server may listen on
+- a bootstrap port: server-authenticated TLS without a client certificate, where agents
+  trade their ServiceAccount token for one (IssueNodeCertificate; every other RPC refuses
+  callers without a certificate);
+- a local Unix socket (mode 0600) for weirctl inside the controller's Pod
+  (`kubectl exec ... -- weirctl --controller unix:///run/weir/controller.sock status`):
+  whoever can open it can exec into the Pod and read its Secrets anyway, so it is not
+  authenticated further.
 
 Health: NOT_SERVING until the first snapshot version exists (an agent must never be
 handed an empty state by a controller that has not loaded the cluster yet), then
@@ -17,6 +27,7 @@ SERVING, and NOT_SERVING again while shutting down.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +39,18 @@ from grpc_reflection.v1alpha import reflection
 from weir.common.logs import get_logger
 from weir.common.pb import SERVICE_NAME, pb
 from weir.controller.plane.servicer import NodePlane
+from weir.controller.plane.tls import ServerTLS, ServingSource, credentials
 
 log = get_logger("weir.server")
 
+__all__ = ["Listeners", "RunningServer", "ServerTLS", "serve", "start_server"]
+
 
 @dataclass(frozen=True)
-class ServerTLS:
-    cert: Path
-    key: Path
-    client_ca: Path  # agents (and weirctl) must present a certificate signed by it
-
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key.read_bytes(), self.cert.read_bytes())],
-            root_certificates=self.client_ca.read_bytes(),
-            require_client_auth=True,
-        )
+class Listeners:
+    nodeplane: str  # host:port (port 0 picks a free one)
+    bootstrap: str = ""  # host:port of the bootstrap port; "" for none (needs TLS)
+    local_socket: Path | None = None
 
 
 SERVER_OPTIONS = (
@@ -84,6 +91,8 @@ UNARY_METHODS = (
     ("ListAgents", pb.ListAgentsRequest, pb.ListAgentsResponse),
     ("ListErrors", pb.ListErrorsRequest, pb.ListErrorsResponse),
     ("SetNodeDrain", pb.SetNodeDrainRequest, pb.SetNodeDrainResponse),
+    ("IssueNodeCertificate", pb.IssueNodeCertificateRequest, pb.IssueNodeCertificateResponse),
+    ("GetControllerStatus", pb.GetControllerStatusRequest, pb.ControllerStatus),
 )
 
 
@@ -109,6 +118,7 @@ def node_plane_handler(plane: NodePlane) -> grpc.GenericRpcHandler:
 class RunningServer:
     server: grpc.aio.Server
     port: int
+    bootstrap_port: int  # 0: none
     health: health.aio.HealthServicer
     plane: NodePlane
     _ready: asyncio.Task[None]  # turns health SERVING at the first version; ends with stop()
@@ -126,8 +136,13 @@ class RunningServer:
                 self._ready.result()  # raises what it failed with
 
 
-async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> RunningServer:
-    """Bind and start; listen is host:port (port 0 picks a free one, see .port)."""
+async def start_server(
+    plane: NodePlane, listen: str | Listeners, tls: ServingSource | None
+) -> RunningServer:
+    """Bind and start; listen is host:port (port 0 picks a free one, see .port) or Listeners."""
+    listeners = listen if isinstance(listen, Listeners) else Listeners(listen)
+    if listeners.bootstrap and tls is None:
+        raise ValueError("the bootstrap port needs TLS")
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((node_plane_handler(plane),))
     checker = health.aio.HealthServicer()
@@ -135,7 +150,14 @@ async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = bind(server, listen, None if tls is None else tls.credentials())
+    port = bind(server, listeners.nodeplane, None if tls is None else credentials(tls))
+    bootstrap_port = 0
+    if listeners.bootstrap and tls is not None:
+        bootstrap_port = bind(server, listeners.bootstrap, credentials(tls, mutual=False))
+    if listeners.local_socket is not None:
+        listeners.local_socket.unlink(missing_ok=True)  # a stale socket of an earlier run
+        bind(server, f"unix:{listeners.local_socket}", None)
+        os.chmod(listeners.local_socket, 0o600)
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await checker.set(name, not_serving)
@@ -147,22 +169,29 @@ async def start_server(plane: NodePlane, listen: str, tls: ServerTLS | None) -> 
             await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     running = RunningServer(
-        server, port, checker, plane, asyncio.create_task(ready(), name="grpc-health-ready")
+        server,
+        port,
+        bootstrap_port,
+        checker,
+        plane,
+        asyncio.create_task(ready(), name="grpc-health-ready"),
     )
     log.info(
         "gRPC server listening",
-        listen=listen,
+        listen=listeners.nodeplane,
         port=port,
         tls=tls is not None,
         mutual_tls=tls is not None,
+        bootstrap_port=bootstrap_port or None,
+        local_socket=str(listeners.local_socket or "") or None,
     )
     return running
 
 
 async def serve(
     plane: NodePlane,
-    listen: str,
-    tls: ServerTLS | None,
+    listen: str | Listeners,
+    tls: ServingSource | None,
     *,
     grace: float = 5.0,
     started: Callable[[RunningServer], None] | None = None,

@@ -18,7 +18,14 @@ and disconnected: the oldest disconnected go first; a Hello beyond that many con
 is refused), and log lines an agent can cause are rate-limited per node.
 
 Under TLS the identity in the client certificate (its DNS SANs, else its CN) must name the
-node the Hello asks for.
+node the Hello asks for, and a stream ends when that certificate expires (the agent has
+renewed it by then and comes back with the new one). The agent's release must be one this
+controller serves (weir.common.version: one minor version older or newer); a refused agent's
+record says why, for weirctl status.
+
+IssueNodeCertificate trades a Pod's ServiceAccount token for a short-lived client certificate
+naming the Pod's node (controller/plane/identity.py); it is the one RPC that takes callers
+without a client certificate (the bootstrap port, controller/plane/server.py).
 
 SetNodeDrain hands the setting to the drainer (controller/plane/drain.py) and answers once a
 published version carries it (or at once for a node with no BGP settings).
@@ -27,28 +34,33 @@ Authorization: the client CA signs node certificates too, so a signed certificat
 must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain) need a
 certificate identity listed in `operators` (--operator); the inspection RPCs stay open to
 any certificate the CA signed (they redact BGP passwords). In plaintext mode (only on an
-explicit --plaintext) there is no identity to check, and every RPC is allowed.
+explicit --plaintext) and on the local socket (--local-socket, inside the controller's Pod)
+there is no identity to check, and every RPC is allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 import grpc
+from cryptography import x509
 from prometheus_client import Gauge
 from weir.common.aio import Generation
 from weir.common.logs import RateLimit, clip, get_logger
 from weir.common.pb import ACCEPTED_KEY, pb
+from weir.common.version import VERSION, agent_refusal, describe_range
 from weir.controller.core.parsing import DNS_SUBDOMAIN
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.views import node_bgp
 from weir.controller.metrics import Metrics
+from weir.controller.plane.authority import not_after
 from weir.controller.plane.budget import ByteBudget
 from weir.controller.plane.drain import Drainer, DrainError
+from weir.controller.plane.identity import NodeCertificates, NodeIdentityRefused
 from weir.controller.plane.records import (
     ERROR_CHARS,
     SHORT_CHARS,
@@ -69,6 +81,14 @@ def peer_names(context: grpc.aio.ServicerContext) -> set[str] | None:
         return None
     names = auth.get("peer_dns") or auth.get("x509_common_name") or []
     return {n.decode() for n in names}
+
+
+def certificate_end(context: grpc.aio.ServicerContext) -> float | None:
+    """When the client certificate of the call expires (Unix time); None without one."""
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return None
+    return not_after(x509.load_pem_x509_certificate(next(iter(pem)))).timestamp()
 
 
 def redact(bgp: pb.BGPConfig) -> None:
@@ -115,6 +135,9 @@ class NodePlane:
         drainer: Drainer | None = None,
         drain_timeout: float = 10.0,
         operators: Iterable[str] = (),
+        certificates: NodeCertificates | None = None,
+        status: Callable[[], Awaitable[pb.ControllerStatus]] | None = None,
+        version: str = VERSION,
     ) -> None:
         self.store = store
         self._errors = errors
@@ -127,6 +150,9 @@ class NodePlane:
         self._drainer = drainer
         self._drain_timeout = drain_timeout
         self._operators = frozenset(operators)
+        self._certificates = certificates
+        self._status = status
+        self.version = version
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
@@ -182,6 +208,7 @@ class NodePlane:
 
     async def Connect(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         hello = await self._accept(context)
+        ends = certificate_end(context)
         session = self._open(hello, context.peer())
         try:
             await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
@@ -190,6 +217,8 @@ class NodePlane:
                     tg.create_task(self._read(session, context)),
                     tg.create_task(self._send(session, context)),
                 ]
+                if ends is not None:
+                    session.tasks.append(tg.create_task(self._expire(session, ends)))
                 if session.stopped:  # replaced or shut down while it was starting
                     session.stop(session.end_reason)
         finally:
@@ -219,6 +248,13 @@ class NodePlane:
                 context, "hello", grpc.StatusCode.INVALID_ARGUMENT, f"Hello.node: {problem}"
             )
         names = peer_names(context)
+        if names is not None and not names:
+            await self._refuse(
+                context,
+                "identity",
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no client certificate: an agent gets one from IssueNodeCertificate",
+            )
         if names is not None and hello.node not in names:
             self._log_agent(
                 "agent refused: certificate names another node",
@@ -232,6 +268,11 @@ class NodePlane:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate is for {sorted(names)}, not node {hello.node!r}",
             )
+        problem = agent_refusal(hello.agent_version, self.version)
+        if problem is not None:
+            self._record_refusal(hello, context.peer(), problem)
+            self._log_agent("agent refused: version not served", hello.node, error=problem)
+            await self._refuse(context, "version", grpc.StatusCode.FAILED_PRECONDITION, problem)
         if self._closing:
             await self._refuse(
                 context, "shutdown", grpc.StatusCode.UNAVAILABLE, "controller shutting down"
@@ -273,15 +314,7 @@ class NodePlane:
             session.need_full = False
             info.sent_version = info.acked_version = version
         self._sessions[node] = session
-        self._agents.pop(node, None)
-        self._agents[node] = info
-        while len(self._agents) > self._max_agents:
-            oldest = next((n for n in self._agents if n not in self._sessions), None)
-            if oldest is None:
-                break  # all connected: _accept keeps them within max_agents
-            del self._agents[oldest]
-            self.metrics.agent_lag.remove(oldest)
-            self._lag_gauges.pop(oldest, None)
+        self._remember(info)
         self.metrics.connected_agents.set(len(self._sessions))
         self._acked_changed(info)
         session.wake.set()
@@ -295,6 +328,34 @@ class NodePlane:
             agent_version=info.agent_version,
         )
         return session
+
+    def _remember(self, info: pb.AgentInfo) -> None:
+        """Keep info as its node's record (the newest last), within max_agents records."""
+        self._agents.pop(info.node, None)
+        self._agents[info.node] = info
+        while len(self._agents) > self._max_agents:
+            oldest = next((n for n in self._agents if n not in self._sessions), None)
+            if oldest is None:
+                break  # all connected: _accept keeps them within max_agents
+            del self._agents[oldest]
+            self.metrics.agent_lag.remove(oldest)
+            self._lag_gauges.pop(oldest, None)
+
+    def _record_refusal(self, hello: pb.Hello, peer: str, reason: str) -> None:
+        """The node's record says why its agent was refused (shown by weirctl status)."""
+        info = self._agents.get(hello.node) or pb.AgentInfo(node=hello.node)
+        if not info.connected:
+            info.agent_version = clip(hello.agent_version, SHORT_CHARS)
+            info.peer = peer
+        info.refused = clip(reason, ERROR_CHARS)
+        info.refused_unix = int(time.time())
+        self._remember(info)
+        self._changes.bump()
+
+    async def _expire(self, session: _Session, ends: float) -> None:
+        """End the stream when its client certificate expires."""
+        await asyncio.sleep(max(0.0, ends - time.time()))
+        session.stop("the client certificate expired: reconnect with a renewed one")
 
     def _close(self, session: _Session) -> None:
         node = session.info.node
@@ -420,9 +481,19 @@ class NodePlane:
 
     # --- inspection ---------------------------------------------------------------------
 
+    async def _require_identity(self, context: grpc.aio.ServicerContext) -> None:
+        """Abort with UNAUTHENTICATED a TLS call without a client certificate (the bootstrap
+        port takes such calls, for IssueNodeCertificate only)."""
+        if peer_names(context) == set():
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a client certificate is needed (this port issues node certificates only)",
+            )
+
     async def GetSnapshot(
         self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClusterSnapshot:
+        await self._require_identity(context)
         cluster = self.store.cluster()
         if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no snapshot published yet")
@@ -435,6 +506,7 @@ class NodePlane:
     async def GetNodeSnapshot(
         self, request: pb.GetNodeSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.Snapshot:
+        await self._require_identity(context)
         await self._check_node(request.node, context)
         if self.store.version == 0:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no snapshot published yet")
@@ -453,20 +525,62 @@ class NodePlane:
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAgentsResponse:
+        await self._require_identity(context)
         return self.list_agents()
 
     def list_agents(self) -> pb.ListAgentsResponse:
         agents = [self._agents[n] for n in sorted(self._agents)]
-        return pb.ListAgentsResponse(version=self.store.version, agents=agents)
+        return pb.ListAgentsResponse(
+            version=self.store.version, agents=agents, controller_version=self.version
+        )
 
     async def ListErrors(
         self, request: pb.ListErrorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListErrorsResponse:
+        await self._require_identity(context)
         errors = sorted(
             [*self._errors(), *agent_errors(self._agents.values())],
             key=lambda e: (e.kind, e.namespace, e.name, e.message),
         )
         return pb.ListErrorsResponse(errors=errors)
+
+    async def GetControllerStatus(
+        self, request: pb.GetControllerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ControllerStatus:
+        await self._require_identity(context)
+        status = await self._status() if self._status else pb.ControllerStatus(source="file")
+        status.version = self.version
+        status.agent_versions = describe_range(self.version)
+        return status
+
+    # --- identity -----------------------------------------------------------------------
+
+    async def IssueNodeCertificate(
+        self, request: pb.IssueNodeCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueNodeCertificateResponse:
+        if self._certificates is None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "this controller issues no node certificates (weir-controller "
+                "--agent-token-audience)",
+            )
+        await self._check_node(request.node, context)
+        try:
+            response = await self._certificates.issue(request)
+        except NodeIdentityRefused as e:
+            self.metrics.refused.labels(e.reason).inc()
+            self._log_agent(
+                "node certificate refused", request.node, error=str(e), peer=context.peer()
+            )
+            await context.abort(e.code, str(e))
+        self._log_agent(
+            "node certificate issued",
+            request.node,
+            level="info",
+            not_after=response.not_after_unix,
+            peer=context.peer(),
+        )
+        return response
 
     # --- operation ----------------------------------------------------------------------
 

@@ -441,16 +441,9 @@ class Dataplane:
         fe, size, pool = spec.frontend, spec.size, self._be_pool
         # The double buffer: while a service changes, its old half (and the backends it
         # names) stays readable beside the new one. What cannot fit even alone never will.
-        if len(spec.backends) > self.caps.backends:
-            raise DataplaneError(
-                f"service {fe.id}: {len(spec.backends)} backends can never fit, the map holds "
-                f"{self.caps.backends} (--max-backends)"
-            )
-        if 2 * size > self.caps.slots:
-            raise DataplaneError(
-                f"service {fe.id}: a table of {size} slots can never fit: each service keeps two "
-                f"(old and new), the pool holds {self.caps.slots} (--max-table-slots)"
-            )
+        never = self.caps.never_fits(len(spec.backends), 2 * size)
+        if never:
+            raise DataplaneError(f"service {fe.id} can never fit: it {never}")
         plan = _Plan(half=0 if svc is None else svc.inactive)
         for b in spec.backends:
             if svc is not None and b in svc.live:

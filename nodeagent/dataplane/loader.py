@@ -48,6 +48,17 @@ class Capacities:
     def ct_entries(self) -> int:
         return self.ct_buckets * layout.CT_WAYS
 
+    def never_fits(self, backends: int, slots: int) -> str:
+        """Why a service that needs this many backend entries and table slots at once can
+        never be held, whatever else is freed ("" when it can)."""
+        if backends > self.backends:
+            return (
+                f"needs {backends} backend entries, the map holds {self.backends} (--max-backends)"
+            )
+        if slots > self.slots:
+            return f"needs {slots} table slots, the pool holds {self.slots} (--max-table-slots)"
+        return ""
+
     @classmethod
     def from_config(cls, cfg: DataplaneConfig) -> Capacities:
         return cls(

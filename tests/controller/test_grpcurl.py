@@ -50,8 +50,10 @@ async def test_list_and_describe_through_reflection() -> None:
             f"weir.nodeplane.v1.NodePlane.{m}"
             for m in (
                 "Connect",
+                "GetControllerStatus",
                 "GetNodeSnapshot",
                 "GetSnapshot",
+                "IssueNodeCertificate",
                 "ListAgents",
                 "ListErrors",
                 "SetNodeDrain",

@@ -182,6 +182,10 @@ def test_conflicting_frontends_oldest_wins() -> None:
     assert by_id["192.0.2.1:80/TCP"].service == "z/old"
     assert by_id["192.0.2.1:8080/TCP"].service == "a/young"  # its other port still flows
     assert by_id["192.0.2.1:80/UDP"].service == "b/udp"
+    # Each frontend carries its Service's age: nodes short of capacity serve the oldest first.
+    assert by_id["192.0.2.1:80/TCP"].created_unix_seconds == 1704067200  # 2024-01-01
+    assert by_id["192.0.2.1:8080/TCP"].created_unix_seconds == 1706745600  # 2024-02-01
+    assert by_id["192.0.2.1:80/UDP"].created_unix_seconds == 0  # no timestamp
     assert errors_for(result, "Service", "young") == [
         "frontend 192.0.2.1:80/TCP is also claimed by z/old, which is older; "
         "it is left out for this Service"

@@ -33,7 +33,9 @@ from weir.lab.deployment import Deployment
 from weir.lab.netns import Host, Topology, cleanup_prefix, kill_group
 from weir.lab.processes import AgentOptions, ControllerOptions
 from weir.lab.roles import attach_xdp_pass, dsr_backend, finish_checksums
+from weir.nodeagent.dataplane.pinned import possible_cpus
 
+from tests.dataplane.first_release import downgrade_to_first_release
 from tests.requirements import ETHTOOL, TCPDUMP, requires, root
 
 pytestmark = [
@@ -269,3 +271,33 @@ def test_agent_restart_under_traffic(lab: Lab) -> None:
         applied = [e for e in log if e.get("event") == "version applied"]
         assert adopted[-1]["services"] == 1
         assert applied[-1]["written"] == 0 and applied[-1]["unchanged"] == 1, applied[-1]
+
+
+def test_rolling_upgrade_from_the_first_release_under_traffic(lab: Lab) -> None:
+    """The agents rolled, one node after the other, from the first release, whose pins are of
+    another layout: each new agent migrates them in place before it swaps the program
+    (deploy/README.md, Versions and upgrades), while connections go on."""
+    held = traffic.Held(lab.client, TARGET, 12)
+    try:
+        before = held.ping()
+        stream = traffic.Stream(lab.client, TARGET, seconds=6, timeout=10)
+        stream.wait_for(lambda rs: len(rs) >= 20)
+        for name in LBS:
+            assert lab.weir.stop_agent(name) == 0
+            # What the first release's agent leaves behind: its pins, its program attached
+            # and forwarding with the maps it has.
+            downgrade_to_first_release(lab.weir.bpffs(name), possible_cpus(), (VIP, PORT, 6))
+            lab.start_agent(name)
+        lab.weir.converge(timeout=30)
+        results = stream.finish()
+        after = held.ping()
+    finally:
+        held.close()
+    assert len(results) > 100
+    assert failures(results) == []
+    assert not [a for a in before if a.startswith("error")] and after == before
+    for name in LBS:
+        log = lab.weir.log_events(name)
+        (migrated,) = [e for e in log if e.get("event") == "pinned maps migrated"]
+        assert migrated["from_version"] == 1 and migrated["flows"] > 0, migrated
+        assert [e["layout"] for e in log if e.get("event") == "migrating pinned maps"] == [1]

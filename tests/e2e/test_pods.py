@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 from weir.lab import traffic
-from weir.lab.netns import Topology, cleanup_prefix
 from weir.lab.stack import POD_TARGET, Stack
 from weir.lab.topology import (
     BULK_PORT,
@@ -25,13 +24,13 @@ from weir.lab.topology import (
     PODS,
     VIP,
     WORKERS,
-    build,
     replies_counted,
 )
 from weir.lab.wait import wait_until
 from weir.nodeagent.dataplane.nat import DEFAULT_ENCAP_PORT
 from weir.nodeagent.dataplane.nat_pinned import PinnedNatMaps
 
+from tests.lab.running import running_lab
 from tests.requirements import BIRD, ETHTOOL, EXABGP, requires, root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, requires(root, BIRD, EXABGP, ETHTOOL)]
@@ -41,11 +40,7 @@ PREFIX = "wpe"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Stack]:
-    cleanup_prefix(PREFIX)
-    with Topology(PREFIX) as topo:
-        stack = Stack(build(topo), topo.workdir(), "bgp")
-        stack.weir.tail_lines = 30
-        stack.start(progress=lambda _: None)
+    with running_lab(PREFIX) as stack:
         yield stack
 
 

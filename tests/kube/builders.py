@@ -103,3 +103,38 @@ def secret(name: str, ns: str, **string_data: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": ns},
         "stringData": string_data,
     }
+
+
+def service_account(name: str, ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": ns},
+    }
+
+
+def pod(name: str, ns: str, node: str, account: str) -> dict[str, Any]:
+    """A scheduled Pod running as the ServiceAccount (as the scheduler leaves it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": account,
+            "containers": [{"name": "agent", "image": "weir"}],
+        },
+    }
+
+
+def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    """A Deployment of one container, its selector matching its Pods' labels."""
+    labels = {"app.kubernetes.io/name": name}
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [{"name": name}]}}
+    spec = {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }

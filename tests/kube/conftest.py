@@ -19,7 +19,7 @@ from .fakeapi import FakeKubeAPI
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy" / "base" / "crds"
 NAMESPACE = "weir-system"
-OLDEST_SUPPORTED = (1, 24)  # the oldest Kubernetes Weir supports (docs/OPERATING.md)
+OLDEST_SUPPORTED = (1, 24)  # the oldest Kubernetes Weir supports (docs/LIMITS.md)
 
 
 def install_weir(fake: FakeKubeAPI) -> None:

@@ -23,6 +23,9 @@ kubeconfig, and follows the API server's rules rather than any client's expectat
   defaulting and validation from the OpenAPI v3 schema (see fakeapi_schema);
 - discovery (/api, /apis, /version), bearer-token authentication, an optional authorizer
   (403), and a record of every request as RBAC attributes for RBAC tests;
+- ServiceAccount tokens: issued as TokenRequest does (service_account_token) and reviewed as
+  TokenReview does, audiences, expiry (with the real 60 s leeway) and bound Pod included
+  (fakeapi_tokens); one with the API's audience also authenticates requests to the fake;
 - a Kubernetes version (1.32 by default) that decides what is served where versions differ:
   before 1.30, Service status.loadBalancer.ingress[].ipMode is dropped;
 - the strictness of the real strategies: a Lease update needs its resourceVersion, a Service
@@ -170,6 +173,26 @@ class FakeKubeAPI:
 
     def calls(self, **match: str) -> list[RequestRecord]:
         return self.server.calls(**match)
+
+    def service_account_token(
+        self,
+        namespace: str,
+        account: str,
+        *,
+        audiences: tuple[str, ...] = (),
+        pod: str | None = None,
+        expiration: int = 3600,
+        issued_at: float | None = None,
+    ) -> str:
+        """A token as the kubelet gets one for a projected volume (TokenRequest)."""
+        return self.server.service_account_tokens.issue(
+            namespace,
+            account,
+            audiences=audiences,
+            pod=pod,
+            expiration=expiration,
+            issued_at=issued_at,
+        )
 
     # --- direct store access (tests set up state without HTTP) ----------------------------
 

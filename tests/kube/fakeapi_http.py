@@ -20,6 +20,7 @@ from weir.common.aio import Generation
 
 from .fakeapi_certs import FakeTLS
 from .fakeapi_store import ApiError, Store
+from .fakeapi_tokens import ServiceAccountTokens
 from .fakeapi_types import Obj, ResourceType
 from .fakeapi_watch import Watches, truthy
 
@@ -57,6 +58,7 @@ class ApiServer:
         self.watches = watches
         self.tls = tls
         self.tokens: dict[str, str] = {}
+        self.service_account_tokens = ServiceAccountTokens(store)
         self.authorizer: Callable[[RequestRecord], bool] | None = None
         self.records: list[RequestRecord] = []
         self.refused = 0  # requests answered 503 while down
@@ -251,14 +253,22 @@ class ApiServer:
             }.get(method)
         else:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
-        if verb is None or verb == "deletecollection":
+        if verb is None or verb == "deletecollection" or (rtype.virtual and verb != "create"):
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
         return rtype, verb, namespace, name, sub
 
     def _authenticate(self, request: web.Request) -> str:
+        """A static token's user, or a ServiceAccount token's (for the API's audience only)."""
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer ") and auth[7:] in self.tokens:
             return self.tokens[auth[7:]]
+        if auth.startswith("Bearer "):
+            try:
+                user, _ = self.service_account_tokens.authenticate(auth[7:], ())
+            except ValueError:
+                pass
+            else:
+                return str(user["username"])
         raise ApiError(401, "Unauthorized", "Unauthorized")
 
     def _take_fault(self, rec: RequestRecord) -> int:
@@ -350,6 +360,8 @@ class ApiServer:
             return self.store.read_list(rtype, ns, q), 200
         if verb == "get":
             return copy.deepcopy(self.store.current(rtype, ns, name)), 200
+        if verb == "create" and rtype.virtual:
+            return self.service_account_tokens.review(body), 201
         if verb == "create":
             return self.store.create(rtype, ns, body), 201
         if verb == "update":

@@ -55,6 +55,7 @@ class ResourceType:
     validate_update: Callable[[Obj, Obj], Errors] | None = None  # (old, new)
     validate_status: Callable[[Obj], Errors] | None = None
     normalize: Callable[[Obj], None] | None = None  # on every write (e.g. Secret stringData)
+    virtual: bool = False  # create-only, answered and never stored (TokenReview)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -272,12 +273,37 @@ def _secret_normalize(obj: Obj) -> None:
 
 def _secret_validate(obj: Obj) -> Errors:
     errs: Errors = []
-    for k, v in (obj.get("data") or {}).items():
+    data = obj.get("data") or {}
+    for k, v in data.items():
         try:
             base64.b64decode(v, validate=True)
         except (binascii.Error, TypeError):
             errs.append(f"data[{k}]: Invalid value: illegal base64 data")
+    if obj.get("type") == "kubernetes.io/tls":  # as the real validation of typed Secrets
+        errs += [f"data[{k}]: Required value" for k in ("tls.crt", "tls.key") if k not in data]
     return errs
+
+
+def _configmap_validate(obj: Obj) -> Errors:
+    errs: Errors = []
+    for k, v in (obj.get("data") or {}).items():
+        if not re.match(r"^[-._a-zA-Z0-9]+$", k) or len(k) > 253:
+            errs.append(
+                f"data[{k}]: Invalid value: a valid config key must consist of "
+                "alphanumeric characters, '-', '_' or '.'"
+            )
+        if not isinstance(v, str):
+            errs.append(f"data[{k}]: Invalid value: must be a string")
+    return errs
+
+
+def _pod_validate(obj: Obj) -> Errors:
+    spec = obj.get("spec") or {}
+    return [] if spec.get("containers") else ["spec.containers: Required value"]
+
+
+def _pod_default(obj: Obj, _: FakeAllocators) -> None:
+    obj.setdefault("spec", {}).setdefault("serviceAccountName", "default")
 
 
 def _endpointslice_validate(obj: Obj) -> Errors:
@@ -454,6 +480,46 @@ def builtin_types(version: tuple[int, int] = DEFAULT_VERSION) -> list[ResourceTy
             # The Lease strategy, unlike most built-in ones, refuses an update without one.
             unconditional_update=False,
             validate=_lease_validate,
+        ),
+        ResourceType(
+            "", "v1", "serviceaccounts", "ServiceAccount", True, merge_keys=META_MERGE_KEYS
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "pods",
+            "Pod",
+            True,
+            has_status=True,
+            merge_keys=META_MERGE_KEYS,
+            short_names=("po",),
+            default=_pod_default,
+            validate=_pod_validate,
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            True,
+            merge_keys=META_MERGE_KEYS,
+            short_names=("cm",),
+            validate=_configmap_validate,
+        ),
+        ResourceType(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            True,
+            has_status=True,
+            tracks_generation=True,
+            merge_keys=META_MERGE_KEYS,
+            short_names=("deploy",),
+        ),
+        # Created, never stored (tests/kube/fakeapi_tokens.py answers it).
+        ResourceType(
+            "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, virtual=True
         ),
         ResourceType(
             "apiextensions.k8s.io",

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from weir.common.pb import pb, pb_grpc
 from weir.lab.processes import ControllerOptions
-from weir.nodeagent.controller_client import ControllerClient, NodeView, Update
+from weir.nodeagent.controller_client import ControllerClient, Identity, NodeView, Update
 
 from .conftest import NAMESPACE, REPO
 
@@ -25,18 +25,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ControllerProc:
-    """One `weir-controller --source kubernetes` process (plaintext NodePlane on loopback)."""
+# Leader election in seconds rather than the defaults' tens of seconds.
+FAST_LEASE = (
+    "--leader-elect",
+    "--lease-duration",
+    "4",
+    "--renew-deadline",
+    "3",
+    "--retry-period",
+    "0.5",
+)
 
-    def __init__(self, kubeconfig: Path, logdir: Path, identity: str, *args: str) -> None:
+
+class ControllerProc:
+    """One `weir-controller --source kubernetes` process: a plaintext NodePlane on loopback,
+    or with tokens=AUDIENCE, TLS from its own CA and a bootstrap port for agents' tokens."""
+
+    def __init__(
+        self, kubeconfig: Path, logdir: Path, identity: str, *args: str, tokens: str = ""
+    ) -> None:
         self.identity = identity
         self.port = free_port()
+        self.bootstrap_port = free_port() if tokens else 0
         self.log = logdir / f"{identity}.log"
+        if tokens:
+            args = (
+                "--agent-token-audience",
+                tokens,
+                "--bootstrap-listen",
+                f"127.0.0.1:{self.bootstrap_port}",
+                *args,
+            )
         self.argv = ControllerOptions(
             source="kubernetes",
             kubeconfig=kubeconfig,
             secrets_namespace=NAMESPACE,
             listen=f"127.0.0.1:{self.port}",
+            plaintext=not tokens,
             identity=identity,
             lease_namespace=NAMESPACE,
             extra=args,
@@ -91,10 +116,11 @@ class ControllerProc:
 class Agent:
     """An agent that accepts every version and remembers the view."""
 
-    def __init__(self, target: str, node: str) -> None:
+    def __init__(self, target: str, node: str, identity: Identity | None = None) -> None:
         self.client = ControllerClient(
-            target, node, self._apply, backoff_initial=0.05, backoff_max=0.5
+            target, node, self._apply, tls=identity, backoff_initial=0.05, backoff_max=0.5
         )
+        self.updates: list[Update] = []
         self.view: NodeView | None = None
         self.versions: list[int] = []
         self._changed = asyncio.Event()
@@ -102,6 +128,7 @@ class Agent:
 
     async def _apply(self, update: Update) -> pb.Ack:
         self.view = update.view
+        self.updates.append(update)
         self.versions.append(update.version)
         self._changed.set()
         self._changed = asyncio.Event()

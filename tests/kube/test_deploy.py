@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from weir.common.version import VERSION
 from weir.controller.core.objects import parse_object
 from weir.controller.kube.api import KubeAPI
 
@@ -72,7 +74,7 @@ def test_every_object_is_well_formed(docs: list[dict]) -> None:
             )
             volumes = {v["name"] for v in pod.get("volumes", [])}
             for c in pod["containers"]:
-                assert c["image"].startswith("weir:"), c["image"]
+                assert c["image"] == f"weir:{VERSION}", c["image"]  # the release
                 assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
                 assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
 
@@ -94,9 +96,12 @@ def test_controller_deployment(docs: list[dict]) -> None:
     assert listen["--listen"].endswith(f":{ports['nodeplane']}")
     assert listen["--health-listen"].endswith(f":{ports['health']}")
     assert "--leader-elect" in args and "--plaintext" not in args
+    # No certificate to place: the controller makes its own and serves agents' tokens.
+    assert not any(a.startswith("--tls-") for a in args), args
+    assert listen["--bootstrap-listen"].endswith(f":{ports['bootstrap']}")
+    assert listen["--agent-token-audience"] == agent_token(docs)["audience"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
-        assert str(Path(listen[flag]).parent) in mounts
+    assert str(Path(listen["--local-socket"]).parent) in mounts
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     # The controller's flags parse (the ones the kubelet substitutes aside).
@@ -107,9 +112,10 @@ def test_controller_deployment(docs: list[dict]) -> None:
     assert parsed.source == "kubernetes" and parsed.leader_elect
     # Only the operator identity may drain: node certificates are signed by the same CA.
     assert parsed.operator == ["weirctl-admin"]
+    assert parsed.deployment == dep["metadata"]["name"]
     svc = one(docs, "Service", "weir-controller")
     assert svc["spec"]["selector"].items() <= labels.items()
-    assert svc["spec"]["ports"][0]["targetPort"] == "nodeplane"
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"nodeplane", "bootstrap"}
     pdb = one(docs, "PodDisruptionBudget", "weir-controller")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -126,19 +132,47 @@ def test_agent_daemonset(docs: list[dict]) -> None:
     assert not c["securityContext"].get("privileged")
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert host["bpffs"] == mounts["bpffs"] == "/sys/fs/bpf"
-    assert host["modules"] == mounts["modules"] == "/lib/modules"
-    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in c["args"] if "=" in a}
-    assert args["--bpffs"].startswith("/sys/fs/bpf/")
-    assert args["--controller"].startswith("weir-controller.weir-system.svc:")
-    for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
-        assert args[flag].startswith(mounts["pki"] + "/")
-    assert "--plaintext" not in c["args"]
-    # The agent's flags parse (the node name is the kubelet's substitution).
+    # Nothing from the node but its bpffs: no certificates, no kernel headers.
+    assert host == {"bpffs": "/sys/fs/bpf"} and mounts["bpffs"] == "/sys/fs/bpf"
+    # The agent's flags parse, with the kubelet's substitutions of its environment.
     from weir.nodeagent.main import parse_args
 
-    parsed = parse_args([a.replace("$(NODE_NAME)", "node-a") for a in c["args"]])
+    parsed = parse_args([expand(a, c["env"]) for a in c["args"]])
     assert parsed.node == "node-a" and parsed.tls_server_name == "weir-controller.weir-system.svc"
+    assert str(parsed.bpffs).startswith("/sys/fs/bpf/")
+    assert parsed.controller.startswith("weir-controller.weir-system.svc:")
+    from weir.nodeagent.identity import bootstrap_target
+
+    svc = {p["name"]: p["port"] for p in one(docs, "Service", "weir-controller")["spec"]["ports"]}
+    assert bootstrap_target(parsed.controller).endswith(f":{svc['bootstrap']}")
+    assert not parsed.plaintext and parsed.tls_cert is None
+    # Its identity: the projected token, and the CA bundle the controller publishes.
+    assert parsed.token_file.parent == Path(mounts["token"])
+    assert parsed.token_file.name == agent_token(docs)["path"]
+    assert parsed.tls_ca.parent == Path(mounts["ca-bundle"])
+    (bundle,) = [v["configMap"] for v in pod["volumes"] if v["name"] == "ca-bundle"]
+    from weir.controller.main import build_parser
+
+    defaults = build_parser().parse_args(["--source", "kubernetes"])
+    assert bundle["name"] == defaults.ca_bundle_configmap and parsed.tls_ca.name == "ca.crt"
+
+
+def agent_token(docs: list[dict]) -> dict[str, Any]:
+    """The agent Pod's projected ServiceAccount token source."""
+    pod = one(docs, "DaemonSet", "weir-agent")["spec"]["template"]["spec"]
+    (token,) = [
+        s["serviceAccountToken"]
+        for v in pod["volumes"]
+        for s in (v.get("projected") or {}).get("sources", [])
+        if "serviceAccountToken" in s
+    ]
+    return dict(token)
+
+
+def expand(arg: str, env: list[dict[str, Any]]) -> str:
+    """arg as the kubelet gives it: $(VAR) replaced by the container's env (NODE_NAME: node-a)."""
+    values = {e["name"]: e.get("value", "node-a") for e in env}
+    return re.sub(r"\$\((\w+)\)", lambda m: values[m[1]], arg)
 
 
 def schema_nodes(schema: dict, path: str = "") -> Iterator[tuple[str, dict]]:

@@ -15,20 +15,11 @@ from weir.common.pb import pb
 from . import builders as b
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI
-from .procs import Agent, ControllerProc
+from .procs import FAST_LEASE, Agent, ControllerProc
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 REFRESH = 1.0  # --peer-status-refresh: entries of a gone replica go after 3 s
-LEASE = [
-    "--leader-elect",
-    "--lease-duration",
-    "4",
-    "--renew-deadline",
-    "3",
-    "--retry-period",
-    "0.5",
-]
 
 
 def holder(fake: FakeKubeAPI) -> str:
@@ -76,7 +67,7 @@ async def test_every_replica_reports_its_own_agents(
         fake.create(b.node(name, addr))
     fake.create(b.peer("router", "10.0.0.254"))
     refresh = ["--peer-status-refresh", str(REFRESH)]
-    ctls = {i: ControllerProc(kubeconfig, tmp_path, i, *LEASE, *refresh) for i in ("c1", "c2")}
+    ctls = {i: ControllerProc(kubeconfig, tmp_path, i, *FAST_LEASE, *refresh) for i in ("c1", "c2")}
     for c in ctls.values():
         cleanup.append(c)
         await c.start()

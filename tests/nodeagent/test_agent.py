@@ -148,6 +148,9 @@ class Outcomes:
     def set_roles(self, active) -> None:
         pass
 
+    def set_healthy(self, healthy) -> None:
+        pass
+
 
 @dataclass
 class Node:
@@ -221,6 +224,62 @@ def test_one_bad_service_does_not_block_the_others(node) -> None:
     assert out["applied2"] == ["192.0.2.3:80/TCP", "192.0.2.4:80/TCP"]
     assert out["status_errors"] == ["192.0.2.2:80/TCP"]
     assert out["maps"], "NodeStatus carries map usage"
+
+
+def _ported(vip: str, ports: range, created: int):
+    """A service whose backends are ports of one host (b1): each is a backend entry."""
+    from weir.common.pb import pb
+
+    svc = _service(vip, [])
+    svc.backends.extend(pb.Backend(address="10.78.0.11", port=p, ready=True) for p in ports)
+    svc.created_unix_seconds = created
+    return svc
+
+
+async def scenario_capacity(pins: Path) -> dict:
+    from weir.nodeagent.neighbors import NeighborResolver
+
+    older = _ported("192.0.2.9", range(80, 84), created=100)  # 4 backends
+    younger = _ported("192.0.2.1", range(90, 92), created=200)  # 2, first by id
+    huge = _ported("192.0.2.5", range(100, 106), created=50)  # 6: 12 while replaced
+    async with NeighborResolver("eth0", timeout=0.5) as res:
+        n = await _make_agent(_config(pins, max_backends=10), res)
+        try:
+            ack1 = await n.agent.handle(_view(1, [older, younger, huge]))
+            status1 = await n.agent.status()
+            # older gives up its backends while younger replaces its 2 with 5 new ones:
+            # 4 + 2 + 5 entries would not fit at once, 2 + 5 do once older is written.
+            emptied = _ported("192.0.2.9", range(0), created=100)
+            grown = _ported("192.0.2.1", range(200, 205), created=200)
+            ack2 = await n.agent.handle(_view(2, [emptied, grown]))
+            status2 = await n.agent.status()
+            backends = {sid: len(svc.backends) for sid, svc in n.dp.applied().items()}
+        finally:
+            n.dp.close(detach=True)
+
+    def maps(status) -> dict:
+        return {m.name: (m.used, m.capacity, m.reserved) for m in status.maps}
+
+    return {
+        "ack1": _errors(ack1),
+        "maps1": maps(status1),
+        "ack2": _errors(ack2),
+        "maps2": maps(status2),
+        "backends": backends,
+    }
+
+
+def test_capacity_is_handed_out_with_room_for_updates(node) -> None:
+    lb, *_, pins = node
+    out = in_netns(lb.name, scenario_capacity, pins)
+    assert list(out["ack1"]) == ["192.0.2.5:80/TCP"]
+    assert out["ack1"]["192.0.2.5:80/TCP"].startswith(
+        "can never fit on this node: needs 12 backend entries, the map holds 10 (--max-backends)"
+    )
+    assert out["maps1"]["backends"] == (6, 10, 4)  # the largest service's 4 kept free
+    assert out["ack2"] == {}
+    assert out["backends"] == {"192.0.2.9:80/TCP": 0, "192.0.2.1:80/TCP": 5}
+    assert out["maps2"]["backends"] == (5, 10, 5)
 
 
 async def scenario_unresolved_backend(pins: Path, b2_ns: str) -> dict:

@@ -1,8 +1,9 @@
 """Run by an installed Weir's own python, outside the checkout (tests/packaging/test_wheel.py):
 compile and attach the XDP program on an interface, program one Maglev service, and leave
-both attached and pinned, as an agent that stops does. Prints what it used, as JSON.
+both attached and pinned, as an agent that stops does; with "tc", also the backend role's tc
+programs. Prints what it used, as JSON.
 
-    python -I installed_xdp.py INTERFACE PIN_DIR
+    python -I installed_xdp.py INTERFACE PIN_DIR [tc]
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import bcc
 import weir
 from weir.nodeagent.dataplane import BackendTarget, Dataplane, DataplaneConfig, Frontend, layout
+from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
 from weir.nodeagent.maglev import backend_id, build_table
 
 SEED = 7
@@ -19,7 +21,7 @@ FRONTEND = Frontend("192.0.2.80:80/TCP", "192.0.2.80", 80, 6, "maglev")
 BACKENDS = [BackendTarget(f"10.0.0.{i}", 8080, bytes([2, 0, 0, 0, 0, i])) for i in (1, 2)]
 
 
-def main(interface: str, pins: Path) -> None:
+def main(interface: str, pins: Path, tc: bool) -> None:
     table = build_table([backend_id(b.address, b.port, "TCP") for b in BACKENDS], 251, seed=SEED)
     cfg = DataplaneConfig(
         interface=interface,
@@ -43,8 +45,12 @@ def main(interface: str, pins: Path) -> None:
         }
     finally:
         dp.close()
+    if tc:
+        nat = NatDataplane.open(NatConfig(interface, pins, max_lb_nodes=8, flows=1024))
+        used["tc"] = True
+        nat.close()
     print(json.dumps(used))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["tc"])

@@ -6,12 +6,20 @@ It is installed, with the bgp extra, into a fresh venv outside the checkout, mad
 Debian's python with --system-site-packages so that Debian's python3-bpfcc is seen, as
 scripts/setup.sh and the image do. Everything then runs from a directory that is not the
 checkout, with the venv's own python and commands.
+
+The image's kernel headers: scripts/kernel_headers.sh makes the tree, as the Dockerfile's
+headers stage does, from the Debian linux-headers packages installed here (the stage unpacks
+the same packages). The installed agent runs with /usr/src and /lib/modules empty, a host
+without headers: without the tree nothing compiles, and with it, found through
+BCC_KERNEL_SOURCE as the image's ENV says, both of its programs load; weirctl doctor says
+which.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,13 +44,30 @@ PREFIX = "wpk"  # this module's namespaces
 XDP_ATTACHED_SKB = 2  # generic XDP, as `ip -j link` reports the attach mode
 
 
-def run(args: Sequence[str | Path], cwd: Path, timeout: float = 120) -> str:
+# Variables that would point the commands at the checkout or at other headers.
+UNSET = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "BCC_KERNEL_SOURCE")
+
+
+def attempt(
+    args: Sequence[str | Path], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command outside the checkout, with no Python path pointing into it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    base = {k: v for k, v in os.environ.items() if k not in UNSET}
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def run(
+    args: Sequence[str | Path], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> str:
+    """attempt() that must succeed; its output."""
+    proc = attempt(args, cwd, timeout, env)
     assert proc.returncode == 0, f"{' '.join(map(str, args))}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -74,8 +99,15 @@ class Installed:
     def bin(self, name: str) -> Path:
         return self.venv / "bin" / name
 
-    def run(self, args: Sequence[str | Path], timeout: float = 120) -> str:
-        return run(args, self.outside, timeout)
+    def attempt(
+        self, args: Sequence[str | Path], timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return attempt(args, self.outside, timeout, env)
+
+    def run(
+        self, args: Sequence[str | Path], timeout: float = 120, env: dict[str, str] | None = None
+    ) -> str:
+        return run(args, self.outside, timeout, env)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +186,82 @@ def test_the_installed_package_loads_and_pins_xdp(installed: Installed) -> None:
         # The installed weirctl reads the service back from those pins.
         out = installed.run([installed.bin("weirctl"), "bpf", "nat", "dump", "--bpffs", pins])
         assert "192.0.2.80 port 80 proto 6 " in out and " count 2 flags maglev" in out, out
+
+
+def dockerfile_env(name: str) -> str:
+    """The value the Dockerfile's ENV lines give name."""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            for assignment in line.split()[1:]:
+                key, _, value = assignment.partition("=")
+                if key == name:
+                    return value
+    raise AssertionError(f"the Dockerfile sets no {name}")
+
+
+def image_headers() -> str:
+    """Where the image's bcc looks for headers (BCC_KERNEL_SOURCE), checked to be the tree the
+    headers stage makes with scripts/kernel_headers.sh and the final stage copies."""
+    where = dockerfile_env("BCC_KERNEL_SOURCE")
+    text = (REPO / "Dockerfile").read_text()
+    stage = text.split("\nFROM debian:12-slim AS headers\n")[1].split("\nFROM ")[0]
+    made = re.search(r"kernel_headers\.sh (\S+) (\S+)", stage)
+    assert made and made[2] == where, stage
+    assert f"\nCOPY --from=headers {where} {where}\n" in text
+    return where
+
+
+def no_debian_headers() -> str:
+    """Debian's linux-headers packages, installed: the ones the image's headers stage unpacks."""
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    found = any(Path("/usr/src").glob(f"linux-headers-*-{arch}"))
+    return "" if found else "needs Debian's linux-headers package (scripts/setup.sh)"
+
+
+# A host without kernel headers, for the command that follows: empty /usr/src and /lib/modules,
+# and the kernel's own headers (CONFIG_IKHEADERS) hidden, as bcc would fall back to them.
+WITHOUT_HOST_HEADERS = [
+    "unshare", "-m", "sh", "-c",
+    "mount -t tmpfs none /usr/src && mount -t tmpfs none /lib/modules"
+    " && if [ -e /sys/kernel/kheaders.tar.xz ];"
+    " then mount --bind /dev/null /sys/kernel/kheaders.tar.xz; fi"
+    ' && exec "$@"',
+    "sh",
+]  # fmt: skip
+
+
+@pytest.mark.root
+@requires(missing_privileges, no_debian_headers)
+def test_the_agent_loads_its_programs_with_the_images_headers_only(installed: Installed) -> None:
+    headers = installed.outside / image_headers().lstrip("/")  # the image's tree, made alike
+    run(["sh", REPO / "scripts" / "kernel_headers.sh", "/", headers], REPO)
+    image_env = {"BCC_KERNEL_SOURCE": str(headers)}
+    cleanup_prefix(PREFIX)
+    with bpffs_mount() as pins, Topology(PREFIX) as topo:
+        node = topo.host("node")
+        node.run(["ip", "link", "add", "wpk0", "type", "veth", "peer", "name", "wpk1"])
+        node.run(["ip", "link", "set", "wpk0", "up"])
+        child = [str(installed.bin("python")), "-I", str(CHILD), "wpk0", str(pins), "tc"]
+        doctor = [str(installed.bin("weirctl")), "doctor", "--interface", "wpk0", "-o", "json"]
+
+        # Without the image's headers the host has none to offer: nothing compiles.
+        bare = installed.attempt(node.cmd([*WITHOUT_HOST_HEADERS, *child]))
+        assert bare.returncode != 0 and "Failed to compile BPF module" in bare.stderr, bare.stderr
+        assert f"chdir(/lib/modules/{os.uname().release}/build)" in bare.stderr, bare.stderr
+        out = installed.attempt(node.cmd([*WITHOUT_HOST_HEADERS, *doctor]), timeout=60).stdout
+        (check,) = [c for c in json.loads(out) if c["name"] == "kernel headers"]
+        assert not check["ok"] and "Weir image" in check["fix"], check
+
+        # With them, both programs compile, load and attach; the agent's preflight says so.
+        loaded = installed.run(node.cmd([*WITHOUT_HOST_HEADERS, *child]), env=image_env)
+        used = json.loads(loaded)
+        assert used["applied"] == ["192.0.2.80:80/TCP"] and used["tc"], used
+        (link,) = json.loads(node.run(["ip", "-j", "link", "show", "wpk0"]))
+        assert link["xdp"]["prog"]["id"] > 0, link
+        out = installed.attempt(
+            node.cmd([*WITHOUT_HOST_HEADERS, *doctor]), timeout=60, env=image_env
+        ).stdout
+        (check,) = [c for c in json.loads(out) if c["name"] == "kernel headers"]
+        assert check["ok"] and check["found"] == f"{headers} (BCC_KERNEL_SOURCE)", check
