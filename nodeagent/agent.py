@@ -118,6 +118,8 @@ class Agent:
             draining=self._bgp.draining,
             service_errors=_service_errors(_merged(s.errors for s in roles.values())),
             dataplane_mode=",".join(r.mode for r in self._roles if r.mode),
+            bgp_errors=self._bgp.errors(),
+            routes_settled=self._bgp.settled(),
         )
 
     async def run(self) -> None:

@@ -64,6 +64,7 @@ from weir.controller.plane.identity import NodeCertificates, NodeIdentityRefused
 from weir.controller.plane.records import (
     ERROR_CHARS,
     SHORT_CHARS,
+    agent_errors,
     bounded_errors,
     bounded_status,
 )
@@ -553,7 +554,10 @@ class NodePlane:
         self, request: pb.ListErrorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListErrorsResponse:
         await self._require_identity(context)
-        errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        errors = sorted(
+            [*self._errors(), *agent_errors(self._agents.values())],
+            key=lambda e: (e.kind, e.namespace, e.name, e.message),
+        )
         return pb.ListErrorsResponse(errors=errors)
 
     async def GetControllerStatus(
