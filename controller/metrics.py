@@ -95,7 +95,15 @@ class Metrics:
             ["node", "peer"],
             registry=r,
         )
+        self.bfd_session_up = Gauge(
+            "weir_bfd_session_up",
+            "1 while the node's BFD session with the peer is up, else 0; no series for a "
+            "peer without BFD (NodeStatus)",
+            ["node", "peer"],
+            registry=r,
+        )
         self._peers: dict[str, frozenset[str]] = {}
+        self._bfd_peers: dict[str, frozenset[str]] = {}
         self.leader = Gauge(
             "weir_controller_leader",
             "1 while this replica leads (allocates addresses, writes status), else 0",
@@ -115,13 +123,21 @@ class Metrics:
         )
         self._pools: frozenset[str] = frozenset()
 
-    def set_bgp_sessions(self, node: str, established: Mapping[str, bool]) -> None:
-        """The node's sessions by peer name, as its last NodeStatus says."""
+    def set_bgp_sessions(
+        self, node: str, established: Mapping[str, bool], bfd_up: Mapping[str, bool] = {}
+    ) -> None:
+        """The node's sessions by peer name, as its last NodeStatus says: BGP established,
+        and BFD up for the peers that run BFD."""
         for peer in self._peers.get(node, frozenset()) - established.keys():
             self.bgp_session_up.remove(node, peer)
         for peer, up in established.items():
             self.bgp_session_up.labels(node, peer).set(int(up))
         self._peers[node] = frozenset(established)
+        for peer in self._bfd_peers.get(node, frozenset()) - bfd_up.keys():
+            self.bfd_session_up.remove(node, peer)
+        for peer, up in bfd_up.items():
+            self.bfd_session_up.labels(node, peer).set(int(up))
+        self._bfd_peers[node] = frozenset(bfd_up)
 
     def forget_agent(self, node: str) -> None:
         """Every series of a node the controller no longer tracks."""
@@ -137,7 +153,7 @@ class Metrics:
             except KeyError:
                 pass  # never set for this node
         self.set_bgp_sessions(node, {})
-        del self._peers[node]
+        del self._peers[node], self._bfd_peers[node]
 
     def set_pools(self, usage: Mapping[str, PoolUsage]) -> None:
         for pool in self._pools - usage.keys():

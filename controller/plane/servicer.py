@@ -445,7 +445,9 @@ class NodePlane:
         status = info.status
         self.metrics.agent_service_errors.labels(info.node).set(len(status.service_errors))
         self.metrics.set_bgp_sessions(
-            info.node, {s.peer: s.state == "established" for s in status.bgp_sessions}
+            info.node,
+            {s.peer: s.state == "established" for s in status.bgp_sessions},
+            {s.peer: s.bfd_state == "up" for s in status.bgp_sessions if s.bfd_state},
         )
 
     def _acked_changed(self, info: pb.AgentInfo) -> None:

@@ -22,8 +22,18 @@ def test_a_forgotten_node_leaves_no_series() -> None:
     m = Metrics()
     m.agent_connected.labels("n1").set(1)
     m.agent_nacks.labels("n1").inc()
-    m.set_bgp_sessions("n1", {"tor": True})
+    m.set_bgp_sessions("n1", {"tor": True}, {"tor": True})
     m.forget_agent("n1")
     m.forget_agent("n2")  # never seen
     names = {s.name for f in m.registry.collect() for s in f.samples if "node" in s.labels}
     assert names == set()
+
+
+def test_bfd_sessions_only_for_peers_that_run_bfd() -> None:
+    m = Metrics()
+    get = m.registry.get_sample_value
+    m.set_bgp_sessions("n1", {"tor-a": True, "tor-b": True}, {"tor-a": False})
+    assert get("weir_bfd_session_up", {"node": "n1", "peer": "tor-a"}) == 0
+    assert get("weir_bfd_session_up", {"node": "n1", "peer": "tor-b"}) is None
+    m.set_bgp_sessions("n1", {"tor-a": True}, {})  # BFD taken off the peer
+    assert get("weir_bfd_session_up", {"node": "n1", "peer": "tor-a"}) is None

@@ -57,7 +57,7 @@ CTL_METRICS = 9100
 PROM = "127.0.0.1:9090"
 SERVICE = {"namespace": "default", "name": "web", "vip": VIP, "port": str(PORT)}
 # Dashboard queries this topology cannot feed (promtool tests the alerts on them).
-NO_DATA_HERE = ("weir_bgp_session_up", "weir_ipam_pool")
+NO_DATA_HERE = ("weir_bgp_session_up", "weir_bfd_session_up", "weir_ipam_pool")
 
 
 @dataclass
