@@ -5,8 +5,8 @@ four HTTP backends), two ways to balance on the LB nodes, measured in the same r
   baseline  nftables DNAT to a random backend + masquerade on each LB node, what kube-proxy's
             nftables mode does for a LoadBalancer Service: replies come back through the node
   weir      weir-controller + weir-agent: XDP Maglev, replies straight from the backends (DSR)
-The two alternate, round by round (load from elsewhere on the machine hits both alike): the
-XDP program stays pinned and is detached from the nodes' uplinks for the nftables rounds.
+The two alternate, round by round (load from elsewhere on the machine hits both alike): for
+the nftables rounds the agents are stopped and their programs detached (Stack.weir_paused).
 Each measurement: a short warm-up, then a client in c1 opening new connections (one HTTP
 GET each, closed with a reset) from `concurrency` workers for `seconds`; connections per
 second and connect-to-answer latency p50/p99; the median over the rounds is reported. The
@@ -76,16 +76,6 @@ def nft_off(node: Host) -> None:
     node.sysctl({"net.ipv4.ip_forward": 0})
 
 
-def xdp_detach(node: Host) -> None:
-    node.run(["ip", "link", "set", "dev", "eth0", "xdp", "off"])
-
-
-def xdp_attach(stack: Stack, node: str) -> None:
-    """Put the agent's pinned program back on the uplink (native mode, as the agent does)."""
-    prog = stack.weir.bpffs(node) / "prog_xdp"
-    stack.net.nodes[node].run(["ip", "link", "set", "dev", "eth0", "xdpdrv", "pinned", str(prog)])
-
-
 def measure(stack: Stack, seconds: float, concurrency: int) -> RateSummary:
     c1 = stack.net.clients["c1"]
     traffic.rate(c1, TARGET, 0.5, concurrency)  # warm-up: ARP, conntrack, the first accepts
@@ -119,22 +109,17 @@ def run(
         stack.start_backends()
         stack.router.start()
         stack.wait_next_hops(NODES, 15)
+        stack.start_weir(progress=lambda _: None)
         nft_runs, weir_runs = [], []
         for rnd in range(rounds):
             progress(f"conn bench round {rnd + 1}/{rounds}: nftables DNAT, then Weir")
-            for node in stack.net.nodes.values():
-                nft_on(node)
-            nft_runs.append(measure(stack, seconds, concurrency))
-            for node in stack.net.nodes.values():
-                nft_off(node)
-            if rnd == 0:
-                stack.start_weir(progress=lambda _: None)
-            else:
-                for name in NODES:
-                    xdp_attach(stack, name)
+            with stack.weir_paused():
+                for node in stack.net.nodes.values():
+                    nft_on(node)
+                nft_runs.append(measure(stack, seconds, concurrency))
+                for node in stack.net.nodes.values():
+                    nft_off(node)
             weir_runs.append(measure(stack, seconds, concurrency))
-            for node in stack.net.nodes.values():
-                xdp_detach(node)
         return [
             median_result("nftables DNAT (baseline)", nft_runs),
             median_result("Weir XDP + DSR", weir_runs),

@@ -14,8 +14,9 @@ round by round so that load from elsewhere on the machine hits both alike:
   weir        weir-controller and the agents: XDP Maglev on the LB nodes, encapsulation to
               the pod's worker, tc on the worker, replies straight to the client
 
-Weir's programs are detached for the kube-proxy rounds (XDP from the LB nodes, tc from the
-workers) and put back from their pins. The figure is connections per second (wrk's
+For the kube-proxy rounds the agents are killed and Weir's programs detached (XDP from the LB
+nodes, tc from the workers; a running agent would put them back); for Weir's rounds the
+agents start again and attach them from their pins. The figure is connections per second (wrk's
 requests/s, each request its own connection), the median over the rounds. Everything runs on
 this machine's two cores: wrk, six nginx, the router and the nodes' kernels share them, so
 the rates are bounded by CPU, and the comparison is what counts.
@@ -35,7 +36,6 @@ from pathlib import Path
 from weir.lab.netns import Host, Topology, cleanup_prefix
 from weir.lab.stack import Stack
 from weir.lab.topology import NODES, POD_PORT, POD_VIP, PODS, WORKERS, build
-from weir.nodeagent.dataplane.nat import PROG_PINS, TC_HANDLE
 
 PREFIX = "wpb"
 NFT_TABLE = "kubeproxy"
@@ -108,26 +108,6 @@ def kube_proxy(stack: Stack, on: bool) -> None:
             node.sysctl({"net.ipv4.ip_forward": 0})
 
 
-def weir_programs(stack: Stack, on: bool) -> None:
-    """Detach Weir's programs, or put them back from their pins."""
-    for name, node in stack.net.nodes.items():
-        if on:
-            prog = stack.weir.bpffs(name) / "prog_xdp"
-            node.run(["ip", "link", "set", "dev", "eth0", "xdpdrv", "pinned", str(prog)])
-        else:
-            node.run(["ip", "link", "set", "dev", "eth0", "xdp", "off"])
-    for name, worker in stack.net.workers.items():
-        for pin, point, priority in PROG_PINS.values():
-            where = "ingress" if point == 1 else "egress"
-            base = ["tc", "filter"]
-            spec = ["dev", "eth0", where, "prio", str(priority), "handle", hex(TC_HANDLE)]
-            if on:
-                path = stack.weir.bpffs(name) / pin
-                worker.run([*base, "add", *spec, "bpf", "da", "pinned", str(path)])
-            else:
-                worker.run([*base, "del", *spec, "bpf"], check=False)
-
-
 def wrk(stack: Stack, seconds: int, connections: int) -> tuple[float, int]:
     out = stack.net.clients["c1"].run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
@@ -156,12 +136,11 @@ def run(rounds: int = 3, seconds: int = 5, connections: int = 64) -> list[PodsRo
         stack.start_weir(progress=lambda _: None)
         results: dict[str, list[tuple[float, int]]] = {"kube-proxy": [], "weir": []}
         for _ in range(rounds):
-            weir_programs(stack, False)
-            kube_proxy(stack, True)
-            wrk(stack, 1, connections)  # warm-up
-            results["kube-proxy"].append(wrk(stack, seconds, connections))
-            kube_proxy(stack, False)
-            weir_programs(stack, True)
+            with stack.weir_paused():
+                kube_proxy(stack, True)
+                wrk(stack, 1, connections)  # warm-up
+                results["kube-proxy"].append(wrk(stack, seconds, connections))
+                kube_proxy(stack, False)
             wrk(stack, 1, connections)
             results["weir"].append(wrk(stack, seconds, connections))
         return [

@@ -3,7 +3,7 @@ bench/results/report.md (machine, versions, date) with PNG plots.
 
     .venv/bin/python bench/report.py [--quick] [--only SECTION,...]
 
-SECTION is one of maglev, xdp, conn, plane, reduce, disruption, tc, pods.
+SECTION is one of maglev, xdp, conn, plane, reduce, disruption, tc, pods, bfd.
 
 Sections, each line with the target from its issue and whether it is met:
   1 maglev      table build, nodeagent.maglev vs a C reference compiled here (maglev_bench)
@@ -18,6 +18,8 @@ Sections, each line with the target from its issue and whether it is met:
                 program (tc_bench, root)
   7 pods        new connections/s to pods through the whole path, Weir vs a kube-proxy-style
                 path, wrk + nginx (pods_bench, root)
+  8 bfd         failure detection (link cut to next hop gone at the router): BFD at 100 and
+                300 ms x 3 vs BGP hold 3 s alone (bfd_detection_bench, root)
 Each benchmark module measures and returns typed rows; this script only renders them. Every
 benchmark runs in a fresh process of its own (bench/isolated.py); a section that fails is
 reported as failed, and the others still run. Bounded: about 4-6 minutes on 2 cores
@@ -45,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))  # the sibling bench modules
 
+import bfd_detection_bench  # noqa: E402
 import conn_bench  # noqa: E402
 import maglev_bench  # noqa: E402
 import plane_bench  # noqa: E402
@@ -417,6 +420,56 @@ def pods(quick: bool) -> Section:
     return sec
 
 
+# -- 8. failure detection --------------------------------------------------------------------
+
+
+def bfd(quick: bool) -> Section:
+    sec = Section(
+        "8. Failure detection: link cut to next hop gone at the router, BFD vs BGP hold time",
+        "8. Failure detection",
+    )
+    rows = in_child(bfd_detection_bench.run_sync, 2 if quick else 3, timeout=400)
+    base = rows[0]
+    sec.body = [
+        "A BIRD 2 router and two LB nodes (Weir's speaker, ExaBGP + its BFD daemon); one "
+        "node's link is cut and its daemons killed; the router's kernel route is polled every "
+        "5 ms until the node's next hop is gone. Expected: the hold time, or BFD's detection "
+        "time (multiplier x interval).",
+        "",
+        *md_table(
+            ["mode", "expected s", "median s", "worst s", "vs baseline", "runs (s)"],
+            [
+                [r.mode, f"{r.expected:.2f}", f"{r.median:.3f}", f"{r.worst:.3f}",
+                 f"{base.median / r.median:.1f}x faster" if r is not base else "",
+                 " ".join(f"{t:.3f}" for t in r.times)]
+                for r in rows
+            ],
+        ),
+    ]  # fmt: skip
+    sec.checks.append(
+        Check(base.mode, f"median {base.median:.2f} s", "baseline", None)
+    )  # fmt: skip
+    sec.checks += [
+        Check(f"{r.mode}, worst of {len(r.times)}", f"{r.worst:.3f} s "
+              f"({base.median / r.median:.1f}x faster than hold 3 s)",
+              f"< {bfd_detection_bench.TARGET_SECONDS:.0f} s (issue 13)",
+              r.worst < bfd_detection_bench.TARGET_SECONDS)
+        for r in rows
+        if r.bfd
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([r.mode for r in rows], [r.median for r in rows], color="tab:blue", label="median")
+    ax.scatter([r.mode for r in rows], [r.expected for r in rows], color="red", zorder=3,
+               label="expected")  # fmt: skip
+    ax.axhline(bfd_detection_bench.TARGET_SECONDS, color="red", linestyle="--", linewidth=1)
+    ax.set_ylabel("seconds to detect (median)")
+    ax.set_title("Link cut to next hop gone (red line: 1 s target)")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend()
+    sec.plot = save_plot(fig, "bfd.png")
+    return sec
+
+
 SECTIONS: dict[str, Callable[[bool], Section]] = {
     "maglev": maglev,
     "xdp": xdp,
@@ -426,8 +479,9 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "disruption": disruption,
     "tc": tc,
     "pods": pods,
+    "bfd": bfd,
 }
-NEEDS_ROOT = {"xdp", "conn", "tc", "pods"}
+NEEDS_ROOT = {"xdp", "conn", "tc", "pods", "bfd"}
 
 
 # -- the report -------------------------------------------------------------------------------

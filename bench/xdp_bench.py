@@ -30,6 +30,12 @@ Method notes:
 - Encapsulated cases: the program is built with -DWEIR_BENCH, which takes the outer headers
   off again after each run (bpf/weir_bench.h) so the next repetition starts from the
   client's frame: one more bpf_xdp_adjust_head and a 14-byte copy, counted in the figure.
+- The flow log (issue 15): its sampling rate is in a config word every VIP packet reads, so
+  the cases above run with it off (one branch). "log 1/1000" and "log 1/1" run with
+  sampling on. Nobody reads the ring during a test_run, so at 1/1 the ring is full after
+  its first 6553 records and the rest cost a failed reservation: the "log 1/1" cases run
+  --log-repeat repetitions (fewer than the ring holds) on an emptied ring, so every
+  record is written.
 - Each measurement is the best of --rounds runs, the programs interleaved in every round.
   An empty program (return XDP_PASS) shows the fixed cost of test_run itself.
 
@@ -59,6 +65,7 @@ from weir.nodeagent.dataplane import (  # noqa: E402
     layout,
     loader,
 )
+from weir.nodeagent.dataplane.flowlog import FlowLogReader  # noqa: E402
 from weir.nodeagent.maglev import backend_id, build_table  # noqa: E402
 
 from tests.dataplane.support import Flow, missing_privileges, packet  # noqa: E402
@@ -67,7 +74,13 @@ NODE_MAC = bytes.fromhex("02000000aa01")
 VIP = "10.0.0.10"
 SEED = 0x5EED
 PREFIX = "wxb"
-NEW_FLOW = ("new VIP flow", "new flow, ClientIP", "new, encapsulated")
+NEW_FLOW = (
+    "new VIP flow",
+    "new flow, ClientIP",
+    "new, encapsulated",
+    "new flow, log 1/1000",
+    "new flow, log 1/1",
+)
 TARGETS = {
     "non-VIP": 1.2,
     "tracked VIP flow": 2.5,
@@ -75,6 +88,11 @@ TARGETS = {
     "new flow, ClientIP": 4.0,
     "tracked, encapsulated": 2.5,
     "new, encapsulated": 4.5,
+    # the flow log on: reported beside the targets of the same paths with it off
+    "tracked, log 1/1000": 2.5,
+    "new flow, log 1/1000": 4.0,
+    "tracked, log 1/1": 2.5,
+    "new flow, log 1/1": 4.0,
 }
 BASELINES = ("empty program", "minimal", "minimal (+new-flow bump)")
 
@@ -103,6 +121,7 @@ class Options:
     backends: int = 50
     table_size: int = 16381
     conntrack: int = DataplaneConfig.conntrack_entries
+    log_repeat: int = 4096
 
 
 def compile_minimal(new_flows: bool):
@@ -194,6 +213,7 @@ def best_times(pins: Path, opts: Options) -> dict[str, int]:
                 ),
                 "new, encapsulated": timed(weir_new, frame_from(block, VIP, 82), opts.repeat, 3),
             }
+            samples.update(logged(dp, weir_new, vip_frame, frame_from(block, VIP), opts))
             for name, ns_ in samples.items():
                 best[name] = min(best.get(name, ns_), ns_)
         return best
@@ -201,6 +221,29 @@ def best_times(pins: Path, opts: Options) -> dict[str, int]:
         for b in keep:
             b.cleanup()
         dp.close(detach=True)
+
+
+def logged(dp: Dataplane, weir_new: int, tracked: bytes, fresh: bytes, opts: Options):
+    """The tracked and new-flow paths with the flow log sampling 1 in 1000, then every
+    packet (on an emptied ring: see "Method notes")."""
+    reader = FlowLogReader(dp.cfg.bpffs)
+    out = {}
+    try:
+        dp.set_flow_sampling(1000)
+        out["tracked, log 1/1000"] = timed(dp.xdp_prog_fd, tracked, opts.repeat, 3)
+        out["new flow, log 1/1000"] = timed(weir_new, fresh, opts.repeat, 3)
+        dp.set_flow_sampling(1)
+        for name, fd, frame in (
+            ("tracked, log 1/1", dp.xdp_prog_fd, tracked),
+            ("new flow, log 1/1", weir_new, fresh),
+        ):
+            while reader.poll(0):
+                pass
+            out[name] = timed(fd, frame, opts.log_repeat, 3)
+    finally:
+        dp.set_flow_sampling(0)
+        reader.close()
+    return out
 
 
 def rows(best: dict[str, int]) -> list[XdpRow]:
@@ -218,11 +261,14 @@ def main() -> int:
     ap.add_argument("--backends", type=int, default=Options.backends)
     ap.add_argument("--table-size", type=int, default=Options.table_size)
     ap.add_argument("--conntrack", type=int, default=Options.conntrack, help="entries")
+    ap.add_argument("--log-repeat", type=int, default=Options.log_repeat)
     args = ap.parse_args()
     if why := missing_privileges():
         print(why, file=sys.stderr)
         return 2
-    opts = Options(args.repeat, args.rounds, args.backends, args.table_size, args.conntrack)
+    opts = Options(
+        args.repeat, args.rounds, args.backends, args.table_size, args.conntrack, args.log_repeat
+    )
     out = run(opts)
     print(
         f"Weir: {opts.backends} backends, M = {opts.table_size}, conntrack {opts.conntrack} "

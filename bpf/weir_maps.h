@@ -38,8 +38,9 @@
  *   1  the first release
  *   2  backends: node_be, flags (encapsulation); config: encap, ct_key, ct_guard; drop
  *      reasons too_big, encap, invalid; conntrack: keyed placement, client[].seen;
- *      ct_stats, ct_guard */
-#define WEIR_LAYOUT_VERSION 2
+ *      ct_stats, ct_guard
+ *   3  config.node_mac: the flow log's sampling rate in bits 48..63; flow_log */
+#define WEIR_LAYOUT_VERSION 3
 
 /* --- services: (vip, port, proto) -> service -------------------------------------
  * Hash map. The key is what the packet carries. The element is created once per
@@ -149,7 +150,8 @@ struct ct_bucket {
 /* --- config: node-wide settings read by the fast path -------------------------------
  * One element; each word is written by weir_commit with an atomic xchg. */
 struct config {
-	u64 node_mac; /* the uplink's MAC in the low 48 bits, byte 0 of the MAC first */
+	u64 node_mac; /* the uplink's MAC in the low 48 bits, byte 0 of the MAC first; bits
+		       * 48..63: the flow log's sampling rate (CFG_SAMPLE_SHIFT) */
 	u64 seed;     /* cluster Maglev seed (low 32 bits) */
 	u64 encap;    /* encapsulation: see CFG_ENCAP_* (0 = not configured: encap backends
 		       * are dropped as "encap") */
@@ -162,6 +164,10 @@ struct config {
 #define CFG_ENCAP_ADDR_MASK 0xffffffffULL /* bits 0..31: node address, network order */
 #define CFG_ENCAP_PORT_SHIFT 32           /* bits 32..47: UDP port, network order */
 #define CFG_ENCAP_MTU_SHIFT 48            /* bits 48..63: underlay MTU, host order */
+
+/* config.node_mac bits 48..63: log 1 in N decisions to flow_log (0: off). In the word every
+ * VIP packet reads already, so with sampling off the log costs one predictable branch. */
+#define CFG_SAMPLE_SHIFT 48
 
 /* --- vip filter: a 65536-bit set of hashed VIP addresses ----------------------------
  * Lets non-VIP traffic leave after one inlined array access instead of a hash lookup.
@@ -233,6 +239,38 @@ enum pass_reason {
 	PASS_REASONS = 2,
 };
 
+/* --- flow_log: sampled load-balancing decisions (`weirctl flows`) ---------------------
+ * A ring buffer of flow_record. Sampled packets only (config.node_mac, CFG_SAMPLE_SHIFT);
+ * when the reader falls behind, records are lost (the fast path never waits). */
+#define WEIR_FLOW_LOG_BYTES (256 * 1024)
+
+enum flow_how {
+	FLOW_NONE = 0,     /* no backend chosen (dropped, or left to the kernel) */
+	FLOW_MAGLEV = 1,   /* new flow: the Maglev slot's backend */
+	FLOW_AFFINITY = 2, /* new flow, ClientIP affinity: slot by the client address only */
+	FLOW_RANDOM = 3,   /* new flow, strategy random */
+	FLOW_CONNTRACK = 4,/* the flow's conntrack entry */
+	FLOW_FRAGMENT = 5, /* a later fragment: where its datagram's first fragment went */
+};
+#define FLOW_F_ICMP 1      /* an ICMP error about the flow (the record has the quoted flow) */
+#define FLOW_F_FIRST_FRAG 2/* the first fragment of a datagram */
+#define FLOW_F_UNTRACKED 4 /* the new flow made no conntrack entry (RST/FIN, guard, full) */
+
+struct flow_record {
+	u64 time_ns;   /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	u64 handle;    /* the backend's (0: none) */
+	__be32 saddr_be;
+	__be32 daddr_be;
+	__be16 sport_be;
+	__be16 dport_be;
+	u8 proto;
+	u8 how;        /* FLOW_* */
+	u8 flags;      /* FLOW_F_* */
+	u8 drop;       /* drop reason + 1; 0: not dropped */
+	u32 slot;      /* FLOW_MAGLEV, FLOW_AFFINITY: the slot's index in the service's table */
+	u32 action;    /* the XDP action */
+};
+
 /* --- agent-only maps (the fast path never reads them) ------------------------------- */
 #define SVC_ID_LEN 64
 struct svc_half {
@@ -262,6 +300,7 @@ _Static_assert(__builtin_offsetof(struct backend, svc_key) % 8 == 0,
 _Static_assert(sizeof(struct backend) == 40, "backend layout");
 _Static_assert(sizeof(struct ct_bucket) == 64, "a conntrack bucket is one cache line");
 _Static_assert(sizeof(struct config) == 40, "config words");
+_Static_assert(sizeof(struct flow_record) == 40, "flow_record layout");
 _Static_assert(sizeof(struct frag_key) == 12 && sizeof(struct frag_value) == 16, "frags");
 
 BPF_TABLE_PINNED("array", u32, u64, layout, 1, WEIR_PIN("layout"));
@@ -287,6 +326,18 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counters, ct_stats, CT_EVENTS, WEIR
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_value, frags, WEIR_FRAG_ENTRIES,
 		 WEIR_PIN("frags"));
 BPF_TABLE_PINNED("percpu_array", u32, struct ct_guard_state, ct_guard, 1, WEIR_PIN("ct_guard"));
+/* bcc's BPF_RINGBUF_OUTPUT, pinned like the other maps. */
+struct flow_log_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" WEIR_PIN("flow_log"))))
+struct flow_log_table_t flow_log = {.max_entries = WEIR_FLOW_LOG_BYTES};
 BPF_TABLE_PINNED("array", u32, struct svc_meta, svc_meta, WEIR_MAX_SERVICES, WEIR_PIN("svc_meta"));
 BPF_TABLE_PINNED("array", u32, struct be_meta, be_meta, WEIR_MAX_BACKENDS, WEIR_PIN("be_meta"));
 

@@ -31,8 +31,12 @@
 #define WEIR_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WEIR_WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
-static __always_inline int weir_drop(u32 reason, u64 bytes)
+/* rec: the flow log's record of this packet when it is sampled, else 0 (a constant: the
+ * inlined copy of the fast path for unsampled packets has no trace of the log). */
+static __always_inline int weir_drop(u32 reason, u64 bytes, struct flow_record *rec)
 {
+	if (rec)
+		rec->drop = reason + 1;
 	weir_count(drop_stats.lookup(&reason), bytes, 0);
 	return XDP_DROP;
 }
@@ -103,7 +107,7 @@ static __always_inline void weir_set_l2(void *new, const void *old, u32 l2len, c
 #define WEIR_ICMP_LEN (sizeof(struct iphdr) + sizeof(struct icmphdr) + WEIR_ICMP_QUOTE)
 
 static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len, u32 mtu,
-					     u64 bytes)
+					     u64 bytes, struct flow_record *rec)
 {
 	const int room = sizeof(struct iphdr) + sizeof(struct icmphdr);
 	void *data, *data_end, *old;
@@ -114,7 +118,7 @@ static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len
 	u32 sum;
 
 	if (bpf_xdp_adjust_head(ctx, -room))
-		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes, rec);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	old = data + room;
@@ -122,7 +126,7 @@ static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len
 	icmp = (void *)(ip + 1);
 	quoted = (void *)(icmp + 1);
 	if ((void *)quoted + WEIR_ICMP_QUOTE > data_end)
-		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes, rec);
 	/* Back to the sender of the frame: swap the MACs. */
 	__builtin_memcpy(client_mac, old + ETH_ALEN, ETH_ALEN);
 	__builtin_memcpy(&node_mac, old, ETH_ALEN);
@@ -151,8 +155,8 @@ static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len
 	icmp->checksum = (__sum16)~sum;
 
 	if (bpf_xdp_adjust_tail(ctx, (int)(l2len + WEIR_ICMP_LEN) - (int)(data_end - data)))
-		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
-	weir_drop(DROP_TOO_BIG, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes, rec);
+	weir_drop(DROP_TOO_BIG, bytes, rec);
 	return WEIR_HANDLED | XDP_TX;
 }
 
@@ -160,7 +164,7 @@ static __always_inline int weir_icmp_too_big(struct xdp_md *ctx, const u32 l2len
  * a constant (14 or 18) so every offset below is one too. */
 static __always_inline int weir_encap(struct xdp_md *ctx, const struct backend *be,
 				      const struct config *cfg, u64 node_mac, const u32 l2len,
-				      u32 entropy, u64 bytes)
+				      u32 entropy, u64 bytes, struct flow_record *rec)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -174,27 +178,27 @@ static __always_inline int weir_encap(struct xdp_md *ctx, const struct backend *
 	u8 tos;
 
 	if ((void *)(inner + 1) > data_end)
-		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_PARSE, bytes, rec);
 	if (!enc)
-		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes, rec);
 	len = bpf_ntohs(inner->tot_len);
 	if (len + WEIR_ENC_LEN > mtu) {
 		/* Without DF too: a Linux client takes the MTU it is told and fragments its
 		 * next datagrams to fit (UDP, path MTU discovery's "want" mode). */
-		return weir_icmp_too_big(ctx, l2len, mtu - WEIR_ENC_LEN, bytes);
+		return weir_icmp_too_big(ctx, l2len, mtu - WEIR_ENC_LEN, bytes, rec);
 	}
 	id = inner->id;
 	frag = inner->frag_off & bpf_htons(WEIR_IP_DF);
 	tos = inner->tos;
 	if (bpf_xdp_adjust_head(ctx, -(int)WEIR_ENC_LEN))
-		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes, rec);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	outer = data + l2len;
 	udp = (void *)(outer + 1);
 	wh = (void *)(udp + 1);
 	if ((void *)(wh + 1) > data_end || data + WEIR_ENC_LEN + l2len > data_end)
-		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes);
+		return WEIR_HANDLED | weir_drop(DROP_ENCAP, bytes, rec);
 	weir_set_l2(data, data + WEIR_ENC_LEN, l2len, be->mac, node_mac);
 
 	*(u8 *)outer = 0x45;
@@ -226,17 +230,19 @@ static __always_inline int weir_encap(struct xdp_md *ctx, const struct backend *
 
 static __always_inline int weir_forward(struct xdp_md *ctx, const struct backend *be, u32 id,
 					const struct config *cfg, u64 node_mac, u32 l2len,
-					u32 entropy, u64 bytes, u64 new_flow)
+					u32 entropy, u64 bytes, u64 new_flow,
+					struct flow_record *rec)
 {
 	u32 svc = be->svc;
 	int action;
 
 	if (be->flags & BE_F_ENCAP) {
 		if (l2len == ETH_HLEN)
-			action = weir_encap(ctx, be, cfg, node_mac, ETH_HLEN, entropy, bytes);
+			action = weir_encap(ctx, be, cfg, node_mac, ETH_HLEN, entropy, bytes, rec);
 		else
 			action = weir_encap(ctx, be, cfg, node_mac,
-					    ETH_HLEN + sizeof(struct weir_vlan_hdr), entropy, bytes);
+					    ETH_HLEN + sizeof(struct weir_vlan_hdr), entropy, bytes,
+					    rec);
 		if (action & WEIR_HANDLED)
 			return action & 0xff;
 	} else {
@@ -263,7 +269,8 @@ struct weir_flow {
 /* Pick a backend for a flow with no (valid) conntrack entry. Returns the backend index,
  * or -1 with *action set. */
 static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *sk,
-				     const struct config *cfg, u64 bytes, int *action)
+				     const struct config *cfg, u64 bytes, int *action,
+				     struct flow_record *rec)
 {
 	struct svc_value *svc = services.lookup(sk);
 	struct slot_line *line;
@@ -279,7 +286,7 @@ static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *
 	word = WEIR_READ_ONCE(svc->word);
 	size = (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK;
 	if (!size) {
-		*action = weir_drop(DROP_TABLE_EMPTY, bytes);
+		*action = weir_drop(DROP_TABLE_EMPTY, bytes, rec);
 		return -1;
 	}
 	/* ClientIP affinity: the source port stays out of the hash, so every connection of
@@ -293,17 +300,24 @@ static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *
 	else
 		hash = weir_flow_hash(bpf_ntohl(f->saddr), hport, f->proto,
 				      (u32)WEIR_READ_ONCE(cfg->seed));
-	slot = (u32)(word & SVC_BASE_MASK) + weir_reduce(hash, size);
+	slot = weir_reduce(hash, size);
+	if (rec) {
+		rec->slot = slot;
+		rec->how = (word & SVC_F_CLIENT_IP)  ? FLOW_AFFINITY
+			   : (word & SVC_F_RANDOM) ? FLOW_RANDOM
+						   : FLOW_MAGLEV;
+	}
+	slot += (u32)(word & SVC_BASE_MASK);
 	line_idx = slot / SLOTS_PER_LINE;
 	line = slots.lookup(&line_idx);
 	if (!line) {
-		*action = weir_drop(DROP_NO_BACKEND, bytes);
+		*action = weir_drop(DROP_NO_BACKEND, bytes, rec);
 		return -1;
 	}
 	id = line->id[slot & (SLOTS_PER_LINE - 1)];
 	be = backends.lookup(&id);
 	if (!be || *(u64 *)&be->svc_key != *(u64 *)sk) {
-		*action = weir_drop(DROP_NO_BACKEND, bytes);
+		*action = weir_drop(DROP_NO_BACKEND, bytes, rec);
 		return -1;
 	}
 	return id;
@@ -377,7 +391,7 @@ static __always_inline void weir_frag_remember(struct frag_key *frag, u64 handle
 /* A later fragment (no ports): to the backend its datagram's first fragment went to. */
 static __always_inline int weir_frag_forward(struct xdp_md *ctx, struct iphdr *ip,
 					     const struct config *cfg, u64 node_mac, u32 l2len,
-					     u64 bytes)
+					     u64 bytes, struct flow_record *rec)
 {
 	struct frag_key k = {
 		.saddr_be = ip->saddr,
@@ -391,13 +405,17 @@ static __always_inline int weir_frag_forward(struct xdp_md *ctx, struct iphdr *i
 	u32 bid;
 
 	if (!v)
-		return vips.lookup(&ip->daddr) ? weir_drop(DROP_FRAGMENT, bytes) : XDP_PASS;
+		return vips.lookup(&ip->daddr) ? weir_drop(DROP_FRAGMENT, bytes, rec) : XDP_PASS;
 	handle = v->handle;
 	bid = handle & BE_INDEX_MASK;
 	be = backends.lookup(&bid);
 	if (!be || WEIR_READ_ONCE(be->handle) != handle)
-		return weir_drop(DROP_FRAGMENT, bytes); /* its backend left meanwhile */
-	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, v->entropy, bytes, 0);
+		return weir_drop(DROP_FRAGMENT, bytes, rec); /* its backend left meanwhile */
+	if (rec) {
+		rec->how = FLOW_FRAGMENT;
+		rec->handle = handle;
+	}
+	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, v->entropy, bytes, 0, rec);
 }
 
 /* Conntrack, then Maglev, then forward. Packets that must not make an entry (`track` 0:
@@ -405,7 +423,8 @@ static __always_inline int weir_frag_forward(struct xdp_md *ctx, struct iphdr *i
  * fragment (`frag`) has its choice remembered for the fragments that follow. */
 static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_flow *f,
 					const struct config *cfg, u64 node_mac, u32 l2len,
-					u64 bytes, int track, struct frag_key *frag)
+					u64 bytes, int track, struct frag_key *frag,
+					struct flow_record *rec)
 {
 	struct svc_key sk = {
 		.vip_be = f->daddr,
@@ -421,6 +440,13 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 	u64 hit = 0, handle;
 	u32 bid;
 
+	if (rec) {
+		rec->saddr_be = f->saddr;
+		rec->daddr_be = f->daddr;
+		rec->sport_be = f->ports.src;
+		rec->dport_be = f->ports.dst;
+		rec->proto = f->proto;
+	}
 	pos = weir_ct_hash(f->saddr, f->daddr, *(u32 *)&f->ports, f->proto,
 			   WEIR_READ_ONCE(cfg->ct_key), WEIR_CT_BUCKETS);
 	bucket = conntrack.lookup(&pos.bucket);
@@ -448,8 +474,12 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 			if (bucket->client[match & (CT_WAYS - 1)].seen != now)
 				bucket->client[match & (CT_WAYS - 1)].seen = now;
 			weir_frag_remember(frag, handle, pos.entropy);
+			if (rec) {
+				rec->how = FLOW_CONNTRACK;
+				rec->handle = handle;
+			}
 			return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes,
-					    0);
+					    0, rec);
 		}
 	}
 	way = weir_ct_way(bucket, match, empty, now);
@@ -457,16 +487,21 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		track = 0; /* every way is in use right now: keep them */
 		full = 1;
 	}
-	id = weir_pick(f, &sk, cfg, bytes, &action);
+	id = weir_pick(f, &sk, cfg, bytes, &action, rec);
 	if (id < 0)
 		return action;
 	bid = id;
 	be = backends.lookup(&bid);
 	if (!be)
-		return weir_drop(DROP_NO_BACKEND, bytes);
+		return weir_drop(DROP_NO_BACKEND, bytes, rec);
 	/* handle 0: the backend was retired by the flip this packet raced with; it still
 	 * goes there (old table), but is not remembered. */
 	handle = WEIR_READ_ONCE(be->handle);
+	if (rec) {
+		rec->handle = handle;
+		if (!(track && handle))
+			rec->flags |= FLOW_F_UNTRACKED;
+	}
 	if (track && handle) {
 		if (weir_ct_admit(cfg)) {
 			way &= CT_WAYS - 1;
@@ -478,6 +513,8 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 			bucket->client[way].seen = now;
 		} else {
 			weir_ct_count(CT_GUARDED);
+			if (rec)
+				rec->flags |= FLOW_F_UNTRACKED;
 		}
 	} else if (full) {
 		weir_ct_count(CT_FULL);
@@ -485,7 +522,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 		weir_ct_count(CT_UNTRACKED);
 	}
 	weir_frag_remember(frag, WEIR_READ_ONCE(be->handle), pos.entropy);
-	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes, track);
+	return weir_forward(ctx, be, bid, cfg, node_mac, l2len, pos.entropy, bytes, track, rec);
 }
 
 /* An ICMP error sent to a VIP quotes a packet the VIP sent (a backend's reply): send it to
@@ -493,7 +530,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
  * the path MTU or the failure. Other ICMP (echo to a VIP, ...) is the kernel's. */
 static __always_inline int weir_icmp_error(struct xdp_md *ctx, struct iphdr *ip,
 					   const struct config *cfg, u64 node_mac, u32 l2len,
-					   u64 bytes)
+					   u64 bytes, struct flow_record *rec)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct icmphdr *icmp = (void *)(ip + 1);
@@ -517,26 +554,25 @@ static __always_inline int weir_icmp_error(struct xdp_md *ctx, struct iphdr *ip,
 	f.ports.src = quoted_ports->dst;
 	f.ports.dst = quoted_ports->src;
 	f.proto = quoted->protocol;
-	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 0, 0);
+	if (rec)
+		rec->flags |= FLOW_F_ICMP;
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, 0, 0, rec);
 }
 
-static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void *data_end,
-					   struct iphdr *ip)
+/* A packet for a VIP (maybe), after the config is read: every decision of the fast path.
+ * rec: see weir_drop. */
+static __always_inline int weir_vip_decide(struct xdp_md *ctx, void *data, void *data_end,
+					   struct iphdr *ip, const struct config *cfg,
+					   u64 node_mac, struct flow_record *rec)
 {
 	struct ethhdr *eth = data;
 	u64 bytes = data_end - data;
-	u32 l2len = (void *)ip - data, zero = 0, tot, l4_min;
+	u32 l2len = (void *)ip - data, tot, l4_min;
 	struct weir_ports *ports;
-	struct config *cfg;
 	struct weir_flow f;
 	void *l4_end;
-	u64 node_mac;
 	int track = 1;
 
-	cfg = config.lookup(&zero);
-	if (!cfg)
-		return XDP_PASS;
-	node_mac = WEIR_READ_ONCE(cfg->node_mac);
 	/* Only frames sent to this node's MAC: a flooded or promiscuous uplink must not
 	 * duplicate flows meant for another load-balancer node on the segment. The MAC is
 	 * the one the rewrite below uses: no extra lookup. */
@@ -550,21 +586,21 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 	    !weir_source_ok(ip->saddr)) {
 		if (!vips.lookup(&ip->daddr))
 			return XDP_PASS;
-		return weir_drop(DROP_INVALID, bytes);
+		return weir_drop(DROP_INVALID, bytes, rec);
 	}
 	if (ip->protocol == IPPROTO_ICMP)
-		return weir_icmp_error(ctx, ip, cfg, node_mac, l2len, bytes);
+		return weir_icmp_error(ctx, ip, cfg, node_mac, l2len, bytes, rec);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	if (ip->frag_off & bpf_htons(WEIR_IP_OFFSET_MASK))
-		return weir_frag_forward(ctx, ip, cfg, node_mac, l2len, bytes);
+		return weir_frag_forward(ctx, ip, cfg, node_mac, l2len, bytes, rec);
 	ports = (void *)ip + ip->ihl * 4;
 	l4_min = ip->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
 	if ((void *)ports + l4_min > l4_end || (void *)(ports + 1) > data_end) {
 		/* No ports to hash: drop when the address really is a VIP. */
 		if (!vips.lookup(&ip->daddr))
 			return XDP_PASS;
-		return weir_drop(DROP_PARSE, bytes);
+		return weir_drop(DROP_PARSE, bytes, rec);
 	}
 	f.saddr = ip->saddr;
 	f.daddr = ip->daddr;
@@ -574,7 +610,7 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 		struct tcphdr *tcp = (void *)ports;
 
 		if ((void *)(tcp + 1) > data_end)
-			return weir_drop(DROP_PARSE, bytes);
+			return weir_drop(DROP_PARSE, bytes, rec);
 		/* A RST or FIN ends a flow: never worth an entry (nor a way for a flood to
 		 * make one). */
 		if (tcp->rst || tcp->fin)
@@ -589,9 +625,47 @@ static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void 
 			.proto = ip->protocol,
 		};
 
-		return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, &fk);
+		if (rec)
+			rec->flags |= FLOW_F_FIRST_FRAG;
+		return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, &fk, rec);
 	}
-	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, 0);
+	return weir_balance(ctx, &f, cfg, node_mac, l2len, bytes, track, 0, rec);
+}
+
+/* A sampled packet: decided as any other, and its record sent to the flow log. */
+static __always_inline int weir_vip_logged(struct xdp_md *ctx, void *data, void *data_end,
+					   struct iphdr *ip, const struct config *cfg,
+					   u64 node_mac)
+{
+	struct flow_record rec = {
+		.time_ns = bpf_ktime_get_ns(),
+		.saddr_be = ip->saddr,
+		.daddr_be = ip->daddr,
+		.proto = ip->protocol,
+	};
+	int action = weir_vip_decide(ctx, data, data_end, ip, cfg, node_mac, &rec);
+
+	rec.action = action;
+	flow_log.ringbuf_output(&rec, sizeof(rec), 0);
+	return action;
+}
+
+static __always_inline int weir_vip_packet(struct xdp_md *ctx, void *data, void *data_end,
+					   struct iphdr *ip)
+{
+	struct config *cfg;
+	u64 node_mac;
+	u32 zero = 0, rate;
+
+	cfg = config.lookup(&zero);
+	if (!cfg)
+		return XDP_PASS;
+	node_mac = WEIR_READ_ONCE(cfg->node_mac);
+	/* The flow log: off (rate 0) costs this one branch on a word read anyway. */
+	rate = node_mac >> CFG_SAMPLE_SHIFT;
+	if (__builtin_expect(!rate, 1) || (rate > 1 && bpf_get_prandom_u32() % rate))
+		return weir_vip_decide(ctx, data, data_end, ip, cfg, node_mac, 0);
+	return weir_vip_logged(ctx, data, data_end, ip, cfg, node_mac);
 }
 
 #ifdef WEIR_BENCH

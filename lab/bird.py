@@ -10,6 +10,8 @@ one multipath kernel route, and the host hashes flows on their ports
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import subprocess
 import time
@@ -35,6 +37,38 @@ class BirdPeer:
     hold_time: int = 0  # 0 = BIRD's default (240 s); keepalive is a third of it
     graceful_restart: bool = True
     local: str = ""  # the router's source address for this session ("" = any)
+    bfd: bool = False  # the session follows a BFD session with the peer (Bird.bfd's timers)
+
+
+@dataclass(frozen=True)
+class BirdBFD:
+    """BIRD's `protocol bfd` timers for every interface (milliseconds)."""
+
+    min_rx_ms: int = 100
+    min_tx_ms: int = 100
+    multiplier: int = 3
+    # Sessions of BFD's own, which no BGP session follows (the others come from `bfd on`).
+    neighbors: tuple[str, ...] = ()
+
+    def config(self) -> str:
+        neighbors = " ".join(f"neighbor {n};" for n in self.neighbors)
+        return (
+            f'protocol bfd {{ interface "*" {{ min rx interval {self.min_rx_ms} ms; '
+            f"min tx interval {self.min_tx_ms} ms; multiplier {self.multiplier}; }}; "
+            f"{neighbors} }}"
+        )
+
+
+@dataclass(frozen=True)
+class BirdBFDSession:
+    """One line of `show bfd sessions`."""
+
+    address: str
+    interface: str
+    state: str  # Up, Down, Init, AdminDown
+    since: str  # when it entered that state
+    interval: float  # seconds: how often BIRD sends
+    timeout: float  # seconds: BIRD's detection time
 
 
 @dataclass
@@ -46,6 +80,10 @@ class Bird:
     peers: Sequence[BirdPeer] = ()
     static: dict[str, list[str]] = field(default_factory=dict)  # prefix -> next hops
     timers: str = FAST_RETRY
+    bfd: BirdBFD | None = None  # `protocol bfd`, for the peers with bfd=True
+    # Scheduling priority of every BIRD thread: a lab router shares the machine's CPUs
+    # with the nodes, where a real one has its own (tests that load the CPUs raise it).
+    nice: int = 0
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +117,8 @@ class Bird:
         )
         if routes:
             lines.append(f"protocol static {{ ipv4; {routes} }}")
+        if self.bfd is not None:
+            lines.append(self.bfd.config())
         for p in self.peers:
             opts = [
                 f"local {p.local} as {self.asn};" if p.local else f"local as {self.asn};",
@@ -92,6 +132,8 @@ class Bird:
                 opts.append(f"hold time {p.hold_time}; keepalive time {max(1, p.hold_time // 3)};")
             if p.graceful_restart:
                 opts.append("graceful restart on;")
+            if p.bfd:
+                opts.append("bfd on;")
             lines.append(f"protocol bgp {p.name} {{ {' '.join(opts)} }}")
         return "\n".join(lines) + "\n"
 
@@ -106,6 +148,19 @@ class Bird:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_until(lambda: self.sock.exists() and self._ready(), 15, "BIRD's control socket")
+        if self.nice:
+            self.renice()
+
+    def renice(self) -> None:
+        """Apply `nice` to every thread of BIRD (its BFD runs in one of its own)."""
+        for pid in self.host.pids():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "bird":
+                    continue
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), self.nice)
+            except (OSError, ValueError):
+                pass  # gone meanwhile
 
     def _ready(self) -> bool:
         return "ready" in self.birdc("show", "status", check=False)
@@ -164,10 +219,42 @@ class Bird:
     def protocol_detail(self, name: str) -> str:
         return self.birdc("show", "protocols", "all", name, check=False)
 
+    def bfd_sessions(self) -> dict[str, BirdBFDSession]:
+        """`show bfd sessions`, by neighbour address."""
+        out = {}
+        for line in self.birdc("show", "bfd", "sessions", check=False).splitlines():
+            parts = line.split()
+            if len(parts) < 6 or not _is_address(parts[0]):
+                continue  # a header
+            interval, timeout = float(parts[-2]), float(parts[-1])
+            out[parts[0]] = BirdBFDSession(
+                parts[0], parts[1], parts[2], parts[3], interval, timeout
+            )
+        return out
+
     def bgp_next_hops(self, prefix: str) -> set[str]:
         """Next hops of the BGP routes BIRD has for prefix (all paths, not only the best)."""
         out = self.birdc("show", "route", "for", prefix, "all", check=False)
         return set(re.findall(r"BGP\.next_hop: (\S+)", out))
+
+    def communities(self, prefix: str) -> set[str]:
+        """Communities on the BGP routes BIRD has for prefix, as Weir writes them:
+        "65000:100" (standard) and "65000:1:2" (large)."""
+        out = self.birdc("show", "route", "for", prefix, "all", check=False)
+        found = set()
+        for values in re.findall(r"BGP\.(?:community|large_community): (.*)", out):
+            for value in re.findall(r"\(([^)]*)\)", values):
+                found.add(":".join(re.split(r",\s*", value)))
+        return found
+
+    def hold_timer(self, name: str) -> tuple[float, int]:
+        """(seconds left, hold time) of a session's hold timer: each message from the peer
+        (a keepalive when it has nothing else to say) sets it back to the hold time, less
+        up to 25% (BIRD jitters it)."""
+        m = re.search(r"Hold timer:\s+([\d.]+)/(\d+)", self.protocol_detail(name))
+        if m is None:
+            raise LabError(f"no hold timer for {name} (session not established?)")
+        return float(m.group(1)), int(m.group(2))
 
     def kernel_next_hops(self, prefix: str) -> set[str]:
         """Next hops of the kernel's route for prefix in the router's host."""
@@ -189,6 +276,14 @@ class Bird:
         except TimeoutError as exc:
             now = sorted(self.kernel_next_hops(prefix))
             raise TimeoutError(f"{exc}; the route goes via {now}") from None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def peers_of(nodes: Mapping[str, str], asn: int, **options: object) -> list[BirdPeer]:

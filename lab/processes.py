@@ -71,5 +71,9 @@ class AgentOptions(CommandLine):
     drain_grace: float | None = None
     bgp_on_stop: Literal["drain", "restart"] | None = None
     bgp_workdir: Path | None = None  # ExaBGP's config and API socket
+    metrics_address: str | None = None  # host:port of /metrics
+    metrics_per_backend: bool = False
+    flow_sample: int | None = None  # the flow log: 1 in N (weirctl flows)
+    flows_address: str | None = None
     log_format: LogFormat = "json"
     extra: tuple[str, ...] = ()

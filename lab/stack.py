@@ -7,9 +7,11 @@ ExaBGP directory), so `python -m weir.lab down` can remove what a killed run lef
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -120,6 +122,32 @@ class Stack:
                 for vip in VIPS:
                     self.router.set_static(f"{vip}/32", list(NODES.values()))
         self.wait_next_hops(NODES, 15)
+
+    @contextlib.contextmanager
+    def weir_paused(self) -> Iterator[None]:
+        """Weir out of the path, for a baseline on the same network: the agents killed (a
+        crash leaves their programs attached, and a running agent would put a detached one
+        back) and the programs detached; afterwards the agents start again, attach them
+        from their pins and ack the current version."""
+        from weir.nodeagent.dataplane.nat import PROG_PINS, TC_HANDLE
+
+        names = list(self.weir.agents)
+        for name in names:
+            self.weir.stop_agent(name, signal.SIGKILL)
+        dev = self.weir.agent.interface
+        for node in self.net.nodes.values():
+            node.run(["ip", "link", "set", "dev", dev, "xdp", "off"])
+        for worker in self.net.workers.values():
+            for _pin, point, priority in PROG_PINS.values():
+                where = "ingress" if point == 1 else "egress"
+                spec = ["dev", dev, where, "prio", str(priority), "handle", hex(TC_HANDLE)]
+                worker.run(["tc", "filter", "del", *spec, "bpf"], check=False)
+        try:
+            yield
+        finally:
+            for name in names:
+                self.weir.start_agent(name)
+            self.weir.converge(timeout=60)
 
     # -- observe ------------------------------------------------------------------------------
 

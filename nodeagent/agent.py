@@ -63,6 +63,7 @@ class Agent:
         self._metrics = metrics
         self._changes = changes or Generation()
         self._version = 0
+        self._names: Mapping[str, str] = {}
         self._health = health
 
     async def handle(self, update: Update) -> pb.Ack:
@@ -76,6 +77,7 @@ class Agent:
         if self._health is not None:
             self._health.apply(targets_of(update.view.services.values()), desired.node)
         self._version = update.version
+        self._names = {sid: svc.service for sid, svc in update.view.services.items()}
         elapsed = time.monotonic() - started
         log.info(
             "version applied",
@@ -91,6 +93,12 @@ class Agent:
             self._metrics.set_roles({r.name: r.active for r in self._roles})
         self._changes.bump()
         return pb.Ack(version=update.version, service_errors=_service_errors(errors))
+
+    @property
+    def service_names(self) -> Mapping[str, str]:
+        """Service id -> "<namespace>/<name>" of the applied view (replaced whole on each
+        version: other threads may read it)."""
+        return self._names
 
     async def status(self) -> pb.NodeStatus:
         roles = {r.name: await r.status() for r in self._roles}
@@ -117,6 +125,8 @@ class Agent:
             draining=self._bgp.draining,
             service_errors=_service_errors(_merged(s.errors for s in roles.values())),
             dataplane_mode=",".join(r.mode for r in self._roles if r.mode),
+            bgp_errors=self._bgp.errors(),
+            routes_settled=self._bgp.settled(),
             health_checked=checked,
             health_failing=failing,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from weir.common.pb import pb
+from weir.nodeagent.traffic_metrics import TrafficCollector
 
 
 class PromMetrics:
@@ -73,6 +75,12 @@ class PromMetrics:
     def set_roles(self, active: Mapping[str, bool]) -> None:
         for role, on in active.items():
             self.roles.labels(role).set(int(on))
+
+    def collect_traffic(
+        self, bpffs: Path, names: Callable[[], Mapping[str, str]], *, per_backend: bool = False
+    ) -> None:
+        """Export the data plane's traffic counters (nodeagent.traffic_metrics)."""
+        self.registry.register(TrafficCollector(bpffs, names, per_backend=per_backend))
 
     def set_healthy(self, healthy: Mapping[str, bool]) -> None:
         for role, ok in healthy.items():

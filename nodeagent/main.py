@@ -42,6 +42,7 @@ from weir.nodeagent.dataplane.hcpath import HcPath
 from weir.nodeagent.dataplane.layout import PROG_PIN
 from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
 from weir.nodeagent.dataplane.nat_pinned import has_nat_pins
+from weir.nodeagent.flows import FlowLog
 from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.identity import TLSConfig, TokenIdentity, bootstrap_target
 from weir.nodeagent.lb_role import LoadBalancerRole
@@ -108,6 +109,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bgp.add_argument(
         "--bgp-workdir", type=Path, help="ExaBGP's config and API socket (/run/weir/bgp/NODE)"
     )
+    flows = p.add_argument_group("flow log (weirctl flows)")
+    flows.add_argument(
+        "--flow-sample",
+        type=int,
+        default=0,
+        help="log 1 in N VIP packets' load-balancing decisions (0: off, the default)",
+    )
+    flows.add_argument(
+        "--flows-address",
+        default="",
+        help="serve the flow log to weirctl flows on host:port (off when empty; keep it on "
+        "loopback: the records carry client addresses)",
+    )
     sizes.add_argument(
         "--max-health-checks",
         type=int,
@@ -116,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--status-interval", type=float, default=10.0, help="NodeStatus period, s")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on host:port")
+    p.add_argument(
+        "--metrics-per-backend",
+        action="store_true",
+        help="traffic counters per backend too (one series per backend: see docs/METRICS.md)",
+    )
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -162,7 +181,11 @@ def dataplane_config(args: argparse.Namespace) -> DataplaneConfig:
         if getattr(args, k) is not None
     }
     return DataplaneConfig(
-        interface=args.interface, bpffs=args.bpffs, xdp_mode=args.xdp_mode, **sizes
+        interface=args.interface,
+        bpffs=args.bpffs,
+        xdp_mode=args.xdp_mode,
+        flow_sample=args.flow_sample,
+        **sizes,
     )
 
 
@@ -231,17 +254,21 @@ async def run(args: argparse.Namespace) -> int:
             refresh=args.neighbor_retry,
         )
         agent = Agent([lb, backend], bgp=bgp, metrics=metrics, changes=changes, health=health)
+        if metrics:
+            metrics.collect_traffic(
+                args.bpffs, lambda: agent.service_names, per_backend=args.metrics_per_backend
+            )
         client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
         reporter = StatusReporter(
             agent.status, client.report_status, changes, interval=args.status_interval
         )
+        tasks = {"controller": client.run(), "status": reporter.run(), "roles": agent.run()}
+        if args.flows_address:
+            flow_log = FlowLog(args.bpffs, lambda: agent.service_names)
+            tasks["flows"] = flow_log.run(args.flows_address)
         await bgp.start()
         log.info("agent started", node=args.node, controller=args.controller)
-        code = await run_until_stopped(
-            log,
-            {"controller": client.run(), "status": reporter.run(), "roles": agent.run()},
-            shutdown=agent.shutdown,
-        )
+        code = await run_until_stopped(log, tasks, shutdown=agent.shutdown)
         log.info("stopped: the data planes stay attached and pinned")
         return code
 

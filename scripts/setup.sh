@@ -10,7 +10,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 APT_PKGS=(python3-bpfcc python3-venv python3-dev gcc make linux-headers-amd64 bird2
           iproute2 iputils-ping ethtool tcpdump nftables curl python3-cryptography
-          wrk nginx-light)
+          wrk nginx-light prometheus)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,6 +25,8 @@ fi
 systemctl disable --now bird >/dev/null 2>&1 || true
 # nginx serves the benchmarks' pods from their own namespaces, not as a system service.
 systemctl disable --now nginx >/dev/null 2>&1 || true
+# prometheus (promtool, and the server the metrics tests run as a process of their own).
+systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Networking programs only need
 # the UAPI headers, so Debian's headers serve a newer running kernel.

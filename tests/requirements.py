@@ -81,6 +81,8 @@ BIRDC = tool("birdc", package="Debian bird2")
 IPROUTE = tool("ip", package="Debian iproute2")
 TCPDUMP = tool("tcpdump", package="Debian tcpdump")
 ETHTOOL = tool("ethtool", package="Debian ethtool")
+PROMTOOL = tool("promtool", package="Debian prometheus")
+PROMETHEUS = tool("prometheus", package="Debian prometheus")
 # Debian 12 does not package kubectl; the machine image has one (google-cloud-cli's).
 KUBECTL = tool("kubectl", package="the machine image's kubectl")
 EXABGP = module("exabgp", package="the bgp extra: pip install -e '.[bgp]'")

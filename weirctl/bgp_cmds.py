@@ -1,4 +1,6 @@
-"""weirctl bgp peers: every node's BGP sessions, as its agent last reported them.
+"""weirctl bgp peers: every node's BGP sessions, as its agent last reported them, with the
+BFD session beside each (its state and the intervals in use: how often the node sends, how
+often the peer sends, and the silence after which the path counts as down).
 
 The controller keeps each agent's last NodeStatus; `ListAgents` returns them. A session
 of an agent that is no longer connected is shown with its last known state, marked stale.
@@ -18,7 +20,7 @@ from weir.ctl.controller_cmds import TIMEOUT, age, table
 def register(sub: argparse._SubParsersAction) -> None:
     bgp = sub.add_parser("bgp", help="BGP sessions of the load-balancer nodes")
     bgp_sub = bgp.add_subparsers(dest="bgp_command", required=True)
-    p = bgp_sub.add_parser("peers", help="per node: peer, state, uptime, routes sent")
+    p = bgp_sub.add_parser("peers", help="per node: peer, state, uptime, routes sent, BFD")
     p.add_argument("--node", help="only this node")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     add_tls_args(p)
@@ -38,19 +40,29 @@ def peers_cmd(args: argparse.Namespace) -> int:
 
 
 def format_peers(agents: list[pb.AgentInfo]) -> str:
-    rows: list[tuple[str, str, str, str, str, str | int]] = []
+    rows: list[tuple[str, str, str, str, str, str | int, str]] = []
     for a in agents:
         node = a.node + ("" if a.connected else " (stale)")
         if a.status.draining:
             node += " (draining)"
         if not a.status.bgp_sessions:
-            rows.append((node, "-", "-", "no BGP peers", "-", "-"))
+            rows.append((node, "-", "-", "no BGP peers", "-", "-", "-"))
         for s in a.status.bgp_sessions:
             uptime = age(s.uptime_seconds) if s.state == "established" else "-"
-            rows.append((node, s.peer, s.address, s.state, uptime, s.routes_sent))
+            rows.append((node, s.peer, s.address, s.state, uptime, s.routes_sent, bfd(s)))
     if not rows:
         return "no agents"
-    return table(("NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES SENT"), rows)
+    return table(("NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES SENT", "BFD"), rows)
+
+
+def bfd(s: pb.BGPSessionStatus) -> str:
+    """ "up tx/rx/detect 100/100/300 ms", "down (control detection time expired)", "-"."""
+    if not s.bfd_state:
+        return "-"
+    if s.bfd_state != "up":
+        reason = s.bfd_diagnostic if s.bfd_diagnostic not in ("", "none") else ""
+        return f"{s.bfd_state} ({reason})" if reason else s.bfd_state
+    return f"up tx/rx/detect {s.bfd_transmit_ms}/{s.bfd_receive_ms}/{s.bfd_detect_ms} ms"
 
 
 def peers_json(agents: list[pb.AgentInfo]) -> str:

@@ -24,6 +24,7 @@ GROUPS = (
     "weir.ctl.bpf_cmds",
     "weir.ctl.bgp_cmds",
     "weir.ctl.node_cmds",
+    "weir.ctl.flows_cmds",
     "weir.ctl.health_cmds",
 )
 

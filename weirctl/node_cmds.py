@@ -5,7 +5,8 @@ nodes without breaking) and put it back.
 The controller records the setting (Kubernetes: the Node annotation weir.dev/drain, durable
 and the same on every replica; file source: in memory until it restarts) and publishes a
 version carrying it. weirctl then waits, at most --timeout seconds, until the node's agent
-reports it: draining with nothing announced, or no longer draining.
+reports it: draining with nothing announced, or no longer draining with its routes sent
+again on every established session (what it then prints is what the routers were told).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def reached(agent: pb.AgentInfo, drain: bool, version: int) -> bool:
         return False
     if drain:
         return status.draining and not status.announced
-    return not status.draining
+    return not status.draining and status.routes_settled
 
 
 def describe(agent: pb.AgentInfo) -> str:

@@ -5,7 +5,10 @@ router id come from its peers and its addresses. Every node with peers announces
 has at least one usable backend (the agent announces only what its data plane applied). Without
 BGPAdvertisement objects every such VIP goes to every peer with no attributes; with them, a VIP
 goes to a peer only through an advertisement that selects both, with the union of their
-communities and the highest local preference. A drained node (Node annotation
+communities, the highest local preference, the lowest MED and the longest AS-path prepend.
+Local preference goes to iBGP peers only and AS-path prepending to eBGP peers only (an iBGP
+peer would see its own ASN in the path and drop the route): an advertisement asking for
+them elsewhere is reported, and the route goes without them. A drained node (Node annotation
 weir.dev/drain: "true", or drained in memory through weirctl with the file source) keeps its
 peers and advertisements with `drain` set: its agent withdraws everything and keeps forwarding.
 """
@@ -17,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weir.common.pb import pb
-from weir.controller.core.crds import BGP_PEER, BGPAdvertisement, BGPPeer, IPPool
+from weir.controller.core.crds import BGP_ADVERTISEMENT, BGP_PEER, BGPAdvertisement, BGPPeer, IPPool
 from weir.controller.core.objects import NODE
 from weir.controller.core.state import ClusterInputs
 
@@ -38,7 +41,7 @@ def node_configs(
     vips: the VIPs that have at least one usable backend, with the Services behind them.
     """
     peers_of = _peers_by_node(inputs, error)
-    ads = _Advertisements(inputs, vips)
+    ads = _Advertisements(inputs, vips, error)
     out: list[pb.NodeBGP] = []
     for node_name in sorted(peers_of):
         node = inputs.nodes[node_name]
@@ -51,7 +54,7 @@ def node_configs(
             local_asn=chosen[0][0].local_asn,
             router_id=router_id,
             peers=[msg for _, msg in chosen],
-            advertisements=ads.for_peers(tuple(p.name for p, _ in chosen)),
+            advertisements=ads.for_peers(tuple((p.name, p.ebgp) for p, _ in chosen)),
             drain=node.drain or node_name in inputs.drained,
         )
         out.append(pb.NodeBGP(node=node_name, bgp=cfg))
@@ -83,6 +86,15 @@ def _peers_by_node(
             graceful_restart=peer.graceful_restart,
             graceful_restart_time_seconds=peer.restart_time if peer.graceful_restart else 0,
         )
+        if peer.bfd is not None:
+            msg.bfd.CopyFrom(
+                pb.BFD(
+                    min_transmit_ms=peer.bfd.transmit_ms,
+                    min_receive_ms=peer.bfd.receive_ms,
+                    detect_multiplier=peer.bfd.multiplier,
+                    required=peer.bfd.required,
+                )
+            )
         for n in matched:
             by_node.setdefault(n.name, []).append((peer, msg))
     return by_node
@@ -148,46 +160,87 @@ def prefix_of(vip: str) -> str:
     return f"{vip}/128" if ":" in vip else f"{vip}/32"
 
 
-class _Advertisements:
-    """Advertisement lists, computed once per distinct set of peer names."""
+@dataclass(frozen=True, slots=True)
+class _Attributes:
+    communities: tuple[str, ...]
+    local_pref: int
+    med: int | None
+    prepend: int
+    sources: tuple[str, ...]  # the BGPAdvertisements merged
 
-    def __init__(self, inputs: ClusterInputs, vips: Sequence[AnnouncedVip]) -> None:
+
+class _Advertisements:
+    """Advertisement lists, computed once per distinct set of peers."""
+
+    def __init__(
+        self, inputs: ClusterInputs, vips: Sequence[AnnouncedVip], error: ErrorSink
+    ) -> None:
         self._ads = [inputs.bgp_advertisements[n] for n in sorted(inputs.bgp_advertisements)]
         self._pools = [inputs.pools[n] for n in sorted(inputs.pools)]
         self._vips = sorted(vips, key=lambda v: prefix_of(v.vip))
+        self._error = error
         self._matching: list[list[BGPAdvertisement]] | None = None
-        self._by_peers: dict[tuple[str, ...], list[pb.Advertisement]] = {}
+        self._by_peers: dict[tuple[tuple[str, bool], ...], list[pb.Advertisement]] = {}
 
-    def for_peers(self, peers: tuple[str, ...]) -> list[pb.Advertisement]:
+    def for_peers(self, peers: tuple[tuple[str, bool], ...]) -> list[pb.Advertisement]:
+        """peers: (name, eBGP) of each peer of a node."""
         cached = self._by_peers.get(peers)
         if cached is None:
             cached = self._by_peers[peers] = self._build(peers)
         return cached
 
-    def _build(self, peers: tuple[str, ...]) -> list[pb.Advertisement]:
+    def _build(self, peers: tuple[tuple[str, bool], ...]) -> list[pb.Advertisement]:
         if not self._ads:
             return [pb.Advertisement(prefix=prefix_of(v.vip)) for v in self._vips]
         if self._matching is None:
             self._matching = [self._select(v) for v in self._vips]
         out: list[pb.Advertisement] = []
         for v, matching in zip(self._vips, self._matching, strict=True):
-            groups: dict[tuple[tuple[str, ...], int], list[str]] = {}
-            for peer in peers:
+            groups: dict[_Attributes, list[str]] = {}
+            for peer, ebgp in peers:
                 chosen = [a for a in matching if not a.peers or peer in a.peers]
                 if chosen:
-                    communities = tuple(sorted({c for a in chosen for c in a.communities}))
-                    local_pref = max(a.local_pref for a in chosen)
-                    groups.setdefault((communities, local_pref), []).append(peer)
-            for (communities, local_pref), group in sorted(groups.items(), key=lambda g: g[1]):
-                out.append(
-                    pb.Advertisement(
-                        prefix=prefix_of(v.vip),
-                        communities=communities,
-                        local_preference=local_pref,
-                        peers=[] if len(group) == len(peers) else group,
-                    )
+                    groups.setdefault(self._merge(chosen, peer, ebgp), []).append(peer)
+            for attrs, group in sorted(groups.items(), key=lambda g: g[1]):
+                ad = pb.Advertisement(
+                    prefix=prefix_of(v.vip),
+                    communities=attrs.communities,
+                    local_preference=attrs.local_pref,
+                    as_path_prepend=attrs.prepend,
+                    sources=attrs.sources,
+                    peers=[] if len(group) == len(peers) else group,
                 )
+                if attrs.med is not None:
+                    ad.med = attrs.med
+                out.append(ad)
         return out
+
+    def _merge(self, chosen: list[BGPAdvertisement], peer: str, ebgp: bool) -> _Attributes:
+        for a in chosen:
+            if ebgp and a.local_pref:
+                self._error(
+                    BGP_ADVERTISEMENT,
+                    "",
+                    a.name,
+                    f"localPref {a.local_pref} applies to iBGP peers only; not sent to the "
+                    f"eBGP peer {peer} (use med or asPathPrepend to steer an eBGP peer)",
+                )
+            if not ebgp and a.as_path_prepend:
+                self._error(
+                    BGP_ADVERTISEMENT,
+                    "",
+                    a.name,
+                    f"asPathPrepend applies to eBGP peers only; not done towards the iBGP "
+                    f"peer {peer}",
+                )
+        meds = [a.med for a in chosen if a.med is not None]
+        return _Attributes(
+            communities=tuple(sorted({c for a in chosen for c in a.communities})),
+            local_pref=0 if ebgp else max(a.local_pref for a in chosen),
+            med=min(meds) if meds else None,
+            prepend=max(a.as_path_prepend for a in chosen) if ebgp else 0,
+            sources=tuple(a.name for a in chosen),
+        )
 
     def _select(self, v: AnnouncedVip) -> list[BGPAdvertisement]:
         addr = ipaddress.ip_address(v.vip)

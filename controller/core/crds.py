@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from weir.common import communities
 from weir.controller.core.parsing import (
     NOT_VIPS,
     ParseError,
@@ -182,6 +183,9 @@ class BGPPeer:
     nodeSelector: {matchLabels, matchExpressions}   (default: every Node)
     passwordSecretRef: {namespace, name, key}       (key defaults to "password")
     gracefulRestart: {enabled: true, restartTime: 120}   (restartTime 1..4095 s)
+    bfd: {transmitInterval: 300, receiveInterval: 300, detectMultiplier: 3, required: false}
+        (milliseconds, 10..60000; multiplier 2..255; `bfd: {}` is BFD with these defaults;
+        required: announce nothing to the peer unless its BFD session is up)
     """
 
     name: str
@@ -195,6 +199,39 @@ class BGPPeer:
     password_secret: SecretRef | None
     graceful_restart: bool
     restart_time: int
+    bfd: BFDProfile | None = None
+
+    @property
+    def ebgp(self) -> bool:
+        return self.peer_asn != self.local_asn
+
+
+@dataclass(frozen=True, slots=True)
+class BFDProfile:
+    transmit_ms: int
+    receive_ms: int
+    multiplier: int
+    required: bool
+
+
+def _bfd(raw: Any) -> BFDProfile | None:
+    if raw is None:
+        return None
+    spec = mapping(raw, "spec.bfd")
+    if not boolean(spec.get("enabled"), "spec.bfd.enabled", default=True):
+        return None
+    return BFDProfile(
+        transmit_ms=integer(
+            spec.get("transmitInterval"), "spec.bfd.transmitInterval", 10, 60000, default=300
+        ),
+        receive_ms=integer(
+            spec.get("receiveInterval"), "spec.bfd.receiveInterval", 10, 60000, default=300
+        ),
+        multiplier=integer(
+            spec.get("detectMultiplier"), "spec.bfd.detectMultiplier", 2, 255, default=3
+        ),
+        required=boolean(spec.get("required"), "spec.bfd.required", default=False),
+    )
 
 
 def parse_bgp_peer(obj: Mapping[str, Any]) -> BGPPeer:
@@ -237,6 +274,7 @@ def parse_bgp_peer(obj: Mapping[str, Any]) -> BGPPeer:
         restart_time=seconds(
             gr.get("restartTime"), "spec.gracefulRestart.restartTime", 1, 4095, default=120
         ),
+        bfd=_bfd(spec.get("bfd")),
     )
 
 
@@ -246,8 +284,11 @@ class BGPAdvertisement:
     ipAddressPools: [pool names]              (both empty: VIPs of any pool, or of none)
     ipAddressPoolSelectors: [label selectors] (on LoadBalancerIPPool labels)
     serviceSelectors: [label selectors]       (empty: any Service)
-    communities: ["65000:100", "65000:1:2", "no-export"]
-    localPref: 100                            (0: unset)
+    communities: ["65000:100", "65000:1:2", "no-export"]   (weir.common.communities)
+    localPref: 100                            (0: unset; iBGP peers only)
+    med: 50                                   (MULTI_EXIT_DISC; unset: not sent)
+    asPathPrepend: 2                          (times the local ASN is prepended, 0..10;
+                                               eBGP peers only)
     peers: [BGPPeer names]                    (empty: every peer of the node)
     """
 
@@ -255,14 +296,14 @@ class BGPAdvertisement:
     pools: tuple[str, ...]
     pool_selectors: tuple[LabelSelector, ...]
     service_selectors: tuple[LabelSelector, ...]
-    communities: tuple[str, ...]  # sorted, deduplicated
+    communities: tuple[str, ...]  # canonical (weir.common.communities), sorted, deduplicated
     local_pref: int
     peers: tuple[str, ...]
+    med: int | None = None
+    as_path_prepend: int = 0
 
 
-WELL_KNOWN_COMMUNITIES = frozenset(
-    ("no-export", "no-advertise", "no-export-subconfed", "no-peer", "blackhole")
-)
+MAX_PREPEND = 10
 
 
 def parse_bgp_advertisement(obj: Mapping[str, Any]) -> BGPAdvertisement:
@@ -284,22 +325,18 @@ def parse_bgp_advertisement(obj: Mapping[str, Any]) -> BGPAdvertisement:
         communities=tuple(communities),
         local_pref=integer(spec.get("localPref"), "spec.localPref", 0, 2**32 - 1, default=0),
         peers=_names(spec.get("peers"), "spec.peers"),
+        med=None if spec.get("med") is None else integer(spec.get("med"), "spec.med", 0, 2**32 - 1),
+        as_path_prepend=integer(
+            spec.get("asPathPrepend"), "spec.asPathPrepend", 0, MAX_PREPEND, default=0
+        ),
     )
 
 
 def _community(value: Any, path: str) -> str:
-    """Standard (ASN:value, 16 bits each) or large (three 32-bit parts) community."""
-    text = string(value, path, required=True).strip().lower()
-    if text in WELL_KNOWN_COMMUNITIES:
-        return text
-    parts = text.split(":")
-    limit = {2: 0xFFFF, 3: 0xFFFFFFFF}.get(len(parts))
-    if limit is None or not all(p.isdigit() and int(p) <= limit for p in parts):
-        raise ParseError(
-            f'{path}: {value!r} is not a community ("65000:100", "65000:1:2" or a '
-            f"well-known name such as no-export)"
-        )
-    return ":".join(str(int(p)) for p in parts)
+    try:
+        return communities.parse(string(value, path, required=True)).text
+    except ValueError as e:
+        raise ParseError(f"{path}: {e}") from None
 
 
 def _names(raw: Any, path: str) -> tuple[str, ...]:

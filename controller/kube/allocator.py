@@ -42,7 +42,14 @@ from weir.controller.kube.api import (
     write,
 )
 from weir.controller.kube.conditions import condition, now
-from weir.controller.kube.ipam import CONDITION, Allocation, IPAMResult, allocate, handles
+from weir.controller.kube.ipam import (
+    CONDITION,
+    Allocation,
+    IPAMResult,
+    PoolUsage,
+    allocate,
+    handles,
+)
 from weir.controller.kube.poolstatus import current_status, desired_status, finalizers_after, news
 
 log = get_logger("weir.allocator")
@@ -73,7 +80,9 @@ class Allocator:
         debounce: float = 0.05,
         retry: float = 2.0,
         concurrency: int = 8,
+        on_pools: Callable[[Mapping[str, PoolUsage]], None] | None = None,
     ) -> None:
+        """on_pools: told every pool's usage after each allocation (metrics)."""
         if not WATCHED_KINDS <= state.kinds:
             raise ValueError(f"the allocator needs a state that keeps {sorted(WATCHED_KINDS)}")
         self.api, self.state = api, state
@@ -84,6 +93,7 @@ class Allocator:
         self.retry = retry
         self._slots = asyncio.Semaphore(concurrency)
         self._changes = state.changes_of(WATCHED_KINDS)
+        self._on_pools = on_pools
 
     async def run(self) -> None:
         seen = self._changes.value
@@ -121,6 +131,8 @@ class Allocator:
         except Exception:  # an IPAM bug must not take the controller down: retry later
             log.exception("allocation failed; keeping the current statuses")
             return False
+        if self._on_pools is not None:
+            self._on_pools(result.pools)
         writes: list[Awaitable[bool]] = []
         for key, alloc in result.allocations.items():
             if _differs(services[key], alloc):

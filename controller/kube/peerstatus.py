@@ -9,6 +9,14 @@ BGPPeer status subresource.
           establishedSince: "2026-01-01T10:00:00Z"   # only while established
           routesSent: 3
           draining: false
+          bfd:                  # only with BFD: states and intervals in use (ms)
+            state: up           # down, init, up, admin_down
+            remoteState: up
+            diagnostic: none
+            transmitInterval: 100
+            receiveInterval: 100
+            detectTime: 300
+          errors: []            # what the node cannot announce to this peer
           reporter: weir-controller-7d9-x2k4   # the replica the node's agent is connected to
           observedTime: "2026-01-01T10:05:00Z"
 
@@ -142,6 +150,22 @@ class PeerStatusWriter:
             "routesSent": s.routes_sent,
             "draining": agent.status.draining,
         }
+        if s.bfd_state:
+            entry["bfd"] = {
+                "state": s.bfd_state,
+                "remoteState": s.bfd_remote_state,
+                "diagnostic": s.bfd_diagnostic,
+                "transmitInterval": s.bfd_transmit_ms,
+                "receiveInterval": s.bfd_receive_ms,
+                "detectTime": s.bfd_detect_ms,
+            }
+        errors = [
+            e.message
+            for e in agent.status.bgp_errors
+            if (e.kind, e.name) == ("BGPPeer", s.peer) or f"to peer {s.peer}:" in e.message
+        ]
+        if errors:
+            entry["errors"] = errors
         if s.state == "established":
             key = (s.peer, agent.node)
             start = now - s.uptime_seconds

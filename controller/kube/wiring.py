@@ -249,15 +249,20 @@ class KubernetesParts:
             default_class=self.args.default_class,
             instance=self.identity,
             fence=lambda: self.source.resync(WATCHED_KINDS),
+            on_pools=plane.metrics.set_pools,
         )
         peer_status = PeerStatusWriter(
             self.api, plane, state, reporter=self.identity, refresh=self.args.peer_status_refresh
         )
 
         async def lead() -> None:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(allocator.run(), name="allocator")
-                tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
+            plane.metrics.leader.set(1)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(allocator.run(), name="allocator")
+                    tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
+            finally:
+                plane.metrics.leader.set(0)
 
         # Every replica writes the status of its own agents: they are connected to it only.
         tasks: dict[str, Coroutine[Any, Any, None]] = {"bgppeer-status": peer_status.run()}

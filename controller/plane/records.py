@@ -49,6 +49,7 @@ def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
         applied_version=status.applied_version,
         dataplane_healthy=status.dataplane_healthy,
         draining=status.draining,
+        routes_settled=status.routes_settled,
         maps=[
             pb.MapUsage(name=clip(m.name, NAME_CHARS), used=m.used, capacity=m.capacity)
             for m in status.maps[:MAX_MAPS]
@@ -60,8 +61,22 @@ def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
                 state=clip(s.state, SHORT_CHARS),
                 uptime_seconds=s.uptime_seconds,
                 routes_sent=s.routes_sent,
+                bfd_state=clip(s.bfd_state, SHORT_CHARS),
+                bfd_remote_state=clip(s.bfd_remote_state, SHORT_CHARS),
+                bfd_diagnostic=clip(s.bfd_diagnostic, SHORT_CHARS),
+                bfd_transmit_ms=s.bfd_transmit_ms,
+                bfd_receive_ms=s.bfd_receive_ms,
+                bfd_detect_ms=s.bfd_detect_ms,
             )
             for s in status.bgp_sessions[:MAX_SESSIONS]
+        ],
+        bgp_errors=[
+            pb.ObjectError(
+                kind=clip(e.kind, SHORT_CHARS),
+                name=clip(e.name, NAME_CHARS),
+                message=clip(e.message, MESSAGE_CHARS),
+            )
+            for e in status.bgp_errors[:MAX_ERRORS]
         ],
         announced=[clip(p, SHORT_CHARS) for p in status.announced[:MAX_ANNOUNCED]],
         service_errors=bounded_errors(status.service_errors),
@@ -78,3 +93,14 @@ def bounded_status(status: pb.NodeStatus) -> pb.NodeStatus:
             for f in status.health_failing[:MAX_HEALTH_FAILING]
         ],
     )
+
+
+def agent_errors(agents: Iterable[pb.AgentInfo]) -> list[pb.ObjectError]:
+    """What connected agents report they cannot do with their BGP settings, against the
+    object each problem came from, naming the node."""
+    return [
+        pb.ObjectError(kind=e.kind, name=e.name, message=f"node {a.node}: {e.message}")
+        for a in agents
+        if a.connected
+        for e in a.status.bgp_errors
+    ]

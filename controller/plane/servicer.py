@@ -64,6 +64,7 @@ from weir.controller.plane.identity import NodeCertificates, NodeIdentityRefused
 from weir.controller.plane.records import (
     ERROR_CHARS,
     SHORT_CHARS,
+    agent_errors,
     bounded_errors,
     bounded_status,
 )
@@ -326,6 +327,8 @@ class NodePlane:
         self._sessions[node] = session
         self._remember(info)
         self.metrics.connected_agents.set(len(self._sessions))
+        self.metrics.agent_connected.labels(node).set(1)
+        self.metrics.agent_nacks.labels(node)  # 0 from the start: rate() sees the first
         self._acked_changed(info)
         session.wake.set()
         self._log_agent(
@@ -348,7 +351,7 @@ class NodePlane:
             if oldest is None:
                 break  # all connected: _accept keeps them within max_agents
             del self._agents[oldest]
-            self.metrics.agent_lag.remove(oldest)
+            self.metrics.forget_agent(oldest)
             self._lag_gauges.pop(oldest, None)
 
     def _record_refusal(self, hello: pb.Hello, peer: str, reason: str) -> None:
@@ -373,6 +376,8 @@ class NodePlane:
         if self._sessions.get(node) is session:
             del self._sessions[node]
         self.metrics.connected_agents.set(len(self._sessions))
+        if node not in self._sessions:
+            self.metrics.agent_connected.labels(node).set(0)
         self._changes.bump()
         self._log_agent(
             "agent disconnected", node, level="info", reason=session.end_reason or "stream ended"
@@ -389,6 +394,7 @@ class NodePlane:
                 self._on_ack(session, msg.ack)
             elif kind == "status":
                 session.info.status.CopyFrom(bounded_status(msg.status))
+                self._status_metrics(session.info)
                 self._changes.bump()
             else:
                 self._log_agent("unexpected message on agent stream", session.info.node, kind=kind)
@@ -409,6 +415,9 @@ class NodePlane:
         del info.service_errors[:]
         info.service_errors.extend(errors)
         info.error = clip(ack.error, ERROR_CHARS)
+        if ack.error or ack.service_errors:
+            self.metrics.agent_nacks.labels(info.node).inc()
+        self.metrics.agent_service_errors.labels(info.node).set(len(ack.service_errors))
         if ack.error:
             # The agent could not apply the version at all: start it over from scratch.
             session.need_full = True
@@ -443,8 +452,18 @@ class NodePlane:
             fields["suppressed"] = dropped
         getattr(log, level)(event, node=node, **fields)
 
+    def _status_metrics(self, info: pb.AgentInfo) -> None:
+        status = info.status
+        self.metrics.agent_service_errors.labels(info.node).set(len(status.service_errors))
+        self.metrics.set_bgp_sessions(
+            info.node,
+            {s.peer: s.state == "established" for s in status.bgp_sessions},
+            {s.peer: s.bfd_state == "up" for s in status.bgp_sessions if s.bfd_state},
+        )
+
     def _acked_changed(self, info: pb.AgentInfo) -> None:
         self._lag(info.node).set(self.store.version - info.acked_version)
+        self.metrics.agent_acked_version.labels(info.node).set(info.acked_version)
         for version, pending, future in self._ack_waiters:
             if info.acked_version >= version:
                 pending.discard(info.node)
@@ -548,7 +567,10 @@ class NodePlane:
         self, request: pb.ListErrorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListErrorsResponse:
         await self._require_identity(context)
-        errors = sorted(self._errors(), key=lambda e: (e.kind, e.namespace, e.name, e.message))
+        errors = sorted(
+            [*self._errors(), *agent_errors(self._agents.values())],
+            key=lambda e: (e.kind, e.namespace, e.name, e.message),
+        )
         return pb.ListErrorsResponse(errors=errors)
 
     async def GetControllerStatus(

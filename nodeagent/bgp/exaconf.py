@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 from collections.abc import Sequence
 
 from weir.nodeagent.bgp.config import Peer, Route, SpeakerConfig
 
 PROCESS = "weir"  # the API helper process (nodeagent/bgp/relay.py)
+DEFAULT_HOLD_TIME = 180  # ExaBGP's, when the peer sets none
 
 
 def attributes(route: Route, next_hop: str) -> str:
@@ -25,6 +27,10 @@ def attributes(route: Route, next_hop: str) -> str:
         parts.append(f"large-community [ {' '.join(route.large_communities)} ]")
     if route.local_preference:
         parts.append(f"local-preference {route.local_preference}")
+    if route.med is not None:
+        parts.append(f"med {route.med}")
+    if route.as_path:
+        parts.append(f"as-path [ {' '.join(map(str, route.as_path))} ]")
     return " ".join(parts)
 
 
@@ -60,8 +66,12 @@ def _neighbor(cfg: SpeakerConfig, peer: Peer) -> list[str]:
     if peer.password:
         key = base64.b64encode(peer.password.encode()).decode()
         lines += [f"  md5-password {key};", "  md5-base64 true;"]
+    # Route refresh: a router may ask for our routes again (`clear bgp soft in`) without
+    # keeping a copy of everything it received.
+    capabilities = ["route-refresh enable;"]
     if peer.graceful_restart_time:
-        lines.append(f"  capability {{ graceful-restart {peer.graceful_restart_time}; }}")
+        capabilities.append(f"graceful-restart {peer.graceful_restart_time};")
+    lines.append(f"  capability {{ {' '.join(capabilities)} }}")
     lines += [
         f"  family {{ {family}; }}",
         f"  api {{ processes [ {PROCESS} ]; neighbor-changes; fsm; send {{ parsed; update; }} }}",
@@ -83,6 +93,19 @@ def render(cfg: SpeakerConfig, helper: Sequence[str]) -> str:
     for peer in cfg.peers:
         lines += [*_neighbor(cfg, peer), ""]
     return "\n".join(lines)
+
+
+def keepalives(cfg: SpeakerConfig) -> str:
+    """The keepalive file of exabgp_main.py: {peer address: [keepalive, hold time]} for the
+    peers whose keepalive time is set (ExaBGP's configuration has no such setting)."""
+    return json.dumps(
+        {
+            p.address: [p.keepalive_time, p.hold_time or DEFAULT_HOLD_TIME]
+            for p in cfg.peers
+            if p.keepalive_time
+        },
+        sort_keys=True,
+    )
 
 
 def normalise_prefix(prefix: str) -> str:

@@ -37,6 +37,12 @@ class BGPHook(Protocol):
 
     def announced(self) -> list[str]: ...
 
+    def errors(self) -> list[pb.ObjectError]:
+        """What the node's BGP settings ask for and the speaker cannot do."""
+
+    def settled(self) -> bool:
+        """Every established session carries the routes wanted now."""
+
     @property
     def draining(self) -> bool: ...
 
@@ -55,6 +61,12 @@ class NoBGP:
 
     def announced(self) -> list[str]:
         return []
+
+    def errors(self) -> list[pb.ObjectError]:
+        return []
+
+    def settled(self) -> bool:
+        return True
 
     @property
     def draining(self) -> bool:
@@ -89,6 +101,15 @@ class AgentBGP:
 
     def announced(self) -> list[str]:
         return self.speaker.announced()
+
+    def errors(self) -> list[pb.ObjectError]:
+        return [
+            pb.ObjectError(kind=p.kind, name=p.name, message=p.message)
+            for p in self.speaker.errors()
+        ]
+
+    def settled(self) -> bool:
+        return self.speaker.in_sync()
 
     @property
     def draining(self) -> bool:

@@ -24,9 +24,11 @@ from pathlib import Path
 
 from weir.common.logs import get_logger
 from weir.nodeagent.bgp.events import Answer, Message, parse_line
+from weir.nodeagent.bgp.exabgp_main import KEEPALIVE_ENV
 from weir.nodeagent.bgp.waiting import first_done
 
 RELAY = Path(__file__).with_name("relay.py")
+EXABGP = Path(__file__).with_name("exabgp_main.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STOP_TIMEOUT = 5.0  # for ExaBGP to send its Cease and exit after SIGTERM
 log = get_logger("weir.bgp.exabgp")
@@ -41,7 +43,7 @@ class ExaBGPOptions:
     """How to run ExaBGP. `prefix` runs it under another command (tests use
     `ip netns exec NAME` to put it in a node's namespace)."""
 
-    command: Sequence[str] = (sys.executable, "-m", "exabgp")
+    command: Sequence[str] = (sys.executable, str(EXABGP))
     prefix: Sequence[str] = ()
     # Started as root, ExaBGP drops to this user once its API helper runs (the helper
     # stays root, so the API socket can stay root-only). None: keep the agent's user.
@@ -52,10 +54,11 @@ class ExaBGPOptions:
     env: dict[str, str] = field(default_factory=dict)  # extra exabgp.* settings
 
 
-def _environment(opts: ExaBGPOptions) -> dict[str, str]:
+def _environment(opts: ExaBGPOptions, keepalive_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
+            KEEPALIVE_ENV: str(keepalive_path),
             # We supervise it: no daemonising, no CLI named pipes in /run shared by every
             # instance. drop=false starts the API helper before the privilege drop.
             "exabgp_daemon_daemonize": "false",
@@ -94,6 +97,7 @@ class ExaBGPProcess:
         self, workdir: Path, opts: ExaBGPOptions, on_message: Callable[[Message], None]
     ) -> None:
         self.config_path = workdir / "exabgp.conf"
+        self.keepalive_path = workdir / "keepalive.json"
         self.socket_path = workdir / "api.sock"
         self._opts = opts
         self._on_message = on_message
@@ -113,9 +117,10 @@ class ExaBGPProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    async def start(self, config: str) -> None:
-        """Write the configuration, start ExaBGP, return once its API helper is connected."""
-        await asyncio.to_thread(self._write_config, config)
+    async def start(self, config: str, keepalives: str) -> None:
+        """Write the configuration (ExaBGP's, and the keepalive file of exabgp_main.py),
+        start ExaBGP, return once its API helper is connected."""
+        await asyncio.to_thread(self._write_config, config, keepalives)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
@@ -132,7 +137,7 @@ class ExaBGPProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=_environment(self._opts),
+            env=_environment(self._opts, self.keepalive_path),
             start_new_session=True,  # our signals (Ctrl-C) do not reach it: we stop it
         )
         self._tasks.append(asyncio.create_task(self._pump_log(), name="exabgp-log"))
@@ -146,10 +151,15 @@ class ExaBGPProcess:
         if connected.cancelled():
             raise ExaBGPError(f"exabgp exited at start with code {self._proc.returncode}")
 
-    def _write_config(self, text: str) -> None:
-        """Write the config so that ExaBGP can read it again after dropping privileges
-        (a reload), and nobody else can: it holds the MD5 keys."""
-        tmp = self.config_path.with_suffix(".tmp")
+    def _write_config(self, config: str, keepalives: str) -> None:
+        # The keepalive file first: sessions a reload re-establishes read it.
+        self._write(self.keepalive_path, keepalives)
+        self._write(self.config_path, config)
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write a file so that ExaBGP can read it again after dropping privileges (a
+        reload), and nobody else can: the config holds the MD5 keys."""
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(0o400)
         if os.geteuid() == 0 and self._opts.user:
@@ -158,9 +168,9 @@ class ExaBGPProcess:
             except KeyError:
                 raise ExaBGPError(f"no user {self._opts.user!r} for ExaBGP to run as") from None
             os.chown(tmp, user.pw_uid, user.pw_gid)
-            self.config_path.parent.chmod(0o711)  # reachable, not listable
-            _check_reachable(self.config_path.parent, user.pw_uid)
-        tmp.replace(self.config_path)  # ExaBGP never reads a half-written file
+            path.parent.chmod(0o711)  # reachable, not listable
+            _check_reachable(path.parent, user.pw_uid)
+        tmp.replace(path)  # ExaBGP never reads a half-written file
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:  # only one helper per run; a second one is not ours
@@ -194,6 +204,11 @@ class ExaBGPProcess:
             if text:
                 log.info("exabgp", line=text)
 
+    async def teardown(self, peer: str) -> bool:
+        """Close an established session at once with a Cease NOTIFICATION, subcode 10
+        "BFD Down" (RFC 9384): a router takes no NOTIFICATION for a graceful restart."""
+        return await self.command(f"neighbor {peer} teardown 10")
+
     async def command(self, line: str) -> bool:
         """Send one API command; True when ExaBGP answered "done", False for "error"."""
         if self._writer is None or self._lost.is_set():
@@ -209,10 +224,10 @@ class ExaBGPProcess:
         except ConnectionError as exc:
             raise ExaBGPError(f"API connection to exabgp lost: {exc}") from None
 
-    async def reload(self, config: str) -> bool:
+    async def reload(self, config: str, keepalives: str) -> bool:
         """Rewrite the configuration and have ExaBGP reload it: sessions whose settings did
         not change stay up, changed ones are re-established, new ones start."""
-        await asyncio.to_thread(self._write_config, config)
+        await asyncio.to_thread(self._write_config, config, keepalives)
         if not await self.command("reload"):
             return False
         # A reload that fails also stops the API helper; then this is never answered.

@@ -43,6 +43,15 @@ withdraws everything and waits until that is sent, then waits grace_seconds for 
 routers to converge while the data plane keeps forwarding; the agent then exits
 (stop(graceful=False)) or calls resume().
 
+BFD. Peers with BFD settings get a BFD session each (nodeagent/bfd: a daemon process of
+its own, so its timing does not depend on this event loop). When a BFD session that was up
+goes down, the BGP session is torn down at once with a NOTIFICATION (Cease, "BFD Down"),
+never left to end like a crash, so no router keeps our routes as for a graceful restart;
+ExaBGP connects again by itself, and the peer gets the routes again once BFD is back up.
+A peer whose BFD is `required` gets no routes unless its BFD session is up, from the
+start. The peer saying AdminDown is not a failure (RFC 5882): nothing is torn down, and
+the routes stay; nor is BFD taken off a peer (its settings removed) a failure.
+
 `on_change` is called (synchronously, from the event loop) whenever sessions() (apart
 from uptime), announced() or draining change: the agent sends a NodeStatus then.
 """
@@ -59,9 +68,10 @@ from pathlib import Path
 
 from weir.common.logs import get_logger
 from weir.common.pb import pb
+from weir.nodeagent.bfd import BFDMonitor, BFDOptions, Negotiated, State
 from weir.nodeagent.bgp import config as bgpconfig
 from weir.nodeagent.bgp import exaconf
-from weir.nodeagent.bgp.config import Route, SpeakerConfig
+from weir.nodeagent.bgp.config import Problem, Route, SpeakerConfig
 from weir.nodeagent.bgp.events import Message, NeighborEvent, SentUpdate
 from weir.nodeagent.bgp.process import ExaBGPError, ExaBGPOptions, ExaBGPProcess
 from weir.nodeagent.bgp.sessions import SessionTable
@@ -86,11 +96,13 @@ class BGPSpeaker:
         workdir: Path | None = None,
         default_router_id: str = "",
         options: ExaBGPOptions | None = None,
+        bfd_options: BFDOptions | None = None,
         on_change: Callable[[], object] | None = None,
     ) -> None:
         """workdir: where ExaBGP's config and API socket live (a private temporary
         directory when None, removed on stop). default_router_id: used when the config
-        has none (the node's IPv4 address)."""
+        has none (the node's IPv4 address). bfd_options: how to run the BFD daemon (by
+        default beside ExaBGP, under the same prefix)."""
         self._own_workdir = workdir is None
         self._workdir = workdir
         self._default_router_id = default_router_id
@@ -98,7 +110,8 @@ class BGPSpeaker:
         self._on_change = on_change
 
         self._cfg = SpeakerConfig()
-        self._errors: list[str] = []
+        self._errors: list[Problem] = []
+        self._refused: dict[tuple[str, str], Problem] = {}  # (peer, prefix): ExaBGP said no
         self._prefixes: set[str] = set()  # what the agent wants announced
         self._told = False  # the agent said what to announce at least once
         self._draining = False
@@ -111,6 +124,12 @@ class BGPSpeaker:
         self._local: dict[str, str] = {}
         self._rib: Rib = {}
         self._eor_due: set[str] = set()
+        self._bfd = BFDMonitor(
+            bfd_options or BFDOptions(prefix=self._opts.prefix), on_change=self._on_bfd
+        )
+        self._bfd_up: set[str] = set()  # peers whose BFD session is up (or AdminDown)
+        self._bfd_lost: set[str] = set()  # peers whose BFD went down, until it is up again
+        self._teardown_due: set[str] = set()  # BFD went down: close the BGP session
         self._proc: ExaBGPProcess | None = None
         self._wake = asyncio.Event()  # work for the supervisor
         self._tick = asyncio.Event()  # something changed (for waiters)
@@ -125,18 +144,20 @@ class BGPSpeaker:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="weir-bgp-"))
         self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self._bfd.start()
         self._task = asyncio.create_task(self._supervise(), name="bgp-speaker")
 
     async def configure(self, cfg: pb.BGPConfig) -> None:
         parsed, errors = bgpconfig.parse(cfg, self._default_router_id)
         for err in errors:
             if err not in self._errors:
-                log.error("bad BGP setting", error=err)
+                log.error("bad BGP setting", error=str(err))
         self._errors = errors
         if parsed != self._cfg:
             self._cfg = parsed
             if self._proc is None:  # otherwise the supervisor switches at the reload
                 self._sessions.set_peers(parsed.peers)
+            self._bfd.set_sessions({p.address: p.bfd.settings for p in parsed.peers if p.bfd})
             self._changed()
 
     async def announce(self, prefixes: set[str]) -> None:
@@ -184,7 +205,12 @@ class BGPSpeaker:
             await self._tick.wait()
 
     def sessions(self) -> list[pb.BGPSessionStatus]:
-        return self._sessions.status()
+        out = self._sessions.status()
+        with_bfd = {p.address for p in self._cfg.peers if p.bfd}
+        for s in out:
+            if s.address in with_bfd:
+                _show_bfd(s, self._bfd.status(s.address))
+        return out
 
     def announced(self) -> list[str]:
         """Prefixes announced on at least one session now."""
@@ -194,9 +220,15 @@ class BGPSpeaker:
     def draining(self) -> bool:
         return self._draining
 
-    def errors(self) -> list[str]:
-        """Problems with the last configuration (the bad parts were skipped)."""
-        return list(self._errors)
+    def errors(self) -> list[Problem]:
+        """Problems with the last configuration (the bad parts were skipped), and routes
+        ExaBGP refused."""
+        return [*self._errors, *(self._refused[k] for k in sorted(self._refused))]
+
+    def in_sync(self) -> bool:
+        """ExaBGP holds exactly the routes wanted now, and every established session has
+        been sent them."""
+        return self._in_sync()
 
     async def stop(self, graceful: bool) -> None:
         """graceful: keep our routes at graceful-restart peers (the agent restarts);
@@ -215,6 +247,9 @@ class BGPSpeaker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        # After ExaBGP: the peers learn of BFD going away (AdminDown, not a failure) only
+        # once the BGP sessions ended the way asked for.
+        await self._bfd.stop(admin_down=True)
         if self._own_workdir and self._workdir is not None:
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
 
@@ -223,7 +258,12 @@ class BGPSpeaker:
     def _plan(self) -> Plan:
         if self._draining or self._final:
             return self._cfg.routes_for(set())
-        return self._cfg.routes_for(self._prefixes)
+        plan = self._cfg.routes_for(self._prefixes)
+        for peer in self._cfg.peers:
+            if peer.bfd and peer.address not in self._bfd_up:
+                if peer.bfd.required or peer.address in self._bfd_lost:
+                    plan[peer.address] = {}  # not used until BFD says the path works
+        return plan
 
     def _should_run(self) -> bool:
         return self._stopping is None and self._cfg.enabled and self._told
@@ -266,10 +306,16 @@ class BGPSpeaker:
     def _notify(self) -> None:
         self._tick.set()
         key = (
-            [(s.peer, s.address, s.state, s.routes_sent) for s in self.sessions()],
+            [
+                (s.peer, s.address, s.state, s.routes_sent, s.bfd_state, s.bfd_remote_state,
+                 s.bfd_transmit_ms, s.bfd_receive_ms, s.bfd_detect_ms)
+                for s in self.sessions()
+            ],
             self.announced(),
             self._draining,
-        )
+            self._in_sync(),
+            len(self._refused),
+        )  # fmt: skip
         if key == self._status_key:
             return
         self._status_key = key
@@ -278,6 +324,29 @@ class BGPSpeaker:
                 self._on_change()
             except Exception:
                 log.exception("bgp on_change callback failed")
+
+    def _on_bfd(self, peer: str) -> None:
+        shown = self._bfd.status(peer)
+        # The peer taking BFD down on purpose (AdminDown) is no failure of the path.
+        up = shown is not None and (
+            shown.state == State.UP or shown.remote_state == State.ADMIN_DOWN
+        )
+        if not any(p.bfd and p.address == peer for p in self._cfg.peers):
+            self._bfd_up.discard(peer)  # BFD taken off the peer: no failure of the path
+            self._bfd_lost.discard(peer)
+        elif up and peer not in self._bfd_up:
+            log.info("bfd up", peer=peer)
+            self._bfd_up.add(peer)
+            self._bfd_lost.discard(peer)
+            self._wake.set()
+        elif not up and peer in self._bfd_up:
+            diag = shown.diag.label if shown is not None else "no BFD daemon"
+            log.warning("bfd down: closing the BGP session", peer=peer, diagnostic=diag)
+            self._bfd_up.discard(peer)
+            self._bfd_lost.add(peer)
+            self._teardown_due.add(peer)
+            self._wake.set()
+        self._notify()
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, SentUpdate):
@@ -332,7 +401,7 @@ class BGPSpeaker:
             self._sessions.set_peers(running.peers)
             self._wake.clear()
             self._proc = proc
-            await proc.start(exaconf.render(running, proc.helper()))
+            await proc.start(exaconf.render(running, proc.helper()), exaconf.keepalives(running))
             while True:
                 running = await self._sync(proc, running)
                 _, died = await first_done(self._wake.wait(), proc.wait())
@@ -351,6 +420,7 @@ class BGPSpeaker:
             self._local.clear()
             self._rib.clear()
             self._eor_due.clear()
+            self._teardown_due.clear()
             self._sessions.reset()
             self._sessions.set_peers(self._cfg.peers)
             self._notify()
@@ -365,6 +435,10 @@ class BGPSpeaker:
             if cfg.session_settings() != running.session_settings():
                 running = await self._reload(proc, running, cfg)
                 continue
+            for address in sorted(self._teardown_due):
+                self._teardown_due.discard(address)
+                if self._sessions.established(address) and not await proc.teardown(address):
+                    log.error("exabgp refused to close a session", peer=address)
             for address in list(self._rib):
                 await self._sync_peer(proc, address, plan.get(address, {}))
             for peer in cfg.peers:
@@ -372,7 +446,12 @@ class BGPSpeaker:
                     self._eor_due.discard(peer.address)
                     if self._sessions.established(peer.address):
                         await proc.command(exaconf.eor(peer))
-            if cfg is self._cfg and plan == self._plan() and not self._eor_due:
+            if (
+                cfg is self._cfg
+                and plan == self._plan()
+                and not self._eor_due
+                and not self._teardown_due
+            ):
                 self._notify()
                 return running
 
@@ -407,7 +486,7 @@ class BGPSpeaker:
         # Sessions may come up, and say so, before reload() returns: track the new peers
         # first, or their "up" (our local address, the End-of-RIB due) would be dropped.
         self._sessions.set_peers([*cfg.peers, *(old[a] for a in removed)])
-        if not await proc.reload(exaconf.render(cfg, proc.helper())):
+        if not await proc.reload(exaconf.render(cfg, proc.helper()), exaconf.keepalives(cfg)):
             raise ExaBGPError("exabgp refused to reload its configuration")
         self._sessions.set_peers(cfg.peers)
         self._notify()
@@ -424,10 +503,35 @@ class BGPSpeaker:
                 log.info("bgp withdraw", peer=peer, prefix=prefix)
             else:
                 log.error("exabgp refused a withdrawal", peer=peer, prefix=prefix)
+        for p, prefix in [k for k in self._refused if k[0] == peer and k[1] not in wanted]:
+            del self._refused[(p, prefix)]
         for prefix, (route, next_hop) in wanted.items():
             if rib.get(prefix) != (route, next_hop):
                 if await proc.command(exaconf.announce(peer, route, next_hop)):
                     rib[prefix] = (route, next_hop)
+                    self._refused.pop((peer, prefix), None)
                     log.info("bgp announce", peer=peer, prefix=prefix)
                 else:
                     log.error("exabgp refused an announcement", peer=peer, prefix=prefix)
+                    self._refused[(peer, prefix)] = self._refusal(peer, prefix)
+
+    def _refusal(self, address: str, prefix: str) -> Problem:
+        peer = next((p for p in self._cfg.peers if p.address == address), None)
+        name = peer.name if peer is not None else address
+        message = f"{prefix} to peer {name}: ExaBGP refused the announcement"
+        adv = self._cfg.advertisement(peer, prefix) if peer is not None else None
+        if adv is not None and adv.sources:
+            return Problem("BGPAdvertisement", ",".join(adv.sources), message)
+        return Problem("BGPPeer", name, message)
+
+
+def _show_bfd(status: pb.BGPSessionStatus, shown: Negotiated | None) -> None:
+    if shown is None:
+        status.bfd_state = State.DOWN.label
+        return
+    status.bfd_state = shown.state.label
+    status.bfd_remote_state = shown.remote_state.label
+    status.bfd_diagnostic = shown.diag.label
+    status.bfd_transmit_ms = shown.tx_us // 1000
+    status.bfd_receive_ms = shown.rx_us // 1000
+    status.bfd_detect_ms = shown.detect_us // 1000

@@ -120,6 +120,7 @@ class Dataplane:
         self._netns = _netns_id()  # where ifindex means our interface
         self.caps = caps
         self.xdp_mode = ""
+        self._node_mac = bytes(6)
         self._lock = threading.Lock()
         self._barrier = GraceBarrier()
         self._epoch = 0
@@ -167,7 +168,8 @@ class Dataplane:
                 dp.migrated = migrate.finish(migration, maps, migrate.fresh_key())
             elif not maps.layout_version():
                 migrate.record_version(maps)
-            dp._set_node_mac(node_mac)
+            dp._node_mac = node_mac
+            dp.set_flow_sampling(cfg.flow_sample)
             dp._set_conntrack_guard(cfg.conntrack_insert_rate)
             dp._load_state()
             dp.xdp_mode, _ = loader.attach(
@@ -200,7 +202,7 @@ class Dataplane:
                     loader.detach(
                         self._ifindex, self.cfg.interface, self.cfg.bpffs / layout.PROG_PIN
                     )
-                    for name in layout.MAPS:
+                    for name in (*layout.MAPS, layout.FLOW_LOG):
                         (self.cfg.bpffs / name).unlink(missing_ok=True)
             finally:
                 self._release()
@@ -214,8 +216,13 @@ class Dataplane:
 
     # --- adoption --------------------------------------------------------------------
 
-    def _set_node_mac(self, node_mac: bytes) -> None:
-        wanted = int.from_bytes(node_mac + b"\0\0", sys.byteorder)
+    def set_flow_sampling(self, rate: int) -> None:
+        """Log 1 in `rate` VIP packets' decisions to the flow log (0: off). The rate shares
+        a config word with the node's MAC, which every VIP packet reads anyway."""
+        if not 0 <= rate <= layout.FLOW_SAMPLE_MAX:
+            raise DataplaneError(f"flow sampling 1 in {rate} is out of range")
+        mac = int.from_bytes(self._node_mac + b"\0\0", sys.byteorder)
+        wanted = mac | rate << layout.CFG_SAMPLE_SHIFT
         if self.maps.config().node_mac != wanted:
             commit(self._commit_fd, [(layout.COMMIT_CONFIG, layout.CONFIG_NODE_MAC, wanted)])
 

@@ -67,6 +67,8 @@ COMMIT_CONFIG = 2
 COMMIT_BACKEND = 3
 COMMIT_MAX_OPS = 128
 CONFIG_NODE_MAC = 0
+CFG_SAMPLE_SHIFT = 48  # config.node_mac bits 48..63: the flow log's sampling rate
+FLOW_SAMPLE_MAX = (1 << 16) - 1
 CONFIG_SEED = 1
 CONFIG_ENCAP = 2
 CONFIG_CT_KEY = 3
@@ -169,6 +171,31 @@ class BeMeta(ct.Structure):
     _fields_ = [("gen", ct.c_uint32), ("halves", ct.c_uint32)]
 
 
+# --- the flow log: a ring buffer of FlowRecord, pinned beside the maps ------------------
+FLOW_LOG = "flow_log"
+FLOW_HOW = ("none", "maglev", "affinity", "random", "conntrack", "fragment")
+FLOW_F_ICMP = 1
+FLOW_F_FIRST_FRAG = 2
+FLOW_F_UNTRACKED = 4
+
+
+class FlowRecord(ct.Structure):
+    _fields_ = [
+        ("time_ns", ct.c_uint64),
+        ("handle", ct.c_uint64),
+        ("saddr_be", ct.c_uint32),
+        ("daddr_be", ct.c_uint32),
+        ("sport_be", ct.c_uint16),
+        ("dport_be", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("how", ct.c_uint8),
+        ("flags", ct.c_uint8),
+        ("drop", ct.c_uint8),
+        ("slot", ct.c_uint32),
+        ("action", ct.c_uint32),
+    ]
+
+
 class CommitOp(ct.Structure):
     _fields_ = [
         ("op", ct.c_uint32),
@@ -178,7 +205,7 @@ class CommitOp(ct.Structure):
     ]
 
 
-LAYOUT_VERSION = 2  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
+LAYOUT_VERSION = 3  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
 
 # name -> (key type, value type) of every pinned map
 MAPS: dict[str, tuple[type, type]] = {

@@ -2,7 +2,9 @@
 
 An upgrade must not interrupt forwarding nor forget tracked flows, and an agent must never
 adopt maps whose layout it does not know (bpf/weir_maps.h, `layout`: version 1 is the first
-release's, which had no `layout` map). From an older version:
+release's, which had no `layout` map). From version 2, whose maps keep their layouts (version 3
+added the flow log's ring buffer, and its sampling rate in config bits that were always 0),
+only the version is recorded. From version 1:
 
   prepare()  before the program is compiled: the maps whose layout changed are renamed
              `<name>_v<version>` (the old program, still attached, keeps using them), so the
@@ -105,12 +107,16 @@ def prepare(pin_dir: Path) -> Migration | None:
             f"afresh (this drops tracked flows)"
         )
     migration = Migration(pin_dir, version)
-    for name in CHANGED_SINCE_V1:
+    for name in _changed_since(version):
         if (pin_dir / name).exists() and not migration.old(name).exists():
             os.rename(pin_dir / name, migration.old(name))
     log.info("migrating pinned maps", pin_dir=str(pin_dir), layout=version,
              to=layout.LAYOUT_VERSION)  # fmt: skip
     return migration
+
+
+def _changed_since(version: int) -> tuple[str, ...]:
+    return CHANGED_SINCE_V1 if version == FIRST_RELEASE else ()
 
 
 def old_capacities(migration: Migration) -> dict[str, int]:
@@ -130,10 +136,12 @@ def old_capacities(migration: Migration) -> dict[str, int]:
 def finish(migration: Migration, maps: PinnedMaps, ct_key: int) -> Report:
     """Copy the renamed maps into the new ones, record the version, remove the old pins.
     ct_key: the new keyed placement's secret (the caller writes it into config)."""
-    backends = _copy_backends(migration, maps)
-    _copy_config(migration, maps, ct_key)
-    _copy_drops(migration, maps)
-    flows, lost = _move_conntrack(migration, maps, ct_key)
+    backends = flows = lost = 0
+    if migration.from_version == FIRST_RELEASE:
+        backends = _copy_backends(migration, maps)
+        _copy_config(migration, maps, ct_key)
+        _copy_drops(migration, maps)
+        flows, lost = _move_conntrack(migration, maps, ct_key)
     record_version(maps)
     for name in CHANGED_SINCE_V1:
         migration.old(name).unlink(missing_ok=True)

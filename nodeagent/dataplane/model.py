@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy
-from weir.nodeagent.dataplane.layout import MAX_BACKENDS_LIMIT, SLOTS_PER_LINE
+from weir.nodeagent.dataplane.layout import FLOW_SAMPLE_MAX, MAX_BACKENDS_LIMIT, SLOTS_PER_LINE
 from weir.nodeagent.service import Frontend
 
 
@@ -39,6 +39,8 @@ class DataplaneConfig:
     # New conntrack entries per second and CPU; beyond, new flows are forwarded by Maglev
     # untracked, so a flood of new flows cannot evict established ones (0: no limit).
     conntrack_insert_rate: int = 50_000
+    # The flow log (`weirctl flows`): log 1 in this many VIP packets' decisions (0: off).
+    flow_sample: int = 0
 
     def validate(self) -> None:
         if not self.interface:
@@ -51,6 +53,7 @@ class DataplaneConfig:
             ("max_table_slots", self.max_table_slots, SLOTS_PER_LINE, 1 << 32),
             ("conntrack_entries", self.conntrack_entries, 4, 1 << 31),
             ("conntrack_insert_rate", self.conntrack_insert_rate, 0, 1 << 32),
+            ("flow_sample", self.flow_sample, 0, FLOW_SAMPLE_MAX),
         )
         for name, value, low, high in checks:
             if not low <= value <= high:

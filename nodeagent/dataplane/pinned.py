@@ -206,6 +206,16 @@ class PinnedMaps:
         """A per-CPU counter summed over CPUs."""
         return percpu_sum(self.fds[name], index, self.ncpu)
 
+    def percpu_table(self, name: str) -> numpy.ndarray:
+        """Every element of a per-CPU array of counters summed over CPUs, in one batch read:
+        shape (capacity, 3), columns packets, bytes, new_flows."""
+        size = ct.sizeof(layout.Counters)
+        keys, values, count = bpfsys.lookup_batch_raw(self.fds[name], 4, size * self.ncpu)
+        per_cpu = numpy.frombuffer(values, dtype=numpy.uint64).reshape(count, self.ncpu, 3)
+        out = numpy.zeros((self.capacity(name), 3), dtype=numpy.uint64)
+        out[numpy.frombuffer(keys, dtype=numpy.uint32)] = per_cpu.sum(axis=1, dtype=numpy.uint64)
+        return out
+
 
 def percpu_sum(fd: int, index: int, ncpu: int) -> layout.Counters:
     """Element `index` of a per-CPU array of counters, summed over CPUs."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from weir.common.pb import pb
-from weir.lab.bird import Bird, BirdPeer
+from weir.lab.bird import Bird, BirdBFD, BirdPeer
 from weir.lab.netns import Host, Topology
 from weir.nodeagent.bgp import BGPSpeaker, ExaBGPOptions
 
@@ -26,7 +28,11 @@ class Lab:
     bird: Bird
 
 
-def build(topo: Topology, tmp: Path, n: int, **peer_opts: object) -> Lab:
+def build(
+    topo: Topology, tmp: Path, n: int, *, bird_bfd: BirdBFD | None = None, **peer_opts: object
+) -> Lab:
+    """A router and n nodes (10.98.0.11 and up); bird_bfd: BIRD runs `protocol bfd` with
+    these timers (peer option bfd=True: the BGP sessions follow it)."""
     lan = topo.bridge("lan")
     router = topo.host("r", forwarding=True)
     topo.link(router, lan, f"{ROUTER}/24")
@@ -36,7 +42,7 @@ def build(topo: Topology, tmp: Path, n: int, **peer_opts: object) -> Lab:
         topo.link(node, lan, f"10.98.0.{11 + i}/24")
         nodes.append(node)
     peers = [BirdPeer(f"n{i + 1}", h.addr(), NODE_ASN, **peer_opts) for i, h in enumerate(nodes)]
-    bird = Bird(router, tmp / "bird", ROUTER, ROUTER_ASN, peers)
+    bird = Bird(router, tmp / "bird", ROUTER, ROUTER_ASN, peers, bfd=bird_bfd)
     bird.start()
     return Lab(router, nodes, bird)
 
@@ -72,6 +78,17 @@ async def speaker_on(
         yield speaker
     finally:
         await speaker.stop(graceful=False)
+
+
+def hard_failure(node: Host, speaker: BGPSpeaker) -> None:
+    """The node dies under the speaker: cable pulled, then its ExaBGP and BFD daemon
+    killed, so nothing more leaves it (the speaker starts them again, as a rebooted node
+    would)."""
+    node.run(["ip", "link", "set", "eth0", "down"])
+    for proc in (speaker._proc, speaker._bfd._proc):
+        if proc is not None and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
 
 
 def session(speaker: BGPSpeaker, peer: str = "router") -> pb.BGPSessionStatus | None:

@@ -3,6 +3,7 @@ and `weirctl bgp peers` formatting. No root, no network."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 from weir.common.pb import pb
 from weir.ctl.bgp_cmds import format_peers, peers_json
+from weir.nodeagent.bfd import Diag, Negotiated, State
 from weir.nodeagent.bgp import config as bgpconfig
 from weir.nodeagent.bgp import exaconf
 from weir.nodeagent.bgp.config import Route
 from weir.nodeagent.bgp.events import Answer, NeighborEvent, Other, SentUpdate, parse_line
+from weir.nodeagent.bgp.exabgp_main import keepalive_for
 from weir.nodeagent.bgp.process import RELAY
 from weir.nodeagent.bgp.sessions import SessionTable
 from weir.nodeagent.bgp.speaker import BGPSpeaker
@@ -40,7 +43,7 @@ def test_router_id_falls_back_and_must_be_ipv4() -> None:
     parsed, errors = bgpconfig.parse(c, default_router_id="10.0.0.9")
     assert parsed.router_id == "10.0.0.9" and parsed.enabled and not errors
     parsed, errors = bgpconfig.parse(c)
-    assert not parsed.enabled and "router id" in errors[0]
+    assert not parsed.enabled and "router id" in str(errors[0])
     c.router_id = "2001:db8::1"
     assert not bgpconfig.parse(c)[0].enabled
 
@@ -61,13 +64,14 @@ def test_bad_peers_are_skipped_with_a_reason(bad: pb.BGPPeer, message: str) -> N
     bad.name = "bad"
     parsed, errors = bgpconfig.parse(cfg(bad, peer("good", "10.0.0.5")))
     assert [p.name for p in parsed.peers] == ["good"]
-    assert len(errors) == 1 and errors[0].startswith("BGPPeer bad:") and message in errors[0]
+    assert len(errors) == 1 and str(errors[0]).startswith("BGPPeer bad:")
+    assert message in str(errors[0])
 
 
 def test_duplicate_peer_address_keeps_the_first_by_name() -> None:
     parsed, errors = bgpconfig.parse(cfg(peer("b"), peer("a")))
     assert [p.name for p in parsed.peers] == ["a"]
-    assert "already used by a" in errors[0]
+    assert "already used by a" in str(errors[0])
 
 
 def test_peer_defaults() -> None:
@@ -92,7 +96,7 @@ def test_advertisements_and_routes_per_peer() -> None:
             adverts=adverts,
         )
     )
-    assert len(errors) == 1 and "192.0.2.12/32" in errors[0] and "65536:1" in errors[0]
+    assert len(errors) == 1 and "192.0.2.12/32" in str(errors[0]) and "65536:1" in str(errors[0])
     wanted = {"192.0.2.10/32", "192.0.2.11/32", "192.0.2.12/32", "2001:db8::10/128",
               "198.51.100.1/32"}  # fmt: skip
     plan = parsed.routes_for(wanted)
@@ -103,7 +107,8 @@ def test_advertisements_and_routes_per_peer() -> None:
     assert plan["10.0.0.3"]["192.0.2.11/32"].local_preference == 200
     assert set(plan["2001:db8::1"]) == {"2001:db8::10/128"}  # families do not mix
     r = plan["10.0.0.1"]["192.0.2.10/32"]
-    assert r == Route("192.0.2.10/32", ("65000:100", "no-export"), ("1:2:3",), 0)
+    # Well-known communities go as numbers (no-export: 65535:65281).
+    assert r == Route("192.0.2.10/32", ("65000:100", "65535:65281"), ("1:2:3",), 0)
 
 
 # ---- ExaBGP text ---------------------------------------------------------------------------
@@ -255,6 +260,12 @@ def test_weirctl_peers_table() -> None:
                     pb.BGPSessionStatus(peer="r1", address="10.0.0.1", state="established",
                                         uptime_seconds=3700, routes_sent=2),
                     pb.BGPSessionStatus(peer="r2", address="10.0.0.3", state="active"),
+                    pb.BGPSessionStatus(peer="r3", address="10.0.0.4", state="established",
+                                        bfd_state="up", bfd_transmit_ms=100,
+                                        bfd_receive_ms=120, bfd_detect_ms=360),
+                    pb.BGPSessionStatus(peer="r4", address="10.0.0.5", state="idle",
+                                        bfd_state="down",
+                                        bfd_diagnostic="control detection time expired"),
                 ],
                 announced=["192.0.2.10/32"],
             ),
@@ -262,10 +273,14 @@ def test_weirctl_peers_table() -> None:
         pb.AgentInfo(node="lb-2", connected=False, status=pb.NodeStatus(draining=True)),
     ]  # fmt: skip
     lines = format_peers(agents).splitlines()
-    assert lines[0].split() == ["NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES", "SENT"]
-    assert lines[1].split() == ["lb-1", "r1", "10.0.0.1", "established", "1h", "2"]
-    assert lines[2].split() == ["lb-1", "r2", "10.0.0.3", "active", "-", "0"]
-    assert "lb-2 (stale) (draining)" in lines[3] and "no BGP peers" in lines[3]
+    assert lines[0].split() == [
+        "NODE", "PEER", "ADDRESS", "STATE", "UPTIME", "ROUTES", "SENT", "BFD",
+    ]  # fmt: skip
+    assert lines[1].split() == ["lb-1", "r1", "10.0.0.1", "established", "1h", "2", "-"]
+    assert lines[2].split() == ["lb-1", "r2", "10.0.0.3", "active", "-", "0", "-"]
+    assert lines[3].split()[-5:] == ["0", "up", "tx/rx/detect", "100/120/360", "ms"]
+    assert lines[4].endswith("down (control detection time expired)")
+    assert "lb-2 (stale) (draining)" in lines[5] and "no BGP peers" in lines[5]
     assert '"state": "established"' in peers_json(agents)
 
 
@@ -279,7 +294,7 @@ class _ReloadReportsUp:
     def helper(self) -> str:
         return "/bin/true"
 
-    async def reload(self, _config: str) -> bool:
+    async def reload(self, _config: str, _keepalives: str) -> bool:
         self.speaker._on_message(NeighborEvent(self.peer, "state", "up", local=self.local))
         return True
 
@@ -301,3 +316,67 @@ async def test_a_session_up_during_the_reload_is_not_lost() -> None:
     # Our address on the new session is known, so its routes and End-of-RIB can go.
     assert speaker._local[r2.address] == "10.98.0.11"
     assert r2.address in speaker._eor_due
+
+
+def test_med_prepend_keepalive_and_route_refresh_in_exabgp_terms(tmp_path: Path) -> None:
+    steer = pb.Advertisement(prefix="192.0.2.10/32", med=0, as_path_prepend=2)
+    parsed, errors = bgpconfig.parse(
+        cfg(peer(keepalive_time_seconds=10, hold_time_seconds=90), peer("i", "10.0.0.3",
+            asn=65001), adverts=(steer,))
+    )  # fmt: skip
+    assert not errors
+    plan = parsed.routes_for({"192.0.2.10/32"})
+    ebgp, ibgp = plan["10.0.0.1"]["192.0.2.10/32"], plan["10.0.0.3"]["192.0.2.10/32"]
+    # MED 0 is sent (unset is not); the prepend is the whole path, towards eBGP only.
+    assert exaconf.attributes(ebgp, "10.0.0.2").endswith("med 0 as-path [ 65001 65001 65001 ]")
+    assert exaconf.attributes(ibgp, "10.0.0.2").endswith("med 0")
+    conf = exaconf.render(parsed, "/bin/true")
+    assert conf.count("capability { route-refresh enable; }") == 2
+    # Keepalives every 10 s with hold 90; a router asking for hold 30 gets them every 3 s.
+    assert json.loads(exaconf.keepalives(parsed)) == {"10.0.0.1": [10, 90]}
+    path = tmp_path / "keepalive.json"
+    path.write_text(exaconf.keepalives(parsed))
+    assert keepalive_for("10.0.0.1", 90, str(path)) == 10
+    assert keepalive_for("10.0.0.1", 30, str(path)) == 3
+    assert keepalive_for("10.0.0.1", 0, str(path)) is None  # hold 0: no keepalives
+    assert keepalive_for("10.0.0.3", 90, str(path)) is None  # ExaBGP's own: hold / 3
+
+
+def bfd_shown(state: State, remote: State = State.UP) -> Negotiated:
+    return Negotiated(state, remote, Diag.NONE, 100_000, 100_000, 300_000)
+
+
+async def test_bfd_down_withholds_the_routes_until_it_is_up_again() -> None:
+    bfd = pb.BFD(min_transmit_ms=100, min_receive_ms=100, detect_multiplier=3)
+    required = pb.BFD(min_transmit_ms=100, min_receive_ms=100, detect_multiplier=3,
+                      required=True)  # fmt: skip
+    advert = pb.Advertisement(prefix="192.0.2.10/32")
+    config = cfg(peer(bfd=bfd), peer("r2", "10.0.0.3", bfd=required), peer("r3", "10.0.0.4"),
+                 adverts=(advert,))  # fmt: skip
+    sp = BGPSpeaker()
+    await sp.configure(config)
+    await sp.announce({"192.0.2.10/32"})
+
+    def routed() -> set[str]:
+        return {peer for peer, routes in sp._plan().items() if routes}
+
+    # Before BFD is up: only the peer that requires it waits.
+    assert routed() == {"10.0.0.1", "10.0.0.4"}
+    sp._bfd._set("10.0.0.1", bfd_shown(State.UP))
+    sp._bfd._set("10.0.0.3", bfd_shown(State.UP))
+    assert routed() == {"10.0.0.1", "10.0.0.3", "10.0.0.4"}
+    # Down: the session is closed, and the peer gets no routes until BFD is back up.
+    sp._bfd._set("10.0.0.1", bfd_shown(State.DOWN, State.DOWN))
+    assert sp._teardown_due == {"10.0.0.1"} and routed() == {"10.0.0.3", "10.0.0.4"}
+    sp._bfd._set("10.0.0.1", bfd_shown(State.UP))
+    assert routed() == {"10.0.0.1", "10.0.0.3", "10.0.0.4"}
+    # The peer taking BFD down on purpose (AdminDown) is no failure.
+    sp._teardown_due.clear()
+    sp._bfd._set("10.0.0.3", bfd_shown(State.DOWN, State.ADMIN_DOWN))
+    assert not sp._teardown_due and "10.0.0.3" in routed()
+    # Nor is BFD taken off a peer.
+    sp._bfd._set("10.0.0.3", bfd_shown(State.UP))
+    await sp.configure(cfg(peer(bfd=bfd), peer("r2", "10.0.0.3"), peer("r3", "10.0.0.4"),
+                           adverts=(advert,)))  # fmt: skip
+    assert not sp._teardown_due and sp.sessions()[1].bfd_state == ""
+    assert routed() == {"10.0.0.1", "10.0.0.3", "10.0.0.4"}

@@ -36,19 +36,25 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from weir.lab import manifests, traffic
-from weir.lab.bird import Bird, peers_of
-from weir.lab.client import TalkReport, Target
-from weir.lab.deployment import Deployment
-from weir.lab.netns import Host, Topology, cleanup_prefix, kill_group
-from weir.lab.processes import AgentOptions, ControllerOptions
-from weir.lab.roles import dsr_backend, no_flood
+from weir.lab.netns import kill_group
 from weir.lab.wait import wait_until
 
+from tests.bgp.failover_lab import (
+    BACKENDS,
+    CONNS,
+    DRAIN_GRACE,
+    LBS,
+    RESTARTING,
+    VIP_MAGLEV,
+    VIP_RANDOM,
+    Lab,
+    LabTimers,
+    failover_lab,
+    moved,
+    summary,
+)
 from tests.requirements import BIRD, requires, root
 
 pytestmark = [
@@ -58,164 +64,13 @@ pytestmark = [
 ]
 
 PREFIX = "wbgf"
-PORT = 80
-VIP_MAGLEV = "192.0.2.20"
-VIP_RANDOM = "192.0.2.21"
-ROUTER_LAN, ROUTER_UP, CLIENT = "10.95.0.1", "10.95.1.1", "10.95.1.2"
-CTL_ADDR = "10.95.0.2"
-LBS = {"lb1": "10.95.0.21", "lb2": "10.95.0.22", "lb3": "10.95.0.23"}
-BACKENDS = {"b1": "10.95.0.31", "b2": "10.95.0.32", "b3": "10.95.0.33"}
-ROUTER_ASN, NODE_ASN = 65000, 65001
 HOLD = 3  # seconds, both sides (keepalive 1 s): the shortest BGP allows
-DRAIN_GRACE = 4.0
-RESTARTING = "lb1"  # restarts keeping its routes (graceful restart); the others drain
-CONNS = 300
-SEED = 4242
-
-
-def lab_manifests() -> list[dict]:
-    docs = []
-    for name, vip, strategy in (
-        ("web", VIP_MAGLEV, "maglev"),
-        ("web-random", VIP_RANDOM, "random"),
-    ):
-        docs.append(manifests.service(name, vip, PORT, strategy=strategy))
-        docs.append(manifests.endpoint_slice(name, PORT, BACKENDS.values()))
-    docs += [manifests.node(name, addr) for name, addr in LBS.items()]
-    docs.append(
-        manifests.bgp_peer(
-            "router", ROUTER_LAN, ROUTER_ASN, NODE_ASN, holdTime=HOLD, keepaliveTime=1,
-            gracefulRestart={"enabled": True, "restartTime": 60},
-        )
-    )  # fmt: skip
-    return docs
-
-
-@dataclass
-class Lab:
-    client: Host
-    bird: Bird
-    weir: Deployment
-
-    def start_agent(self, name: str) -> None:
-        self.weir.start_agent(name, bgp_on_stop="restart" if name == RESTARTING else "drain")
-
-    def hops(self, vip: str) -> set[str]:
-        return self.bird.kernel_next_hops(f"{vip}/32")
-
-    def wait_hops(self, vip: str, lbs: list[str], limit: float) -> float:
-        self.bird.wait_kernel_next_hops(f"{vip}/32", [LBS[n] for n in lbs], limit, 0.02)
-        return time.time()
-
-    def fail_hard(self, name: str) -> float:
-        """The node dies: cable pulled, agent (and its ExaBGP) killed. Returns when."""
-        t = time.time()
-        self.weir.fail_node(name)
-        # Its ExaBGP must not outlive it (nodeagent/bgp/relay.py sees to that).
-        wait_until(lambda: not self.exabgp_pids(name), 5, f"{name}'s exabgp gone")
-        return t
-
-    def exabgp_pids(self, name: str) -> list[int]:
-        out = []
-        for pid in self.weir.nodes[name].pids():
-            try:
-                if b"exabgp" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    out.append(pid)
-            except OSError:
-                pass  # already gone
-        return out
-
-    def restore(self, name: str) -> None:
-        self.weir.revive_node(name, bgp_on_stop="restart" if name == RESTARTING else "drain")
-        for vip in (VIP_MAGLEV, VIP_RANDOM):
-            self.wait_hops(vip, list(LBS), 60)
-
-    def talk(self, vip: str) -> traffic.Talk:
-        """The client's 300 conversations through one VIP."""
-        talk = traffic.Talk(self.client, Target(vip, PORT, "lines"), CONNS, interval=0.1)
-        assert talk.ready == {"ready": CONNS, "failed": 0}, talk.ready
-        return talk
-
-    def new_flows(self, vip: str) -> dict[str, int]:
-        """Flows each node's data plane has taken on for vip's service so far (its
-        conntrack misses: first packets, and flows moved to it from another node)."""
-        return {name: self.weir.new_flows(name, f"{vip}:{PORT}/TCP") for name in LBS}
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    cleanup_prefix(PREFIX)
-    with Topology(PREFIX) as topo:
-        lan = topo.bridge("lan")
-        router = topo.host("r", forwarding=True)
-        topo.link(router, lan, f"{ROUTER_LAN}/24")
-        client = topo.host("client")
-        topo.wire(router, client, f"{ROUTER_UP}/24", f"{CLIENT}/24")
-        client.route("default", ROUTER_UP)
-        ctl = topo.host("ctl")
-        topo.link(ctl, lan, f"{CTL_ADDR}/24")
-        lbs = {}
-        for name, addr in LBS.items():
-            lbs[name] = topo.host(name)
-            no_flood(topo.link(lbs[name], lan, f"{addr}/24"))
-        for name, addr in BACKENDS.items():
-            h = topo.host(name)
-            topo.link(h, lan, f"{addr}/24")
-            h.route("default", ROUTER_LAN)  # DSR replies
-            dsr_backend(h, [VIP_MAGLEV, VIP_RANDOM])
-            traffic.serve(h, name, PORT, proto="lines")
-        workdir = topo.workdir()
-        bird = Bird(
-            router, workdir / "bird", ROUTER_LAN, ROUTER_ASN,
-            peers_of(LBS, NODE_ASN, hold_time=HOLD, graceful_restart=True),
-        )  # fmt: skip
-        bird.start()
-        # Hash on the 5-tuple read from each packet, as a real router does. Policy 1 would
-        # take the hash the client's kernel put on the skb (it crosses the veth), and Linux
-        # re-rolls that hash on every retransmission timeout: a stalled flow would hop to
-        # another next hop on its own before BGP converged, hiding what the test measures.
-        router.sysctl(
-            {"net.ipv4.fib_multipath_hash_policy": 3, "net.ipv4.fib_multipath_hash_fields": 0x37}
-        )
-        weir = Deployment(
-            topo, workdir, ctl, lbs,
-            controller=ControllerOptions(maglev_seed=SEED),
-            agent=AgentOptions(
-                xdp_mode="generic", max_backends=64, max_table_slots=65536,
-                conntrack_entries=16384, drain_grace=DRAIN_GRACE,
-            ),
-            tail_lines=25,
-        )  # fmt: skip
-        weir.write_manifests("lab.yaml", lab_manifests())
-        weir.start_controller()
-        lab = Lab(client, bird, weir)
-        for name in LBS:
-            lab.start_agent(name)
-        for vip in (VIP_MAGLEV, VIP_RANDOM):
-            lab.wait_hops(vip, list(LBS), 120)  # the first start compiles the XDP program
+    with failover_lab(PREFIX, LabTimers(hold=HOLD, keepalive=1)) as lab:
         yield lab
-
-
-def summary(report: TalkReport, t_fail: float, t_conv: float | None = None) -> dict:
-    conns = report.conns
-    broken = [c for c in conns if c.error]
-    stalled = [c for c in conns if c.max_gap > 1.0 and (c.gap_end_t or 0) > t_fail]
-    out = {
-        "broken": len(broken),
-        "errors": sorted({c.error for c in broken}),
-        "stalled": len(stalled),
-        "max_gap": round(max(c.max_gap for c in conns), 2),
-    }
-    if t_conv is not None and stalled:
-        # How long after the router's change the last stalled connection resumed.
-        out["resumed_after_convergence"] = round(max(c.gap_end_t for c in stalled) - t_conv, 2)
-    return out
-
-
-def moved(before: dict[str, int], after: dict[str, int], survivors: list[str]) -> int:
-    """Connections the surviving nodes took on between two readings: the failed node's
-    flows, and flows the router's hash-threshold ECMP moved between the survivors."""
-    return sum(after[n] - before[n] for n in survivors)
 
 
 def test_router_has_three_next_hops_and_new_flows_reach_all_nodes(lab: Lab) -> None:
@@ -232,23 +87,16 @@ def test_router_has_three_next_hops_and_new_flows_reach_all_nodes(lab: Lab) -> N
 
 
 def test_node_failure_breaks_no_maglev_connection(lab: Lab) -> None:
-    talk = lab.talk(VIP_MAGLEV)
-    before = lab.new_flows(VIP_MAGLEV)
-    t_fail = lab.fail_hard("lb3")
-    t_conv = lab.wait_hops(VIP_MAGLEV, ["lb1", "lb2"], HOLD + 10)
-    convergence = t_conv - t_fail
-    talk.wait_flowing(2 * convergence + 10)
-    report = talk.stop()
-    n_moved = moved(before, lab.new_flows(VIP_MAGLEV), ["lb1", "lb2"])
-    s = summary(report, t_fail, t_conv)
-    print(f"\nmaglev, hard failure: router converged in {convergence:.2f} s, "
-          f"{n_moved} connections moved to another node, {s}")  # fmt: skip
+    f = lab.fail_while_talking(VIP_MAGLEV, "lb3", HOLD + 10)
+    s = f.summary
+    print(f"\nmaglev, hard failure: router converged in {f.convergence:.2f} s, "
+          f"{f.moved} connections moved to another node, {s}")  # fmt: skip
     assert s["broken"] == 0, s
-    assert n_moved >= CONNS // 4, f"lb3's flows should have moved: {n_moved}"
+    assert f.moved >= CONNS // 4, f"lb3's flows should have moved: {f.moved}"
     assert s["stalled"] >= CONNS // 6, f"the failure should stall lb3's flows: {s}"
     # Stalled until the route changed, plus at most one TCP retransmission backoff (which
     # is no longer than the time spent backing off so far).
-    assert s["resumed_after_convergence"] <= convergence + 0.5, s
+    assert s["resumed_after_convergence"] <= f.convergence + 0.5, s
     lab.restore("lb3")
 
 

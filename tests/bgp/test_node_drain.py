@@ -138,7 +138,9 @@ def test_drain_withdraws_the_next_hop_and_keeps_forwarding(lab: Lab) -> None:
     assert "n1 (draining)" in lab.weirctl("bgp", "peers")
 
     out = lab.weirctl("node", "undrain", "n1", "--timeout", "30")
-    assert "node n1: not draining" in out, out
+    # weirctl returns once the route went out again, and says so.
+    assert f"node n1: not draining, announcing {VIP}/32" in out, out
+    assert "router established 1 routes sent" in out, out
     lab.wait_hops(list(LBS), 10)
     wait_until(
         lambda: lab.peers()["n1"]["announced"] == [f"{VIP}/32"], 10, "n1 announcing again", 0.2

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from weir.common.pb import pb
 from weir.controller.core.reduce import reduce
+from weir.ctl.node_cmds import reached
 from weir.nodeagent.controller_client import ControllerClient, Update
 
 from tests.controller.controller_proc import BIN, Controller, running_controller
@@ -100,6 +101,7 @@ class DrainingAgent:
                 applied_version=update.version,
                 draining=drain,
                 announced=[] if drain else ["192.0.2.10/32"],
+                routes_settled=True,
                 bgp_sessions=[
                     pb.BGPSessionStatus(
                         peer="router", state="established", routes_sent=0 if drain else 1
@@ -150,3 +152,20 @@ async def test_weirctl_node_drain_refusals(controller: tuple[Controller, str]) -
     code, out, err = await weirctl(target, "node", "drain", "lb-2")
     assert code == 0, err
     assert "no agent connected" in out
+
+
+def test_undrain_is_reached_once_the_routes_are_sent_again() -> None:
+    """An agent that stopped draining but has not sent its routes yet (what it would show
+    is "announcing nothing") has not reached the undrain."""
+
+    def agent(**status: object) -> pb.AgentInfo:
+        return pb.AgentInfo(
+            node="lb-1", connected=True, acked_version=3,
+            status=pb.NodeStatus(applied_version=3, **status),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    assert not reached(agent(draining=False, routes_settled=False), drain=False, version=3)
+    assert reached(agent(draining=False, routes_settled=True, announced=["192.0.2.10/32"]),
+                   drain=False, version=3)  # fmt: skip
+    assert not reached(agent(draining=True, routes_settled=True), drain=False, version=3)
+    assert not reached(agent(draining=False, routes_settled=True), drain=False, version=4)

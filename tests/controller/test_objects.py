@@ -454,3 +454,39 @@ def test_garbage_never_crashes_a_parser(kind: str, body: Any) -> None:
     except ParseError as e:
         assert str(e)
     object_ref(obj)
+
+
+def test_bgp_peer_bfd() -> None:
+    raw = peer("r1")
+    assert parse_bgp_peer(raw).bfd is None
+    raw["spec"]["bfd"] = {}
+    bfd = parse_bgp_peer(raw).bfd
+    assert bfd is not None
+    assert (bfd.transmit_ms, bfd.receive_ms, bfd.multiplier, bfd.required) == (300, 300, 3, False)
+    raw["spec"]["bfd"] = {"enabled": False, "transmitInterval": 100}
+    assert parse_bgp_peer(raw).bfd is None
+    for bad, needle in (
+        ({"transmitInterval": 5}, "spec.bfd.transmitInterval"),
+        ({"detectMultiplier": 1}, "spec.bfd.detectMultiplier"),
+        ({"required": "yes"}, "spec.bfd.required"),
+    ):
+        raw["spec"]["bfd"] = bad
+        with pytest.raises(ParseError, match=needle):
+            parse_bgp_peer(raw)
+
+
+def test_bgp_advertisement_med_prepend_and_every_community_name() -> None:
+    ad = parse_bgp_advertisement(
+        weir("BGPAdvertisement", "a", {
+            "med": 0, "asPathPrepend": 3,
+            "communities": ["no-peer", "nopeer", "blackhole", "graceful-shutdown",
+                            "no-advertise", "no-export-subconfed"],
+        })
+    )  # fmt: skip
+    assert ad.med == 0 and ad.as_path_prepend == 3
+    assert ad.communities == (
+        "blackhole", "graceful-shutdown", "no-advertise", "no-export-subconfed", "no-peer",
+    )  # fmt: skip
+    assert parse_bgp_advertisement(weir("BGPAdvertisement", "a", {})).med is None
+    with pytest.raises(ParseError, match=r"spec\.asPathPrepend"):
+        parse_bgp_advertisement(weir("BGPAdvertisement", "a", {"asPathPrepend": 11}))

@@ -212,15 +212,25 @@ async def test_node_status_is_recorded() -> None:
         status = pb.NodeStatus(
             applied_version=1,
             maps=[pb.MapUsage(name="services", used=1, capacity=1024)],
+            bgp_sessions=[
+                pb.BGPSessionStatus(peer="tor-a", state="established"),
+                pb.BGPSessionStatus(peer="tor-b", state="active"),
+            ],
             dataplane_healthy=True,
             announced=["192.0.2.1/32"],
         )
         agent.report_status(status)  # before connecting: sent after the Hello
+        registry = p.plane.metrics.registry
         async with asyncio.timeout(10):
             await p.plane.wait_for(lambda: p.info("lb-1").status == status)
+            session = {"node": "lb-1", "peer": "tor-a"}
+            assert registry.get_sample_value("weir_bgp_session_up", session) == 1
+            session["peer"] = "tor-b"
+            assert registry.get_sample_value("weir_bgp_session_up", session) == 0
             status2 = pb.NodeStatus(applied_version=2, draining=True)
             agent.report_status(status2)
             await p.plane.wait_for(lambda: p.info("lb-1").status == status2)
+        assert registry.get_sample_value("weir_bgp_session_up", session) is None
 
 
 async def test_a_new_stream_for_the_same_node_replaces_the_old_one() -> None:
@@ -303,6 +313,10 @@ async def test_a_delta_that_does_not_rebuild_the_view_leads_to_a_full_snapshot()
             p.plane.metrics.registry.get_sample_value("weir_agent_acks_total", {"result": "error"})
             == 1
         )
+        nacks = p.plane.metrics.registry.get_sample_value(
+            "weir_agent_nacks_total", {"node": "lb-1"}
+        )
+        assert nacks == 1
 
 
 async def test_an_agent_that_never_says_hello_is_dropped() -> None:
@@ -325,10 +339,16 @@ async def test_metrics_follow_versions_and_acks() -> None:
         assert registry.get_sample_value("weir_snapshot_version") == 1
         assert registry.get_sample_value("weir_connected_agents") == 1
         assert registry.get_sample_value("weir_agent_version_lag", {"node": "lb-1"}) == 0
+        node = {"node": "lb-1"}
+        assert registry.get_sample_value("weir_agent_acked_version", node) == 1
+        assert registry.get_sample_value("weir_agent_connected", node) == 1
+        assert registry.get_sample_value("weir_agent_nacks_total", node) == 0
         await p.stop_agent(agent)
         p.store.publish(cluster([S1, S2], lb=LB))
         assert registry.get_sample_value("weir_connected_agents") == 0
         assert registry.get_sample_value("weir_agent_version_lag", {"node": "lb-1"}) == 1
+        assert registry.get_sample_value("weir_agent_connected", node) == 0
+        assert registry.get_sample_value("weir_agent_acked_version", node) == 1
 
 
 async def test_the_agent_retries_until_a_controller_appears() -> None:

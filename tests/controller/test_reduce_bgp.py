@@ -169,8 +169,9 @@ def test_node_selector_on_hostname_label() -> None:
 def test_advertisements_select_by_pool_service_and_peer() -> None:
     objs = [
         *base(),
-        peer("tor-a", **LB),
-        peer("tor-b", address="172.16.0.253", **LB),
+        # iBGP peers: local preference is theirs.
+        peer("tor-a", asn=64513, **LB),
+        peer("tor-b", address="172.16.0.253", asn=64513, **LB),
         weir("LoadBalancerIPPool", "public", {"cidrs": ["192.0.2.0/31"]}, exposure="public"),
         weir("LoadBalancerIPPool", "v6", {"cidrs": ["2001:db8::/64"]}),
         weir("BGPAdvertisement", "public", {
@@ -194,3 +195,54 @@ def test_advertisements_select_by_pool_service_and_peer() -> None:
         ("2001:db8::1/128", (), 0, ("tor-a",)),
         ("2001:db8::1/128", ("65000:200",), 300, ("tor-b",)),
     ]
+
+
+def test_local_pref_is_refused_on_ebgp_and_prepend_on_ibgp() -> None:
+    objs = [
+        *base(),
+        peer("ebgp", **LB),  # peer ASN 64512, local 64513
+        peer("ibgp", address="172.16.0.253", asn=64513, **LB),
+        weir("BGPAdvertisement", "steer", {
+            "serviceSelectors": [{"matchLabels": {"app": "web"}}],
+            "localPref": 200, "med": 50, "asPathPrepend": 2,
+        }),
+    ]  # fmt: skip
+    result = run(objs)
+    cfg = bgp_of(result)["lb-1"]
+    by_peer = {tuple(a.peers): a for a in cfg.advertisements if a.prefix == "192.0.2.1/32"}
+    ebgp, ibgp = by_peer[("ebgp",)], by_peer[("ibgp",)]
+    assert (ebgp.local_preference, ebgp.med, ebgp.as_path_prepend) == (0, 50, 2)
+    assert (ibgp.local_preference, ibgp.med, ibgp.as_path_prepend) == (200, 50, 0)
+    assert list(ebgp.sources) == ["steer"]
+    errors = errors_for(result, "BGPAdvertisement", "steer")
+    assert any("localPref 200 applies to iBGP peers only" in m and "ebgp" in m for m in errors)
+    assert any("asPathPrepend applies to eBGP peers only" in m and "ibgp" in m for m in errors)
+
+
+def test_med_unset_is_not_sent_and_the_lowest_med_wins() -> None:
+    objs = [
+        *base(),
+        peer("tor", **LB),
+        weir("BGPAdvertisement", "plain", {"serviceSelectors": [{"matchLabels": {"app": "db"}}]}),
+        weir("BGPAdvertisement", "a", {"serviceSelectors": [{"matchLabels": {"app": "web"}}],
+                                       "med": 30}),
+        weir("BGPAdvertisement", "b", {"serviceSelectors": [{"matchLabels": {"app": "web"}}],
+                                       "med": 10}),
+    ]  # fmt: skip
+    ads_ = {a.prefix: a for a in bgp_of(run(objs))["lb-1"].advertisements}
+    assert not ads_["192.0.2.2/32"].HasField("med")
+    assert ads_["192.0.2.1/32"].med == 10 and list(ads_["192.0.2.1/32"].sources) == ["a", "b"]
+
+
+def test_bfd_settings_reach_the_node() -> None:
+    objs = [
+        *base(),
+        peer("fast", bfd={"transmitInterval": 100, "receiveInterval": 200, "required": True},
+             **LB),
+        peer("plain", address="172.16.0.253", **LB),
+    ]  # fmt: skip
+    peers = {p.name: p for p in bgp_of(run(objs))["lb-1"].peers}
+    assert peers["fast"].bfd == pb.BFD(
+        min_transmit_ms=100, min_receive_ms=200, detect_multiplier=3, required=True
+    )
+    assert not peers["plain"].HasField("bfd")

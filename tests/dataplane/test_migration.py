@@ -107,3 +107,32 @@ def test_pins_of_a_newer_layout_are_refused(node: Node) -> None:
     dp.close()
     with pytest.raises(DataplaneError, match="newer than this agent"):
         node.open()
+
+
+def test_layout_2_pins_are_adopted_with_their_flows_and_config(node: Node) -> None:
+    """Version 3 only added the flow log's ring buffer and its rate in config bits that were
+    always 0: layout-2 pins keep every map, the conntrack secret and the tracked flows."""
+    dp = node.open()
+    dp.set_seed(SEED)
+    program(dp, BACKENDS)
+    tracked = flows(100)
+    before = {f: backend_of(dp, f) for f in tracked}
+    cfg = dp.maps.config()
+    bpfsys.update(dp.maps.fds["layout"], ct.c_uint32(0), ct.c_uint64(2))
+    dp.close()
+    (node.bpffs / layout.FLOW_LOG).unlink()  # layout 2 had none
+
+    dp = node.open()
+    try:
+        assert dp.migrated is not None and dp.migrated.from_version == 2
+        assert dp.maps.layout_version() == layout.LAYOUT_VERSION
+        after = dp.maps.config()
+        assert (after.ct_key, after.seed, after.node_mac) == (cfg.ct_key, cfg.seed, cfg.node_mac)
+        assert (node.bpffs / layout.FLOW_LOG).exists()
+        program(dp, BACKENDS[:3])  # tracked flows keep their backends: their entries stayed
+        moved = [
+            f for f in tracked if before[f] != BACKENDS[3].mac and backend_of(dp, f) != before[f]
+        ]
+        assert moved == []
+    finally:
+        dp.close()

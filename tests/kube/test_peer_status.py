@@ -238,6 +238,41 @@ async def report_and_settle(plane: Plane, client: ControllerClient, status: pb.N
         await plane.plane.wait_for(lambda: plane.info(client.node).status == status)
 
 
+async def test_bfd_and_the_nodes_problems_go_to_the_bgppeer_status(
+    fake: FakeKubeAPI, kube: KubeAPI, harness: Harness
+) -> None:
+    clock = Clock()
+    async with Plane() as plane:
+        writer = PeerStatusWriter(kube, plane.plane, harness.state, reporter="r1", clock=clock)
+        lb1 = plane.agent("lb-1")
+        with_bfd = session("router", "established", uptime=5, routes=1)
+        with_bfd.MergeFrom(
+            pb.BGPSessionStatus(
+                bfd_state="up", bfd_remote_state="up", bfd_diagnostic="none",
+                bfd_transmit_ms=100, bfd_receive_ms=120, bfd_detect_ms=360,
+            )
+        )  # fmt: skip
+        refused = "192.0.2.1/32 to peer router: ExaBGP refused the announcement"
+        status = pb.NodeStatus(
+            bgp_sessions=[with_bfd, session("backup", "active")],
+            bgp_errors=[
+                pb.ObjectError(kind="BGPAdvertisement", name="ad", message=refused),
+                pb.ObjectError(kind="BGPPeer", name="backup", message="bad password; skipped"),
+            ],
+        )
+        await report_and_settle(plane, lb1, status)
+        assert await writer.write_changed()
+        # What the CRD's schema keeps (the fake API server prunes the rest).
+        entry = peer_status(fake, "router")["nodes"]["lb-1"]
+        assert entry["bfd"] == {
+            "state": "up", "remoteState": "up", "diagnostic": "none",
+            "transmitInterval": 100, "receiveInterval": 120, "detectTime": 360,
+        }  # fmt: skip
+        assert entry["errors"] == [refused]
+        backup = peer_status(fake, "backup")["nodes"]["lb-1"]
+        assert backup["errors"] == ["bad password; skipped"] and "bfd" not in backup
+
+
 async def test_drain_patches_the_node_annotation(
     fake: FakeKubeAPI, kube: KubeAPI, harness: Harness
 ) -> None:

@@ -182,7 +182,7 @@ def test_the_installed_package_loads_and_pins_xdp(installed: Installed) -> None:
         # The child has exited: the program stays attached and every map stays pinned.
         (link,) = json.loads(node.run(["ip", "-j", "link", "show", "wpk0"]))
         assert link["xdp"]["mode"] == XDP_ATTACHED_SKB and link["xdp"]["prog"]["id"] > 0, link
-        assert {p.name for p in pins.iterdir()} == {*layout.MAPS, layout.PROG_PIN}
+        assert {p.name for p in pins.iterdir()} == {*layout.MAPS, layout.FLOW_LOG, layout.PROG_PIN}
         # The installed weirctl reads the service back from those pins.
         out = installed.run([installed.bin("weirctl"), "bpf", "nat", "dump", "--bpffs", pins])
         assert "192.0.2.80 port 80 proto 6 " in out and " count 2 flags maglev" in out, out

@@ -1,0 +1,75 @@
+"""The flow log: sampled decisions of the fast path, read from its pinned ring buffer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from weir.nodeagent.dataplane import Dataplane, Frontend
+from weir.nodeagent.dataplane.flowhash import maglev_slot
+from weir.nodeagent.dataplane.flowlog import FlowLogReader
+
+from .conftest import Node
+from .support import XDP_DROP
+from .test_xdp import FE, SEED, VIP, backend_of, flows, maglev, send, targets
+
+
+@pytest.fixture
+def reader(dp: Dataplane, node: Node) -> Iterator[FlowLogReader]:
+    r = FlowLogReader(node.bpffs)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_decisions_are_logged_with_backend_slot_and_reason(
+    dp: Dataplane, reader: FlowLogReader
+) -> None:
+    dp.set_seed(SEED)
+    bes = targets(1, 3)
+    table = maglev(bes)
+    dp.apply_service(FE, bes, table)
+    f1, f2 = flows(2)
+    backend_of(dp, f1, bes)  # sampling off: nothing logged
+    assert reader.poll(0) == []
+
+    dp.set_flow_sampling(1)
+    started = time.time()
+    picked = backend_of(dp, f2, bes)
+    backend_of(dp, f2, bes)
+    assert send(dp, f1, l4_bytes=2)[0] == XDP_DROP
+    new, hit, dropped = reader.poll(1000)
+    slot = maglev_slot(f2.saddr, f2.sport, f2.dport, f2.proto, SEED, len(table))
+    be = bes[picked]
+    assert (new.client, new.client_port, new.vip, new.port, new.protocol) == (
+        f2.saddr, f2.sport, VIP, 80, "TCP",
+    )  # fmt: skip
+    assert (new.how, new.slot, new.backend, new.action) == (
+        "maglev", slot, f"{be.address}:{be.port}", "tx",
+    )  # fmt: skip
+    assert started - 1 < new.time < time.time() + 1
+    assert (hit.how, hit.backend, hit.action) == ("conntrack", new.backend, "tx")
+    assert (dropped.action, dropped.drop, dropped.backend) == ("drop", "parse", "")
+
+    empty = Frontend(f"{VIP}:81/TCP", VIP, 81, 6)
+    dp.apply_service(empty, [], [])
+    send(dp, flows(1, port=81)[0])
+    (nobody,) = reader.poll(1000)
+    assert (nobody.port, nobody.drop, nobody.how) == (81, "table_empty", "none")
+
+
+def test_one_in_n_packets_is_logged(dp: Dataplane, reader: FlowLogReader) -> None:
+    dp.set_seed(SEED)
+    bes = targets(1, 2)
+    dp.apply_service(FE, bes, maglev(bes))
+    dp.set_flow_sampling(4)
+    for f in flows(400):
+        send(dp, f)
+    logged = reader.poll(1000)
+    assert 40 <= len(logged) <= 180  # 100 expected
+    dp.set_flow_sampling(0)
+    for f in flows(50):
+        send(dp, f)
+    assert reader.poll(0) == []

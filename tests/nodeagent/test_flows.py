@@ -1,0 +1,76 @@
+"""The agent's flow log service and weirctl flows: kept decisions, filters, following."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from pathlib import Path
+
+from weir.ctl.flows_cmds import decisions, text
+from weir.nodeagent.dataplane.flowlog import FlowDecision
+from weir.nodeagent.flows import FlowLog
+
+NAMES = {"192.0.2.1:80/TCP": "shop/web", "192.0.2.1:53/UDP": "kube/dns"}
+
+
+def decision(client_port: int, port: int = 80, backend: str = "10.1.0.1:8080") -> FlowDecision:
+    return FlowDecision(
+        time=1_700_000_000.5, client="172.16.0.1", client_port=client_port, vip="192.0.2.1",
+        port=port, protocol="TCP" if port == 80 else "UDP", how="maglev", slot=7,
+        backend=backend, backend_node="", action="tx", drop="", icmp=False,
+        first_fragment=False, untracked=False,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ask(port: int, **kw: object) -> list[dict]:
+    args = argparse.Namespace(agent=f"127.0.0.1:{port}", limit=100, service="", backend="")
+    args.follow = False
+    vars(args).update(kw)
+    return list(decisions(args))
+
+
+async def test_kept_decisions_filtered_and_followed(tmp_path: Path) -> None:
+    log = FlowLog(tmp_path, lambda: NAMES, keep=3)
+    port = free_port()
+    async with asyncio.TaskGroup() as tg:
+        server = tg.create_task(log.run(f"127.0.0.1:{port}"))
+        async with asyncio.timeout(10):
+            await log.listening.wait()
+        for d in (decision(1), decision(2, 53, "10.2.0.1:53"), decision(3), decision(4)):
+            log._publish(d)
+        kept = await asyncio.to_thread(ask, port)
+        assert [d["client_port"] for d in kept] == [2, 3, 4]  # keep=3
+        web = await asyncio.to_thread(ask, port, service="shop/web", limit=1)
+        assert [(d["client_port"], d["service"]) for d in web] == [(4, "shop/web")]
+        dns = await asyncio.to_thread(ask, port, backend="10.2.0.1")
+        assert [d["client_port"] for d in dns] == [2]
+        assert text(kept[1]).endswith(
+            "TCP 172.16.0.1:3 -> 192.0.2.1:80 (shop/web) -> 10.1.0.1:8080 maglev slot 7 tx"
+        )
+
+        registered = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def follow() -> list[dict]:
+            args = argparse.Namespace(agent=f"127.0.0.1:{port}", limit=1, service="shop/web",
+                                      backend="", follow=True)  # fmt: skip
+            stream = decisions(args)
+            first = next(stream)  # the last kept: sent once the follower is registered
+            loop.call_soon_threadsafe(registered.set)
+            return [first, next(stream)]
+
+        followed = asyncio.create_task(asyncio.to_thread(follow))
+        async with asyncio.timeout(10):
+            await registered.wait()
+        log._publish(decision(5, 53, "10.2.0.1:53"))  # filtered out
+        log._publish(decision(6))
+        async with asyncio.timeout(10):
+            assert [d["client_port"] for d in await followed] == [4, 6]
+        server.cancel()
