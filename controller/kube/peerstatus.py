@@ -25,7 +25,8 @@ the agents connected to it: a JSON merge patch on a map keyed by node touches on
 keys, and carries the resourceVersion listed just before, so `established` (counted over
 the whole map) stays true and a replica removes an entry only if it still reports it (an
 agent that moved to another replica keeps the entry that replica wrote). A 409 is retried
-from a fresh list. Reading uses list, which the controller may already do (no `get`).
+from a fresh list at once (a few times, with a short random pause), then on the next pass.
+Reading uses list, which the controller may already do (no `get`).
 
 Writes go out when a replica's entries change, at most once per `min_interval` seconds
 (session flaps on many nodes coalesce into one write per peer), and every `refresh` seconds
@@ -38,6 +39,7 @@ session, as reports lag), so the uptime going by is not a change.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -93,6 +95,7 @@ class PeerStatusWriter:
         self.reporter = reporter
         self.refresh, self.ttl = refresh, 3 * refresh
         self.min_interval = min_interval
+        self.quick_retries = 3  # then the next pass, min_interval later
         self._clock = clock
         # (peer, node) -> (established at, last reported uptime): an uptime going down is
         # a new session.
@@ -111,7 +114,16 @@ class PeerStatusWriter:
             except TimeoutError:
                 pass
             renew = loop.time() >= renew_at
-            if await self.write_changed(renew=renew) and renew:
+            written = await self.write_changed(renew=renew)
+            for _ in range(self.quick_retries):
+                if written:
+                    break
+                # Mostly a 409 (another replica wrote the same BGPPeer since the list):
+                # again at once from a fresh list, after a short random pause so two
+                # replicas do not collide again in step.
+                await asyncio.sleep(random.uniform(0.02, 0.2))
+                written = await self.write_changed(renew=renew)
+            if written and renew:
                 renew_at = loop.time() + self.refresh
             await asyncio.sleep(self.min_interval)
 

@@ -296,3 +296,24 @@ async def until(state: ClusterState, predicate: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not predicate():
             await state.wait_changed(state.generation)
+
+
+async def test_a_lost_race_is_written_again_at_once(
+    fake: FakeKubeAPI, kube: KubeAPI, harness: Harness
+) -> None:
+    """A 409 (another replica wrote the BGPPeer since the list) is retried from a fresh list
+    within a moment, not a whole min_interval later."""
+    async with Plane() as plane:
+        established = pb.NodeStatus(bgp_sessions=[session("router", "established", uptime=5)])
+        await report_and_settle(plane, plane.agent("lb-1"), established)
+        writer = PeerStatusWriter(kube, plane.plane, harness.state, reporter="r1", min_interval=30)
+        fake.fail_requests(409, 2, verb="patch", resource="bgppeers")
+        task = asyncio.create_task(writer.run())
+        try:
+            await fake.wait_until(
+                lambda: "lb-1" in peer_status(fake, "router").get("nodes", {}), within=5
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
