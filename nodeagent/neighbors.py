@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import (
     NTF_USE,
@@ -46,7 +45,7 @@ from pyroute2.netlink.rtnl.ndmsg import (
     NUD_STALE,
 )
 from weir.common.logs import get_logger
-from weir.nodeagent.uplink import link_addresses, link_index, mac_bytes
+from weir.nodeagent.uplink import NetlinkSession, link_addresses, link_index, mac_bytes
 
 log = get_logger(__name__)
 
@@ -69,7 +68,7 @@ def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-class NeighborResolver:
+class NeighborResolver(NetlinkSession):
     """Resolves MACs on one interface. Use as `async with NeighborResolver(...)`.
     Calls are serialised: one netlink socket, one request at a time."""
 
@@ -79,23 +78,11 @@ class NeighborResolver:
         *,
         timeout: float = 1.0,
         interval: float = 0.01,
-        netns: str | None = None,  # for tests and tools; the agent runs in its node's netns
+        netns: str | None = None,
     ) -> None:
-        self.interface = interface
-        self.netns = netns
+        super().__init__(interface, netns=netns)
         self.timeout = timeout
         self.interval = interval
-        self._ipr: AsyncIPRoute | None = None
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> NeighborResolver:
-        self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
 
     async def resolve(
         self, addresses: Iterable[str], *, reprobe: bool = False, onlink: Iterable[str] = ()

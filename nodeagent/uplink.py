@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -87,8 +88,9 @@ def mac_bytes(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
-class Uplink:
-    """One interface. Use as `async with Uplink("eth0") as uplink`."""
+class NetlinkSession:
+    """A netlink socket for one interface, open inside `async with`; _lock serializes the
+    requests that must not interleave."""
 
     def __init__(self, interface: str, *, netns: str | None = None) -> None:
         self.interface = interface
@@ -96,7 +98,7 @@ class Uplink:
         self._ipr: AsyncIPRoute | None = None
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> Uplink:
+    async def __aenter__(self) -> Self:
         self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
         return self
 
@@ -106,8 +108,12 @@ class Uplink:
             self._ipr = None
 
     def _socket(self) -> AsyncIPRoute:
-        assert self._ipr is not None, "use Uplink as an async context manager"
+        assert self._ipr is not None, f"use {type(self).__name__} as an async context manager"
         return self._ipr
+
+
+class Uplink(NetlinkSession):
+    """One interface. Use as `async with Uplink("eth0") as uplink`."""
 
     async def info(self) -> UplinkInfo:
         """Raises UplinkError when the interface is missing."""
