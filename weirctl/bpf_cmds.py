@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from weir.common import protocols
 from weir.nodeagent.dataplane.inspection import (
@@ -66,10 +67,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=show_stats)
 
 
+Maps = TypeVar("Maps", PinnedMaps, PinnedNatMaps)
+
+
 def _run(fn: Callable[[PinnedMaps, argparse.Namespace], int]) -> Callable[..., int]:
+    return _with_maps(PinnedMaps, fn)
+
+
+def _with_maps(
+    open_maps: Callable[[Path], Maps], fn: Callable[[Maps, argparse.Namespace], int]
+) -> Callable[..., int]:
+    """A command handler: fn with the maps opened from --bpffs, closed after."""
+
     def handler(args: argparse.Namespace) -> int:
         try:
-            maps = PinnedMaps(args.bpffs)
+            maps = open_maps(args.bpffs)
         except DataplaneError as exc:
             print(f"weirctl: {exc}", file=sys.stderr)
             return 1
@@ -83,20 +95,13 @@ def _run(fn: Callable[[PinnedMaps, argparse.Namespace], int]) -> Callable[..., i
 
 def _run_nat(fn: Callable[[PinnedNatMaps, argparse.Namespace], int]) -> Callable[..., int]:
     """The backend role's maps; a node without the role has none, which is no error."""
+    run = _with_maps(PinnedNatMaps, fn)
 
     def handler(args: argparse.Namespace) -> int:
         if not has_nat_pins(args.bpffs):
             print(f"no backend role on this node (no backend-role maps under {args.bpffs})")
             return 0
-        try:
-            maps = PinnedNatMaps(args.bpffs)
-        except DataplaneError as exc:
-            print(f"weirctl: {exc}", file=sys.stderr)
-            return 1
-        try:
-            return fn(maps, args)
-        finally:
-            maps.close()
+        return run(args)
 
     return handler
 
