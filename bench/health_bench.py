@@ -22,14 +22,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
-from weir.common.aio import Generation
-from weir.nodeagent.backend_macs import BackendMacs, Reachable
-from weir.nodeagent.dataplane.hcpath import HcPath
-from weir.nodeagent.health.checker import HealthChecker
-from weir.nodeagent.health.targets import Check, Target
-from weir.nodeagent.service import NodeSettings
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.nodeagent.standins: the loopback checker
+
+from weir.common.aio import Generation  # noqa: E402
+from weir.nodeagent.health.checker import HealthChecker  # noqa: E402
+from weir.nodeagent.health.targets import Check, Target  # noqa: E402
+from weir.nodeagent.service import NodeSettings  # noqa: E402
+
+from tests.nodeagent.standins import loopback_checker  # noqa: E402
 
 TARGET_SHARE = 0.05
 BASE_PORT = 20000
@@ -67,29 +71,9 @@ class HealthBench:
     failing: int
 
 
-class _Path:
-    """Stands in for the tc program's map: the checks go over loopback."""
-
-    def set(self, routes: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Macs:
-    async def resolve(self, backends: object) -> None:
-        return None
-
-    def reachable(self, service: object, found: object) -> Reachable:
-        return Reachable()
-
-
 async def measure(backends: int, interval: float, seconds: float) -> HealthBench:
     changes = Generation()
-    checker = HealthChecker(
-        lambda: cast(HcPath, _Path()), cast(BackendMacs, _Macs()), changes, refresh=3600
-    )
+    checker = loopback_checker(changes, refresh=3600)
     check = Check("tcp", interval, min(1.0, interval), rise=2, fall=3)
     targets = {
         Target("bench", f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 80, "127.0.0.1",

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from weir.common import viewhash
+from weir.common.aio import Generation
 from weir.common.pb import pb
-from weir.nodeagent.backend_macs import BackendMacs
+from weir.nodeagent.backend_macs import BackendMacs, Reachable
 from weir.nodeagent.bgp.hook import NoBGP
 from weir.nodeagent.controller_client import Update, apply_message
 from weir.nodeagent.dataplane import (
@@ -19,9 +21,11 @@ from weir.nodeagent.dataplane import (
     DataplaneError,
     MapUsage,
 )
+from weir.nodeagent.dataplane.hcpath import HcPath
 from weir.nodeagent.dataplane.layout import SLOTS_PER_LINE
 from weir.nodeagent.dataplane.loader import Capacities
 from weir.nodeagent.dataplane.nat import LocalBackend, NatConfig, NatSettings, check_local
+from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.lb_role import LoadBalancerRole
 from weir.nodeagent.neighbors import Resolution
 from weir.nodeagent.service import Frontend
@@ -189,6 +193,34 @@ class Opener:
         if self.calls <= self.fail:
             raise DataplaneError("bcc is missing")
         return self.made
+
+
+class NoCheckPath:
+    """The check path's map (HcPath) left out: checks to 127.0.0.1 need none."""
+
+    def set(self, routes: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class AllReachable:
+    """BackendMacs for checks over loopback: every backend reachable, nothing to resolve."""
+
+    async def resolve(self, backends: object) -> None:
+        return None
+
+    def reachable(self, service: object, found: object) -> Reachable:
+        return Reachable()
+
+
+def loopback_checker(changes: Generation, refresh: float) -> HealthChecker:
+    """A HealthChecker as the agent runs it, for targets listening on 127.0.0.1."""
+    return HealthChecker(
+        lambda: cast(HcPath, NoCheckPath()), cast(BackendMacs, AllReachable()), changes,
+        refresh=refresh,
+    )  # fmt: skip
 
 
 # -- views -----------------------------------------------------------------------------------

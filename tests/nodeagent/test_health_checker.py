@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from typing import cast
 
 import pytest
 from weir.common.aio import Generation
 from weir.common.pb import pb
-from weir.nodeagent.backend_macs import BackendMacs, Reachable
-from weir.nodeagent.dataplane.hcpath import HcPath
 from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.health.probe import probe
 from weir.nodeagent.health.targets import Check, Target, targets_of
 from weir.nodeagent.service import NodeSettings
 
+from tests.nodeagent.standins import loopback_checker
 from tests.requirements import requires, root
 
 FID = "192.0.2.1:80/TCP"
@@ -69,22 +67,6 @@ def test_targets_are_every_backend_and_held_out_one_pods_only_when_asked() -> No
     assert targets_of([no_check]) == {}
 
 
-class _Path:
-    def set(self, routes: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Macs:
-    async def resolve(self, backends: object) -> None:
-        return None
-
-    def reachable(self, service: object, found: object) -> Reachable:
-        return Reachable()
-
-
 def _listener(port: int = 0) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,9 +78,7 @@ def _listener(port: int = 0) -> socket.socket:
 @pytest.fixture
 async def checker() -> AsyncIterator[tuple[HealthChecker, Generation]]:
     changes = Generation()
-    hc = HealthChecker(
-        lambda: cast(HcPath, _Path()), cast(BackendMacs, _Macs()), changes, refresh=60
-    )
+    hc = loopback_checker(changes, refresh=60)
     task = asyncio.create_task(hc.run())
     yield hc, changes
     task.cancel()
