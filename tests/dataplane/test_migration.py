@@ -15,7 +15,7 @@ from weir.nodeagent.dataplane.model import DataplaneError
 from weir.nodeagent.dataplane.pinned import possible_cpus
 from weir.nodeagent.maglev import backend_id, build_table
 
-from .conftest import NODE_MAC, Node
+from .conftest import NODE_MAC, ROOMY, Node
 from .first_release import downgrade_to_first_release
 from .support import XDP_DROP, XDP_TX, Flow, packet, run_xdp
 
@@ -38,11 +38,6 @@ def backend_of(dp: Dataplane, flow: Flow) -> bytes:
     action, out = run_xdp(dp.xdp_prog_fd, packet(flow, NODE_MAC))
     assert action == XDP_TX
     return out[:6]
-
-
-# Room enough that no bucket of the new, randomly keyed placement overflows (a full bucket
-# would lose a flow by design, counted in flows_lost): 300 flows in 16,384 buckets of 4 ways.
-ROOMY = 65_536
 
 
 def test_the_first_releases_pins_are_migrated_with_their_flows(node: Node) -> None:
