@@ -8,7 +8,8 @@ goes to a peer only through an advertisement that selects both, with the union o
 communities, the highest local preference, the lowest MED and the longest AS-path prepend.
 Local preference goes to iBGP peers only and AS-path prepending to eBGP peers only (an iBGP
 peer would see its own ASN in the path and drop the route): an advertisement asking for
-them elsewhere is reported, and the route goes without them. A drained node (Node annotation
+them towards a peer it selects (a peer some node uses) is reported once per peer, whether or
+not a VIP goes through it yet, and the route goes without them. A drained node (Node annotation
 weir.dev/drain: "true", or drained in memory through weirctl with the file source) keeps its
 peers and advertisements with `drain` set: its agent withdraws everything and keeps forwarding.
 """
@@ -41,8 +42,9 @@ def node_configs(
     vips: the VIPs that have at least one usable backend, with the Services behind them.
     """
     peers_of = _peers_by_node(inputs, error)
-    ads = _Advertisements(inputs, vips, error)
+    ads = _Advertisements(inputs, vips)
     out: list[pb.NodeBGP] = []
+    used: dict[str, bool] = {}  # peer name -> eBGP, of the peers some node uses
     for node_name in sorted(peers_of):
         node = inputs.nodes[node_name]
         router_id = node.router_id()
@@ -50,6 +52,7 @@ def node_configs(
             error(NODE, "", node_name, "no IPv4 address for the BGP router id; BGP not set up")
             continue
         chosen = _consistent_peers(node_name, peers_of[node_name], error)
+        used.update((p.name, p.ebgp) for p, _ in chosen)
         cfg = pb.BGPConfig(
             local_asn=chosen[0][0].local_asn,
             router_id=router_id,
@@ -58,7 +61,31 @@ def node_configs(
             drain=node.drain or node_name in inputs.drained,
         )
         out.append(pb.NodeBGP(node=node_name, bgp=cfg))
+    _check_attributes(inputs, used, error)
     return out
+
+
+def _check_attributes(inputs: ClusterInputs, used: Mapping[str, bool], error: ErrorSink) -> None:
+    """Report the attributes each advertisement asks for that a peer it selects cannot get."""
+    for name in sorted(inputs.bgp_advertisements):
+        a = inputs.bgp_advertisements[name]
+        for peer in sorted(p for p in used if not a.peers or p in a.peers):
+            if used[peer] and a.local_pref:
+                error(
+                    BGP_ADVERTISEMENT,
+                    "",
+                    name,
+                    f"localPref {a.local_pref} applies to iBGP peers only; not sent to the "
+                    f"eBGP peer {peer} (use med or asPathPrepend to steer an eBGP peer)",
+                )
+            if not used[peer] and a.as_path_prepend:
+                error(
+                    BGP_ADVERTISEMENT,
+                    "",
+                    name,
+                    f"asPathPrepend applies to eBGP peers only; not done towards the iBGP "
+                    f"peer {peer}",
+                )
 
 
 def _peers_by_node(
@@ -172,13 +199,10 @@ class _Attributes:
 class _Advertisements:
     """Advertisement lists, computed once per distinct set of peers."""
 
-    def __init__(
-        self, inputs: ClusterInputs, vips: Sequence[AnnouncedVip], error: ErrorSink
-    ) -> None:
+    def __init__(self, inputs: ClusterInputs, vips: Sequence[AnnouncedVip]) -> None:
         self._ads = [inputs.bgp_advertisements[n] for n in sorted(inputs.bgp_advertisements)]
         self._pools = [inputs.pools[n] for n in sorted(inputs.pools)]
         self._vips = sorted(vips, key=lambda v: prefix_of(v.vip))
-        self._error = error
         self._matching: list[list[BGPAdvertisement]] | None = None
         self._by_peers: dict[tuple[tuple[str, bool], ...], list[pb.Advertisement]] = {}
 
@@ -200,7 +224,7 @@ class _Advertisements:
             for peer, ebgp in peers:
                 chosen = [a for a in matching if not a.peers or peer in a.peers]
                 if chosen:
-                    groups.setdefault(self._merge(chosen, peer, ebgp), []).append(peer)
+                    groups.setdefault(_merge(chosen, ebgp), []).append(peer)
             for attrs, group in sorted(groups.items(), key=lambda g: g[1]):
                 ad = pb.Advertisement(
                     prefix=prefix_of(v.vip),
@@ -215,37 +239,21 @@ class _Advertisements:
                 out.append(ad)
         return out
 
-    def _merge(self, chosen: list[BGPAdvertisement], peer: str, ebgp: bool) -> _Attributes:
-        for a in chosen:
-            if ebgp and a.local_pref:
-                self._error(
-                    BGP_ADVERTISEMENT,
-                    "",
-                    a.name,
-                    f"localPref {a.local_pref} applies to iBGP peers only; not sent to the "
-                    f"eBGP peer {peer} (use med or asPathPrepend to steer an eBGP peer)",
-                )
-            if not ebgp and a.as_path_prepend:
-                self._error(
-                    BGP_ADVERTISEMENT,
-                    "",
-                    a.name,
-                    f"asPathPrepend applies to eBGP peers only; not done towards the iBGP "
-                    f"peer {peer}",
-                )
-        meds = [a.med for a in chosen if a.med is not None]
-        return _Attributes(
-            communities=tuple(sorted({c for a in chosen for c in a.communities})),
-            local_pref=0 if ebgp else max(a.local_pref for a in chosen),
-            med=min(meds) if meds else None,
-            prepend=max(a.as_path_prepend for a in chosen) if ebgp else 0,
-            sources=tuple(a.name for a in chosen),
-        )
-
     def _select(self, v: AnnouncedVip) -> list[BGPAdvertisement]:
         addr = ipaddress.ip_address(v.vip)
         pools = [p for p in self._pools if p.contains(addr)]
         return [a for a in self._ads if _selects(a, pools, v)]
+
+
+def _merge(chosen: list[BGPAdvertisement], ebgp: bool) -> _Attributes:
+    meds = [a.med for a in chosen if a.med is not None]
+    return _Attributes(
+        communities=tuple(sorted({c for a in chosen for c in a.communities})),
+        local_pref=0 if ebgp else max(a.local_pref for a in chosen),
+        med=min(meds) if meds else None,
+        prepend=max(a.as_path_prepend for a in chosen) if ebgp else 0,
+        sources=tuple(a.name for a in chosen),
+    )
 
 
 def _selects(ad: BGPAdvertisement, pools: list[IPPool], v: AnnouncedVip) -> bool:

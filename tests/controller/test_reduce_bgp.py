@@ -219,6 +219,27 @@ def test_local_pref_is_refused_on_ebgp_and_prepend_on_ibgp() -> None:
     assert any("asPathPrepend applies to eBGP peers only" in m and "ibgp" in m for m in errors)
 
 
+def test_a_refused_attribute_is_reported_before_any_vip_goes_through_it() -> None:
+    """The refusal is about the advertisement and the peers it selects: it shows as soon as
+    the object exists, once per peer, not only once a Service matches it."""
+    objs = [
+        *base(),
+        peer("ebgp", **LB),
+        peer("ibgp", address="172.16.0.253", asn=64513, **LB),
+        peer("unused", address="172.16.0.252", nodeSelector={"matchLabels": {"lb": "no"}}),
+        weir("BGPAdvertisement", "nothing-yet", {
+            "serviceSelectors": [{"matchLabels": {"app": "none"}}], "localPref": 200,
+        }),
+        weir("BGPAdvertisement", "inside", {"localPref": 300, "peers": ["ibgp"]}),
+    ]  # fmt: skip
+    result = run(objs)
+    assert errors_for(result, "BGPAdvertisement", "nothing-yet") == [
+        "localPref 200 applies to iBGP peers only; not sent to the eBGP peer ebgp (use med or "
+        "asPathPrepend to steer an eBGP peer)"
+    ]
+    assert errors_for(result, "BGPAdvertisement", "inside") == []
+
+
 def test_med_unset_is_not_sent_and_the_lowest_med_wins() -> None:
     objs = [
         *base(),
