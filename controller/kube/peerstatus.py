@@ -39,17 +39,17 @@ session, as reports lag), so the uptime going by is not a change.
 from __future__ import annotations
 
 import asyncio
-import random
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.state import ClusterState
-from weir.controller.kube.api import BGP_PEERS, ApiError, KubeAPI, WriteFailure, write
+from weir.controller.kube.api import BGP_PEERS, KubeAPI, WriteFailure, write
+from weir.controller.kube.statuswrite import due_and_listed, list_by_name, retried
 from weir.controller.plane.servicer import NodePlane
 
 log = get_logger("weir.peerstatus")
@@ -114,15 +114,9 @@ class PeerStatusWriter:
             except TimeoutError:
                 pass
             renew = loop.time() >= renew_at
-            written = await self.write_changed(renew=renew)
-            for _ in range(self.quick_retries):
-                if written:
-                    break
-                # Mostly a 409 (another replica wrote the same BGPPeer since the list):
-                # again at once from a fresh list, after a short random pause so two
-                # replicas do not collide again in step.
-                await asyncio.sleep(random.uniform(0.02, 0.2))
-                written = await self.write_changed(renew=renew)
+            # Mostly a 409: another replica wrote the same BGPPeer since the list.
+            write = functools.partial(self.write_changed, renew=renew)
+            written = await retried(write, self.quick_retries)
             if written and renew:
                 renew_at = loop.time() + self.refresh
             await asyncio.sleep(self.min_interval)
@@ -194,17 +188,13 @@ class PeerStatusWriter:
         """Write the peers whose entries here changed (every peer when renewing); False when
         some write failed (or lost a race: the next pass retries from a fresh list)."""
         desired = self.desired()
-        due = [p for p, e in desired.items() if renew or self._written.get(p, {}) != e]
-        for gone in set(self._written) - set(desired):
-            del self._written[gone]
-        if not due:
-            return True
-        peers = await self._list()
-        if peers is None:
+        found = await due_and_listed(self.api, BGP_PEERS, desired, self._written, {}, every=renew)
+        if found is None:
             return False
+        todo, peers = found
         ok = True
         observed = _stamp(self._clock())
-        for peer in due:
+        for peer in todo:
             obj = peers.get(peer)
             if obj is None:  # deleted meanwhile: nothing to write
                 self._written[peer] = desired[peer]
@@ -228,7 +218,7 @@ class PeerStatusWriter:
     async def sweep(self) -> bool:
         """Remove other replicas' entries not renewed within the TTL, and set `established`
         where it is missing or off; False when some write failed."""
-        peers = await self._list()
+        peers = await list_by_name(self.api, BGP_PEERS)
         if peers is None:
             return False
         ok = True
@@ -253,14 +243,6 @@ class PeerStatusWriter:
                     )
                 ok = await self._patch(obj, stale) and ok
         return ok
-
-    async def _list(self) -> dict[str, dict[str, Any]] | None:
-        try:
-            items, _ = await self.api.list_all(BGP_PEERS)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
-            log.warning("listing BGPPeers failed", error=repr(e))
-            return None
-        return {obj["metadata"]["name"]: obj for obj in items}
 
     async def _patch(self, obj: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:
         """Merge nodes (None removes) into obj's status, if obj is still as listed."""
