@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 
 class Generation:
@@ -32,3 +33,16 @@ class Generation:
         while self._value <= seen:
             await self._event.wait()
         return self._value
+
+
+async def wait_any(seen: Iterable[tuple[Generation, int]]) -> None:
+    """Wait until one of these generations is past the value seen of it."""
+    pairs = list(seen)
+    if any(g.value > v for g, v in pairs):
+        return
+    waits = [asyncio.ensure_future(g.wait_past(v)) for g, v in pairs]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

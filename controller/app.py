@@ -120,7 +120,7 @@ class ControllerApp:
         if args.metrics_listen:
             tasks["metrics"] = serve_metrics(self.metrics, args.metrics_listen)
         if self.kube is not None:
-            tasks.update(self.kube.tasks(self.state, self.store, self.plane))
+            tasks.update(self.kube.tasks(self.state, self.store, self.publisher, self.plane))
         return tasks
 
     def listeners(self) -> Listeners:

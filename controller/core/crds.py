@@ -301,6 +301,10 @@ class BGPAdvertisement:
     peers: tuple[str, ...]
     med: int | None = None
     as_path_prepend: int = 0
+    # What its status is about: the spec generation, of this very object (not one of the
+    # same name deleted before).
+    generation: int = 0
+    uid: str = ""
 
 
 MAX_PREPEND = 10
@@ -329,6 +333,8 @@ def parse_bgp_advertisement(obj: Mapping[str, Any]) -> BGPAdvertisement:
         as_path_prepend=integer(
             spec.get("asPathPrepend"), "spec.asPathPrepend", 0, MAX_PREPEND, default=0
         ),
+        generation=meta.generation,
+        uid=meta.uid,
     )
 
 

@@ -6,6 +6,10 @@ that follows within the window lands in one reduce at its end, so a rolling upda
 most one version per window, not one per pod. Nothing
 is published before the sources delivered their first full list of every required kind:
 an agent must never receive the empty state of a controller that is still starting.
+
+`reduced` keeps what the last reduce worked from and what it found wrong, together, and
+`reductions` bumps with each: readers that report those problems on the objects (the
+BGPAdvertisement status) pair each problem with the object's generation it came from.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.objects import ALL_KINDS
@@ -29,6 +35,14 @@ log = get_logger("weir.publish")
 DEFAULT_DEBOUNCE = 0.05
 # Reduce runs in a thread once it takes longer than this, so the streams stay served.
 _THREAD_THRESHOLD = 0.005
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """What one reduce worked from, and the problems it found in it."""
+
+    inputs: ClusterInputs
+    errors: tuple[pb.ObjectError, ...]
 
 
 class Publisher:
@@ -51,6 +65,8 @@ class Publisher:
         self._reduce_errors: tuple[pb.ObjectError, ...] = ()
         self._last_duration = 0.0
         self._held: Mapping[str, str] = MappingProxyType({})  # see ClusterInputs.held
+        self.reduced: Reduced | None = None  # the last published reduce
+        self.reductions = Generation()  # bumps with each published reduce
 
     def errors(self) -> list[pb.ObjectError]:
         """Bad input from the state (parse, source) and from reduce, sorted."""
@@ -79,7 +95,7 @@ class Publisher:
             inputs = dataclasses.replace(self.state.inputs(), held=self._held)
             built = await self._build(inputs)
             if built is not None:
-                self._publish(*built)
+                self._publish(inputs, *built)
             last_publish = loop.time()
 
     async def _build(self, inputs: ClusterInputs) -> tuple[ReduceResult, Prepared] | None:
@@ -103,8 +119,9 @@ class Publisher:
         result = reduce(inputs, self.config)
         return result, self.store.prepare(result.cluster)
 
-    def _publish(self, result: ReduceResult, prepared: Prepared) -> None:
+    def _publish(self, inputs: ClusterInputs, result: ReduceResult, prepared: Prepared) -> None:
         self._reduce_errors = tuple(result.errors)
+        self.reduced = Reduced(inputs, self._reduce_errors)
         self.metrics.object_errors.set(len(self.errors()))
         before = self.store.version
         version = self.store.commit(prepared)
@@ -119,3 +136,4 @@ class Publisher:
                 errors=len(self._reduce_errors),
                 reduce_ms=round(self._last_duration * 1000, 2),
             )
+        self.reductions.bump()

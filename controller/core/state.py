@@ -134,7 +134,11 @@ class ClusterState:
 
     def unparsed(self, kind: str) -> list[Mapping[str, Any]]:
         """The objects of this kind that did not parse, as read (each has an ObjectError)."""
-        return [r.raw for ref, r in self._rejected.items() if ref.kind == kind]
+        return [raw for raw, _ in self.rejected(kind)]
+
+    def rejected(self, kind: str) -> list[tuple[Mapping[str, Any], pb.ObjectError]]:
+        """The objects of this kind that did not parse, as read, each with its error."""
+        return [(r.raw, r.error) for ref, r in self._rejected.items() if ref.kind == kind]
 
     def set_drained(self, node: str, drain: bool) -> None:
         """Drain (or undrain) a node in memory, next to its weir.dev/drain annotation: what

@@ -4,8 +4,9 @@ them and the tasks they run.
 Every replica watches (the source feeds the cluster state, which the allocator reads too),
 serves the NodePlane and writes the BGPPeer status entries of the agents connected to it
 (controller/kube/peerstatus.py); only the Lease holder (or every replica, without
---leader-elect) runs the allocator, which writes Service status, Events and pool status, and
-removes the BGPPeer status entries of gone replicas.
+--leader-elect) runs the allocator, which writes Service status, Events and pool status,
+removes the BGPPeer status entries of gone replicas, and writes the BGPAdvertisement
+condition (controller/kube/adstatus.py).
 
 At start: the API server must be a Kubernetes Weir supports (controller/kube/status.py).
 With the API come the controller's own CA (a Secret, controller/kube/pki.py), which signs
@@ -25,8 +26,10 @@ from typing import Any
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.objects import ALL_KINDS
+from weir.controller.core.publish import Publisher
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
+from weir.controller.kube.adstatus import AdvertisementStatusWriter
 from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
 from weir.controller.kube.api import KubeAPI, load_client
 from weir.controller.kube.drain import AnnotationDrainer
@@ -239,10 +242,10 @@ class KubernetesParts:
         return status
 
     def tasks(
-        self, state: ClusterState, store: SnapshotStore, plane: NodePlane
+        self, state: ClusterState, store: SnapshotStore, publisher: Publisher, plane: NodePlane
     ) -> dict[str, Coroutine[Any, Any, None]]:
-        """By name: the BGPPeer status writer, the allocator under leader election, and the
-        health port. state must keep STATE_KINDS."""
+        """By name: the BGPPeer status writer, the allocator and the BGPAdvertisement status
+        writer under leader election, and the health port. state must keep STATE_KINDS."""
         allocator = Allocator(
             self.api,
             state,
@@ -254,6 +257,7 @@ class KubernetesParts:
         peer_status = PeerStatusWriter(
             self.api, plane, state, reporter=self.identity, refresh=self.args.peer_status_refresh
         )
+        ad_status = AdvertisementStatusWriter(self.api, state, publisher, plane)
 
         async def lead() -> None:
             plane.metrics.leader.set(1)
@@ -261,6 +265,7 @@ class KubernetesParts:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(allocator.run(), name="allocator")
                     tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
+                    tg.create_task(ad_status.run(), name="bgpadvertisement-status")
             finally:
                 plane.metrics.leader.set(0)
 

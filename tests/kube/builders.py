@@ -96,6 +96,15 @@ def peer(name: str, address: str, peer_asn: int = 65000, local_asn: int = 65001)
     }
 
 
+def advertisement(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": WEIR,
+        "kind": "BGPAdvertisement",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 def secret(name: str, ns: str, **string_data: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -108,3 +108,47 @@ async def test_ip_mode_is_served_from_1_30_only(fake: FakeKubeAPI, tmp_path: Pat
     assert fake.get("v1", "Service", "default", "web")["status"]["loadBalancer"]["ingress"] == [
         {"ip": "192.0.2.2", "ipMode": "VIP"}
     ]
+
+
+async def test_the_bgpadvertisement_status_is_a_subresource(
+    api: client.ApiClient, fake: FakeKubeAPI
+) -> None:
+    """As deployed (deploy/base/crds): status is dropped on create and ignored on writes of
+    the object, spec is ignored on writes of the status, a status write does not move the
+    generation, a stale resourceVersion loses (409), and a condition must be well formed."""
+    custom = client.CustomObjectsApi(api)
+    ads = ("weir.dev", "v1alpha1", "bgpadvertisements")
+    merge = {"_content_type": "application/merge-patch+json"}
+    cond = {
+        "type": "Accepted",
+        "status": "True",
+        "reason": "Accepted",
+        "message": "ok",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "observedGeneration": 1,
+    }
+    body = {**b.advertisement("a", localPref=100), "status": {"conditions": [cond]}}
+    made = await custom.create_cluster_custom_object(*ads, body)
+    assert "status" not in made and made["metadata"]["generation"] == 1
+    written = await custom.patch_cluster_custom_object_status(
+        *ads, "a", {"spec": {"localPref": 1}, "status": {"conditions": [cond]}}, **merge
+    )
+    assert written["spec"] == {"localPref": 100} and written["status"]["conditions"] == [cond]
+    assert written["metadata"]["generation"] == 1
+    edited = await custom.patch_cluster_custom_object(
+        *ads, "a", {"spec": {"localPref": 5}, "status": {"conditions": None}}, **merge
+    )
+    assert edited["spec"] == {"localPref": 5} and edited["status"]["conditions"] == [cond]
+    assert edited["metadata"]["generation"] == 2
+    stale = {"metadata": {"resourceVersion": written["metadata"]["resourceVersion"]}}
+    with pytest.raises(ApiException) as e:
+        await custom.patch_cluster_custom_object_status(
+            *ads, "a", {**stale, "status": {"conditions": []}}, **merge
+        )
+    assert e.value.status == 409
+    for bad in ({"reason": ""}, {"reason": "not a reason"}, {"status": "Yes"}, {"type": "a b"}):
+        with pytest.raises(ApiException) as e:
+            await custom.patch_cluster_custom_object_status(
+                *ads, "a", {"status": {"conditions": [{**cond, **bad}]}}, **merge
+            )
+        assert e.value.status == 422, bad

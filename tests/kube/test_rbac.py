@@ -4,9 +4,10 @@ every request must be allowed, and every granted permission must have been used.
 deployed, the controller makes its CA (a Secret) and replaces a stale CA bundle
 (ConfigMap); an agent trades its token for its node certificate (a TokenReview; the fake
 is Kubernetes 1.29, whose tokens do not name the node, so the Pod is read) and reports a
-BGP session (the leader writes the BGPPeer status); a node is drained (the controller
-patches the Node's annotation) and weirctl status reads the controller's Deployment, both
-through the local socket."""
+BGP session (the leader writes the BGPPeer status); the leader refuses an advertisement's
+localPref towards the eBGP peer (in the BGPAdvertisement's condition); a node is drained
+(the controller patches the Node's annotation) and weirctl status reads the controller's
+Deployment, both through the local socket."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ async def check_rbac(fake: FakeKubeAPI, tmp_path: Path) -> None:
         )
 
     fake.create(b.peer("router", "10.0.0.254"))
+    fake.create(b.advertisement("steer", localPref=200))
     ctl, second = replica("rbac"), replica("rbac-2")
     agent: Agent | None = None
     try:
@@ -100,6 +102,7 @@ async def check_rbac(fake: FakeKubeAPI, tmp_path: Path) -> None:
                 and events(fake, "c-late")
                 and len(fake.calls(user=user, verb="update", resource="leases")) >= 1
                 and peer_established(fake) == 1
+                and accepted(fake, "steer") == "False"
             ),
             within=30,
         )
@@ -159,6 +162,12 @@ def ca_bundle(fake: FakeKubeAPI) -> bytes:
 def peer_established(fake: FakeKubeAPI) -> int:
     obj = fake.get(b.WEIR, "BGPPeer", "", "router") or {}
     return (obj.get("status") or {}).get("established", 0)
+
+
+def accepted(fake: FakeKubeAPI, name: str) -> str:
+    obj = fake.get(b.WEIR, "BGPAdvertisement", "", name) or {}
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "Accepted"), "")
 
 
 def test_agent_has_no_api_access() -> None:
