@@ -64,6 +64,22 @@ def condition(fake: FakeKubeAPI, name: str, ns: str = "default") -> dict[str, An
     return None
 
 
+def accepted(fake: FakeKubeAPI, name: str) -> dict[str, Any]:
+    """The condition Accepted of a BGPAdvertisement ({} when it has none)."""
+    obj = fake.get("weir.dev/v1alpha1", "BGPAdvertisement", "", name) or {}
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == "Accepted":
+            return c
+    return {}
+
+
+def advertisement_writes(fake: FakeKubeAPI, name: str = "") -> int:
+    """Status writes of BGPAdvertisements (of the one named) the API server took."""
+    match = {"name": name} if name else {}
+    calls = fake.calls(verb="patch", resource="bgpadvertisements", subresource="status", **match)
+    return len([r for r in calls if r.code == 200])
+
+
 def events(fake: FakeKubeAPI, name: str, ns: str = "default") -> list[tuple[str, str, str]]:
     return [
         (e["type"], e["reason"], e["message"])

@@ -30,7 +30,8 @@ from tests.controller.plane_support import Plane
 
 from . import builders as b
 from .fakeapi import FakeKubeAPI
-from .harness import Harness
+from .harness import Harness, accepted
+from .harness import advertisement_writes as writes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,20 +87,6 @@ async def running(c: Controller) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def accepted(fake: FakeKubeAPI, name: str) -> dict[str, Any]:
-    obj = fake.get(b.WEIR, "BGPAdvertisement", "", name) or {}
-    found = [
-        c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Accepted"
-    ]
-    return found[0] if found else {}
-
-
-def writes(fake: FakeKubeAPI, name: str = "") -> int:
-    match = {"name": name} if name else {}
-    calls = fake.calls(verb="patch", resource="bgpadvertisements", subresource="status", **match)
-    return len([r for r in calls if r.code == 200])
 
 
 def generation(fake: FakeKubeAPI, name: str) -> int:

@@ -1,6 +1,7 @@
 """weir-controller processes against the fake API server: a 410 relist makes no new snapshot
 version; two replicas with leader election survive a SIGKILL of the leader with no address
-change, and agents connected to the survivor converge."""
+change, and agents connected to the survivor converge; only the leader keeps the
+BGPAdvertisement condition, and a new leader rewrites none that is right."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import builders as b
 from .conftest import NAMESPACE
 from .fakeapi import FakeKubeAPI
-from .harness import ingress
+from .harness import accepted, advertisement_writes, ingress
 from .procs import Agent, ControllerProc, free_port
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 LEASE = {"duration": 4.0, "renew": 3.0, "retry": 0.5}
+AD_WRITER = "BGPAdvertisement status writer running"  # logged as the leader starts it
 
 
 def lease_args() -> list[str]:
@@ -118,6 +120,8 @@ async def test_leader_failover(
     cluster: FakeKubeAPI, kubeconfig: Path, tmp_path: Path, procs: list[ControllerProc]
 ) -> None:
     fake = cluster
+    fake.create(b.peer("tor", "10.0.0.254"))  # eBGP
+    fake.create(b.advertisement("steer", localPref=200))
     first = ControllerProc(kubeconfig, tmp_path, "ctl-1", *lease_args())
     procs.append(first)
     await first.start()
@@ -136,6 +140,9 @@ async def test_leader_failover(
         await fake.wait_until(
             lambda: len(fake.calls(user="admin", resource="leases")) > 0 and holder(fake) == "ctl-1"
         )
+        await fake.wait_until(lambda: accepted(fake, "steer").get("status") == "False")
+        assert AD_WRITER not in second.log.read_text()  # the standby does not write it
+        ad_writes = advertisement_writes(fake)
         killed = time.monotonic()
         first.kill()
         mark = len(fake.records)
@@ -152,6 +159,12 @@ async def test_leader_failover(
         assert ingress(fake, "web") == web  # no address changed
         rewrites = [r for r in fake.records[mark:] if r.verb == "patch" and r.name == "web"]
         assert not rewrites
+        # The new leader finds the condition right (nothing written), and keeps it.
+        await fake.wait_until(lambda: AD_WRITER in second.log.read_text())
+        fake.patch(b.WEIR, "BGPAdvertisement", "", "steer", {"spec": {"localPref": None}})
+        await fake.wait_until(lambda: accepted(fake, "steer").get("observedGeneration") == 2)
+        assert accepted(fake, "steer")["status"] == "True"
+        assert advertisement_writes(fake) == ad_writes + 1
         assert second.proc.returncode is None
     except BaseException:
         print(first.logs(), second.logs(), sep="\n-----\n")

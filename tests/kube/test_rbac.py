@@ -22,7 +22,7 @@ from weir.nodeagent.identity import TokenIdentity
 from . import builders as b
 from .conftest import NAMESPACE, render_deploy, serving
 from .fakeapi import FakeKubeAPI
-from .harness import events, ingress
+from .harness import accepted, events, ingress
 from .procs import FAST_LEASE, Agent, ControllerProc
 from .rbac import Grant, bindings_of, grants_for, service_account_user
 
@@ -102,7 +102,7 @@ async def check_rbac(fake: FakeKubeAPI, tmp_path: Path) -> None:
                 and events(fake, "c-late")
                 and len(fake.calls(user=user, verb="update", resource="leases")) >= 1
                 and peer_established(fake) == 1
-                and accepted(fake, "steer") == "False"
+                and accepted(fake, "steer").get("status") == "False"
             ),
             within=30,
         )
@@ -162,12 +162,6 @@ def ca_bundle(fake: FakeKubeAPI) -> bytes:
 def peer_established(fake: FakeKubeAPI) -> int:
     obj = fake.get(b.WEIR, "BGPPeer", "", "router") or {}
     return (obj.get("status") or {}).get("established", 0)
-
-
-def accepted(fake: FakeKubeAPI, name: str) -> str:
-    obj = fake.get(b.WEIR, "BGPAdvertisement", "", name) or {}
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c["status"] for c in conditions if c["type"] == "Accepted"), "")
 
 
 def test_agent_has_no_api_access() -> None:
