@@ -4,7 +4,8 @@ schema, in its order: prune unknown fields, apply defaults, validate.
 Covered: type, properties, additionalProperties, items, required, enum, nullable, minimum,
 maximum, exclusive bounds, minLength, maxLength, minItems, maxItems, pattern, the formats the
 server checks that Weir's CRDs use (ipv4, ipv6, cidr, date-time, int32, int64), x-kubernetes-
-preserve-unknown-fields, x-kubernetes-int-or-string, anyOf/oneOf/allOf/not (validation only).
+preserve-unknown-fields, x-kubernetes-int-or-string, x-kubernetes-list-type (set and map: no
+two items alike, or with the same keys), anyOf/oneOf/allOf/not (validation only).
 Not covered: CEL rules (x-kubernetes-validations) are not evaluated, so a CRD must not rely on
 them for anything the code or the tests need.
 """
@@ -98,7 +99,28 @@ def validate(obj: Any, schema: Mapping[str, Any], path: str = "") -> list[str]:
     if isinstance(obj, list) and isinstance(schema.get("items"), Mapping):
         for i, value in enumerate(obj):
             errs += validate(value, schema["items"], f"{path}[{i}]")
+    if isinstance(obj, list):
+        errs += _list_type(obj, schema, path)
     errs += _combinators(obj, schema, path)
+    return errs
+
+
+def _list_type(obj: list[Any], schema: Mapping[str, Any], path: str) -> list[str]:
+    """A set holds no item twice; a map no two items with the same values of its keys."""
+    kind = schema.get("x-kubernetes-list-type")
+    keys = schema.get("x-kubernetes-list-map-keys") or ()
+    errs: list[str] = []
+    seen: list[Any] = []
+    for i, item in enumerate(obj):
+        if kind == "map" and isinstance(item, Mapping):
+            key: Any = {k: item.get(k) for k in keys}
+        elif kind == "set":
+            key = item
+        else:
+            continue
+        if key in seen:
+            errs.append(f"{path}[{i}]: Duplicate value: {key!r}")
+        seen.append(key)
     return errs
 
 

@@ -115,7 +115,8 @@ async def test_the_bgpadvertisement_status_is_a_subresource(
 ) -> None:
     """As deployed (deploy/base/crds): status is dropped on create and ignored on writes of
     the object, spec is ignored on writes of the status, a status write does not move the
-    generation, a stale resourceVersion loses (409), and a condition must be well formed."""
+    generation, a stale resourceVersion loses (409), and a condition must be well formed
+    and alone of its type."""
     custom = client.CustomObjectsApi(api)
     ads = ("weir.dev", "v1alpha1", "bgpadvertisements")
     merge = {"_content_type": "application/merge-patch+json"}
@@ -152,3 +153,9 @@ async def test_the_bgpadvertisement_status_is_a_subresource(
                 *ads, "a", {"status": {"conditions": [{**cond, **bad}]}}, **merge
             )
         assert e.value.status == 422, bad
+    twice = [cond, {**cond, "status": "False"}]  # a list-type map: one item per type
+    with pytest.raises(ApiException) as e:
+        await custom.patch_cluster_custom_object_status(
+            *ads, "a", {"status": {"conditions": twice}}, **merge
+        )
+    assert e.value.status == 422 and "Duplicate value" in e.value.body
