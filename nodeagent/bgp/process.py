@@ -28,6 +28,7 @@ from weir.nodeagent.bgp.exabgp_main import KEEPALIVE_ENV
 from weir.nodeagent.bgp.waiting import first_done
 
 RELAY = Path(__file__).with_name("relay.py")
+ENV = "/usr/bin/env"  # readable by everyone: see ExaBGPProcess.helper
 EXABGP = Path(__file__).with_name("exabgp_main.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STOP_TIMEOUT = 5.0  # for ExaBGP to send its Cease and exit after SIGTERM
@@ -110,8 +111,11 @@ class ExaBGPProcess:
         self._tasks: list[asyncio.Task[None]] = []
 
     def helper(self) -> list[str]:
-        """The `run` line of the API helper in ExaBGP's configuration."""
-        return [sys.executable, "-I", str(RELAY), str(self.socket_path)]
+        """The `run` line of the API helper in ExaBGP's configuration. ExaBGP opens the
+        program it names on every reload, by then as the unprivileged user: through
+        /usr/bin/env, a checkout or venv that user cannot reach (a 0700 directory) still
+        reloads, where naming our interpreter failed the reload and reset every session."""
+        return [ENV, sys.executable, "-I", str(RELAY), str(self.socket_path)]
 
     @property
     def pid(self) -> int | None:

@@ -17,9 +17,11 @@ from weir.nodeagent.bgp import exaconf
 from weir.nodeagent.bgp.config import Route
 from weir.nodeagent.bgp.events import Answer, NeighborEvent, Other, SentUpdate, parse_line
 from weir.nodeagent.bgp.exabgp_main import keepalive_for
-from weir.nodeagent.bgp.process import RELAY
+from weir.nodeagent.bgp.process import RELAY, ExaBGPOptions, ExaBGPProcess
 from weir.nodeagent.bgp.sessions import SessionTable
 from weir.nodeagent.bgp.speaker import BGPSpeaker
+
+from tests.requirements import requires, root
 
 
 def peer(name: str = "r1", address: str = "10.0.0.1", **kw: object) -> pb.BGPPeer:
@@ -160,6 +162,24 @@ def test_rendered_config_is_valid_for_exabgp(tmp_path: Path) -> None:
         env={"exabgp_log_destination": "stdout", "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@requires(root)
+def test_exabgp_can_open_its_helper_as_the_user_it_drops_to(tmp_path: Path) -> None:
+    """ExaBGP opens the helper's program again on every reload, after dropping to its
+    user: a program that user cannot reach (an agent installed under a 0700 directory)
+    failed every reload, and ExaBGP was restarted with every session reset."""
+    opts = ExaBGPOptions()
+    program = ExaBGPProcess(tmp_path, opts, lambda _m: None).helper()[0]
+    check = "import os, sys; os.close(os.open(sys.argv[1], os.O_RDONLY))"
+    opened = subprocess.run(
+        ["/usr/bin/python3", "-c", check, program],
+        user=opts.user,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert opened.returncode == 0, opened.stderr
 
 
 def test_render_refuses_a_helper_path_it_cannot_write() -> None:

@@ -231,6 +231,8 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(
     lab: Lab, tmp_path: Path
 ) -> None:
     lab.wait_value('count(up{job="weir-system/weir-agent"} == 1)', 2)
+    # rate() needs two samples in its window: every target scraped a few times first
+    wait_until(lambda: (lab.value("min(count_over_time(up[1m]))") or 0) >= 3, "3 scrapes", 20)
     empty = []
     for expr in dashboard_queries():
         result = lab.query(expr.replace("$__rate_interval", "1m"))
