@@ -49,5 +49,20 @@ def test_quick_lab_run_passes_every_check() -> None:
     assert proc.returncode == 0, out[-6000:]
     assert "connections succeeded" in out and "300/300" in out, out[-3000:]
     assert "FAIL" not in out, out[-3000:]
+    assert_traffic_charts(out)
     assert "nothing left behind" in out
     assert leftovers(PREFIX, WORKDIR) == []
+
+
+def assert_traffic_charts(out: str) -> None:
+    """The charts from the agents' metrics: every backend and LB node took new flows (the
+    story sends thousands), lines fit 100 columns, the shares add up to 100%."""
+    lines = out.splitlines()
+    for title, names in (("new flows per backend", BACKENDS), ("new flows per LB node", NODES)):
+        start = next(i for i, line in enumerate(lines) if title in line)
+        rows = {line.split()[0]: line for line in lines[start + 1 : start + 1 + len(names)]}
+        assert set(rows) == set(names), lines[start : start + 6]
+        assert all(len(line) <= 100 for line in rows.values())
+        flows = {n: float(r.split()[-2]) for n, r in rows.items()}
+        shares = [float(r.split()[-1].rstrip("%")) for r in rows.values()]
+        assert min(flows.values()) > 0 and abs(sum(shares) - 100) < 0.5, rows
