@@ -36,8 +36,9 @@ SetNodeDrain hands the setting to the drainer (controller/plane/drain.py) and an
 published version carries it (or at once for a node with no BGP settings).
 
 Authorization: the client CA signs node certificates too, so a signed certificate alone
-must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain) need a
-certificate identity listed in `operators` (--operator); the inspection RPCs stay open to
+must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain), and
+WatchFlows (its decisions carry client addresses), need a certificate identity listed in
+`operators` (--operator); the inspection RPCs stay open to
 any certificate the CA signed (they redact BGP passwords). In plaintext mode (only on an
 explicit --plaintext) and on the local socket (--local-socket, inside the controller's Pod)
 there is no identity to check, and every RPC is allowed.
@@ -609,7 +610,8 @@ class NodePlane:
     async def WatchFlows(
         self, request: pb.WatchFlowsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchFlowsResponse]:
-        await self._require_identity(context)
+        # Operators only (under TLS): the decisions carry client addresses.
+        await self._require_operator(context, "WatchFlows")
         await self._check_node(request.node, context)
         session = self._sessions.get(request.node)
         if session is None:
