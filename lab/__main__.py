@@ -27,7 +27,7 @@ from weir.lab import chart, demo, show
 from weir.lab.netns import LabError, Topology, cleanup_prefix, leftovers
 from weir.lab.sampler import TrafficSampler
 from weir.lab.stack import METRICS, WORKDIR, Stack
-from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, VIP, build
+from weir.lab.topology import BACKENDS, CLIENTS, NODES, PODS, PREFIX, VIP, build
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,11 +45,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def backend_names() -> dict[str, str]:
+    """address -> name of the lab's backends, hosts and pods."""
+    hosts = {addr: name for name, addr in BACKENDS.items()}
+    return {**hosts, **{addr: name for name, (_, addr) in PODS.items()}}
+
+
 def charts(sampler: TrafficSampler, png: Path | None) -> None:
     """The traffic over the story, per backend and per LB node, from the agents' metrics."""
-    backends = {addr: name for name, addr in BACKENDS.items()}
+    backends = backend_names()
     rows = [
-        ("new flows per backend (share of each interval; story steps below)",
+        ("new flows per backend and pod (share of each interval; the story's steps below)",
          sampler.by_backend, list(backends.values())),
         ("new flows per LB node (its XDP counters, every service)",
          sampler.by_node, list(NODES)),
@@ -98,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         stack = Stack(build(topo), topo.workdir(WORKDIR), args.routing)
         stack.start(progress=show.note)
         show.note(f"router: ECMP over {', '.join(stack.next_hops())} ({stack.routing})")
-        backends = {addr: name for name, addr in BACKENDS.items()}
-        sampler = TrafficSampler(stack.net.nodes, METRICS, backends)
+        sampler = TrafficSampler(stack.net.nodes, METRICS, backend_names())
         sampler.start()
         try:
             summary = demo.run(stack, size, sampler.mark)

@@ -24,7 +24,7 @@ TOTAL = 16  # columns for a row's total: "  12345  33.3%"
 @dataclass(frozen=True)
 class Sample:
     t: float  # seconds since the story began
-    counters: Mapping[str, float]  # cumulative, by row name
+    counters: Mapping[str, Mapping[str, float]]  # row name -> series -> cumulative value
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,18 @@ class Interval:
 
 
 def intervals(samples: Sequence[Sample]) -> list[Interval]:
-    """What each row counted between consecutive samples. A counter that went down was
-    reset (its agent restarted): the interval counts its new value."""
+    """What each row counted between consecutive samples: the increase of each of its
+    series, as Prometheus' increase() has it. A series counts from its second sample (one
+    that appears, or goes, adds nothing: a backend removed takes its counters along); one
+    that went down was reset (its agent restarted) and counts its new value."""
     out = []
     for a, b in itertools.pairwise(samples):
         counts = {}
-        for name, value in b.counters.items():
-            before = a.counters.get(name, 0.0)
-            counts[name] = value - before if value >= before else value
+        for name, series in b.counters.items():
+            before = a.counters.get(name, {})
+            counts[name] = sum(
+                (v - before[k] if v >= before[k] else v) for k, v in series.items() if k in before
+            )
         out.append(Interval(a.t, b.t, counts))
     return out
 
@@ -85,10 +89,12 @@ def render(
     if groups:
         axis = [" "] * len(groups)
         for t, label in marks:
+            # Under the column the step began in, or the next free one (steps closer
+            # together than a column share it).
             i = next((k for k, g in enumerate(groups) if g[-1].end > t), len(groups) - 1)
-            for j, ch in enumerate(label):
-                if i + j < len(axis) and axis[i + j] == " ":
-                    axis[i + j] = ch
+            while i < len(axis) - 1 and axis[i] != " ":
+                i += 1
+            axis[i] = label[:1]
         start, end = groups[0][0].start, groups[-1][-1].end
         lines.append(f"   {'':<{NAME}}{''.join(axis)} {start:.0f}-{end:.0f} s")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The lab's traffic over its story, from the metrics the agents export: a thread scrapes
 each LB node's agent (`/metrics`, in the node's namespace) every `interval` seconds and keeps
-the new-flow counters per LB node (every service) and per backend (summed over the nodes).
+the new-flow counters per LB node (each of its services' series) and per backend (its series
+on every node), for lab/chart.py to count their increase.
 
 A node that does not answer (failed) keeps its last values: its counters stand still.
 """
@@ -20,19 +21,24 @@ NODE_METRIC = "weir_service_new_flows_total"
 BACKEND_METRIC = "weir_backend_new_flows_total"
 
 
-def parse(text: str, backend_names: Mapping[str, str]) -> tuple[float, dict[str, float]]:
-    """(new flows of every service, new flows per backend name) in one agent's /metrics;
-    backends are named by address (backend_names: address -> name), others left out."""
-    node = 0.0
-    backends: dict[str, float] = {}
+Series = dict[str, float]  # series (its labels) -> value
+
+
+def parse(text: str, backend_names: Mapping[str, str]) -> tuple[Series, dict[str, Series]]:
+    """(each service's new flows, each backend's new flows by backend name) in one agent's
+    /metrics; backends are named by address (backend_names: address -> name), others are
+    left out."""
+    node: Series = {}
+    backends: dict[str, Series] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            key = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             if s.name == NODE_METRIC:
-                node += s.value
+                node[key] = s.value
             elif s.name == BACKEND_METRIC:
                 name = backend_names.get(s.labels.get("backend", "").rpartition(":")[0])
                 if name is not None:
-                    backends[name] = backends.get(name, 0.0) + s.value
+                    backends.setdefault(name, {})[key] = s.value
     return node, backends
 
 
@@ -48,7 +54,7 @@ class TrafficSampler:
         self._url = f"http://{address}/metrics"
         self._names = backend_names
         self._interval = interval
-        self._last: dict[str, tuple[float, dict[str, float]]] = {}
+        self._last: dict[str, tuple[Series, dict[str, Series]]] = {}
         self.by_node: list[Sample] = []
         self.by_backend: list[Sample] = []
         self.marks: list[tuple[float, str]] = []
@@ -81,9 +87,9 @@ class TrafficSampler:
                     self._last[name] = parse(resp.read().decode(), self._names)
             except OSError:
                 pass  # failed or not up yet: its counters stand still
-        backends: dict[str, float] = {}
-        for _, per_backend in self._last.values():
-            for name, value in per_backend.items():
-                backends[name] = backends.get(name, 0.0) + value
-        self.by_node.append(Sample(t, {n: v for n, (v, _) in self._last.items()}))
+        backends: dict[str, Series] = {}
+        for node, (_, per_backend) in self._last.items():
+            for name, series in per_backend.items():
+                backends.setdefault(name, {}).update({f"{node}/{k}": v for k, v in series.items()})
+        self.by_node.append(Sample(t, {n: services for n, (services, _) in self._last.items()}))
         self.by_backend.append(Sample(t, backends))

@@ -13,7 +13,7 @@ def story() -> list[Sample]:
     """Cumulative counters: 3 intervals evenly shared, then lb3 fails (stands still) for 3,
     then its agent comes back with counters reset to 0 and takes a third again."""
     a = b = c = 0.0
-    out = [Sample(0.0, {"lb1": a, "lb2": b, "lb3": c})]
+    out = [Sample(0.0, rows(a, b, c))]
     for t in range(1, 10):
         if t <= 3:
             a, b, c = a + 100, b + 100, c + 100
@@ -22,14 +22,33 @@ def story() -> list[Sample]:
         else:
             c = 0.0 if t == 7 else c
             a, b, c = a + 100, b + 100, c + 100
-        out.append(Sample(float(t), {"lb1": a, "lb2": b, "lb3": c}))
+        out.append(Sample(float(t), rows(a, b, c)))
     return out
+
+
+def rows(a: float, b: float, c: float) -> dict[str, dict[str, float]]:
+    """Each node with two series (services) sharing its count."""
+    return {n: {"web": v / 2, "shop": v / 2} for n, v in zip(NODES, (a, b, c), strict=True)}
 
 
 def test_intervals_count_deltas_and_survive_a_reset() -> None:
     spans = intervals(story())
     assert [s.counts["lb3"] for s in spans] == [100, 100, 100, 0, 0, 0, 100, 100, 100]
     assert [s.counts["lb1"] for s in spans] == [100] * 3 + [150] * 3 + [100] * 3
+
+
+def test_a_series_that_goes_or_comes_adds_nothing() -> None:
+    """A backend removed takes its series along (not a reset); one that appears has no
+    increase before its second sample."""
+    samples = [
+        Sample(0.0, {"b1": {"lb1": 10.0}, "b4": {"lb1": 50.0, "lb2": 40.0}}),
+        Sample(1.0, {"b1": {"lb1": 20.0}, "b4": {"lb2": 45.0}}),
+        Sample(2.0, {"b1": {"lb1": 30.0, "lb2": 7.0}, "b4": {"lb2": 46.0}}),
+        Sample(3.0, {"b1": {"lb1": 30.0, "lb2": 9.0}}),
+    ]
+    assert [dict(s.counts) for s in intervals(samples)] == [
+        {"b1": 10, "b4": 5}, {"b1": 10, "b4": 1}, {"b1": 2},
+    ]  # fmt: skip
 
 
 def test_the_chart_shows_each_rows_share_per_interval_and_overall() -> None:
@@ -49,7 +68,7 @@ def test_the_chart_shows_each_rows_share_per_interval_and_overall() -> None:
 
 
 def test_a_long_story_fits_in_100_columns() -> None:
-    samples = [Sample(float(t), {"lb1": 10.0 * t, "lb2": 5.0 * t}) for t in range(500)]
+    samples = [Sample(float(t), {"lb1": {"": 10.0 * t}, "lb2": {"": 5.0 * t}}) for t in range(500)]
     lines = render("long", samples, ["lb1", "lb2"]).splitlines()
     assert max(len(line) for line in lines) <= 100
     assert lines[1].split()[-1] == "66.7%" and lines[2].split()[-1] == "33.3%"
@@ -71,4 +90,7 @@ def test_agent_metrics_parsed_per_node_and_backend() -> None:
         'protocol="TCP",backend="10.244.1.10:8080",backend_node="10.66.2.11"} 12',
     ]) + "\n"  # fmt: skip
     node, backends = parse(text, {"10.0.0.1": "b1", "10.0.0.2": "b2"})
-    assert node == 42 and backends == {"b1": 20, "b2": 10}
+    assert sorted(node.values()) == [12, 30] and len(set(node)) == 2
+    assert {name: list(series.values()) for name, series in backends.items()} == {
+        "b1": [20], "b2": [10],
+    }  # fmt: skip

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from weir.lab.netns import Topology, cleanup_prefix, leftovers
 from weir.lab.stack import WORKDIR
-from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
+from weir.lab.topology import (
+    BACKENDS,
+    CLIENTS,
+    NODES,
+    PODS,
+    PREFIX,
+    ROUTER_CLIENT,
+    ROUTER_SERVER,
+    build,
+)
 
 from tests.requirements import BIRD, requires, root
 
@@ -58,7 +67,8 @@ def assert_traffic_charts(out: str) -> None:
     """The charts from the agents' metrics: every backend and LB node took new flows (the
     story sends thousands), lines fit 100 columns, the shares add up to 100%."""
     lines = out.splitlines()
-    for title, names in (("new flows per backend", BACKENDS), ("new flows per LB node", NODES)):
+    charts = (("new flows per backend", [*BACKENDS, *PODS]), ("new flows per LB node", NODES))
+    for title, names in charts:
         start = next(i for i, line in enumerate(lines) if title in line)
         rows = {line.split()[0]: line for line in lines[start + 1 : start + 1 + len(names)]}
         assert set(rows) == set(names), lines[start : start + 6]
