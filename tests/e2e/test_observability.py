@@ -314,6 +314,7 @@ def shows_a_connection_within_a_second(lab: Lab, proc: subprocess.Popen, sport: 
         d = json.loads(line)
         if d["client_port"] == sport and d["how"] == "maglev":
             break
+    print(f"decision shown {1000 * (time.time() - d['time']):.0f} ms after it was made")
     assert d["backend"] == f"{BACKENDS[conn.backend]}:{PORT}"
     assert (d["client"], d["vip"], d["service"], d["action"]) == (
         CLIENT_ADDR, VIP, "default/web", "tx",
