@@ -72,7 +72,7 @@ class FlowWatchers:
         max_watchers: int = 16,
         queue: int = 1024,
         per_second: int = 200,
-        answer_timeout: float = 5.0,
+        answer_timeout: float = 10.0,
     ) -> None:
         self._max = max_watchers
         self._queue = queue
@@ -157,7 +157,7 @@ class FlowWatchers:
             raise WatchError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"node {w.node}'s agent did not answer within {self._answer_timeout:g} s "
-                "(a release that cannot relay its flow log?)",
+                "(busy applying a version, or a release that cannot relay its flow log)",
             ) from None
         self._check_ended(w)
         first = w.response(w.take())

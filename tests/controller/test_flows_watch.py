@@ -16,6 +16,7 @@ import pytest
 from weir.common.pb import pb, pb_grpc
 from weir.controller.plane.flows import FlowWatchers
 from weir.ctl import flows_remote
+from weir.ctl.flows_cmds import text
 from weir.nodeagent.flows import FlowLog, FlowRelay
 
 from tests.controller.plane_support import Plane, cluster, service
@@ -147,6 +148,7 @@ async def test_weirctl_tries_other_replicas(tmp_path: Path) -> None:
         assert [(d["client_port"], d["service"], d["backend"]) for d in got] == [
             (9, "shop/web", "10.1.0.1:8080")
         ]
+        assert text(got[0]).endswith("(shop/web) -> 10.1.0.1:8080 maglev slot 7 tx")
         args.controller = first.target
         with pytest.raises(grpc.RpcError) as err:
             await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
