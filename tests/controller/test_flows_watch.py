@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from weir.ctl.flows_cmds import text
 from weir.nodeagent.flows import FlowLog, FlowRelay
 
 from tests.controller.plane_support import Plane, cluster, service
+from tests.kube.tcpproxy import FreezingProxy
 from tests.nodeagent.test_flows import NAMES, decision
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,21 +136,41 @@ async def test_a_slow_watcher_loses_the_oldest_and_is_told() -> None:
     assert sent[-1] == pb.FlowWatch(watch=False) and len(hub) == 0
 
 
-async def test_weirctl_tries_other_replicas(tmp_path: Path) -> None:
-    """Two replicas, the agent on the second: weirctl, given the first, gets UNAVAILABLE
-    naming why (there is no Service here to spread new connections over the replicas)."""
+class RoundRobin(FreezingProxy):
+    """A Service in front of the replicas: each new connection goes to the next one."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__(ports[0])
+        self._ports = itertools.cycle(ports)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.target_port = next(self._ports)
+        await super()._accept(reader, writer)
+
+
+async def test_weirctl_finds_the_replica_that_holds_the_agent(tmp_path: Path) -> None:
+    """Two replicas, the agent on the second, behind a round-robin Service: the first
+    answers UNAVAILABLE naming why, and weirctl tries again on a new connection."""
     async with Plane() as first, Plane() as second:
         for p in (first, second):
             p.store.publish(cluster([S1], lb=LB))
         flow_log = await agent_with_flow_log(second, "lb-1", tmp_path)
         flow_log._publish(decision(9))
-        args = argparse.Namespace(node="lb-1", service="", backend="", limit=10, follow=False,
-                                  ca=None, controller=second.target)  # fmt: skip
-        got = await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
+        service = RoundRobin([first.server.port, second.server.port])
+        await service.start()
+        try:
+            args = argparse.Namespace(node="lb-1", service="", backend="", limit=10,
+                                      follow=False, ca=None,
+                                      controller=f"127.0.0.1:{service.port}")  # fmt: skip
+            got = await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
+            assert len(service._links) == 2  # the first replica's answer, then the second's
+        finally:
+            await service.close()
         assert [(d["client_port"], d["service"], d["backend"]) for d in got] == [
             (9, "shop/web", "10.1.0.1:8080")
         ]
         assert text(got[0]).endswith("(shop/web) -> 10.1.0.1:8080 maglev slot 7 tx")
+        # Addressed to the first replica alone, it gives up with the reason.
         args.controller = first.target
         with pytest.raises(grpc.RpcError) as err:
             await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
