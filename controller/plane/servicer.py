@@ -620,6 +620,7 @@ class NodePlane:
             watcher = self.flows.attach(request.node, session, session.post, request)
         except WatchError as e:
             await context.abort(e.code, str(e))
+        self.metrics.flow_watchers.set(len(self.flows))
         try:
             async for response in self.flows.responses(watcher):
                 yield response
@@ -627,6 +628,8 @@ class NodePlane:
             await context.abort(e.code, str(e))
         finally:
             self.flows.detach(watcher)
+            self.metrics.flow_watchers.set(len(self.flows))
+            self.metrics.flow_watch_dropped.inc(watcher.dropped)
 
     async def _no_stream(self, node: str, context: grpc.aio.ServicerContext) -> NoReturn:
         """Abort a call about a node whose agent has no stream to this replica."""

@@ -70,6 +70,7 @@ async def test_backlog_then_followed_decisions_and_the_relay_stops_after_the_las
                     got += [d.client_port for d in (await call.read()).decisions]
             assert got == [6]
             assert len(flow_log._followers) == 1  # the agent relays while watched
+            assert p.plane.metrics.registry.get_sample_value("weir_flow_watchers") == 1
             call.cancel()
             async with asyncio.timeout(10):
                 # The FlowWatch(false) travels the stream: nothing on the agent's side to await.
