@@ -61,6 +61,15 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        self.flow_watchers = Gauge(
+            "weir_flow_watchers", "WatchFlows calls open (weirctl flows --node)", registry=r
+        )
+        self.flow_watch_dropped = Counter(
+            "weir_flow_watch_dropped_decisions",
+            "Decisions WatchFlows callers lost because they read too slowly (counted at the end "
+            "of each call)",
+            registry=r,
+        )
         self.reduce_seconds = Histogram(
             "weir_reduce_duration_seconds",
             "Time to reduce the cluster state and encode the snapshot",

@@ -3,7 +3,11 @@
     python -m weir.lab         # build, show balancing, LB node failure, backend removal; clean up
     python -m weir.lab --quick # the same with fewer connections
     python -m weir.lab --keep  # leave it running and print how to explore it
+    python -m weir.lab --png traffic.png  # the traffic charts as a picture too (matplotlib)
     python -m weir.lab down    # remove a kept (or killed) lab
+
+The summary comes with charts of the new flows per backend and per LB node over the story,
+from the agents' own metrics (scraped every second while it runs).
 
 Traffic goes only between the lab's own namespaces. Nothing is left behind (namespaces,
 links, bpffs pins, processes, the work directory with each node's ExaBGP directory), also on
@@ -17,11 +21,13 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
-from weir.lab import demo, show
+from weir.lab import chart, demo, show
 from weir.lab.netns import LabError, Topology, cleanup_prefix, leftovers
-from weir.lab.stack import WORKDIR, Stack
-from weir.lab.topology import CLIENTS, NODES, PREFIX, VIP, build
+from weir.lab.sampler import TrafficSampler
+from weir.lab.stack import METRICS, WORKDIR, Stack
+from weir.lab.topology import BACKENDS, CLIENTS, NODES, PODS, PREFIX, VIP, build
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +41,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="bgp",
         help="how the router learns the VIP: BGP from the agents, or a static route",
     )
+    p.add_argument("--png", type=Path, help="also draw the traffic charts here (needs matplotlib)")
     return p.parse_args(argv)
+
+
+def backend_names() -> dict[str, str]:
+    """address -> name of the lab's backends, hosts and pods."""
+    hosts = {addr: name for name, addr in BACKENDS.items()}
+    return {**hosts, **{addr: name for name, (_, addr) in PODS.items()}}
+
+
+def charts(sampler: TrafficSampler, png: Path | None) -> None:
+    """The traffic over the story, per backend and per LB node, from the agents' metrics."""
+    backends = backend_names()
+    rows = [
+        ("new flows per backend and pod (share of each interval; the story's steps below)",
+         sampler.by_backend, list(backends.values())),
+        ("new flows per LB node (its XDP counters, every service)",
+         sampler.by_node, list(NODES)),
+    ]  # fmt: skip
+    for title, samples, names in rows:
+        print(chart.render(title, samples, names, sampler.marks))
+    if png is not None:
+        drawn = chart.png(png, rows, sampler.marks)
+        show.note(f"charts drawn in {png}" if drawn else "no PNG: matplotlib is not installed")
 
 
 def explore_help(stack: Stack) -> str:
@@ -75,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
         stack = Stack(build(topo), topo.workdir(WORKDIR), args.routing)
         stack.start(progress=show.note)
         show.note(f"router: ECMP over {', '.join(stack.next_hops())} ({stack.routing})")
-        summary = demo.run(stack, size)
+        sampler = TrafficSampler(stack.net.nodes, METRICS, backend_names())
+        sampler.start()
+        try:
+            summary = demo.run(stack, size, sampler.mark)
+        finally:
+            sampler.stop()
+        show.step(
+            f"traffic over the story, from the agents' metrics ({len(sampler.by_node)} samples)"
+        )
+        charts(sampler, args.png)
         show.step(f"summary ({time.monotonic() - t0:.0f} s)")
         show.table(summary.rows)
         keep = args.keep

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,15 +96,21 @@ def moved_slots(old: list[str], new: list[str]) -> int:
     return round(disruption(old_idx, old_names, new_idx, new_names) * len(old))
 
 
-def run(stack: Stack, size: Size) -> Summary:
+def run(stack: Stack, size: Size, mark: Callable[[str], None] = lambda _: None) -> Summary:
+    """The story; mark(step) is called as each step begins (the traffic chart's axis)."""
     summary = Summary()
     held = traffic.Held(stack.net.clients["c2"], TARGET, size.held)
     held_pods = traffic.Held(stack.net.clients["c2"], POD_TARGET, size.held)
     try:
+        mark("1")
         first = _spread(stack, size, summary)
+        mark("2")
         _pods(stack, size, summary, held_pods)
+        mark("3")
         _fail_node(stack, size, summary, held, first, held_pods)
+        mark("4")
         _remove_backend(stack, size, summary, held, first)
+        mark("5")
         _restore(stack, summary)
     finally:
         held.close()

@@ -21,7 +21,7 @@ from weir.lab import manifests, traffic
 from weir.lab.bird import Bird, peers_of
 from weir.lab.client import Target
 from weir.lab.deployment import Deployment
-from weir.lab.processes import ControllerOptions
+from weir.lab.processes import AgentOptions, ControllerOptions
 from weir.lab.topology import (
     BACKENDS,
     BULK_POD_PORT,
@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "deploy" / "examples" / "lab"
 WORKDIR = Path("/tmp") / f"{PREFIX}-lab"
 SEED = 4242
+METRICS = "127.0.0.1:9478"  # each agent's /metrics, in its node's namespace
 ROUTER_ASN, NODE_ASN = 64512, 64513  # as deploy/examples/lab/bgp.yaml says
 HOLD = 3  # seconds, the router's side of the lab's short BGP timers
 TARGET = Target(VIP, PORT, "http")
@@ -67,6 +68,7 @@ class Stack:
             self.net.ctl,
             {**self.net.nodes, **self.net.workers},
             controller=ControllerOptions(maglev_seed=SEED),
+            agent=AgentOptions(metrics_address=METRICS, metrics_per_backend=True),
         )
         self.router = Bird(
             self.net.router,

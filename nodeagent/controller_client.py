@@ -22,6 +22,9 @@ A handler that raises counts as `error`.
 
 The controller sends the next version only after the previous one was acked, always
 the latest: a slow handler gets one delta covering everything it missed.
+
+`flows` (the agent's flow log, nodeagent/flows.py) makes a relay while the controller asks
+(FlowWatch): its batches go up the stream until the controller says stop or the stream ends.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +62,14 @@ class Identity(Protocol):
     async def run(self) -> None: ...
     async def channel_credentials(self) -> grpc.ChannelCredentials: ...
     def channel_options(self) -> list[tuple[str, str | int]]: ...
+
+
+class FlowRelay(Protocol):
+    """The flow log sent up the stream (nodeagent/flows.py FlowRelay)."""
+
+    def request(self, watch: pb.FlowWatch) -> None: ...
+    def close(self) -> None: ...
+    def batches(self) -> AsyncIterator[pb.FlowBatch]: ...
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,7 @@ class ControllerClient:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        flows: Callable[[], FlowRelay] | None = None,
     ) -> None:
         if not node:
             raise ValueError("node name is required")
@@ -235,6 +247,8 @@ class ControllerClient:
         self._failures = 0
         self._accepted = 0
         self._write_lock = asyncio.Lock()
+        self._flows = flows
+        self._relay: tuple[FlowRelay, asyncio.Task[None]] | None = None
 
     @property
     def view(self) -> NodeView | None:
@@ -387,6 +401,7 @@ class ControllerClient:
                 await self._on_message(call, msg)
         finally:
             call.cancel()
+            await self._stop_relay()
             for task in (writer, renewal):
                 if task is None:
                     continue
@@ -413,6 +428,9 @@ class ControllerClient:
         return read.result() if not read.cancelled() else None
 
     async def _on_message(self, call: grpc.aio.StreamStreamCall, msg: pb.ControllerMessage) -> None:
+        if msg.HasField("flow_watch"):
+            await self._on_flow_watch(call, msg.flow_watch)
+            return
         version = msg.snapshot.version if msg.HasField("snapshot") else msg.delta.version
         try:
             update = apply_message(self._view, self.node, msg)
@@ -432,6 +450,36 @@ class ControllerClient:
         self._view = None if ack.error else update.view
         self._changes.bump()
         await self._send(call, pb.AgentMessage(ack=ack))
+
+    async def _on_flow_watch(self, call: grpc.aio.StreamStreamCall, watch: pb.FlowWatch) -> None:
+        if not watch.watch or self._flows is None:
+            await self._stop_relay()
+            if self._flows is None and watch.watch:  # say so rather than leave it waiting
+                await self._send(
+                    call, pb.AgentMessage(flows=pb.FlowBatch(backlog=True, backlog_id=watch.id))
+                )
+            return
+        if self._relay is None:
+            relay = self._flows()
+            task = asyncio.create_task(self._send_flows(call, relay), name="flow-relay")
+            self._relay = (relay, task)
+        self._relay[0].request(watch)
+
+    async def _send_flows(self, call: grpc.aio.StreamStreamCall, relay: FlowRelay) -> None:
+        try:
+            async for batch in relay.batches():
+                await self._send(call, pb.AgentMessage(flows=batch))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            pass  # the stream ended; the reader reports why
+        finally:
+            relay.close()
+
+    async def _stop_relay(self) -> None:
+        if self._relay is not None:
+            _, task = self._relay
+            self._relay = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _write_status(self, call: grpc.aio.StreamStreamCall) -> None:
         """The latest status at the start of the stream, then each new one (latest wins)."""

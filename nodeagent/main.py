@@ -42,7 +42,7 @@ from weir.nodeagent.dataplane.hcpath import HcPath
 from weir.nodeagent.dataplane.layout import PROG_PIN
 from weir.nodeagent.dataplane.nat import NatConfig, NatDataplane
 from weir.nodeagent.dataplane.nat_pinned import has_nat_pins
-from weir.nodeagent.flows import FlowLog
+from weir.nodeagent.flows import FlowLog, FlowRelay
 from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.identity import TLSConfig, TokenIdentity, bootstrap_target
 from weir.nodeagent.lb_role import LoadBalancerRole
@@ -258,14 +258,23 @@ async def run(args: argparse.Namespace) -> int:
             metrics.collect_traffic(
                 args.bpffs, lambda: agent.service_names, per_backend=args.metrics_per_backend
             )
-        client = ControllerClient(args.controller, args.node, agent.handle, tls=tls)
+        flow_log = FlowLog(args.bpffs, lambda: agent.service_names, sample=args.flow_sample)
+        client = ControllerClient(
+            args.controller,
+            args.node,
+            agent.handle,
+            tls=tls,
+            flows=lambda: FlowRelay(flow_log),
+        )
         reporter = StatusReporter(
             agent.status, client.report_status, changes, interval=args.status_interval
         )
-        tasks = {"controller": client.run(), "status": reporter.run(), "roles": agent.run()}
-        if args.flows_address:
-            flow_log = FlowLog(args.bpffs, lambda: agent.service_names)
-            tasks["flows"] = flow_log.run(args.flows_address)
+        tasks = {
+            "controller": client.run(),
+            "status": reporter.run(),
+            "roles": agent.run(),
+            "flows": flow_log.run(args.flows_address),
+        }
         await bgp.start()
         log.info("agent started", node=args.node, controller=args.controller)
         code = await run_until_stopped(log, tasks, shutdown=agent.shutdown)

@@ -1,9 +1,14 @@
-"""weirctl flows: the load-balancing decisions of this node's data plane, from its agent.
+"""weirctl flows: the load-balancing decisions of a node's data plane, from its agent.
 
 The agent samples decisions when started with --flow-sample N and serves them on
 --flows-address (nodeagent/flows.py); this command asks it, on the node:
 
     weirctl flows [--follow] [--service NS/NAME] [--backend ADDR] [-o json]
+
+or, with --node, asks the controller, which relays them from that node's agent
+(weirctl/flows_remote.py):
+
+    weirctl [--controller ADDR] flows --node NODE [--follow] [...]
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
+from weir.ctl import flows_remote
+from weir.ctl.channel import add_tls_args
+
 DEFAULT_AGENT = "127.0.0.1:9479"
 
 
@@ -29,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=100, help="at most this many past decisions")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.add_argument("--agent", default=DEFAULT_AGENT, help="the agent's --flows-address (host:port)")
+    p.add_argument("--node", default="", help="this node's, through the controller (--controller)")
+    add_tls_args(p)
     p.set_defaults(func=flows_cmd)
 
 
@@ -66,10 +77,14 @@ def text(d: dict[str, Any]) -> str:
 
 
 def flows_cmd(args: argparse.Namespace) -> int:
+    read = flows_remote.decisions if args.node else decisions
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            for d in decisions(args):
+            for d in read(args):
                 print(json.dumps(d) if args.output == "json" else text(d), flush=True)
+    except grpc.RpcError as exc:
+        print(flows_remote.error(args, exc), file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"weirctl: cannot read the flow log from the agent at {args.agent}: {exc} "
               f"(is the agent running with --flows-address?)", file=sys.stderr)  # fmt: skip

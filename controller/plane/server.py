@@ -107,6 +107,11 @@ def node_plane_handler(plane: NodePlane) -> grpc.GenericRpcHandler:
         )
         for name, request, response in UNARY_METHODS
     }
+    handlers["WatchFlows"] = grpc.unary_stream_rpc_method_handler(
+        plane.WatchFlows,
+        request_deserializer=pb.WatchFlowsRequest.FromString,
+        response_serializer=pb.WatchFlowsResponse.SerializeToString,
+    )
     handlers["Connect"] = grpc.stream_stream_rpc_method_handler(
         plane.Connect,
         request_deserializer=pb.AgentMessage.FromString,

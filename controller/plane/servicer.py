@@ -27,12 +27,18 @@ IssueNodeCertificate trades a Pod's ServiceAccount token for a short-lived clien
 naming the Pod's node (controller/plane/identity.py); it is the one RPC that takes callers
 without a client certificate (the bootstrap port, controller/plane/server.py).
 
+WatchFlows relays a node's flow log from its agent, over that agent's stream, while someone
+watches (controller/plane/flows.py). Only the replica that holds the node's stream can: on
+another one the call ends UNAVAILABLE with the trailing metadata `weir-agent-elsewhere`
+(weirctl then tries again on new connections, which a Service spreads over the replicas).
+
 SetNodeDrain hands the setting to the drainer (controller/plane/drain.py) and answers once a
 published version carries it (or at once for a node with no BGP settings).
 
 Authorization: the client CA signs node certificates too, so a signed certificate alone
-must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain) need a
-certificate identity listed in `operators` (--operator); the inspection RPCs stay open to
+must not let a node drain the others. Under TLS the mutating RPCs (SetNodeDrain), and
+WatchFlows (its decisions carry client addresses), need a certificate identity listed in
+`operators` (--operator); the inspection RPCs stay open to
 any certificate the CA signed (they redact BGP passwords). In plaintext mode (only on an
 explicit --plaintext) and on the local socket (--local-socket, inside the controller's Pod)
 there is no identity to check, and every RPC is allowed.
@@ -41,8 +47,9 @@ there is no identity to check, and every RPC is allowed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -60,6 +67,7 @@ from weir.controller.metrics import Metrics
 from weir.controller.plane.authority import not_after
 from weir.controller.plane.budget import ByteBudget
 from weir.controller.plane.drain import Drainer, DrainError
+from weir.controller.plane.flows import FlowWatchers, WatchError
 from weir.controller.plane.identity import NodeCertificates, NodeIdentityRefused
 from weir.controller.plane.records import (
     ERROR_CHARS,
@@ -72,6 +80,8 @@ from weir.controller.plane.records import (
 log = get_logger("weir.plane")
 
 REDACTED = "<redacted>"
+# Trailing metadata of a WatchFlows call whose node's agent may be on another replica.
+ELSEWHERE_KEY = "weir-agent-elsewhere"
 
 
 def peer_names(context: grpc.aio.ServicerContext) -> set[str] | None:
@@ -110,6 +120,12 @@ class _Session:
     end_reason: str = ""
     stopped: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Messages besides versions (FlowWatch), written before the next version.
+    outbox: collections.deque[bytes] = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    def post(self, watch: pb.FlowWatch) -> None:
+        self.outbox.append(pb.ControllerMessage(flow_watch=watch).SerializeToString())
+        self.wake.set()
 
     def stop(self, reason: str) -> None:
         """End the stream (from any task; also before its tasks exist)."""
@@ -139,6 +155,7 @@ class NodePlane:
         status: Callable[[], Awaitable[pb.ControllerStatus]] | None = None,
         version: str = VERSION,
         health: Callable[[], pb.ListHealthResponse] | None = None,
+        flows: FlowWatchers | None = None,
     ) -> None:
         self.store = store
         self._errors = errors
@@ -155,6 +172,7 @@ class NodePlane:
         self._status = status
         self.version = version
         self._health = health
+        self.flows = flows if flows is not None else FlowWatchers()
         self._sessions: dict[str, _Session] = {}
         self._agents: dict[str, pb.AgentInfo] = {}  # by node, connected or not
         self._closing = False
@@ -372,6 +390,7 @@ class NodePlane:
 
     def _close(self, session: _Session) -> None:
         node = session.info.node
+        self.flows.stream_ended(session, session.end_reason)
         session.info.connected = False
         if self._sessions.get(node) is session:
             del self._sessions[node]
@@ -396,6 +415,8 @@ class NodePlane:
                 session.info.status.CopyFrom(bounded_status(msg.status))
                 self._status_metrics(session.info)
                 self._changes.bump()
+            elif kind == "flows":
+                self.flows.on_batch(session, msg.flows)
             else:
                 self._log_agent("unexpected message on agent stream", session.info.node, kind=kind)
 
@@ -476,6 +497,10 @@ class NodePlane:
         while True:
             await session.wake.wait()
             session.wake.clear()
+            while session.outbox:
+                if not await self._write(context, [session.outbox.popleft()]):
+                    session.stop(f"the agent did not take a message within {self._write_timeout} s")
+                    return
             latest = self.store.version
             if session.in_flight or latest == 0:
                 continue
@@ -581,6 +606,44 @@ class NodePlane:
         status.version = self.version
         status.agent_versions = describe_range(self.version)
         return status
+
+    async def WatchFlows(
+        self, request: pb.WatchFlowsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchFlowsResponse]:
+        # Operators only (under TLS): the decisions carry client addresses.
+        await self._require_operator(context, "WatchFlows")
+        await self._check_node(request.node, context)
+        session = self._sessions.get(request.node)
+        if session is None:
+            await self._no_stream(request.node, context)
+        try:
+            watcher = self.flows.attach(request.node, session, session.post, request)
+        except WatchError as e:
+            await context.abort(e.code, str(e))
+        self.metrics.flow_watchers.set(len(self.flows))
+        try:
+            async for response in self.flows.responses(watcher):
+                yield response
+        except WatchError as e:
+            await context.abort(e.code, str(e))
+        finally:
+            self.flows.detach(watcher)
+            self.metrics.flow_watchers.set(len(self.flows))
+            self.metrics.flow_watch_dropped.inc(watcher.dropped)
+
+    async def _no_stream(self, node: str, context: grpc.aio.ServicerContext) -> NoReturn:
+        """Abort a call about a node whose agent has no stream to this replica."""
+        cluster = self.store.cluster() or pb.ClusterSnapshot()
+        nodes = {v.node for v in cluster.node_views} | {n.node for n in cluster.nodes}
+        if node not in nodes and node not in self._agents:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node} in the cluster")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"node {node}'s agent is not connected to this controller replica: it is down, "
+            "or its stream is on another replica (each agent keeps one stream, to one replica)",
+            trailing_metadata=((ELSEWHERE_KEY, "1"),),
+        )
+        raise AssertionError("abort returned")
 
     # --- identity -----------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ bpf/weir_maps.h `flow_log`). A ring buffer has one consumer: the agent (nodeagen
 reads it and serves the decisions to `weirctl flows`. Records name the backend by handle;
 decisions() resolves it against the backends map at read time (a backend retired since
 still has its entry, until its index is reused: then `backend` is "").
+current() says whether the pin still names the ring this reader reads: when the data plane's
+maps are made anew, the reader must be opened again (the old ring gets nothing any more).
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ class FlowLogReader:
 
         self._callback = _SAMPLE_FN(sample)  # kept: libbpf calls it until free
         self._fd = self._backends = -1
+        self._pin = Path(bpffs) / layout.FLOW_LOG
         try:
-            self._fd = bpfsys.obj_get(str(Path(bpffs) / layout.FLOW_LOG))
+            self._fd = bpfsys.obj_get(str(self._pin))
             self._backends = bpfsys.obj_get(str(Path(bpffs) / "backends"))
+            self._id = bpfsys.map_info(self._fd).id
         except OSError as exc:
             self.close()
             raise DataplaneError(f"no flow log under {bpffs}: {exc}") from exc
@@ -88,6 +92,17 @@ class FlowLogReader:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._backends = -1
+
+    def current(self) -> bool:
+        """True while the pin names the ring this reader reads."""
+        try:
+            fd = bpfsys.obj_get(str(self._pin))
+        except OSError:
+            return False  # unpinned: a new one comes with the next data plane
+        try:
+            return bpfsys.map_info(fd).id == self._id
+        finally:
+            os.close(fd)
 
     def poll(self, timeout_ms: int) -> list[FlowDecision]:
         """The decisions logged since the last poll, waiting up to timeout_ms for one."""

@@ -58,10 +58,12 @@ async def test_list_and_describe_through_reflection() -> None:
                 "ListErrors",
                 "ListHealth",
                 "SetNodeDrain",
+                "WatchFlows",
             )
         ]
         described = await grpcurl(p.target, "describe", "weir.nodeplane.v1.NodePlane")
         assert "rpc Connect ( stream .weir.nodeplane.v1.AgentMessage )" in described
+        assert "rpc WatchFlows ( .weir.nodeplane.v1.WatchFlowsRequest )" in described
         message = await grpcurl(p.target, "describe", "weir.nodeplane.v1.Delta")
         assert "bool bgp_changed = 7;" in message
 
@@ -89,5 +91,12 @@ async def test_call_the_inspection_rpcs() -> None:
             )
         )
         assert node["node"] == "lb-1" and node["hash"] == p.store.node_hash("lb-1", 1)
+        # This agent relays no flow log: it answers at once, and the watcher is told.
+        flows = json.loads(
+            await grpcurl(
+                "-d", '{"node": "lb-1"}', p.target, "weir.nodeplane.v1.NodePlane/WatchFlows"
+            )
+        )
+        assert "flow sampling is off on node lb-1" in flows["notice"]
         health = json.loads(await grpcurl(p.target, "grpc.health.v1.Health/Check"))
         assert health == {"status": "SERVING"}

@@ -184,8 +184,17 @@ async def test_non_operators_may_still_inspect(ca: ThrowawayCA, server_tls: Serv
             stub = pb_grpc.NodePlaneStub(ch)
             snap = await stub.GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
             agents = await stub.ListAgents(pb.ListAgentsRequest(), timeout=10)
+            # Not the flow log: its decisions carry client addresses.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.WatchFlows(pb.WatchFlowsRequest(node="lb-1"), timeout=10):
+                    pass
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert [s.id for s in snap.services] == [S1.id]
         assert [a.node for a in agents.agents] == ["lb-1"]
+        async with channel(p.target, ca, ca.issue("weirctl-admin")) as ch:
+            request = pb.WatchFlowsRequest(node="lb-1")
+            (answer,) = [r async for r in pb_grpc.NodePlaneStub(ch).WatchFlows(request)]
+        assert "sampling is off" in answer.notice  # this agent relays no flow log
 
 
 async def test_plaintext_has_no_identity_and_may_drain() -> None:

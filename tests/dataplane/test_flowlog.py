@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -9,9 +10,10 @@ import pytest
 from weir.nodeagent.dataplane import Dataplane, Frontend
 from weir.nodeagent.dataplane.flowhash import maglev_slot
 from weir.nodeagent.dataplane.flowlog import FlowLogReader
+from weir.nodeagent.flows import FlowLog
 
 from .conftest import Node
-from .support import XDP_DROP
+from .support import XDP_DROP, in_netns
 from .test_xdp import FE, SEED, VIP, backend_of, flows, maglev, send, targets
 
 
@@ -73,3 +75,31 @@ def test_one_in_n_packets_is_logged(dp: Dataplane, reader: FlowLogReader) -> Non
     for f in flows(50):
         send(dp, f)
     assert reader.poll(0) == []
+
+
+async def test_the_agent_reads_the_ring_of_a_data_plane_made_anew(node: Node) -> None:
+    """The pins removed and the data plane opened again (new maps, a new ring): the agent's
+    flow log leaves the old ring and reads the new one."""
+    dp = node.open()
+    flow_log = FlowLog(node.bpffs, dict, sample=1)
+    follower = flow_log.follow()
+    reading = asyncio.create_task(flow_log.run())
+    try:
+        bes = targets(1, 2)
+        f1, f2 = flows(2)
+        for f in (f1, f2):
+            dp.set_seed(SEED)
+            dp.apply_service(FE, bes, maglev(bes))
+            dp.set_flow_sampling(1)
+            backend_of(dp, f, bes)
+            async with asyncio.timeout(10):
+                assert (await follower.queue.get())["client_port"] == f.sport
+            if f is f1:
+                with in_netns(node.netns):
+                    dp.close(detach=True)
+                dp = node.open()
+        assert flow_log.reopened == 1
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        dp.close()

@@ -13,7 +13,8 @@ Prometheus are exactly what the client sent; every dashboard query returns data 
 ones this topology cannot feed: no BGP, no IPAM, listed below) and every alert expression
 evaluates; the alerts fire in their scenarios (a full services map, a service the agents
 cannot apply, an agent stopped, and a version it then misses); a connection's decision shows
-in `weirctl flows --follow` within a second, with the backend that answered.
+in `weirctl flows --follow` within a second, with the backend that answered, on the node and
+through the controller (`--node`).
 """
 
 from __future__ import annotations
@@ -272,23 +273,51 @@ def test_weirctl_flows_follow_shows_a_connection_within_a_second(lab: Lab) -> No
         "the agent serves its flow log",
         30,
     )
+    proc = lb1.popen([*weirctl, *FOLLOW], stdout=subprocess.PIPE)
+    try:
+        shows_a_connection_within_a_second(lab, proc, 44000)
+    finally:
+        proc.kill()
+
+
+def test_weirctl_flows_through_the_controller_shows_a_connection_within_a_second(
+    lab: Lab,
+) -> None:
+    """The same from the controller's host: the controller relays lb1's decisions from its
+    agent (over the agent's stream) while weirctl watches."""
+    weirctl = [str(BIN / "weirctl"), "--controller", f"127.0.0.1:{lab.weir.port}", "flows"]
+    proc = lab.ctl.popen([*weirctl, "--node", "lb1", *FOLLOW], stdout=subprocess.PIPE)
+    try:
+        shows_a_connection_within_a_second(lab, proc, 44100)
+    finally:
+        proc.kill()
+    unknown = subprocess.run(
+        lab.ctl.cmd([*weirctl, "--node", "nowhere"]), capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+
+
+FOLLOW = ("--follow", "--limit", "1", "-o", "json", "--service", "default/web")
+
+
+def shows_a_connection_within_a_second(lab: Lab, proc: subprocess.Popen, sport: int) -> None:
+    """weirctl flows FOLLOW in proc shows the decision of a connection from `sport` within
+    a second of it, with the backend that answered."""
     target = Target(VIP, PORT, "lines")
-    assert traffic.burst(lab.client, target, sports=[44001])[0].ok  # a decision to show first
-    proc = lb1.popen([*weirctl, "--follow", "--limit", "1", "-o", "json",
-                      "--service", "default/web"], stdout=subprocess.PIPE)  # fmt: skip
+    assert traffic.burst(lab.client, target, sports=[sport + 1])[0].ok  # a decision to show
     lines = traffic.Lines(proc.stdout)  # type: ignore[arg-type]
-    # The last decision kept comes once the agent registered this follower.
+    # The last decision kept comes once the agent (or the controller) registered this follower.
     assert lines.next(10) is not None, "weirctl flows printed nothing"
-    (conn,) = traffic.burst(lab.client, target, sports=[44000])
+    (conn,) = traffic.burst(lab.client, target, sports=[sport])
     assert conn.ok
     while True:
         line = lines.next(max(0.0, conn.t + 1.0 - time.time()))
         assert line is not None, "no decision for the connection within a second"
         d = json.loads(line)
-        if d["client_port"] == 44000 and d["how"] == "maglev":
+        if d["client_port"] == sport and d["how"] == "maglev":
             break
+    print(f"decision shown {1000 * (time.time() - d['time']):.0f} ms after it was made")
     assert d["backend"] == f"{BACKENDS[conn.backend]}:{PORT}"
     assert (d["client"], d["vip"], d["service"], d["action"]) == (
         CLIENT_ADDR, VIP, "default/web", "tx",
     )  # fmt: skip
-    proc.kill()

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from weir.lab.netns import Topology, cleanup_prefix, leftovers
 from weir.lab.stack import WORKDIR
-from weir.lab.topology import BACKENDS, CLIENTS, NODES, PREFIX, ROUTER_CLIENT, ROUTER_SERVER, build
+from weir.lab.topology import (
+    BACKENDS,
+    CLIENTS,
+    NODES,
+    PODS,
+    PREFIX,
+    ROUTER_CLIENT,
+    ROUTER_SERVER,
+    build,
+)
 
 from tests.requirements import BIRD, requires, root
 
@@ -49,5 +58,21 @@ def test_quick_lab_run_passes_every_check() -> None:
     assert proc.returncode == 0, out[-6000:]
     assert "connections succeeded" in out and "300/300" in out, out[-3000:]
     assert "FAIL" not in out, out[-3000:]
+    assert_traffic_charts(out)
     assert "nothing left behind" in out
     assert leftovers(PREFIX, WORKDIR) == []
+
+
+def assert_traffic_charts(out: str) -> None:
+    """The charts from the agents' metrics: every backend and LB node took new flows (the
+    story sends thousands), lines fit 100 columns, the shares add up to 100%."""
+    lines = out.splitlines()
+    charts = (("new flows per backend", [*BACKENDS, *PODS]), ("new flows per LB node", NODES))
+    for title, names in charts:
+        start = next(i for i, line in enumerate(lines) if title in line)
+        rows = {line.split()[0]: line for line in lines[start + 1 : start + 1 + len(names)]}
+        assert set(rows) == set(names), lines[start : start + 6]
+        assert all(len(line) <= 100 for line in rows.values())
+        flows = {n: float(r.split()[-2]) for n, r in rows.items()}
+        shares = [float(r.split()[-1].rstrip("%")) for r in rows.values()]
+        assert min(flows.values()) > 0 and abs(sum(shares) - 100) < 0.5, rows

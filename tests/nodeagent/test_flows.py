@@ -7,9 +7,10 @@ import asyncio
 import socket
 from pathlib import Path
 
+from weir.common.pb import pb
 from weir.ctl.flows_cmds import decisions, text
 from weir.nodeagent.dataplane.flowlog import FlowDecision
-from weir.nodeagent.flows import FlowLog
+from weir.nodeagent.flows import FlowLog, FlowRelay
 
 NAMES = {"192.0.2.1:80/TCP": "shop/web", "192.0.2.1:53/UDP": "kube/dns"}
 
@@ -74,3 +75,24 @@ async def test_kept_decisions_filtered_and_followed(tmp_path: Path) -> None:
         async with asyncio.timeout(10):
             assert [d["client_port"] for d in await followed] == [4, 6]
         server.cancel()
+
+
+async def test_the_relay_sends_a_backlog_then_at_most_its_rate(tmp_path: Path) -> None:
+    log = FlowLog(tmp_path, lambda: NAMES, sample=1000)
+    for n in range(3):
+        log._publish(decision(n))
+    relay = FlowRelay(log)
+    relay.request(pb.FlowWatch(watch=True, max_per_second=10, backlog=2, id=7))
+    batches = relay.batches()
+    async with asyncio.timeout(5):
+        backlog = await anext(batches)
+        assert (backlog.backlog, backlog.backlog_id, backlog.sample) == (True, 7, 1000)
+        assert [d.client_port for d in backlog.decisions] == [1, 2]
+        for n in range(100, 150):
+            log._publish(decision(n))
+        live = await anext(batches)
+    assert not live.backlog
+    assert [d.client_port for d in live.decisions] == list(range(100, 110))
+    assert live.unsent == 40 and live.decisions[0].service == "shop/web"
+    relay.close()
+    assert not log._followers
