@@ -39,8 +39,9 @@
  *   2  backends: node_be, flags (encapsulation); config: encap, ct_key, ct_guard; drop
  *      reasons too_big, encap, invalid; conntrack: keyed placement, client[].seen;
  *      ct_stats, ct_guard
- *   3  config.node_mac: the flow log's sampling rate in bits 48..63; flow_log */
-#define WEIR_LAYOUT_VERSION 3
+ *   3  config.node_mac: the flow log's sampling rate in bits 48..63; flow_log
+ *   4  conntrack: placed by the NH-keyed hash (bpf/weir_hash.h), no longer lookup3 */
+#define WEIR_LAYOUT_VERSION 4
 
 /* --- services: (vip, port, proto) -> service -------------------------------------
  * Hash map. The key is what the packet carries. The element is created once per

@@ -165,7 +165,7 @@ class Dataplane:
             maps = PinnedMaps(cfg.bpffs, writable=True)
             dp = cls(cfg, bpf, xdp.fd, commit_fn.fd, maps, ifindex, caps)
             if migration is not None:
-                dp.migrated = migrate.finish(migration, maps, migrate.fresh_key())
+                dp.migrated = migrate.finish(migration, maps)
             elif not maps.layout_version():
                 migrate.record_version(maps)
             dp._node_mac = node_mac

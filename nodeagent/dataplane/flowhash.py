@@ -67,11 +67,32 @@ def _raw32(b: bytes) -> int:
     return int.from_bytes(b, sys.byteorder)
 
 
+_M64 = (1 << 64) - 1
+CT_KEY_MUL = 0x9E3779B97F4A7C15
+CT_FIN_MUL = 0xD6E8FEB86659FD93
+
+
 def ct_position(
     saddr: str, daddr: str, sport: int, dport: int, proto: int, key: int, buckets: int
 ) -> tuple[int, int]:
     """(bucket, fingerprint) of a 5-tuple under the node's secret, as weir_ct_hash
-    computes them."""
+    computes them (layout 4 on)."""
+    key2 = (key * CT_KEY_MUL) & _M64
+    s, d = _raw32(socket.inet_aton(saddr)), _raw32(socket.inet_aton(daddr))
+    ports = _raw32(struct.pack("!HH", sport, dport))
+    h = (s + (key & _M32)) * (d + (key >> 32)) + (ports + (key2 & _M32)) * (proto + (key2 >> 32))
+    h &= _M64
+    h ^= h >> 32
+    h = (h * CT_FIN_MUL) & _M64
+    h ^= h >> 29
+    return reduce(h >> 32, buckets), ((h >> 8) & 0xFFFFFF) or 1
+
+
+def ct_position_lookup3(
+    saddr: str, daddr: str, sport: int, dport: int, proto: int, key: int, buckets: int
+) -> tuple[int, int]:
+    """ct_position of layouts 1 to 3 (lookup3's mix; layout 1 had key 0): where an older
+    agent's pins hold a flow, for the migration."""
     k0, k1 = key & _M32, key >> 32 & _M32
     a = (HASH_INIT + _raw32(socket.inet_aton(saddr)) + k0) & _M32
     b = (HASH_INIT + _raw32(socket.inet_aton(daddr)) + k1) & _M32

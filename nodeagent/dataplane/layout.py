@@ -205,7 +205,7 @@ class CommitOp(ct.Structure):
     ]
 
 
-LAYOUT_VERSION = 3  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
+LAYOUT_VERSION = 4  # bpf/weir_maps.h WEIR_LAYOUT_VERSION
 
 # name -> (key type, value type) of every pinned map
 MAPS: dict[str, tuple[type, type]] = {

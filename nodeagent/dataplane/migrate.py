@@ -2,9 +2,10 @@
 
 An upgrade must not interrupt forwarding nor forget tracked flows, and an agent must never
 adopt maps whose layout it does not know (bpf/weir_maps.h, `layout`: version 1 is the first
-release's, which had no `layout` map). From version 2, whose maps keep their layouts (version 3
-added the flow log's ring buffer, and its sampling rate in config bits that were always 0),
-only the version is recorded. From version 1:
+release's, which had no `layout` map). Versions 2 and 3 differ from this one (4) only in where
+conntrack places a flow (version 4's keyed hash is cheaper; version 3 added the flow log's ring
+buffer, made anew when missing, and its sampling rate in config bits that were always 0): only
+conntrack is made anew and its flows moved, with the same secret. From version 1, more maps:
 
   prepare()  before the program is compiled: the maps whose layout changed are renamed
              `<name>_v<version>` (the old program, still attached, keeps using them), so the
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy
 from weir.common.logs import get_logger
 from weir.nodeagent.dataplane import bpfsys, layout
-from weir.nodeagent.dataplane.flowhash import ct_position
+from weir.nodeagent.dataplane.flowhash import ct_position, ct_position_lookup3
 from weir.nodeagent.dataplane.model import DataplaneError
 from weir.nodeagent.dataplane.pinned import PinnedMaps, ip_of, port_of
 
@@ -58,6 +59,8 @@ class ConfigV1(ct.Structure):
 
 # The maps whose layout changed from version 1 (renamed, made anew, copied over).
 CHANGED_SINCE_V1 = ("backends", "config", "drop_stats", "conntrack")
+# From versions 2 and 3: conntrack's placement (the keyed hash) only.
+CHANGED_SINCE_V3 = ("conntrack",)
 DROP_REASONS_V1 = 4
 
 
@@ -116,7 +119,7 @@ def prepare(pin_dir: Path) -> Migration | None:
 
 
 def _changed_since(version: int) -> tuple[str, ...]:
-    return CHANGED_SINCE_V1 if version == FIRST_RELEASE else ()
+    return CHANGED_SINCE_V1 if version == FIRST_RELEASE else CHANGED_SINCE_V3
 
 
 def old_capacities(migration: Migration) -> dict[str, int]:
@@ -133,15 +136,17 @@ def old_capacities(migration: Migration) -> dict[str, int]:
     return sizes
 
 
-def finish(migration: Migration, maps: PinnedMaps, ct_key: int) -> Report:
-    """Copy the renamed maps into the new ones, record the version, remove the old pins.
-    ct_key: the new keyed placement's secret (the caller writes it into config)."""
-    backends = flows = lost = 0
+def finish(migration: Migration, maps: PinnedMaps) -> Report:
+    """Copy the renamed maps into the new ones, record the version, remove the old pins."""
+    backends = 0
     if migration.from_version == FIRST_RELEASE:
+        old_key, key = 0, fresh_key()  # the first release placed flows without a key
         backends = _copy_backends(migration, maps)
-        _copy_config(migration, maps, ct_key)
+        _copy_config(migration, maps, key)
         _copy_drops(migration, maps)
-        flows, lost = _move_conntrack(migration, maps, ct_key)
+    else:
+        old_key = key = maps.config().ct_key  # adopted with the config: flows keep it
+    flows, lost = _move_conntrack(migration, maps, old_key, key)
     record_version(maps)
     for name in CHANGED_SINCE_V1:
         migration.old(name).unlink(missing_ok=True)
@@ -212,10 +217,13 @@ def _copy_drops(migration: Migration, maps: PinnedMaps) -> None:
         os.close(fd)
 
 
-def _move_conntrack(migration: Migration, maps: PinnedMaps, ct_key: int) -> tuple[int, int]:
-    """Every tracked flow of the old table, at its place under the new key. The flow's
-    5-tuple is its client record plus its backend's service; a record that does not hash to
-    where it sits (torn, or another flow's) is not carried."""
+def _move_conntrack(
+    migration: Migration, maps: PinnedMaps, old_key: int, key: int
+) -> tuple[int, int]:
+    """Every tracked flow of the old table (placed by lookup3 under old_key), at its place
+    under this layout's hash and key. The flow's 5-tuple is its client record plus its
+    backend's service; a record that does not hash to where it sits (torn, or another
+    flow's) is not carried."""
     path = migration.old("conntrack")
     if not path.exists():
         return 0, 0
@@ -231,10 +239,10 @@ def _move_conntrack(migration: Migration, maps: PinnedMaps, ct_key: int) -> tupl
         del view  # the mapping closes only once no array looks into it
     finally:
         mm.close()
-    return _rehash(old, maps, ct_key)
+    return _rehash(old, maps, old_key, key)
 
 
-def _rehash(old: numpy.ndarray, maps: PinnedMaps, ct_key: int) -> tuple[int, int]:
+def _rehash(old: numpy.ndarray, maps: PinnedMaps, old_key: int, key: int) -> tuple[int, int]:
     new = maps.conntrack()
     buckets = len(new)
     ways = layout.CT_WAYS
@@ -246,18 +254,18 @@ def _rehash(old: numpy.ndarray, maps: PinnedMaps, ct_key: int) -> tuple[int, int
         handle = word & layout.CT_HANDLE_MASK
         index = handle & layout.BE_INDEX_MASK
         if index not in services:
-            key = maps.backend(index).svc_key
-            services[index] = (ip_of(key.vip_be), port_of(key.port_be), key.proto)
+            sk = maps.backend(index).svc_key
+            services[index] = (ip_of(sk.vip_be), port_of(sk.port_be), sk.proto)
         vip, vport, proto = services[index]
         raw = bytes(clients[bucket, way])
         client, cport = socket.inet_ntoa(raw[:4]), int.from_bytes(raw[4:6], "big")
-        if ct_position(client, vip, cport, vport, proto, 0, len(old)) != (
+        if ct_position_lookup3(client, vip, cport, vport, proto, old_key, len(old)) != (
             bucket,
             word >> layout.CT_FP_SHIFT,
         ):
             lost += 1
             continue
-        nb, fp = ct_position(client, vip, cport, vport, proto, ct_key, buckets)
+        nb, fp = ct_position(client, vip, cport, vport, proto, key, buckets)
         free = [w for w in range(ways) if not new[nb, w]]
         if not free:
             lost += 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from weir.nodeagent.dataplane import bpfsys, layout
-from weir.nodeagent.dataplane.flowhash import ct_position
+from weir.nodeagent.dataplane.flowhash import ct_position, ct_position_lookup3
 from weir.nodeagent.dataplane.migrate import DROP_REASONS_V1, BackendV1, ConfigV1
 
 
@@ -29,7 +29,6 @@ def downgrade_to_first_release(pins: Path, ncpu: int, service: tuple[str, int, i
     """Rewrite a data plane's pins the way the first release left them; service is the
     (VIP, port, protocol) of every tracked flow. The program still attached (if any) keeps
     the maps it has: forwarding goes on while the pins are of the first release."""
-    vip, port, proto = service
     fds = {
         n: bpfsys.obj_get(str(pins / n)) for n in ("backends", "config", "drop_stats", "conntrack")
     }
@@ -54,23 +53,7 @@ def downgrade_to_first_release(pins: Path, ncpu: int, service: tuple[str, int, i
             bpfsys.lookup(fds["drop_stats"], ct.c_uint32(reason), buf)
             bpfsys.update(old_drops, ct.c_uint32(reason), buf)
         # conntrack: every flow at its unkeyed place
-        buckets = bpfsys.map_info(fds["conntrack"]).max_entries
-        bytes_ = buckets * ct.sizeof(layout.CtBucket)
-        mm = bpfsys.map_mmap(fds["conntrack"], bytes_, writable=False)
-        view = np.frombuffer(mm, dtype=np.uint64, count=buckets * 8)
-        table = view.reshape(buckets, 8).copy()
-        del view
-        mm.close()
-        old_ct = bpfsys.map_create_array(64, buckets, "conntrack", mmapable=True)
-        out_mm = bpfsys.map_mmap(old_ct, bytes_, writable=True)
-        out = np.frombuffer(out_mm, dtype=np.uint64, count=buckets * 8).reshape(buckets, 8)
-        for e in ct_entries_of(table, cfg.ct_key, service):
-            bucket, fp = ct_position(e[0], vip, e[1], port, proto, 0, buckets)
-            way = next(w for w in range(4) if not out[bucket, w])
-            out[bucket, way] = (fp << layout.CT_FP_SHIFT) | e[2]
-            out[bucket, 4 + way] = e[3]
-        del out
-        out_mm.close()
+        old_ct = lookup3_conntrack(fds["conntrack"], cfg.ct_key, 0, service)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -80,6 +63,45 @@ def downgrade_to_first_release(pins: Path, ncpu: int, service: tuple[str, int, i
     _replace(pins / "conntrack", old_ct)
     for name in ("layout", "ct_stats", "ct_guard"):
         (pins / name).unlink()
+
+
+def downgrade_to_layout_3(pins: Path, service: tuple[str, int, int]) -> None:
+    """Rewrite a data plane's pins the way layout 3 left them: the same maps, with every
+    tracked flow (of service) placed by lookup3 under the same secret."""
+    fds = {n: bpfsys.obj_get(str(pins / n)) for n in ("config", "conntrack", "layout")}
+    try:
+        cfg = layout.Config()
+        bpfsys.lookup(fds["config"], ct.c_uint32(0), cfg)
+        old_ct = lookup3_conntrack(fds["conntrack"], cfg.ct_key, cfg.ct_key, service)
+        bpfsys.update(fds["layout"], ct.c_uint32(0), ct.c_uint64(3))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    _replace(pins / "conntrack", old_ct)
+
+
+def lookup3_conntrack(fd: int, key: int, old_key: int, service: tuple[str, int, int]) -> int:
+    """A new conntrack map (its fd) holding the flows of the one at fd (placed under key)
+    where layouts 1 to 3 placed them: by lookup3 under old_key."""
+    vip, port, proto = service
+    buckets = bpfsys.map_info(fd).max_entries
+    bytes_ = buckets * ct.sizeof(layout.CtBucket)
+    mm = bpfsys.map_mmap(fd, bytes_, writable=False)
+    view = np.frombuffer(mm, dtype=np.uint64, count=buckets * 8)
+    table = view.reshape(buckets, 8).copy()
+    del view
+    mm.close()
+    old_ct = bpfsys.map_create_array(64, buckets, "conntrack", mmapable=True)
+    out_mm = bpfsys.map_mmap(old_ct, bytes_, writable=True)
+    out = np.frombuffer(out_mm, dtype=np.uint64, count=buckets * 8).reshape(buckets, 8)
+    for e in ct_entries_of(table, key, service):
+        bucket, fp = ct_position_lookup3(e[0], vip, e[1], port, proto, old_key, buckets)
+        way = next(w for w in range(4) if not out[bucket, w])
+        out[bucket, way] = (fp << layout.CT_FP_SHIFT) | e[2]
+        out[bucket, 4 + way] = e[3]
+    del out
+    out_mm.close()
+    return old_ct
 
 
 def ct_entries_of(

@@ -1,7 +1,8 @@
 """Upgrading over pinned maps of an older layout (weir.nodeagent.dataplane.migrate): the first
 release's pins (layout 1: no `layout` map, 32-byte backends, two config words, four drop
-reasons, conntrack placed without a key) are migrated in place by a newer agent, which
-keeps every service, backend and tracked flow; pins of a newer layout are refused."""
+reasons, conntrack placed without a key) and those of layouts 2 and 3 (conntrack placed by
+lookup3) are migrated in place by a newer agent, which keeps every service, backend and tracked
+flow; pins of a newer layout are refused."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from weir.nodeagent.dataplane.pinned import possible_cpus
 from weir.nodeagent.maglev import backend_id, build_table
 
 from .conftest import NODE_MAC, ROOMY, Node
-from .first_release import downgrade_to_first_release
+from .first_release import downgrade_to_first_release, downgrade_to_layout_3
 from .support import XDP_DROP, XDP_TX, Flow, packet, run_xdp
 
 SEED = 0x5EED
@@ -104,27 +105,37 @@ def test_pins_of_a_newer_layout_are_refused(node: Node) -> None:
         node.open()
 
 
-def test_layout_2_pins_are_adopted_with_their_flows_and_config(node: Node) -> None:
-    """Version 3 only added the flow log's ring buffer and its rate in config bits that were
-    always 0: layout-2 pins keep every map, the conntrack secret and the tracked flows."""
-    dp = node.open()
+@pytest.mark.parametrize("version", [2, 3])
+def test_layout_2_and_3_pins_are_migrated_with_their_flows_and_config(
+    node: Node, version: int
+) -> None:
+    """Layouts 2 and 3 placed flows in conntrack by lookup3: the maps and the conntrack secret
+    stay, the flows move to their places under this layout's hash (version 3 only added the
+    flow log's ring buffer, and its rate in config bits that were always 0)."""
+    dp = node.open(conntrack_entries=ROOMY)
     dp.set_seed(SEED)
     program(dp, BACKENDS)
     tracked = flows(100)
     before = {f: backend_of(dp, f) for f in tracked}
     cfg = dp.maps.config()
-    bpfsys.update(dp.maps.fds["layout"], ct.c_uint32(0), ct.c_uint64(2))
     dp.close()
-    (node.bpffs / layout.FLOW_LOG).unlink()  # layout 2 had none
+    downgrade_to_layout_3(node.bpffs, (VIP, 80, 6))
+    if version == 2:
+        fd = bpfsys.obj_get(str(node.bpffs / "layout"))
+        bpfsys.update(fd, ct.c_uint32(0), ct.c_uint64(2))
+        os.close(fd)
+        (node.bpffs / layout.FLOW_LOG).unlink()  # layout 2 had none
 
-    dp = node.open()
+    dp = node.open(conntrack_entries=ROOMY)
     try:
-        assert dp.migrated is not None and dp.migrated.from_version == 2
+        assert dp.migrated is not None and dp.migrated.from_version == version
+        assert dp.migrated.flows == 100 and dp.migrated.flows_lost == 0
         assert dp.maps.layout_version() == layout.LAYOUT_VERSION
         after = dp.maps.config()
         assert (after.ct_key, after.seed, after.node_mac) == (cfg.ct_key, cfg.seed, cfg.node_mac)
         assert (node.bpffs / layout.FLOW_LOG).exists()
-        program(dp, BACKENDS[:3])  # tracked flows keep their backends: their entries stayed
+        assert not any(p.name.endswith(f"_v{version}") for p in node.bpffs.iterdir())
+        program(dp, BACKENDS[:3])  # tracked flows keep their backends: their entries moved
         moved = [
             f for f in tracked if before[f] != BACKENDS[3].mac and backend_of(dp, f) != before[f]
         ]
