@@ -120,7 +120,9 @@ class ControllerApp:
         if args.metrics_listen:
             tasks["metrics"] = serve_metrics(self.metrics, args.metrics_listen)
         if self.kube is not None:
-            tasks.update(self.kube.tasks(self.state, self.store, self.publisher, self.plane))
+            tasks.update(
+                self.kube.tasks(self.state, self.store, self.publisher, self.plane, self.health)
+            )
         return tasks
 
     def listeners(self) -> Listeners:

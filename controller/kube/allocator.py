@@ -22,26 +22,16 @@ everything from the Services' statuses.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 from weir.common.logs import get_logger
 from weir.controller.core.crds import IP_POOL, IPPool
 from weir.controller.core.objects import NAMESPACE, SERVICE, Ingress, Service, object_ref
 from weir.controller.core.state import ClusterInputs, ClusterState
-from weir.controller.kube.api import (
-    EVENTS,
-    IP_POOLS,
-    SERVICES,
-    ApiError,
-    KubeAPI,
-    Resource,
-    WriteFailure,
-    write,
-)
-from weir.controller.kube.conditions import condition, now
+from weir.controller.kube.api import IP_POOLS, SERVICES, KubeAPI
+from weir.controller.kube.conditions import condition, find, replaced, without
+from weir.controller.kube.events import EventRecorder
 from weir.controller.kube.ipam import (
     CONDITION,
     Allocation,
@@ -51,12 +41,12 @@ from weir.controller.kube.ipam import (
     handles,
 )
 from weir.controller.kube.poolstatus import current_status, desired_status, finalizers_after, news
+from weir.controller.kube.writeback import patch_service_status, write_back
 
 log = get_logger("weir.allocator")
 
 EVENT_ALLOCATED = "IPAllocated"
 EVENT_FAILED = "AllocationFailed"
-COMPONENT = "weir-controller"
 WATCHED_KINDS = frozenset((SERVICE, IP_POOL, NAMESPACE))  # the state must keep them
 
 Key = tuple[str, str]
@@ -64,6 +54,9 @@ Key = tuple[str, str]
 
 class Allocator:
     """Leader-only loop; see the module docstring.
+
+    events: the recorder (and its spam filter) shared with the leader's other writers; else
+    one of its own, reporting as instance.
 
     state: it must keep WATCHED_KINDS; it receives the answers of the writes too.
     fence: awaited once before the first round, to make the state current (a relist).
@@ -76,6 +69,7 @@ class Allocator:
         *,
         default_class: bool = False,
         instance: str = "",
+        events: EventRecorder | None = None,
         fence: Callable[[], Awaitable[None]] | None = None,
         debounce: float = 0.05,
         retry: float = 2.0,
@@ -87,7 +81,7 @@ class Allocator:
             raise ValueError(f"the allocator needs a state that keeps {sorted(WATCHED_KINDS)}")
         self.api, self.state = api, state
         self.default_class = default_class
-        self.instance = instance
+        self.events = events or EventRecorder(api, instance)
         self.fence = fence
         self.debounce = debounce
         self.retry = retry
@@ -169,35 +163,24 @@ class Allocator:
         async with self._slots:
             return await write
 
-    async def _patch(self, what: str, call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        obj = await write(call, what)
-        if obj is WriteFailure.GONE:
-            return {}
-        if isinstance(obj, WriteFailure):
-            return None
-        self.state.upsert(obj)
-        return obj
-
     async def _write_service(self, svc: Service, alloc: Allocation) -> bool:
         ns, name = svc.key
         old = _our_condition(svc)
         cond = _condition(alloc, svc, old)
         status = {
             "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in alloc.ips] or None},
-            "conditions": [*(c for c in svc.conditions if c is not old), cond],
+            "conditions": replaced(svc.conditions, cond),
         }
-        patch = {"metadata": {"resourceVersion": svc.resource_version}, "status": status}
-        obj = await self._patch(
-            f"Service {ns}/{name}",
-            self.api.patch(SERVICES, ns, name, patch, subresource="status"),
-        )
+        obj = await patch_service_status(self.api, self.state, svc, status)
         if obj is None:
             return False
         if not obj:
             return True
         if alloc.ok and tuple(alloc.ips) != tuple(i.ip for i in svc.ingress):
             log.info("allocated", service=f"{ns}/{name}", ips=list(alloc.ips))
-            await self._event(SERVICES, obj, "Normal", EVENT_ALLOCATED, f"Assigned {alloc.message}")
+            await self.events.record(
+                SERVICES, obj, "Normal", EVENT_ALLOCATED, f"Assigned {alloc.message}"
+            )
         elif not alloc.ok and (
             old is None or (old.get("reason"), old.get("message")) != (alloc.reason, alloc.message)
         ):
@@ -207,7 +190,7 @@ class Allocator:
                 reason=alloc.reason,
                 message=alloc.message,
             )
-            await self._event(
+            await self.events.record(
                 SERVICES, obj, "Warning", EVENT_FAILED, f"{alloc.reason}: {alloc.message}"
             )
         return True
@@ -215,19 +198,12 @@ class Allocator:
     async def _release(self, svc: Service) -> bool:
         """A Service Weir no longer handles: take back the address and our condition."""
         ns, name = svc.key
-        others = [c for c in svc.conditions if c.get("type") != CONDITION]
-        patch = {
-            "metadata": {"resourceVersion": svc.resource_version},
-            "status": {"loadBalancer": {"ingress": None}, "conditions": others or None},
+        status = {
+            "loadBalancer": {"ingress": None},
+            "conditions": without(svc.conditions, CONDITION),
         }
         log.info("released", service=f"{ns}/{name}")
-        return (
-            await self._patch(
-                f"Service {ns}/{name}",
-                self.api.patch(SERVICES, ns, name, patch, subresource="status"),
-            )
-            is not None
-        )
+        return await patch_service_status(self.api, self.state, svc, status) is not None
 
     def _pool_write(self, pool: IPPool, result: IPAMResult) -> Awaitable[bool] | None:
         """The writes a pool needs this round, if any: its finalizer, then its status."""
@@ -257,62 +233,23 @@ class Allocator:
             "metadata": {"resourceVersion": pool.resource_version, "finalizers": finalizers or None}
         }
         call = self.api.patch(IP_POOLS, "", pool.name, patch)
-        return await self._patch(f"LoadBalancerIPPool {pool.name}", call) is not None
+        return await write_back(self.state, f"LoadBalancerIPPool {pool.name}", call) is not None
 
     async def _write_pool(self, pool: IPPool, status: Mapping[str, Any]) -> bool:
         call = self.api.patch(IP_POOLS, "", pool.name, {"status": status}, subresource="status")
-        obj = await self._patch(f"LoadBalancerIPPool {pool.name}", call)
+        obj = await write_back(self.state, f"LoadBalancerIPPool {pool.name}", call)
         if obj is None:
             return False
         for cond in news(pool, status) if obj else ():
             message = cond["message"]
             log.warning("pool condition", pool=pool.name, type=cond["type"], message=message)
             reason = cond["type"].rpartition("/")[2]
-            await self._event(IP_POOLS, obj, "Warning", reason, message)
+            await self.events.record(IP_POOLS, obj, "Warning", reason, message)
         return True
-
-    async def _event(
-        self, res: Resource, obj: Mapping[str, Any], kind: str, reason: str, message: str
-    ) -> None:
-        """An Event about obj (as the API answered a write). Events about cluster-scoped
-        objects go to the default namespace, as kubectl looks for them there."""
-        meta = obj.get("metadata") or {}
-        name = meta.get("name", "")
-        ns = meta.get("namespace") or "default"
-        involved = {
-            "apiVersion": res.api_version,
-            "kind": res.kind,
-            "name": name,
-            "uid": meta.get("uid", ""),
-            "resourceVersion": meta.get("resourceVersion", ""),
-        }
-        if res.namespaced:
-            involved["namespace"] = ns
-        stamp = now()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": ns},
-            "involvedObject": involved,
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.instance,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            await self.api.create(EVENTS, ns, event)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:  # best effort
-            what = f"{res.kind} {name}"
-            log.warning("cannot record event", object=what, reason=reason, error=str(e))
 
 
 def _our_condition(svc: Service) -> Mapping[str, Any] | None:
-    return next((c for c in svc.conditions if c.get("type") == CONDITION), None)
+    return find(svc.conditions, CONDITION)
 
 
 def _held_addresses(obj: Mapping[str, Any]) -> list[Any]:

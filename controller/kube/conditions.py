@@ -1,8 +1,8 @@
-"""Status conditions (metav1.Condition) as the allocator writes them, on Services and pools."""
+"""Status conditions (metav1.Condition) as the leader writes them, on Services and pools."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,3 +44,13 @@ def find(conditions: Any, ctype: str) -> Mapping[str, Any] | None:
     if not isinstance(conditions, list | tuple):
         return None
     return next((c for c in conditions if isinstance(c, Mapping) and c.get("type") == ctype), None)
+
+
+def replaced(conditions: Iterable[Mapping[str, Any]], cond: Mapping[str, Any]) -> list[Any]:
+    """The conditions with cond instead of the one of its type (the others as read)."""
+    return [*(c for c in conditions if c.get("type") != cond["type"]), cond]
+
+
+def without(conditions: Iterable[Mapping[str, Any]], ctype: str) -> list[Any] | None:
+    """The conditions but the one of this type; None (remove the list) when none is left."""
+    return [c for c in conditions if c.get("type") != ctype] or None

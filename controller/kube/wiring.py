@@ -5,6 +5,7 @@ Every replica watches (the source feeds the cluster state, which the allocator r
 serves the NodePlane and writes the BGPPeer status entries of the agents connected to it
 (controller/kube/peerstatus.py); only the Lease holder (or every replica, without
 --leader-elect) runs the allocator, which writes Service status, Events and pool status,
+writes the health checks' Service conditions and Events (controller/kube/healthstatus.py),
 removes the BGPPeer status entries of gone replicas, and writes the BGPAdvertisement
 condition (controller/kube/adstatus.py).
 
@@ -33,12 +34,15 @@ from weir.controller.kube.adstatus import AdvertisementStatusWriter
 from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
 from weir.controller.kube.api import KubeAPI, load_client
 from weir.controller.kube.drain import AnnotationDrainer
+from weir.controller.kube.events import EventRecorder
+from weir.controller.kube.healthstatus import HealthStatusWriter
 from weir.controller.kube.leader import LeaderElector, LeaseConfig, default_identity
 from weir.controller.kube.peerstatus import PeerStatusWriter
 from weir.controller.kube.pki import keep_bundle, load_authority, publish_bundle
 from weir.controller.kube.status import check_kubernetes, pool_usage, replicas
 from weir.controller.kube.tokenreview import TokenReviewer
 from weir.controller.plane.authority import Authority
+from weir.controller.plane.health import HealthTracker
 from weir.controller.plane.healthport import serve_health
 from weir.controller.plane.identity import NodeCertificates
 from weir.controller.plane.servicer import NodePlane
@@ -242,18 +246,26 @@ class KubernetesParts:
         return status
 
     def tasks(
-        self, state: ClusterState, store: SnapshotStore, publisher: Publisher, plane: NodePlane
+        self,
+        state: ClusterState,
+        store: SnapshotStore,
+        publisher: Publisher,
+        plane: NodePlane,
+        health: HealthTracker,
     ) -> dict[str, Coroutine[Any, Any, None]]:
-        """By name: the BGPPeer status writer, the allocator and the BGPAdvertisement status
-        writer under leader election, and the health port. state must keep STATE_KINDS."""
+        """By name: the BGPPeer status writer, the allocator, the health checks' Service
+        status writer and the BGPAdvertisement status writer under leader election, and the
+        health port. state must keep STATE_KINDS."""
+        events = EventRecorder(self.api, self.identity)  # one spam filter for every writer
         allocator = Allocator(
             self.api,
             state,
             default_class=self.args.default_class,
-            instance=self.identity,
+            events=events,
             fence=lambda: self.source.resync(WATCHED_KINDS),
             on_pools=plane.metrics.set_pools,
         )
+        health_status = HealthStatusWriter(self.api, state, health, events)
         peer_status = PeerStatusWriter(
             self.api, plane, state, reporter=self.identity, refresh=self.args.peer_status_refresh
         )
@@ -264,6 +276,7 @@ class KubernetesParts:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(allocator.run(), name="allocator")
+                    tg.create_task(health_status.run(), name="health-status")
                     tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
                     tg.create_task(ad_status.run(), name="bgpadvertisement-status")
             finally:

@@ -4,7 +4,9 @@ The connected LB agents' NodeStatus reports (which frontends each checks, which 
 sees failing) go through core/health.py's majority rule on every agent event; a changed
 decision goes into the cluster state, so it reaches every node in one snapshot version like
 an endpoint change. A disconnected agent's reports no longer count. ListHealth (weirctl
-health) shows each reported backend, who sees it failing and since when.
+health) shows each reported backend, who sees it failing and since when. `changes` bumps when
+the decision or the published snapshot changes: what the leader's Service conditions and
+Events (controller/kube/healthstatus.py) are made from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.health import BackendKey, Decision, NodeReport, decide
@@ -46,6 +49,11 @@ class HealthTracker:
         self.metrics = metrics
         self.decision = decide(())
         self._since: dict[BackendKey, int] = {}  # when the controller last changed its state
+        self.changes = Generation()
+        store.subscribe(self._published)  # fail open depends on the backends too
+
+    def _published(self, _version: int) -> None:
+        self.changes.bump()
 
     async def run(self, plane: NodePlane) -> None:
         """Decide again on every agent event, until cancelled."""
@@ -57,12 +65,13 @@ class HealthTracker:
     def update(self, statuses: Iterable[tuple[str, pb.NodeStatus]]) -> None:
         """Decide from the connected LB agents' statuses; a change makes a version."""
         decision = decide(node_report(node, status) for node, status in statuses)
-        old = _held(self.decision.failing)
-        new = _held(decision.failing)
+        old = held(self.decision.failing)
+        new = held(decision.failing)
         self.decision = decision
         self.metrics.frontends_fail_open.set(len(self.fail_open()))
         if old == new:
             return
+        self.changes.bump()
         now = int(time.time())
         for key in sorted(new - old):
             self._changed(key, "out", now, decision)
@@ -100,13 +109,13 @@ class HealthTracker:
 
     def list_health(self) -> pb.ListHealthResponse:
         decision = self.decision
-        held = _held(decision.failing)
+        out_keys = held(decision.failing)
         fail_open = self.fail_open()
         out = pb.ListHealthResponse(version=self.store.version, fail_open=sorted(fail_open))
-        for key in sorted(held | decision.seen.keys()):
+        for key in sorted(out_keys | decision.seen.keys()):
             fid, address, port = key
             state = "healthy"
-            if key in held:
+            if key in out_keys:
                 state = "fail-open" if fid in fail_open else "out"
             out.backends.add(
                 service_id=fid,
@@ -123,5 +132,6 @@ class HealthTracker:
         return out
 
 
-def _held(failing: Mapping[str, frozenset[tuple[str, int]]]) -> set[BackendKey]:
+def held(failing: Mapping[str, frozenset[tuple[str, int]]]) -> set[BackendKey]:
+    """Every held-out backend (fail open included), as (frontend id, address, port)."""
     return {(fid, a, p) for fid, backends in failing.items() for a, p in backends}
