@@ -1,6 +1,6 @@
 """A Service's active health check, from its weir.dev/health-check* annotations (docs/HEALTH.md).
 
-Off unless `weir.dev/health-check` names a check (tcp or http). Encapsulated backends (pods,
+Off unless `weir.dev/health-check` names a check (tcp, http or https). Encapsulated backends (pods,
 whose readiness probes already cover the process) are checked only with
 `weir.dev/health-check-pods: "true"`, which adds the node path (node, link, decapsulation).
 A bad field falls back to its default with a warning: a typo must not take backends out.
@@ -8,6 +8,7 @@ A bad field falls back to its default with a warning: a typo must not take backe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,8 +23,18 @@ ANN_FALL = "weir.dev/health-check-fall"
 ANN_PATH = "weir.dev/health-check-path"
 ANN_STATUS = "weir.dev/health-check-status"
 ANN_PODS = "weir.dev/health-check-pods"
+ANN_HOST = "weir.dev/health-check-host"
 
-TYPES = {"none": pb.HEALTH_CHECK_NONE, "tcp": pb.HEALTH_CHECK_TCP, "http": pb.HEALTH_CHECK_HTTP}
+TYPES = {
+    "none": pb.HEALTH_CHECK_NONE,
+    "tcp": pb.HEALTH_CHECK_TCP,
+    "http": pb.HEALTH_CHECK_HTTP,
+    "https": pb.HEALTH_CHECK_HTTPS,
+}
+# A DNS name (RFC 1123): what a Host header and a TLS server name (SNI) carry.
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
 DEFAULT_INTERVAL_MS = 2000
 DEFAULT_TIMEOUT_MS = 1000
 DEFAULT_RISE = 2
@@ -34,7 +45,7 @@ MAX_INTERVAL_MS = 3_600_000
 
 @dataclass(frozen=True)
 class HealthCheckSpec:
-    kind: str  # tcp or http
+    kind: str  # tcp, http or https
     interval_ms: int = DEFAULT_INTERVAL_MS
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     rise: int = DEFAULT_RISE
@@ -42,17 +53,20 @@ class HealthCheckSpec:
     http_path: str = "/"
     http_status: int = 200
     pods: bool = False  # also check encapsulated backends
+    host: str = ""  # http(s): the Host header and the TLS server name ("": the VIP, no SNI)
 
     def to_pb(self) -> pb.HealthCheck:
+        http = self.kind in ("http", "https")
         return pb.HealthCheck(
             type=TYPES[self.kind],
             interval_ms=self.interval_ms,
             timeout_ms=self.timeout_ms,
             rise=self.rise,
             fall=self.fall,
-            http_path=self.http_path if self.kind == "http" else "",
-            http_status=self.http_status if self.kind == "http" else 0,
+            http_path=self.http_path if http else "",
+            http_status=self.http_status if http else 0,
             check_encapsulated=self.pods,
+            host=self.host if http else "",
         )
 
 
@@ -60,7 +74,9 @@ def parse_health_check(ann: Mapping[str, str], warnings: list[str]) -> HealthChe
     """The check the annotations ask for, or None; each bad field adds a warning."""
     kind = ann.get(ANN_HEALTH_CHECK, "none").strip().lower()
     if kind not in TYPES:
-        warnings.append(f"annotation {ANN_HEALTH_CHECK}: {kind!r} is not tcp, http or none; none")
+        warnings.append(
+            f"annotation {ANN_HEALTH_CHECK}: {kind!r} is not tcp, http, https or none; none"
+        )
         return None
     if kind == "none":
         return None
@@ -87,6 +103,10 @@ def parse_health_check(ann: Mapping[str, str], warnings: list[str]) -> HealthChe
         warnings.append(f"annotation {ANN_PATH}: not an absolute path without spaces; / is used")
         path = "/"
     pods = ann.get(ANN_PODS, "false").strip().lower() == "true"
+    host = ann.get(ANN_HOST, "").strip().lower()
+    if host and not _HOST.match(host):
+        warnings.append(f"annotation {ANN_HOST}: not a DNS name; none is used")
+        host = ""
     return HealthCheckSpec(
         kind=kind,
         interval_ms=interval,
@@ -96,4 +116,5 @@ def parse_health_check(ann: Mapping[str, str], warnings: list[str]) -> HealthChe
         http_path=path,
         http_status=field(ANN_STATUS, 100, 599, 200),
         pods=pods,
+        host=host,
     )

@@ -26,7 +26,7 @@ from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.nodeagent.backend_macs import BackendMacs
 from weir.nodeagent.dataplane.hcpath import Encap, HcPath, HcRoute, mark
-from weir.nodeagent.health.probe import Connects, Done, probe
+from weir.nodeagent.health.probe import Connects, Done, Http, probe
 from weir.nodeagent.health.targets import Check, Target
 from weir.nodeagent.service import Backend, Frontend, NodeSettings, Service
 
@@ -98,7 +98,7 @@ class HealthChecker:
 
     async def run(self) -> None:
         """Reconcile the checks with the targets, until cancelled. TCP checks are callbacks
-        on the loop (probe.Connects); each HTTP check is a task of this group."""
+        on the loop (probe.Connects); each HTTP(S) check is a task of this group."""
         seen = 0
         loop = asyncio.get_running_loop()
         connects = Connects(loop)
@@ -239,7 +239,7 @@ class HealthChecker:
 
 
 async def _http(address: tuple[str, int], sock_mark: int, check: Check, done: Done) -> None:
-    http = (check.http_path, check.http_status)
+    http = Http(check.http_path, check.http_status, check.host, tls=check.kind == "https")
     done(await probe(address, sock_mark, check.timeout, http))
 
 

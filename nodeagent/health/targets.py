@@ -16,8 +16,12 @@ from weir.common import protocols
 from weir.common.pb import pb
 from weir.nodeagent.service import Forwarding
 
-Kind = Literal["tcp", "http"]
-_KINDS: dict[int, Kind] = {pb.HEALTH_CHECK_TCP: "tcp", pb.HEALTH_CHECK_HTTP: "http"}
+Kind = Literal["tcp", "http", "https"]
+_KINDS: dict[int, Kind] = {
+    pb.HEALTH_CHECK_TCP: "tcp",
+    pb.HEALTH_CHECK_HTTP: "http",
+    pb.HEALTH_CHECK_HTTPS: "https",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Check:
     fall: int
     http_path: str = "/"
     http_status: int = 200
+    host: str = ""  # the Host header and TLS server name ("": the VIP, no SNI)
 
 
 @dataclass(frozen=True, order=True)
@@ -55,6 +60,7 @@ def check_of(hc: pb.HealthCheck) -> Check | None:
         fall=max(hc.fall, 1),
         http_path=hc.http_path or "/",
         http_status=hc.http_status or 200,
+        host=hc.host,
     )
 
 

@@ -116,3 +116,25 @@ def test_the_tracker_publishes_a_change_and_lists_who_sees_what() -> None:
 def test_without_a_check_nothing_is_carried(annotations: dict[str, str] | None) -> None:
     (svc,) = reduce(state_of(objects(annotations)).inputs(), FILES).cluster.services
     assert not svc.HasField("health_check") and not svc.unhealthy
+
+
+def test_https_checks_carry_the_host_and_a_bad_host_falls_back() -> None:
+    warnings: list[str] = []
+    https = {"weir.dev/health-check": "https", "weir.dev/health-check-host": "Web.Example.com"}
+    spec = parse_health_check({**https, "weir.dev/health-check-path": "/healthz"}, warnings)
+    assert spec is not None and not warnings
+    hc = spec.to_pb()
+    assert (hc.type, hc.host, hc.http_path, hc.http_status) == (
+        pb.HEALTH_CHECK_HTTPS, "web.example.com", "/healthz", 200,
+    )  # fmt: skip
+    bad = parse_health_check({**https, "weir.dev/health-check-host": "web:443"}, warnings)
+    assert bad is not None and bad.host == "" and len(warnings) == 1
+    # The file source's manifests take the same annotations.
+    (svc,) = reduce(state_of(objects(https)).inputs(), FILES).cluster.services
+    assert (svc.health_check.type, svc.health_check.host) == (
+        pb.HEALTH_CHECK_HTTPS,
+        "web.example.com",
+    )
+    # A TCP check sends no HTTP fields.
+    tcp = parse_health_check({"weir.dev/health-check": "tcp"}, [])
+    assert tcp is not None and tcp.to_pb().host == "" and tcp.to_pb().http_path == ""

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
-import pytest
 from weir.common.aio import Generation
 from weir.common.pb import pb
 from weir.nodeagent.health.checker import HealthChecker
-from weir.nodeagent.health.probe import probe
+from weir.nodeagent.health.probe import Http, probe
 from weir.nodeagent.health.targets import Check, Target, targets_of
 from weir.nodeagent.service import NodeSettings
 
-from tests.nodeagent.standins import loopback_checker
 from tests.requirements import requires, root
 
 FID = "192.0.2.1:80/TCP"
@@ -75,16 +72,6 @@ def _listener(port: int = 0) -> socket.socket:
     return s
 
 
-@pytest.fixture
-async def checker() -> AsyncIterator[tuple[HealthChecker, Generation]]:
-    changes = Generation()
-    hc = loopback_checker(changes, refresh=60)
-    task = asyncio.create_task(hc.run())
-    yield hc, changes
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 async def _until_changed(changes: Generation, seen: int) -> int:
     async with asyncio.timeout(5):
         return await changes.wait_past(seen)
@@ -131,8 +118,8 @@ async def test_http_checks_want_the_status() -> None:
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        assert await probe(("127.0.0.1", port), 0, 1.0, ("/ok", 200)) is None
-        assert await probe(("127.0.0.1", port), 0, 1.0, ("/down", 200)) == "status 503"
+        assert await probe(("127.0.0.1", port), 0, 1.0, Http("/ok", 200)) is None
+        assert await probe(("127.0.0.1", port), 0, 1.0, Http("/down", 200)) == "status 503"
         # 192.0.2.0/24 is TEST-NET: nothing answers there, or the route refuses at once.
         assert await probe(("192.0.2.254", 9), 0, 0.1, None) in {
             "timeout",
