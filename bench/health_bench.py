@@ -9,6 +9,9 @@ a warm-up, measures this process's CPU time (user + system, getrusage) over a wi
 prints it as a share of one core, with the checks actually completed per second.
 
     sudo .venv/bin/python bench/health_bench.py [--backends 1000] [--interval 1] [--seconds 10]
+        [--rounds 1]
+
+The benchmark report (bench/report.py, section health) takes run()'s rows.
 
 Root: SO_MARK needs CAP_NET_ADMIN.
 """
@@ -117,12 +120,8 @@ def _count_probes() -> list[int]:
     return counter
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", type=int, default=1000)
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--seconds", type=float, default=10.0)
-    args = p.parse_args(argv)
+def run(backends: int, interval: float, seconds: float, rounds: int) -> list[HealthBench]:
+    """rounds measurements, one after the other, against one listener process (root)."""
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(BASE_PORT), str(PORTS)],
         stdout=subprocess.PIPE,
@@ -130,17 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        r = asyncio.run(measure(args.backends, args.interval, args.seconds))
+        return [asyncio.run(measure(backends, interval, seconds)) for _ in range(rounds)]
     finally:
         server.kill()
         server.wait()
-    print(f"backends            {r.backends} at {r.interval:g} s intervals")
-    print(f"checks per second   {r.checks_per_second:.0f}")
-    print(f"failing             {r.failing}")
-    print(f"cpu                 {r.cpu_share * 100:.2f} % of one core over {r.seconds:.1f} s")
-    print(f"  of which user     {r.user_share * 100:.2f} %")
-    verdict = "met" if r.cpu_share < TARGET_SHARE else "MISSED"
-    print(f"target              {TARGET_SHARE * 100:.0f} %: {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", type=int, default=1000)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=1)
+    args = p.parse_args(argv)
+    for r in run(args.backends, args.interval, args.seconds, args.rounds):
+        print(f"backends            {r.backends} at {r.interval:g} s intervals")
+        print(f"checks per second   {r.checks_per_second:.0f}")
+        print(f"failing             {r.failing}")
+        print(f"cpu                 {r.cpu_share * 100:.2f} % of one core over {r.seconds:.1f} s")
+        print(f"  of which user     {r.user_share * 100:.2f} %")
+        verdict = "met" if r.cpu_share < TARGET_SHARE else "MISSED"
+        print(f"target              {TARGET_SHARE * 100:.0f} %: {verdict}")
     return 0
 
 
