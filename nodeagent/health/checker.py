@@ -31,7 +31,6 @@ from weir.nodeagent.health.targets import Check, Target
 from weir.nodeagent.service import Backend, Frontend, NodeSettings, Service
 
 log = get_logger("weir.health")
-_TIMEOUT_TICK = 0.02  # seconds: how late a check's timeout may be noticed
 # Checks start on a grid of this many seconds: the loop wakes once for each slot's batch,
 # not once per check.
 _SLOT = 0.02
@@ -41,7 +40,8 @@ _SLOT = 0.02
 class _State:
     check: Check
     index: int  # the path index: the socket mark's lower bits
-    timer: asyncio.TimerHandle | None = None  # the next check
+    address: tuple[str, int]  # what the check connects to: VIP:port
+    mark: int  # the check's socket mark: its path
     failing: bool = False  # a new backend is healthy until `fall` failures say otherwise
     streak: int = 0  # consecutive results against the current state
     since: int = 0  # unix time it became failing
@@ -103,7 +103,7 @@ class HealthChecker:
         loop = asyncio.get_running_loop()
         connects = Connects(loop)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._expire(connects), name="health-timeouts")
+            wheel = _Wheel(loop, self._fire, tg, connects)
             try:
                 while True:
                     try:
@@ -111,24 +111,19 @@ class HealthChecker:
                             seen = await self._wanted_changed.wait_past(seen)
                     except TimeoutError:
                         pass
-                    await self._reconcile(tg, connects)
+                    await self._reconcile(wheel)
             finally:
                 for target in list(self._states):
                     self._stop(target)
+                wheel.close()
                 connects.close()
-
-    @staticmethod
-    async def _expire(connects: Connects) -> None:
-        while True:
-            await asyncio.sleep(_TIMEOUT_TICK)
-            connects.expire()
 
     async def close(self) -> None:
         if self._path is not None:
             path, self._path = self._path, None
             await asyncio.to_thread(path.close)
 
-    async def _reconcile(self, tg: asyncio.TaskGroup, connects: Connects) -> None:
+    async def _reconcile(self, wheel: _Wheel) -> None:
         wanted = self._wanted
         for target in [t for t in self._states if wanted.get(t) != self._states[t].check]:
             self._stop(target)
@@ -138,7 +133,9 @@ class HealthChecker:
             return
         for target, check in wanted.items():
             if target not in self._states:
-                self._states[target] = _State(check, self._index())
+                index = self._index()
+                address = (target.vip, target.vip_port)
+                self._states[target] = _State(check, index, address, mark(index))
         await self._program()
         loop = asyncio.get_running_loop()
         for target in wanted:
@@ -146,8 +143,7 @@ class HealthChecker:
                 self._started.add(target)
                 state = self._states[target]
                 # Spread the checks over the interval, so a thousand do not fire at once.
-                first = _slot(loop.time() + random.uniform(0, state.check.interval))
-                state.timer = loop.call_at(first, self._fire, target, state, tg, connects)
+                wheel.at(loop.time() + random.uniform(0, state.check.interval), target, state)
 
     async def _open(self) -> bool:
         try:
@@ -169,9 +165,7 @@ class HealthChecker:
     def _stop(self, target: Target) -> None:
         state = self._states.pop(target)
         self._free.append(state.index)
-        self._started.discard(target)
-        if state.timer is not None:
-            state.timer.cancel()
+        self._started.discard(target)  # its next check, due on the wheel, is skipped
         if state.failing:
             self._changes.bump()
 
@@ -198,25 +192,22 @@ class HealthChecker:
             routes[state.index] = HcRoute(mac, encap)
         await asyncio.to_thread(self._path.set, routes)
 
-    def _fire(
-        self, target: Target, state: _State, tg: asyncio.TaskGroup, connects: Connects
-    ) -> None:
+    def _fire(self, target: Target, state: _State, wheel: _Wheel) -> None:
+        if self._states.get(target) is not state:
+            return  # stopped (or replaced) since it was put on the wheel
         check = state.check
-        started = asyncio.get_running_loop().time()
+        started = wheel.loop.time()
 
         def done(reason: str | None) -> None:
             if self._states.get(target) is not state:
                 return  # stopped meanwhile
             self._record(target, state, reason)
-            loop = asyncio.get_running_loop()
-            at = _slot(max(started + check.interval, loop.time()))
-            state.timer = loop.call_at(at, self._fire, target, state, tg, connects)
+            wheel.at(max(started + check.interval, wheel.loop.time()), target, state)
 
-        address, sock_mark = (target.vip, target.vip_port), mark(state.index)
         if check.kind == "tcp":
-            connects.start(address, sock_mark, check.timeout, done)
+            wheel.connects.start(state.address, state.mark, check.timeout, done)
         else:
-            tg.create_task(_http(address, sock_mark, check, done))
+            wheel.tg.create_task(_http(state.address, state.mark, check, done))
 
     def _record(self, target: Target, state: _State, reason: str | None) -> None:
         if reason is not None:
@@ -243,8 +234,44 @@ async def _http(address: tuple[str, int], sock_mark: int, check: Check, done: Do
     done(await probe(address, sock_mark, check.timeout, http))
 
 
-def _slot(t: float) -> float:
-    return round(t / _SLOT) * _SLOT
+Fire = Callable[[Target, _State, "_Wheel"], None]
+
+
+class _Wheel:
+    """The checks due, by slot of _SLOT seconds: one loop timer per slot, however many
+    checks it starts (a thousand checks a second make 50 timers, not a thousand)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fire: Fire,
+        tg: asyncio.TaskGroup,
+        connects: Connects,
+    ) -> None:
+        self.loop, self.tg, self.connects = loop, tg, connects
+        self._fire = fire
+        self._due: dict[int, list[tuple[Target, _State]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def at(self, when: float, target: Target, state: _State) -> None:
+        """Fire the target's check in the slot nearest to when."""
+        slot = round(when / _SLOT)
+        due = self._due.get(slot)
+        if due is None:
+            due = self._due[slot] = []
+            self._timers[slot] = self.loop.call_at(slot * _SLOT, self._run, slot)
+        due.append((target, state))
+
+    def _run(self, slot: int) -> None:
+        del self._timers[slot]
+        for target, state in self._due.pop(slot):
+            self._fire(target, state, self)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._due.clear()
 
 
 def _backend(t: Target) -> Backend:

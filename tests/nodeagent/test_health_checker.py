@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from weir.common.aio import Generation
 from weir.common.pb import pb
 from weir.nodeagent.health.checker import HealthChecker
-from weir.nodeagent.health.probe import Http, probe
+from weir.nodeagent.health.probe import Connects, Http, probe
 from weir.nodeagent.health.targets import Check, Target, targets_of
 from weir.nodeagent.service import NodeSettings
 
@@ -125,3 +126,49 @@ async def test_http_checks_want_the_status() -> None:
             "timeout",
             "Network is unreachable",
         }
+
+
+@requires(root)  # SO_MARK
+async def test_connects_end_each_check_once_with_its_result_or_its_deadline() -> None:
+    """Connects: connected, refused, and late (a listener whose accept queue is full drops
+    the SYN), each reported once; a shorter timeout started later still ends first."""
+    loop = asyncio.get_running_loop()
+    results: dict[str, tuple[str | None, float]] = {}
+    finished = Generation()
+
+    def done(name: str) -> Callable[[str | None], None]:
+        def record(reason: str | None) -> None:
+            assert name not in results
+            results[name] = (reason, loop.time() - t0)
+            finished.bump()
+
+        return record
+
+    full = _listener()
+    full.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue: later SYNs are dropped, never answered
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(full.getsockname())
+        fillers.append(f)
+    good, closed = _listener(), _listener()
+    refused = closed.getsockname()
+    closed.close()
+    connects = Connects(loop)
+    t0 = loop.time()
+    try:
+        connects.start(full.getsockname(), 0, 1.0, done("late-long"))
+        connects.start(full.getsockname(), 0, 0.2, done("late-short"))
+        connects.start(good.getsockname(), 0, 1.0, done("good"))
+        connects.start(refused, 0, 1.0, done("refused"))
+        async with asyncio.timeout(5):
+            while len(results) < 4:
+                await finished.wait_past(finished.value)
+    finally:
+        connects.close()
+        for s in (full, good, *fillers):
+            s.close()
+    assert results["good"][0] is None and results["refused"][0] == "refused"
+    assert results["late-short"][0] == "timeout" and 0.2 <= results["late-short"][1] < 0.6
+    assert results["late-long"][0] == "timeout" and results["late-long"][1] >= 1.0
