@@ -32,7 +32,7 @@ from weir.controller.kube.api import SERVICES, KubeAPI
 from weir.controller.kube.conditions import condition, find, replaced, without
 from weir.controller.kube.events import EventRecorder
 from weir.controller.kube.writeback import patch_service_status
-from weir.controller.plane.health import HealthTracker, held
+from weir.controller.plane.health import HealthTracker
 
 log = get_logger("weir.health")
 
@@ -72,14 +72,14 @@ def services_health(
     services: Iterable[pb.Service], decision: Decision, fail_open: set[str]
 ) -> dict[Key, ServiceHealth]:
     """Every Kubernetes Service with a checked frontend, and what is decided about it. Pure."""
-    out_keys = held(decision.failing)
     held_by: dict[Key, set[BackendKey]] = {}
     open_by: dict[Key, set[str]] = {}
     for svc in services:
         ns, _, name = svc.service.partition("/")
         if not name or not svc.HasField("health_check") or svc.protocol != pb.PROTOCOL_TCP:
             continue  # only TCP frontends are checked
-        held_by.setdefault((ns, name), set()).update(k for k in out_keys if k[0] == svc.id)
+        out = decision.failing.get(svc.id, ())
+        held_by.setdefault((ns, name), set()).update((svc.id, a, p) for a, p in out)
         if svc.id in fail_open:
             open_by.setdefault((ns, name), set()).add(svc.id)
     return {

@@ -65,8 +65,8 @@ class HealthTracker:
     def update(self, statuses: Iterable[tuple[str, pb.NodeStatus]]) -> None:
         """Decide from the connected LB agents' statuses; a change makes a version."""
         decision = decide(node_report(node, status) for node, status in statuses)
-        old = held(self.decision.failing)
-        new = held(decision.failing)
+        old = _held(self.decision.failing)
+        new = _held(decision.failing)
         self.decision = decision
         self.metrics.frontends_fail_open.set(len(self.fail_open()))
         if old == new:
@@ -109,13 +109,13 @@ class HealthTracker:
 
     def list_health(self) -> pb.ListHealthResponse:
         decision = self.decision
-        out_keys = held(decision.failing)
+        held = _held(decision.failing)
         fail_open = self.fail_open()
         out = pb.ListHealthResponse(version=self.store.version, fail_open=sorted(fail_open))
-        for key in sorted(out_keys | decision.seen.keys()):
+        for key in sorted(held | decision.seen.keys()):
             fid, address, port = key
             state = "healthy"
-            if key in out_keys:
+            if key in held:
                 state = "fail-open" if fid in fail_open else "out"
             out.backends.add(
                 service_id=fid,
@@ -132,6 +132,6 @@ class HealthTracker:
         return out
 
 
-def held(failing: Mapping[str, frozenset[tuple[str, int]]]) -> set[BackendKey]:
+def _held(failing: Mapping[str, frozenset[tuple[str, int]]]) -> set[BackendKey]:
     """Every held-out backend (fail open included), as (frontend id, address, port)."""
     return {(fid, a, p) for fid, backends in failing.items() for a, p in backends}
