@@ -56,10 +56,13 @@ def ingress(fake: FakeKubeAPI, name: str, ns: str = "default") -> list[str]:
     ]
 
 
-def condition(fake: FakeKubeAPI, name: str, ns: str = "default") -> dict[str, Any] | None:
+def condition(
+    fake: FakeKubeAPI, name: str, ns: str = "default", ctype: str = "weir.dev/IPAllocated"
+) -> dict[str, Any] | None:
+    """The Service's condition of this type, if any."""
     obj = fake.get("v1", "Service", ns, name) or {}
     for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == "weir.dev/IPAllocated":
+        if c["type"] == ctype:
             return c
     return None
 

@@ -22,7 +22,7 @@ from weir.controller.plane.health import HealthTracker
 
 from . import builders as b
 from .fakeapi import FakeKubeAPI
-from .harness import Harness, events, ingress
+from .harness import Harness, condition, events, ingress
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,9 +92,7 @@ async def stack(kube: KubeAPI, fake: FakeKubeAPI) -> AsyncIterator[Stack]:
 
 
 def health(fake: FakeKubeAPI, name: str = "web") -> dict[str, Any] | None:
-    svc = fake.get("v1", "Service", "default", name) or {}
-    conds = (svc.get("status") or {}).get("conditions") or []
-    return next((c for c in conds if c["type"] == CONDITION), None)
+    return condition(fake, name, ctype=CONDITION)
 
 
 def reasons(fake: FakeKubeAPI) -> list[str]:
