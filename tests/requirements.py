@@ -81,6 +81,7 @@ BIRDC = tool("birdc", package="Debian bird2")
 IPROUTE = tool("ip", package="Debian iproute2")
 TCPDUMP = tool("tcpdump", package="Debian tcpdump")
 ETHTOOL = tool("ethtool", package="Debian ethtool")
+NGINX = tool("nginx", package="Debian nginx-light")
 PROMTOOL = tool("promtool", package="Debian prometheus")
 PROMETHEUS = tool("prometheus", package="Debian prometheus")
 # Debian 12 does not package kubectl; the machine image has one (google-cloud-cli's).

@@ -1,14 +1,17 @@
 """HTTPS health checks (docs/HEALTH.md) against real TLS and plain servers on loopback: the
 GET over TLS with the expected status, the certificate not verified, SNI and Host from the
 check's host; a server that does not speak TLS, or never answers, fails with a clear reason;
-the event loop keeps running through a handshake that hangs."""
+the event loop keeps running through a handshake that hangs. Python's TLS server, and
+nginx as a backend would run it."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from weir.common.aio import Generation
@@ -18,7 +21,7 @@ from weir.nodeagent.health.targets import Check, Target, check_of
 from weir.nodeagent.service import NodeSettings
 
 from tests.kube.fakeapi_certs import fake_tls
-from tests.requirements import requires, root
+from tests.requirements import NGINX, requires, root
 
 pytestmark = [requires(root), pytest.mark.timeout(30)]  # root: SO_MARK
 FID = "192.0.2.1:443/TCP"
@@ -159,3 +162,63 @@ async def test_the_checker_runs_https_checks_from_the_snapshot(serve, checker) -
     assert checked == [FID]
     assert [(f.address, f.reason.split(":")[0]) for f in failing] == [("10.0.0.2", "tls handshake")]
     assert set(good.names) == {"web.example.com"} and set(good.hosts) == {"web.example.com"}
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{tls} ssl;
+        listen 127.0.0.1:{plain};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location = /ok {{ return 200; }}
+        location / {{ return 503; }}
+    }}
+}}
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@requires(NGINX)
+async def test_nginx_over_https_and_on_its_plain_port(tmp_path: Path) -> None:
+    tls, plain = _port(), _port()
+    cert, key = fake_tls().server_files
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=tmp_path, tls=tls, plain=plain, cert=cert, key=key))
+    log = tmp_path / "nginx.log"
+    with log.open("wb") as out:
+        nginx = await asyncio.create_subprocess_exec(
+            "nginx", "-c", str(conf), "-e", "stderr", stdout=out, stderr=out
+        )
+    try:
+        async with asyncio.timeout(10):  # until it listens
+            while await probe(("127.0.0.1", plain), 0, 1.0) is not None:
+                assert nginx.returncode is None, log.read_text()
+                await asyncio.sleep(0.05)
+        address = ("127.0.0.1", tls)
+        assert await probe(address, 0, 2.0, Http("/ok", 200, "web.example.com", tls=True)) is None
+        assert await probe(address, 0, 2.0, Http("/down", 200, tls=True)) == "status 503"
+        # nginx answers a ClientHello on its plain port with a 400 in plain text.
+        reason = await probe(("127.0.0.1", plain), 0, 2.0, Http("/ok", 200, tls=True))
+        assert reason is not None and reason.startswith("tls handshake: "), reason
+        assert "timeout" not in reason
+    finally:
+        nginx.terminate()
+        async with asyncio.timeout(10):
+            await nginx.wait()
