@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from weir.common.aio import wait_any
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.health import BackendKey, Decision
@@ -138,23 +139,12 @@ class HealthStatusWriter:
         while True:
             try:
                 async with asyncio.timeout(self.retry if failed else None):
-                    await self._wait_past(seen)
+                    await wait_any(zip((self.tracker.changes, self._services), seen, strict=True))
             except TimeoutError:
                 pass  # retry the writes that failed
             await asyncio.sleep(_DEBOUNCE)
             seen = (self.tracker.changes.value, self._services.value)
             failed = not await self.round()
-
-    async def _wait_past(self, seen: tuple[int, int]) -> None:
-        waits = [
-            asyncio.ensure_future(self.tracker.changes.wait_past(seen[0])),
-            asyncio.ensure_future(self._services.wait_past(seen[1])),
-        ]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
 
     async def round(self) -> bool:
         """Record the Events and write the conditions once; False when a write failed."""
