@@ -114,7 +114,12 @@ class ControllerApp:
         tasks = {
             "source": self.source.run(self.state),
             "publisher": self.publisher.run(),
-            "health": self.health.run(self.plane),
+            # Not "health": the Kubernetes parts' probe port has that name.
+            "health-decision": (
+                self.health.run(self.plane)
+                if self.kube is None
+                else self.health.follow(self.state, ttl=3 * args.health_report_renew)
+            ),
             "grpc": serve(self.plane, self.listeners(), self.tls, grace=args.shutdown_grace),
         }
         if args.metrics_listen:

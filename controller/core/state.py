@@ -27,6 +27,7 @@ from weir.controller.core.crds import (
     IPPool,
 )
 from weir.controller.core.gcpause import gc_paused
+from weir.controller.core.healthreport import ANN_HEALTH_REPORT
 from weir.controller.core.objects import (
     ALL_KINDS,
     CLUSTER_SCOPED,
@@ -103,6 +104,10 @@ class ClusterState:
         self._inputs: ClusterInputs | None = None
         self._drained: set[str] = set()
         self._failing: Mapping[str, frozenset[tuple[str, int]]] = _EMPTY
+        # Node -> its weir.dev/health-report annotation, outside the inputs: its renewals
+        # must not make reduce run (controller/core/healthreport.py reads them).
+        self._health_reports: dict[str, str] = {}
+        self.health_report_changes = Generation()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -140,6 +145,10 @@ class ClusterState:
         """The objects of this kind that did not parse, as read, each with its error."""
         return [(r.raw, r.error) for ref, r in self._rejected.items() if ref.kind == kind]
 
+    def health_reports(self) -> Mapping[str, str]:
+        """Node -> the text of its weir.dev/health-report annotation (Nodes that have one)."""
+        return MappingProxyType(dict(self._health_reports))
+
     def set_drained(self, node: str, drain: bool) -> None:
         """Drain (or undrain) a node in memory, next to its weir.dev/drain annotation: what
         `weirctl node drain` does with the file source. Forgotten on restart."""
@@ -171,7 +180,12 @@ class ClusterState:
         self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]], origin: str = ""
     ) -> None:
         with gc_paused():
-            self._replace(frozenset(kinds) & self.kinds, objects)
+            kinds = frozenset(kinds) & self.kinds
+            if NODE in kinds:
+                objects = list(objects)
+                nodes = [r for r in objects if object_ref(r).kind == NODE]
+                self._note_reports({object_ref(r).name: _health_report(r) for r in nodes}, True)
+            self._replace(kinds, objects)
 
     def _replace(self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]]) -> None:
         fresh: dict[str, dict[Key, KubeObject]] = {k: {} for k in kinds}
@@ -219,6 +233,8 @@ class ClusterState:
         ref = object_ref(obj)
         if ref.kind not in self.kinds:
             return
+        if ref.kind == NODE:
+            self._note_reports({ref.name: _health_report(obj)})
         parsed = self._parse(ref, obj)
         objects = self._objects[ref.kind]
         key = _ref_key(ref)
@@ -242,6 +258,8 @@ class ClusterState:
         if kind not in self.kinds:
             return
         ref = ObjectRef(kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        if kind == NODE:
+            self._note_reports({name: None})
         removed = self._objects[kind].pop(_ref_key(ref), None) is not None
         removed |= self._rejected.pop(ref, None) is not None
         if removed:
@@ -290,12 +308,31 @@ class ClusterState:
                     error=r.error.message,
                 )
 
+    def _note_reports(self, reports: Mapping[str, str | None], whole: bool = False) -> None:
+        """Node -> its report's text (None: none); whole: these are all the Nodes."""
+        new = {} if whole else dict(self._health_reports)
+        for node, text in reports.items():
+            if text is None:
+                new.pop(node, None)
+            else:
+                new[node] = text
+        if new != self._health_reports:
+            self._health_reports = new
+            self.health_report_changes.bump()
+
     def _bump(self, kinds: Iterable[str] = ()) -> None:
         self._inputs = None
         self._changes.bump()
         for watched, changes in self._subscriptions:
             if not watched.isdisjoint(kinds):
                 changes.bump()
+
+
+def _health_report(raw: Any) -> str | None:
+    meta = raw.get("metadata") if isinstance(raw, Mapping) else None
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    text = annotations.get(ANN_HEALTH_REPORT) if isinstance(annotations, Mapping) else None
+    return text if isinstance(text, str) else None
 
 
 def _ref_key(ref: ObjectRef) -> Key:

@@ -25,6 +25,7 @@ MAX_EVENT_BYTES = 16 * 2**20  # one watch event line; etcd objects are at most 1
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"  # RFC 6902: a list of operations
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class KubeAPI:
         res: Resource,
         namespace: str,
         name: str,
-        patch: Mapping[str, Any],
+        patch: Mapping[str, Any] | Sequence[Mapping[str, Any]],  # a list with JSON_PATCH
         *,
         subresource: str = "",
         content_type: str = MERGE_PATCH,

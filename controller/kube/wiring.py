@@ -35,6 +35,7 @@ from weir.controller.kube.allocator import WATCHED_KINDS, Allocator
 from weir.controller.kube.api import KubeAPI, load_client
 from weir.controller.kube.drain import AnnotationDrainer
 from weir.controller.kube.events import EventRecorder
+from weir.controller.kube.healthpublish import HealthReportWriter
 from weir.controller.kube.healthstatus import HealthStatusWriter
 from weir.controller.kube.leader import LeaderElector, LeaseConfig, default_identity
 from weir.controller.kube.peerstatus import PeerStatusWriter
@@ -85,6 +86,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds between renewals of this replica's BGPPeer status entries; the leader "
         "removes other replicas' entries older than 3 times this",
+    )
+    g.add_argument(
+        "--health-report-renew",
+        type=float,
+        default=10.0,
+        help="seconds between renewals of the health reports this replica publishes on its "
+        "agents' Nodes; every replica counts a report for 3 times this after its renewal",
     )
     g.add_argument(
         "--watch-quiet-timeout",
@@ -270,6 +278,9 @@ class KubernetesParts:
             self.api, plane, state, reporter=self.identity, refresh=self.args.peer_status_refresh
         )
         ad_status = AdvertisementStatusWriter(self.api, state, publisher, plane)
+        reports = HealthReportWriter(
+            self.api, plane, replica=self.identity, renew=self.args.health_report_renew
+        )
 
         async def lead() -> None:
             plane.metrics.leader.set(1)
@@ -282,8 +293,12 @@ class KubernetesParts:
             finally:
                 plane.metrics.leader.set(0)
 
-        # Every replica writes the status of its own agents: they are connected to it only.
-        tasks: dict[str, Coroutine[Any, Any, None]] = {"bgppeer-status": peer_status.run()}
+        # Every replica writes the status and health reports of its own agents: they are
+        # connected to it only.
+        tasks: dict[str, Coroutine[Any, Any, None]] = {
+            "bgppeer-status": peer_status.run(),
+            "health-reports": reports.run(),
+        }
         if self.lease is None:
             log.info("no leader election: this replica allocates")
             tasks["lead"] = lead()

@@ -1,9 +1,13 @@
 """The controller's side of the active health checks: reports in, decision out.
 
-The connected LB agents' NodeStatus reports (which frontends each checks, which backends it
-sees failing) go through core/health.py's majority rule on every agent event; a changed
-decision goes into the cluster state, so it reaches every node in one snapshot version like
-an endpoint change. A disconnected agent's reports no longer count. ListHealth (weirctl
+The LB agents' NodeStatus reports (which frontends each checks, which backends it sees
+failing) go through core/health.py's majority rule; a changed decision goes into the cluster
+state, so it reaches every node in one snapshot version like an endpoint change. With the
+file source (one controller) the reports are those of the connected agents (run); with the
+Kubernetes source, those every replica publishes on the Nodes for its own agents
+(controller/kube/healthpublish.py), fresh ones only (follow): every replica decides from all
+LB nodes, whichever replica they are connected to. A disconnected agent's reports no longer
+count. ListHealth (weirctl
 health) shows each reported backend, who sees it failing and since when. `changes` bumps when
 the decision or the published snapshot changes: what the leader's Service conditions and
 Events (controller/kube/healthstatus.py) are made from.
@@ -11,13 +15,16 @@ Events (controller/kube/healthstatus.py) are made from.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from weir.common.aio import Generation
 from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.controller.core.health import BackendKey, Decision, NodeReport, decide
+from weir.controller.core.healthreport import ANN_HEALTH_REPORT, PublishedReports
+from weir.controller.core.objects import NODE
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
 from weir.controller.metrics import Metrics
@@ -56,15 +63,61 @@ class HealthTracker:
         self.changes.bump()
 
     async def run(self, plane: NodePlane) -> None:
-        """Decide again on every agent event, until cancelled."""
+        """File source (one controller): decide again on every agent event, until
+        cancelled."""
         seen = -1
         while True:
             seen = await plane.changes.wait_past(seen)
             self.update(plane.connected_statuses())
 
+    async def follow(
+        self, state: ClusterState, ttl: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        """Kubernetes source (any number of replicas): decide from the reports published on
+        the Nodes (controller/core/healthreport.py), again when they change and when one
+        expires, until cancelled. Every replica reads the same annotations, so every
+        replica decides the same."""
+        published = PublishedReports()
+        errors: dict[str, str] = {}
+        seen = -1
+        while True:
+            if state.health_report_changes.value != seen:
+                seen = state.health_report_changes.value
+                bad = published.update(state.health_reports())
+                errors = self._report_errors(state, bad, errors)
+            reports, expiry = published.fresh(clock(), ttl)
+            self.update_reports(reports)
+            try:
+                # Just past the expiry, so that the report is stale by then.
+                async with asyncio.timeout(None if expiry is None else expiry - clock() + 0.01):
+                    await state.health_report_changes.wait_past(seen)
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    def _report_errors(
+        state: ClusterState, errors: dict[str, str], old: dict[str, str]
+    ) -> dict[str, str]:
+        """Each bad report as an error on its Node (weirctl errors)."""
+        for node in old.keys() - errors.keys():
+            state.clear_errors(f"{ANN_HEALTH_REPORT}/{node}")
+        for node, why in errors.items():
+            if old.get(node) != why:
+                state.clear_errors(f"{ANN_HEALTH_REPORT}/{node}")
+                message = f"annotation {ANN_HEALTH_REPORT}: {why}; its report is ignored"
+                state.report_error(
+                    pb.ObjectError(kind=NODE, name=node, message=message),
+                    origin=f"{ANN_HEALTH_REPORT}/{node}",
+                )
+        return errors
+
     def update(self, statuses: Iterable[tuple[str, pb.NodeStatus]]) -> None:
         """Decide from the connected LB agents' statuses; a change makes a version."""
-        decision = decide(node_report(node, status) for node, status in statuses)
+        self.update_reports(node_report(node, status) for node, status in statuses)
+
+    def update_reports(self, reports: Iterable[NodeReport]) -> None:
+        """Decide from these LB nodes' reports; a change makes a version."""
+        decision = decide(reports)
         old = _held(self.decision.failing)
         new = _held(decision.failing)
         self.decision = decision

@@ -217,7 +217,7 @@ class Store:
             errs = validate(body, rtype.schema)
             if errs:
                 raise invalid(rtype.kind, name, errs)
-        errs = []
+        errs = _annotation_errors(obj["metadata"].get("annotations"))
         if old is not None and rtype.validate_update:
             errs += rtype.validate_update(old, obj)  # also carries immutable fields over
         if old is not None and rtype.default:
@@ -477,3 +477,20 @@ def _spec_changed(old: Obj, new: Obj) -> bool:
         return {k: v for k, v in o.items() if k not in ("metadata", "status")}
 
     return body(old) != body(new)
+
+
+# The real API server's ObjectMeta validation: string values, 256 KiB of keys and values in all.
+TOTAL_ANNOTATION_SIZE = 256 * 1024
+
+
+def _annotation_errors(annotations: Any) -> list[str]:
+    if annotations is None:
+        return []
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        return ["metadata.annotations: Invalid value: must be a map of strings"]
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > TOTAL_ANNOTATION_SIZE:
+        return [f"metadata.annotations: Too long: must have at most {TOTAL_ANNOTATION_SIZE} bytes"]
+    return []

@@ -1,6 +1,7 @@
 """The fake kube-apiserver is no kinder than the real one: Lease updates need their
 resourceVersion, a Service that stops being a LoadBalancer loses its load-balancer status,
-deleting a CRD deletes its resources (watches see it), and ipMode exists only from 1.30."""
+deleting a CRD deletes its resources (watches see it), ipMode exists only from 1.30, and
+annotations are strings, 256 KiB in all."""
 
 from __future__ import annotations
 
@@ -159,3 +160,19 @@ async def test_the_bgpadvertisement_status_is_a_subresource(
             *ads, "a", {"status": {"conditions": twice}}, **merge
         )
     assert e.value.status == 422 and "Duplicate value" in e.value.body
+
+
+async def test_annotations_are_strings_of_at_most_256_kib_in_all(
+    api: client.ApiClient, fake: FakeKubeAPI
+) -> None:
+    fake.create(b.node("node-a", "10.0.0.1"))
+    core = client.CoreV1Api(api)
+    big = {"metadata": {"annotations": {"a": "x" * 200_000, "b": "y" * 62_144}}}
+    with pytest.raises(ApiException) as e:
+        await core.patch_node("node-a", big)
+    assert e.value.status == 422 and "Too long" in e.value.body
+    with pytest.raises(ApiException) as e:
+        await core.patch_node("node-a", {"metadata": {"annotations": {"a": 1}}})
+    assert e.value.status in (400, 422)
+    big["metadata"]["annotations"]["b"] = "y" * 62_142  # with the keys: 256 KiB exactly
+    await core.patch_node("node-a", big)

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 NODES = {"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.3"}
 CHECKED = {"weir.dev/health-check": "tcp"}
+ANN = "weir.dev/health-report"
 
 
 def status(fid: str, *failing: str) -> pb.NodeStatus:
@@ -31,14 +32,32 @@ def status(fid: str, *failing: str) -> pb.NodeStatus:
     )
 
 
-async def test_the_leader_writes_what_the_lb_nodes_see(
-    fake: FakeKubeAPI, kubeconfig: Path, tmp_path: Path
-) -> None:
+async def checking(fake: FakeKubeAPI, agents: list[Agent], fid: str) -> None:
+    """Every agent reports fid checked (as agents do before any check can fail), and the
+    controller published it on their Nodes: the checkers are known before any failure."""
+    for agent in agents:
+        agent.client.report_status(status(fid))
+
+    def published() -> bool:
+        nodes = [fake.get("v1", "Node", "", a.client.node) or {} for a in agents]
+        return all(ANN in (n["metadata"].get("annotations") or {}) for n in nodes)
+
+    await fake.wait_until(published, within=20)
+
+
+def cluster(fake: FakeKubeAPI) -> None:
+    """Three LB nodes, and a checked Service with two backends."""
     fake.create(b.pool("main", "192.0.2.0/28"))
     for name, address in NODES.items():
         fake.create(b.node(name, address, b.LB_NODE))
     fake.create(b.service("web", annotations=CHECKED))
     fake.create(b.endpoint_slice("web", "default", ["10.1.0.1", "10.1.0.2"]))
+
+
+async def test_the_leader_writes_what_the_lb_nodes_see(
+    fake: FakeKubeAPI, kubeconfig: Path, tmp_path: Path
+) -> None:
+    cluster(fake)
     ctl = ControllerProc(kubeconfig, tmp_path, "solo", "--debounce-ms", "0")
     await ctl.start()
     agents = [Agent(ctl.target, node) for node in NODES]
@@ -49,6 +68,7 @@ async def test_the_leader_writes_what_the_lb_nodes_see(
             await agent.until(lambda a: len(a.vips()) == 1)
         (fid,) = agents[0].view.services  # type: ignore[union-attr]
         await fake.wait_until(lambda: (health(fake) or {}).get("status") == "True", within=20)
+        await checking(fake, agents, fid)
         for agent in agents[:2]:  # two of three: a majority
             agent.client.report_status(status(fid, "10.1.0.1"))
         agents[2].client.report_status(status(fid))

@@ -1,0 +1,143 @@
+"""Publishing the connected LB agents' health reports on their Nodes, on every replica.
+
+Each replica serves only the agents connected to it; every replica decides from the reports
+of all of them (controller/plane/health.py, follow). So each replica writes the report of
+each of its connected agents that checks something into that agent's Node, in the annotation
+`weir.dev/health-report` (controller/core/healthreport.py):
+
+- when the report changes, at most once per `min_interval` seconds (flapping checks on many
+  nodes coalesce into one pass), and every `renew` seconds to renew it: readers count a
+  report for 3 x renew seconds after its renewal, so a report whose replica died stops
+  counting. That assumes the replicas' clocks agree to well within that.
+- a JSON merge patch of the one annotation, no resourceVersion: only the replica the agent
+  is connected to writes it, and the kubelet's own writes to the Node do not conflict.
+- when the agent disconnects (or checks nothing any more), the replica removes the
+  annotation with a JSON patch that first tests it still holds what this replica wrote: if
+  the agent is connected to another replica by then, the newer report stays.
+- a Node that does not exist (404) is not retried before the next change or renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from weir.common.logs import get_logger
+from weir.controller.core.health import NodeReport
+from weir.controller.core.healthreport import ANN_HEALTH_REPORT, decode, encode
+from weir.controller.kube.api import JSON_PATCH, MERGE_PATCH, NODES, ApiError, KubeAPI
+from weir.controller.plane.health import node_report
+from weir.controller.plane.servicer import NodePlane
+
+log = get_logger("weir.healthpublish")
+
+POINTER = "/metadata/annotations/" + ANN_HEALTH_REPORT.replace("~", "~0").replace("/", "~1")
+
+
+@dataclass(frozen=True)
+class _Written:
+    report: NodeReport
+    text: str
+    at: float  # loop time of the write: renewed `renew` seconds later
+
+
+class HealthReportWriter:
+    def __init__(
+        self,
+        api: KubeAPI,
+        plane: NodePlane,
+        *,
+        replica: str,
+        renew: float = 10.0,
+        min_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api, self.plane = api, plane
+        self.replica = replica
+        self.renew, self.min_interval = renew, min_interval
+        self._clock = clock
+        self._written: dict[str, _Written] = {}  # node -> what this replica wrote there
+
+    def desired(self) -> dict[str, NodeReport]:
+        """The report of each connected agent that checks something."""
+        return {
+            node: node_report(node, status)
+            for node, status in self.plane.connected_statuses()
+            if status.health_checked
+        }
+
+    def _due(self, desired: dict[str, NodeReport], now: float) -> bool:
+        if desired.keys() != self._written.keys():
+            return True
+        return any(
+            w.report != desired[n] or now >= w.at + self.renew for n, w in self._written.items()
+        )
+
+    async def run(self) -> None:
+        """Write what is due, until cancelled (on every replica)."""
+        log.info("health report publisher running", replica=self.replica, renew=self.renew)
+        loop = asyncio.get_running_loop()
+        while True:
+            renew_at = min((w.at + self.renew for w in self._written.values()), default=None)
+            try:
+                async with asyncio.timeout_at(renew_at):
+                    await self.plane.wait_for(lambda: self._due(self.desired(), loop.time()))
+            except TimeoutError:
+                pass
+            await self.write_due()
+            await asyncio.sleep(self.min_interval)
+
+    async def write_due(self) -> None:
+        """One pass: write the changed and the due reports, remove the gone ones."""
+        now = asyncio.get_running_loop().time()
+        desired = self.desired()
+        for node in sorted(self._written.keys() - desired.keys()):
+            await self._remove(node)
+        for node, report in sorted(desired.items()):
+            w = self._written.get(node)
+            if w is None or w.report != report or now >= w.at + self.renew:
+                await self._write(node, report, now)
+
+    async def _write(self, node: str, report: NodeReport, now: float) -> None:
+        text = encode(report, self.replica, self._clock())
+        truncated = decode(node, text).truncated
+        if truncated:
+            log.warning("health report too big: frontends left out", node=node, left=truncated)
+        patch = {"metadata": {"annotations": {ANN_HEALTH_REPORT: text}}}
+        if await self._patch(node, patch) is not False:
+            self._written[node] = _Written(report, text, now)
+
+    async def _remove(self, node: str) -> None:
+        ops = [
+            {"op": "test", "path": POINTER, "value": self._written[node].text},
+            {"op": "remove", "path": POINTER},
+        ]
+        if await self._patch(node, ops, JSON_PATCH, superseded_ok=True) is not False:
+            del self._written[node]
+
+    async def _patch(
+        self,
+        node: str,
+        patch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        content_type: str = MERGE_PATCH,
+        *,
+        superseded_ok: bool = False,
+    ) -> bool | None:
+        """True: written; None: nothing to write (no such Node, or, superseded_ok, the
+        annotation changed: the test failed); False: failed, logged, retried next pass."""
+        try:
+            await self.api.patch(NODES, "", node, patch, content_type=content_type)
+        except ApiError as e:
+            if e.status == 404 or (superseded_ok and e.status == 422):
+                log.debug("health report not written", node=node, status=e.status)
+                return None
+            log.warning("health report write failed", node=node, error=str(e))
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("health report write failed", node=node, error=repr(e))
+            return False
+        return True

@@ -1,0 +1,150 @@
+"""The health reports published on the Nodes (docs/HEALTH.md, several replicas): the
+annotation's format and its limits, the cluster state keeping them beside the inputs, and the
+tracker deciding from the fresh ones only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+from weir.controller.core.health import NodeReport
+from weir.controller.core.healthreport import (
+    ANN_HEALTH_REPORT,
+    PublishedReports,
+    decode,
+    encode,
+)
+from weir.controller.core.parsing import ParseError
+from weir.controller.core.snapshots import SnapshotStore
+from weir.controller.core.state import ClusterState
+from weir.controller.metrics import Metrics
+from weir.controller.plane.health import HealthTracker
+
+FID = "192.0.2.1:80/TCP"
+
+
+def report(node: str, *failing: str, checked: tuple[str, ...] = (FID,)) -> NodeReport:
+    return NodeReport(node, frozenset(checked), {(FID, a, 80): (100, "refused") for a in failing})
+
+
+def node(name: str, text: str | None) -> dict:
+    annotations = {ANN_HEALTH_REPORT: text} if text is not None else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "annotations": annotations},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]},
+    }
+
+
+def test_a_report_goes_through_the_annotation_unchanged() -> None:
+    r = NodeReport(
+        "lb1",
+        frozenset({FID, "192.0.2.2:80/TCP"}),
+        {(FID, "10.0.0.1", 80): (100, "x" * 500), ("192.0.2.9:80/TCP", "10.0.0.2", 80): (1, "")},
+    )
+    got = decode("lb1", encode(r, "r0", 1234.9))
+    assert (got.replica, got.renewed, got.truncated) == ("r0", 1234.0, 0)
+    assert got.report.checked == r.checked
+    # The reason is cut; a frontend it no longer checks is not reported.
+    assert got.report.failing == {(FID, "10.0.0.1", 80): (100, "x" * 100)}
+
+
+def test_a_report_too_big_leaves_whole_frontends_out_and_says_so() -> None:
+    fids = [f"192.0.2.{i}:80/TCP" for i in range(200)]
+    failing = {
+        (f, f"10.0.{i}.{j}", 80): (1, "timeout") for i, f in enumerate(fids) for j in range(5)
+    }
+    text = encode(NodeReport("lb1", frozenset(fids), failing), "r0", 1, max_bytes=4096)
+    assert len(text) <= 4096
+    got = decode("lb1", text)
+    assert got.truncated == 200 - len(got.report.checked) > 0
+    # What is left is whole: every failing backend of every frontend it still votes on.
+    assert got.report.failing == {k: v for k, v in failing.items() if k[0] in got.report.checked}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{not json", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"v": 2}', "version 2"),
+        ('{"v": 1, "replica": "r", "renewed": "now"}', "renewed"),
+        ('{"v":1,"replica":"r","renewed":1,"checked":[1],"failing":[]}', "checked"),
+        ('{"v":1,"replica":"r","renewed":1,"checked":[],"failing":[["f","a",80]]}', "failing[0]"),
+        ("[" * 150_000 + "]" * 150_000, "characters"),
+        ("[" * 50_000 + "]" * 50_000, "not JSON"),  # too deep for the parser
+    ],
+)
+def test_a_malformed_report_is_a_parse_error_with_why(text: str, why: str) -> None:
+    with pytest.raises(ParseError, match=re.escape(why)):
+        decode("lb1", text)
+
+
+def test_only_fresh_reports_count_and_the_first_expiry_is_known() -> None:
+    reports = PublishedReports()
+    bad = reports.update(
+        {
+            "lb1": encode(report("lb1", "10.0.0.1"), "r0", 100),
+            "lb2": encode(report("lb2"), "r1", 110),
+            "lb3": "nope",
+        }
+    )
+    assert list(bad) == ["lb3"]
+    fresh, expiry = reports.fresh(now=125, ttl=30)
+    assert sorted(r.node for r in fresh) == ["lb1", "lb2"]
+    assert expiry == 130
+    fresh, expiry = reports.fresh(now=131, ttl=30)
+    assert [r.node for r in fresh] == ["lb2"]
+    assert expiry == 140
+
+
+def test_the_state_keeps_reports_beside_the_inputs() -> None:
+    state = ClusterState()
+    state.replace(frozenset({"Node"}), [node("lb1", "a"), node("lb2", None)])
+    assert dict(state.health_reports()) == {"lb1": "a"}
+    generation, changes = state.generation, state.health_report_changes.value
+    # A renewal changes the report only: reduce has nothing new to do.
+    state.upsert(node("lb1", "b"))
+    assert dict(state.health_reports()) == {"lb1": "b"}
+    assert state.generation == generation
+    assert state.health_report_changes.value > changes
+    # A malformed report leaves the Node as it is (the tracker reports it).
+    state.upsert(node("lb2", "{bad"))
+    assert set(state.inputs().nodes) == {"lb1", "lb2"}
+    state.delete("Node", "", "lb1")
+    assert dict(state.health_reports()) == {"lb2": "{bad"}
+
+
+async def test_the_tracker_decides_from_fresh_published_reports() -> None:
+    state = ClusterState()
+    tracker = HealthTracker(state, SnapshotStore(), Metrics())
+    now = time.time()
+    texts = {
+        "lb1": encode(report("lb1", "10.0.0.1"), "r0", now),
+        "lb2": encode(report("lb2", "10.0.0.1"), "r1", now - 28),  # expires first
+        "lb3": encode(report("lb3"), "r1", now),
+        "lb4": json.dumps({"v": 1}),
+    }
+    state.replace(frozenset({"Node"}), [node(n, t) for n, t in texts.items()])
+    task = asyncio.create_task(tracker.follow(state, ttl=30))
+    try:
+        async with asyncio.timeout(10):
+            await tracker.changes.wait_past(0)
+            assert tracker.decision.failing == {FID: frozenset({("10.0.0.1", 80)})}
+            (err,) = state.errors()
+            assert (err.kind, err.name) == ("Node", "lb4")
+            assert f"annotation {ANN_HEALTH_REPORT}: replica: not a string" in err.message
+            # lb2's report is not renewed: it stops counting, 1 of 2 is no majority.
+            await tracker.changes.wait_past(1)
+            assert tracker.decision.failing == {}
+            assert tracker.decision.checkers == {FID: 2}
+            # Fixed: the error goes.
+            state.upsert(node("lb4", None))
+            await state.wait_changed(state.generation)
+            assert state.errors() == []
+    finally:
+        task.cancel()
