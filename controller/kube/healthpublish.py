@@ -15,6 +15,8 @@ each of its connected agents that checks something into that agent's Node, in th
   annotation with a JSON patch that first tests it still holds what this replica wrote: if
   the agent is connected to another replica by then, the newer report stays.
 - a Node that does not exist (404) is not retried before the next change or renewal.
+- the leader removes reports not renewed for 3 x renew seconds (collect_garbage): those of
+  a replica that died, for an agent that did not reconnect. They no longer counted anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import aiohttp
 from weir.common.logs import get_logger
 from weir.controller.core.health import NodeReport
 from weir.controller.core.healthreport import ANN_HEALTH_REPORT, decode, encode
+from weir.controller.core.parsing import ParseError
+from weir.controller.core.state import ClusterState
 from weir.controller.kube.api import JSON_PATCH, MERGE_PATCH, NODES, ApiError, KubeAPI
 from weir.controller.plane.health import node_report
 from weir.controller.plane.servicer import NodePlane
@@ -91,12 +95,32 @@ class HealthReportWriter:
             await self.write_due()
             await asyncio.sleep(self.min_interval)
 
+    async def collect_garbage(self, state: ClusterState) -> None:
+        """Remove stale reports, until cancelled (on the leader)."""
+        while True:
+            await self.sweep(state)
+            await asyncio.sleep(3 * self.renew)
+
+    async def sweep(self, state: ClusterState) -> None:
+        """Remove the reports on the Nodes not renewed for 3 x renew seconds; not malformed
+        ones (not ours: they stay, as errors)."""
+        oldest = self._clock() - 3 * self.renew
+        for node, text in sorted(state.health_reports().items()):
+            try:
+                stale = decode(node, text).renewed < oldest
+            except ParseError:
+                continue
+            if stale and node not in self._written:
+                log.info("removing a stale health report", node=node)
+                await self._remove(node, text)
+
     async def write_due(self) -> None:
         """One pass: write the changed and the due reports, remove the gone ones."""
         now = asyncio.get_running_loop().time()
         desired = self.desired()
         for node in sorted(self._written.keys() - desired.keys()):
-            await self._remove(node)
+            if await self._remove(node, self._written[node].text) is not False:
+                del self._written[node]
         for node, report in sorted(desired.items()):
             w = self._written.get(node)
             if w is None or w.report != report or now >= w.at + self.renew:
@@ -111,13 +135,10 @@ class HealthReportWriter:
         if await self._patch(node, patch) is not False:
             self._written[node] = _Written(report, text, now)
 
-    async def _remove(self, node: str) -> None:
-        ops = [
-            {"op": "test", "path": POINTER, "value": self._written[node].text},
-            {"op": "remove", "path": POINTER},
-        ]
-        if await self._patch(node, ops, JSON_PATCH, superseded_ok=True) is not False:
-            del self._written[node]
+    async def _remove(self, node: str, text: str) -> bool | None:
+        """Remove the annotation if it still holds text (as _patch)."""
+        ops = [{"op": "test", "path": POINTER, "value": text}, {"op": "remove", "path": POINTER}]
+        return await self._patch(node, ops, JSON_PATCH, superseded_ok=True)
 
     async def _patch(
         self,

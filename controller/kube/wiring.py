@@ -261,9 +261,10 @@ class KubernetesParts:
         plane: NodePlane,
         health: HealthTracker,
     ) -> dict[str, Coroutine[Any, Any, None]]:
-        """By name: the BGPPeer status writer, the allocator, the health checks' Service
-        status writer and the BGPAdvertisement status writer under leader election, and the
-        health port. state must keep STATE_KINDS."""
+        """By name: the BGPPeer status writer and the health report writer (every replica);
+        the allocator, the health checks' Service status writer, the BGPAdvertisement status
+        writer and the removal of stale BGPPeer entries and health reports under leader
+        election; and the health port. state must keep STATE_KINDS."""
         events = EventRecorder(self.api, self.identity)  # one spam filter for every writer
         allocator = Allocator(
             self.api,
@@ -289,6 +290,7 @@ class KubernetesParts:
                     tg.create_task(allocator.run(), name="allocator")
                     tg.create_task(health_status.run(), name="health-status")
                     tg.create_task(peer_status.collect_garbage(), name="bgppeer-status-gc")
+                    tg.create_task(reports.collect_garbage(state), name="health-report-gc")
                     tg.create_task(ad_status.run(), name="bgpadvertisement-status")
             finally:
                 plane.metrics.leader.set(0)

@@ -1,17 +1,21 @@
 """A replica's health report writer against the fake API server, with the real client: it
 writes each connected LB agent's report on its Node, renews it only when due, removes it
 when the agent leaves unless another replica wrote over it meanwhile, and lets a Node that
-does not exist be."""
+does not exist be; and the leader removes stale reports only."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 from weir.common.aio import Generation
 from weir.common.pb import pb
+from weir.controller.core.health import NodeReport
+from weir.controller.core.healthreport import encode
+from weir.controller.core.state import ClusterState
 from weir.controller.kube.api import KubeAPI
 from weir.controller.kube.healthpublish import HealthReportWriter
 from weir.controller.plane.servicer import NodePlane
@@ -95,3 +99,30 @@ async def test_reports_are_written_renewed_and_removed(fake: FakeKubeAPI, kube: 
     before = patches(fake, "lb-1")
     await writer.write_due()
     assert patches(fake, "lb-1") == before
+
+
+async def test_the_leader_removes_stale_reports_only(fake: FakeKubeAPI, kube: KubeAPI) -> None:
+    now = time.time()
+    texts = {
+        "stale": encode(NodeReport("stale", frozenset({FID}), {}), "r9", now - 31),
+        "fresh": encode(NodeReport("fresh", frozenset({FID}), {}), "r1", now - 29),
+        "bad": "{",
+    }
+    for i, (name, text) in enumerate(texts.items()):
+        node = b.node(name, f"10.0.0.{i + 1}")
+        node["metadata"]["annotations"] = {ANN: text}
+        fake.create(node)
+    state = ClusterState()
+    state.replace(frozenset({"Node"}), [fake.get("v1", "Node", "", n) for n in texts])
+    writer = HealthReportWriter(kube, cast(NodePlane, Agents()), replica="r0", renew=10)
+    await writer.sweep(state)
+    assert annotation(fake, "stale") is None
+    assert annotation(fake, "fresh") is not None
+    assert fake.get("v1", "Node", "", "bad")["metadata"]["annotations"][ANN] == "{"  # type: ignore[index]
+    # Renewed since the state saw it: the renewal stays.
+    fake.patch("v1", "Node", "", "fresh", {"metadata": {"annotations": {ANN: texts["stale"]}}})
+    state.upsert(fake.get("v1", "Node", "", "fresh"))  # type: ignore[arg-type]
+    renewed = encode(NodeReport("fresh", frozenset({FID}), {}), "r1", now)
+    fake.patch("v1", "Node", "", "fresh", {"metadata": {"annotations": {ANN: renewed}}})
+    await writer.sweep(state)
+    assert annotation(fake, "fresh") == json.loads(renewed)
