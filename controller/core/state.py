@@ -10,7 +10,7 @@ Use it from one event loop thread (sources and readers alike).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -107,7 +107,8 @@ class ClusterState:
         # Node -> its weir.dev/health-report annotation, outside the inputs: its renewals
         # must not make reduce run (controller/core/healthreport.py reads them).
         self._health_reports: dict[str, str] = {}
-        self.health_report_changes = Generation()
+        # Called on every change of them, within it: before anything else sees the change.
+        self.health_report_listeners: list[Callable[[], None]] = []
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -318,7 +319,8 @@ class ClusterState:
                 new[node] = text
         if new != self._health_reports:
             self._health_reports = new
-            self.health_report_changes.bump()
+            for listener in list(self.health_report_listeners):
+                listener()
 
     def _bump(self, kinds: Iterable[str] = ()) -> None:
         self._inputs = None

@@ -79,20 +79,32 @@ class HealthTracker:
         replica decides the same."""
         published = PublishedReports()
         errors: dict[str, str] = {}
-        seen = -1
-        while True:
-            if state.health_report_changes.value != seen:
-                seen = state.health_report_changes.value
-                bad = published.update(state.health_reports())
-                errors = self._report_errors(state, bad, errors)
-            reports, expiry = published.fresh(clock(), ttl)
-            self.update_reports(reports)
-            try:
-                # Just past the expiry, so that the report is stale by then.
-                async with asyncio.timeout(None if expiry is None else expiry - clock() + 0.01):
-                    await state.health_report_changes.wait_past(seen)
-            except TimeoutError:
-                pass
+        changed = asyncio.Event()
+
+        def read() -> None:
+            # Within the state's change itself: no version is ever built from reports not
+            # yet decided on (a replica that starts publishes the decision in its first).
+            nonlocal errors
+            errors = self._report_errors(state, published.update(state.health_reports()), errors)
+            self.update_reports(published.fresh(clock(), ttl)[0])
+            changed.set()
+
+        read()
+        state.health_report_listeners.append(read)
+        try:
+            while True:
+                changed.clear()
+                reports, expiry = published.fresh(clock(), ttl)
+                self.update_reports(reports)
+                try:
+                    # Just past the expiry, so that the report is stale by then.
+                    delay = None if expiry is None else expiry - clock() + 0.01
+                    async with asyncio.timeout(delay):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            state.health_report_listeners.remove(read)
 
     @staticmethod
     def _report_errors(
