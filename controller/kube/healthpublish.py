@@ -5,8 +5,9 @@ of all of them (controller/plane/health.py, follow). So each replica writes the 
 each of its connected agents that checks something into that agent's Node, in the annotation
 `weir.dev/health-report` (controller/core/healthreport.py):
 
-- when the report changes, at most once per `min_interval` seconds (flapping checks on many
-  nodes coalesce into one pass), and every `renew` seconds to renew it: readers count a
+- when the report changes, at once, but at most once per `min_interval` seconds for each
+  node (a flapping check writes no more often; another node's change does not wait), and
+  every `renew` seconds to renew it: readers count a
   report for 3 x renew seconds after its renewal, so a report whose replica died stops
   counting. That assumes the replicas' clocks agree to well within that.
 - a JSON merge patch of the one annotation, no resourceVersion: only the replica the agent
@@ -22,6 +23,7 @@ each of its connected agents that checks something into that agent's Node, in th
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ class HealthReportWriter:
         self.renew, self.min_interval = renew, min_interval
         self._clock = clock
         self._written: dict[str, _Written] = {}  # node -> what this replica wrote there
+        self._failed: dict[str, float] = {}  # node -> loop time of its last failed write
 
     def desired(self) -> dict[str, NodeReport]:
         """The report of each connected agent that checks something."""
@@ -74,26 +77,43 @@ class HealthReportWriter:
             if status.health_checked
         }
 
-    def _due(self, desired: dict[str, NodeReport], now: float) -> bool:
-        if desired.keys() != self._written.keys():
-            return True
-        return any(
-            w.report != desired[n] or now >= w.at + self.renew for n, w in self._written.items()
-        )
+    def _due(self, desired: Mapping[str, NodeReport]) -> dict[str, float]:
+        """Node -> the loop time its write (or removal) is due at: a changed report at once,
+        but at most once per min_interval for each node (and after a failed write), an
+        unchanged one at its renewal."""
+        due = {node: 0.0 for node in self._written.keys() - desired.keys()}
+        for node, report in desired.items():
+            w = self._written.get(node)
+            if w is None:
+                due[node] = 0.0
+            elif w.report != report:
+                due[node] = w.at + self.min_interval
+            else:
+                due[node] = w.at + self.renew
+        for node, at in self._failed.items():
+            if node in due:
+                due[node] = max(due[node], at + self.min_interval)
+        return due
+
+    def _sooner(self, than: float | None) -> bool:
+        """Something is due before `than` (None: ever)."""
+        return any(than is None or at < than for at in self._due(self.desired()).values())
 
     async def run(self) -> None:
         """Write what is due, until cancelled (on every replica)."""
         log.info("health report publisher running", replica=self.replica, renew=self.renew)
         loop = asyncio.get_running_loop()
         while True:
-            renew_at = min((w.at + self.renew for w in self._written.values()), default=None)
-            try:
-                async with asyncio.timeout_at(renew_at):
-                    await self.plane.wait_for(lambda: self._due(self.desired(), loop.time()))
-            except TimeoutError:
-                pass
+            next_at = min(self._due(self.desired()).values(), default=None)
+            if next_at is None or next_at > loop.time():
+                try:
+                    # Until then, or until an agent's change makes something due earlier.
+                    async with asyncio.timeout_at(next_at):
+                        await self.plane.wait_for(functools.partial(self._sooner, next_at))
+                except TimeoutError:
+                    pass
+                continue
             await self.write_due()
-            await asyncio.sleep(self.min_interval)
 
     async def collect_garbage(self, state: ClusterState) -> None:
         """Remove stale reports, until cancelled (on the leader)."""
@@ -115,25 +135,33 @@ class HealthReportWriter:
                 await self._remove(node, text)
 
     async def write_due(self) -> None:
-        """One pass: write the changed and the due reports, remove the gone ones."""
+        """One pass: write the reports due, remove the gone ones that are due."""
         now = asyncio.get_running_loop().time()
         desired = self.desired()
-        for node in sorted(self._written.keys() - desired.keys()):
-            if await self._remove(node, self._written[node].text) is not False:
-                del self._written[node]
-        for node, report in sorted(desired.items()):
-            w = self._written.get(node)
-            if w is None or w.report != report or now >= w.at + self.renew:
-                await self._write(node, report, now)
+        for node, at in sorted(self._due(desired).items()):
+            if at > now:
+                continue
+            if node in desired:
+                done = await self._write(node, desired[node], now)
+            else:
+                done = await self._remove(node, self._written[node].text) is not False
+                if done:
+                    del self._written[node]
+            if done:
+                self._failed.pop(node, None)
+            else:
+                self._failed[node] = now
 
-    async def _write(self, node: str, report: NodeReport, now: float) -> None:
+    async def _write(self, node: str, report: NodeReport, now: float) -> bool:
         text = encode(report, self.replica, self._clock())
         truncated = decode(node, text).truncated
         if truncated:
             log.warning("health report too big: frontends left out", node=node, left=truncated)
         patch = {"metadata": {"annotations": {ANN_HEALTH_REPORT: text}}}
-        if await self._patch(node, patch) is not False:
-            self._written[node] = _Written(report, text, now)
+        if await self._patch(node, patch) is False:
+            return False
+        self._written[node] = _Written(report, text, now)
+        return True
 
     async def _remove(self, node: str, text: str) -> bool | None:
         """Remove the annotation if it still holds text (as _patch)."""

@@ -1,7 +1,8 @@
 """A replica's health report writer against the fake API server, with the real client: it
 writes each connected LB agent's report on its Node, renews it only when due, removes it
-when the agent leaves unless another replica wrote over it meanwhile, and lets a Node that
-does not exist be; and the leader removes stale reports only."""
+when the agent leaves unless another replica wrote over it meanwhile, writes each Node at
+most once per interval, and lets a Node that does not exist be; and the leader removes stale
+reports only."""
 
 from __future__ import annotations
 
@@ -99,6 +100,26 @@ async def test_reports_are_written_renewed_and_removed(fake: FakeKubeAPI, kube: 
     before = patches(fake, "lb-1")
     await writer.write_due()
     assert patches(fake, "lb-1") == before
+
+
+async def test_each_node_is_written_at_most_once_per_interval(
+    fake: FakeKubeAPI, kube: KubeAPI
+) -> None:
+    fake.create(b.node("lb-1", "10.0.0.1"))
+    fake.create(b.node("lb-2", "10.0.0.2"))
+    agents = Agents()
+    writer = HealthReportWriter(kube, cast(NodePlane, agents), replica="r0", min_interval=1000)
+    agents.statuses = {"lb-1": checking()}
+    await writer.write_due()
+    # lb-1 flaps: held back; lb-2's first report does not wait for it.
+    agents.statuses = {"lb-1": checking("10.1.0.1"), "lb-2": checking("10.1.0.1")}
+    await writer.write_due()
+    assert (patches(fake, "lb-1"), patches(fake, "lb-2")) == (1, 1)
+    assert (annotation(fake, "lb-1") or {}).get("failing") == []
+    assert (annotation(fake, "lb-2") or {}).get("failing") != []
+    writer.min_interval = 0
+    await writer.write_due()
+    assert (annotation(fake, "lb-1") or {}).get("failing") != []
 
 
 async def test_the_leader_removes_stale_reports_only(fake: FakeKubeAPI, kube: KubeAPI) -> None:
