@@ -118,7 +118,9 @@ class ControllerApp:
             "health-decision": (
                 self.health.run(self.plane)
                 if self.kube is None
-                else self.health.follow(self.state, ttl=3 * args.health_report_renew)
+                else self.health.follow(
+                    self.state, 3 * args.health_report_renew, args.lb_node_selector
+                )
             ),
             "grpc": serve(self.plane, self.listeners(), self.tls, grace=args.shutdown_grace),
         }

@@ -107,8 +107,10 @@ class ClusterState:
         # Node -> its weir.dev/health-report annotation, outside the inputs: its renewals
         # must not make reduce run (controller/core/healthreport.py reads them).
         self._health_reports: dict[str, str] = {}
-        # Called on every change of them, within it: before anything else sees the change.
-        self.health_report_listeners: list[Callable[[], None]] = []
+        # Called on every change of Nodes or of their reports, at the end of the change
+        # itself: before anything else sees it.
+        self.node_listeners: list[Callable[[], None]] = []
+        self._nodes_changed = False
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class ClusterState:
             else:
                 self._drained.discard(node)
             self._bump({NODE})
+            self._notify_nodes()
 
     def set_failing(self, failing: Mapping[str, frozenset[tuple[str, int]]]) -> None:
         """The backends the health checks find failing, by frontend id (ClusterInputs.failing):
@@ -187,6 +190,7 @@ class ClusterState:
                 nodes = [r for r in objects if object_ref(r).kind == NODE]
                 self._note_reports({object_ref(r).name: _health_report(r) for r in nodes}, True)
             self._replace(kinds, objects)
+        self._notify_nodes()
 
     def _replace(self, kinds: frozenset[str], objects: Iterable[Mapping[str, Any]]) -> None:
         fresh: dict[str, dict[Key, KubeObject]] = {k: {} for k in kinds}
@@ -254,6 +258,7 @@ class ClusterState:
                 changed = True
         if changed:
             self._bump({ref.kind})
+        self._notify_nodes()
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         if kind not in self.kinds:
@@ -265,6 +270,7 @@ class ClusterState:
         removed |= self._rejected.pop(ref, None) is not None
         if removed:
             self._bump({kind})
+        self._notify_nodes()
 
     def report_error(self, err: pb.ObjectError, origin: str = "") -> None:
         by_origin = self._source_errors.setdefault(origin, {})
@@ -319,11 +325,17 @@ class ClusterState:
                 new[node] = text
         if new != self._health_reports:
             self._health_reports = new
-            for listener in list(self.health_report_listeners):
+            self._nodes_changed = True
+
+    def _notify_nodes(self) -> None:
+        if self._nodes_changed:
+            self._nodes_changed = False
+            for listener in list(self.node_listeners):
                 listener()
 
     def _bump(self, kinds: Iterable[str] = ()) -> None:
         self._inputs = None
+        self._nodes_changed |= NODE in kinds
         self._changes.bump()
         for watched, changes in self._subscriptions:
             if not watched.isdisjoint(kinds):

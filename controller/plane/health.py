@@ -25,6 +25,7 @@ from weir.common.pb import pb
 from weir.controller.core.health import BackendKey, Decision, NodeReport, decide
 from weir.controller.core.healthreport import ANN_HEALTH_REPORT, PublishedReports
 from weir.controller.core.objects import NODE
+from weir.controller.core.selectors import LabelSelector
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
 from weir.controller.metrics import Metrics
@@ -71,12 +72,16 @@ class HealthTracker:
             self.update(plane.connected_statuses())
 
     async def follow(
-        self, state: ClusterState, ttl: float, clock: Callable[[], float] = time.time
+        self,
+        state: ClusterState,
+        ttl: float,
+        lb_nodes: LabelSelector,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Kubernetes source (any number of replicas): decide from the reports published on
-        the Nodes (controller/core/healthreport.py), again when they change and when one
-        expires, until cancelled. Every replica reads the same annotations, so every
-        replica decides the same."""
+        the Nodes (controller/core/healthreport.py) of LB nodes (lb_nodes: their labels),
+        again when Nodes or reports change and when a report expires, until cancelled.
+        Every replica reads the same annotations, so every replica decides the same."""
         published = PublishedReports()
         errors: dict[str, str] = {}
         changed = asyncio.Event()
@@ -86,16 +91,24 @@ class HealthTracker:
             # yet decided on (a replica that starts publishes the decision in its first).
             nonlocal errors
             errors = self._report_errors(state, published.update(state.health_reports()), errors)
-            self.update_reports(published.fresh(clock(), ttl)[0])
+            decide_fresh()
             changed.set()
 
+        def decide_fresh() -> float | None:
+            # Only LB nodes vote: a report on another Node (its kubelet may write it) does not.
+            nodes = state.inputs().nodes
+            reports, expiry = published.fresh(clock(), ttl)
+            self.update_reports(
+                r for r in reports if r.node in nodes and lb_nodes.matches(nodes[r.node].labels)
+            )
+            return expiry
+
         read()
-        state.health_report_listeners.append(read)
+        state.node_listeners.append(read)
         try:
             while True:
                 changed.clear()
-                reports, expiry = published.fresh(clock(), ttl)
-                self.update_reports(reports)
+                expiry = decide_fresh()
                 try:
                     # Just past the expiry, so that the report is stale by then.
                     delay = None if expiry is None else expiry - clock() + 0.01
@@ -104,7 +117,7 @@ class HealthTracker:
                 except TimeoutError:
                     pass
         finally:
-            state.health_report_listeners.remove(read)
+            state.node_listeners.remove(read)
 
     @staticmethod
     def _report_errors(

@@ -17,6 +17,7 @@ from weir.controller.core.healthreport import (
     decode,
     encode,
 )
+from weir.controller.core.nodeconfig import DEFAULT_LB_NODES
 from weir.controller.core.parsing import ParseError
 from weir.controller.core.snapshots import SnapshotStore
 from weir.controller.core.state import ClusterState
@@ -30,12 +31,13 @@ def report(node: str, *failing: str, checked: tuple[str, ...] = (FID,)) -> NodeR
     return NodeReport(node, frozenset(checked), {(FID, a, 80): (100, "refused") for a in failing})
 
 
-def node(name: str, text: str | None) -> dict:
+def node(name: str, text: str | None, lb: bool = True) -> dict:
     annotations = {ANN_HEALTH_REPORT: text} if text is not None else {}
+    labels = {"weir.dev/load-balancer": "true"} if lb else {}
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "annotations": annotations},
+        "metadata": {"name": name, "annotations": annotations, "labels": labels},
         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]},
     }
 
@@ -105,7 +107,7 @@ def test_only_fresh_reports_count_and_the_first_expiry_is_known() -> None:
 def test_the_state_keeps_reports_beside_the_inputs() -> None:
     state = ClusterState()
     seen: list[dict[str, str]] = []
-    state.health_report_listeners.append(lambda: seen.append(dict(state.health_reports())))
+    state.node_listeners.append(lambda: seen.append(dict(state.health_reports())))
     state.replace(frozenset({"Node"}), [node("lb1", "a"), node("lb2", None)])
     assert seen == [{"lb1": "a"}]
     generation = state.generation
@@ -132,8 +134,11 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
         "lb3": encode(report("lb3"), "r1", now),
         "lb4": json.dumps({"v": 1}),
     }
-    state.replace(frozenset({"Node"}), [node(n, t) for n, t in texts.items()])
-    task = asyncio.create_task(tracker.follow(state, ttl=30))
+    nodes = [node(n, t) for n, t in texts.items()]
+    # Not an LB node: its report (its kubelet may write one) does not vote.
+    nodes.append(node("w1", encode(report("w1", "10.0.0.1"), "r1", now), lb=False))
+    state.replace(frozenset({"Node"}), nodes)
+    task = asyncio.create_task(tracker.follow(state, 30, DEFAULT_LB_NODES))
     try:
         async with asyncio.timeout(10):
             await tracker.changes.wait_past(0)
@@ -145,6 +150,10 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
             await tracker.changes.wait_past(1)
             assert tracker.decision.failing == {}
             assert tracker.decision.checkers == {FID: 2}
+            # An LB node no more: its vote goes with its label.
+            state.upsert(node("lb3", texts["lb3"], lb=False))
+            assert tracker.decision.checkers == {FID: 1}
+            state.upsert(node("lb3", texts["lb3"]))
             # A change is decided on within the state's change, before any reduce sees it.
             state.upsert(node("lb3", encode(report("lb3", "10.0.0.1"), "r1", time.time())))
             assert state.inputs().failing == {FID: frozenset({("10.0.0.1", 80)})}
