@@ -138,7 +138,9 @@ class HealthReportWriter:
         """One pass: write the reports due, remove the gone ones that are due."""
         now = asyncio.get_running_loop().time()
         desired = self.desired()
-        for node, at in sorted(self._due(desired).items()):
+        due = self._due(desired)
+        self._failed = {n: t for n, t in self._failed.items() if n in due}  # gone: forgotten
+        for node, at in sorted(due.items()):
             if at > now:
                 continue
             if node in desired:
