@@ -96,3 +96,26 @@ async def test_the_relay_sends_a_backlog_then_at_most_its_rate(tmp_path: Path) -
     assert live.unsent == 40 and live.decisions[0].service == "shop/web"
     relay.close()
     assert not log._followers
+
+
+async def test_a_backlog_and_the_live_batches_after_it_share_no_decision(
+    tmp_path: Path,
+) -> None:
+    """A new watcher's backlog is cut at the same moment as the live batch before it: a
+    decision logged while that live batch is being sent goes in the next live batch only
+    (the controller hands a watcher the live batches after its backlog)."""
+    log = FlowLog(tmp_path, lambda: NAMES, sample=1)
+    relay = FlowRelay(log)
+    log._publish(decision(1))  # relayed live to the watchers already there
+    relay.request(pb.FlowWatch(watch=True, max_per_second=100, backlog=10, id=3))
+    batches = relay.batches()
+    async with asyncio.timeout(5):
+        live = await anext(batches)
+        assert (live.backlog, [d.client_port for d in live.decisions]) == (False, [1])
+        log._publish(decision(2))  # while that batch is written to the stream
+        backlog = await anext(batches)
+        after = await anext(batches)
+    assert backlog.backlog_id == 3 and not after.backlog
+    seen = [d.client_port for d in [*backlog.decisions, *after.decisions]]
+    assert seen == [1, 2]
+    relay.close()
