@@ -6,7 +6,9 @@ one leaving turns it off. Each watcher's FlowWatch also asks for a backlog (the 
 kept decisions matching its filter), answered with the watch's id: live batches reach a
 watcher only after its backlog, so it sees each decision once, in order.
 
-Everything is bounded: at most `max_watchers` watchers (RESOURCE_EXHAUSTED beyond), each
+Filters that can match nothing (a service not <namespace>/<name>, a backend that is not an
+address) are refused (INVALID_ARGUMENT), which also bounds what each watch keeps and sends
+the agent. Everything is bounded: at most `max_watchers` watchers (RESOURCE_EXHAUSTED beyond), each
 with a queue of `queue` decisions (a watcher that reads too slowly loses the oldest, and its
 next answer says how many so far), the agent sends at most `per_second` decisions a second
 (its batches say how many it held back), a batch is cut to BATCH_MAX decisions, and an agent
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from weir.common.logs import clip
 from weir.common.pb import pb
+from weir.controller.core.parsing import DNS_LABEL
 
 BATCH_MAX = 2000  # decisions of one agent batch kept
 DECISION_BYTES = 1024  # a decision larger than this (encoded) is not relayed
@@ -181,6 +186,25 @@ class FlowWatchers:
             raise WatchError(
                 grpc.StatusCode.UNAVAILABLE, f"node {w.node}'s agent stream ended: {w.ended}"
             )
+
+
+def filter_problem(request: pb.WatchFlowsRequest) -> str | None:
+    """Why the request's filters can match no decision (a typo would otherwise watch
+    nothing, silently), or None; the backend is made canonical in place."""
+    if request.service:
+        namespace, _, name = request.service.partition("/")
+        problems = [DNS_LABEL.problem(namespace), DNS_LABEL.problem(name)] if name else ["no /"]
+        if any(problems):
+            return f"service: {clip(request.service, 80)!r} is not <namespace>/<name>"
+    if request.backend:
+        try:
+            request.backend = str(ipaddress.ip_address(request.backend))
+        except ValueError:
+            return (
+                f"backend: {clip(request.backend, 80)!r} is not an address "
+                "(without its port, e.g. 10.1.0.1)"
+            )
+    return None
 
 
 def _matches(request: pb.WatchFlowsRequest, d: pb.FlowDecision) -> bool:

@@ -93,6 +93,18 @@ async def test_errors_name_why(tmp_path: Path) -> None:
                 return err.value.code(), err.value.details() or ""
 
             assert (await code(request("nowhere")))[0] == grpc.StatusCode.NOT_FOUND
+            # Filters that could match nothing: refused, clipped in the answer.
+            for bad in (
+                request(backend="10.1.0.1:8080"),
+                request(backend="x" * 3_000_000, follow=True),
+                request(service="web"),
+                request(service="shop/" + "w" * 3_000_000),
+                request(service="Shop/web"),
+            ):
+                status, details = await code(bad)
+                assert status == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
+                assert "10.1.0.1)" in details or "<namespace>/<name>" in details
+            assert not len(p.plane.flows)
             status, details = await code(request("lb-2", follow=True))
             assert status == grpc.StatusCode.FAILED_PRECONDITION and "--flow-sample" in details
             (off,) = [r async for r in stub.WatchFlows(request("lb-2"))]
@@ -160,7 +172,8 @@ async def test_weirctl_finds_the_replica_that_holds_the_agent(tmp_path: Path) ->
         service = RoundRobin([first.server.port, second.server.port])
         await service.start()
         try:
-            args = argparse.Namespace(node="lb-1", service="", backend="", limit=10,
+            # --limit beyond what the request carries (uint32): the most there is.
+            args = argparse.Namespace(node="lb-1", service="", backend="", limit=2**40,
                                       follow=False, ca=None,
                                       controller=f"127.0.0.1:{service.port}")  # fmt: skip
             got = await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
