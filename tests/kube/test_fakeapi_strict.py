@@ -159,3 +159,16 @@ async def test_the_bgpadvertisement_status_is_a_subresource(
             *ads, "a", {"status": {"conditions": twice}}, **merge
         )
     assert e.value.status == 422 and "Duplicate value" in e.value.body
+
+
+async def test_a_write_over_3_mib_is_too_large(api: client.ApiClient, fake: FakeKubeAPI) -> None:
+    """The real server decodes at most 3 MiB of a write (413), whatever the schema allows."""
+    custom = client.CustomObjectsApi(api)
+    ads = ("weir.dev", "v1alpha1", "bgpadvertisements")
+    huge = b.advertisement("huge", communities=["x" * (3 * 2**20)])
+    with pytest.raises(ApiException) as e:
+        await custom.create_cluster_custom_object(*ads, huge)
+    assert e.value.status == 413 and "limit is 3145728" in e.value.body
+    await custom.create_cluster_custom_object(
+        *ads, b.advertisement("big", communities=["x" * 2**20])
+    )
