@@ -11,7 +11,8 @@ address) are refused (INVALID_ARGUMENT), which also bounds what each watch keeps
 the agent. Everything is bounded: at most `max_watchers` watchers (RESOURCE_EXHAUSTED beyond), each
 with a queue of `queue` decisions (a watcher that reads too slowly loses the oldest, and its
 next answer says how many so far), the agent sends at most `per_second` decisions a second
-(its batches say how many it held back), a batch is cut to BATCH_MAX decisions, and an agent
+(its batches say how many it held back; live decisions beyond that rate are cut here, and
+counted, whatever the agent sends), a batch is cut to BATCH_MAX decisions, and an agent
 that does not answer a watch within `answer_timeout` seconds ends it (DEADLINE_EXCEEDED).
 When the agent's stream ends, so do its watchers (UNAVAILABLE).
 """
@@ -22,7 +23,8 @@ import asyncio
 import collections
 import ipaddress
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -70,6 +72,24 @@ class Watcher:
         )
 
 
+@dataclass
+class _Budget:
+    """Live decisions one agent's stream may bring: refilled at the rate asked of the agent,
+    up to twice that at once (the agent's own bucket, and batches bunched up in transit)."""
+
+    tokens: float
+    at: float = field(default_factory=time.monotonic)
+    over: int = 0  # decisions cut so far
+
+    def take(self, wanted: int, per_second: float) -> int:
+        now = time.monotonic()
+        self.tokens = min(2.0 * per_second, self.tokens + (now - self.at) * per_second)
+        self.at = now
+        taken = min(wanted, int(self.tokens))
+        self.tokens -= taken
+        return taken
+
+
 class FlowWatchers:
     def __init__(
         self,
@@ -84,6 +104,7 @@ class FlowWatchers:
         self._per_second = per_second
         self._answer_timeout = answer_timeout
         self._watchers: dict[int, Watcher] = {}
+        self._budgets: dict[int, _Budget] = {}  # by id() of a stream with watchers
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -123,27 +144,39 @@ class FlowWatchers:
             w.send(pb.FlowWatch(watch=False))  # the last one: the agent stops relaying
 
     def on_batch(self, stream: object, batch: pb.FlowBatch) -> None:
-        """A batch from the agent on `stream`: to its watchers (a backlog to its own)."""
-        decisions = [d for d in batch.decisions[:BATCH_MAX] if d.ByteSize() <= DECISION_BYTES]
+        """A batch from the agent on `stream`: to its watchers (a backlog to its own). What
+        nobody waits for costs nothing, and live decisions beyond the rate asked of the
+        agent are cut (counted in unsent): a buggy or hostile agent cannot make the event
+        loop match more than that against the watchers' filters."""
         if batch.backlog:
             w = self._watchers.get(batch.backlog_id)
-            if w is None or w.stream is not stream:
-                return  # its watcher left meanwhile
+            if w is None or w.stream is not stream or w.answered:
+                return  # its watcher left meanwhile (or it was answered already)
             w.answered = True
-            self._deliver(w, batch, decisions)
+            self._deliver(w, batch, _bounded(batch.decisions[:BATCH_MAX]))
             return
-        for w in self._watchers.values():
-            if w.stream is stream and w.answered:
-                self._deliver(w, batch, [d for d in decisions if _matches(w.request, d)])
+        watchers = [w for w in self._watchers.values() if w.stream is stream and w.answered]
+        if not watchers:
+            return
+        budget = self._budgets.setdefault(id(stream), _Budget(2.0 * self._per_second))
+        taken = budget.take(min(len(batch.decisions), BATCH_MAX), self._per_second)
+        budget.over += len(batch.decisions) - taken
+        decisions = _bounded(batch.decisions[:taken])
+        for w in watchers:
+            matching = [d for d in decisions if _matches(w.request, d)]
+            self._deliver(w, batch, matching, budget.over)
 
     def stream_ended(self, stream: object, why: str) -> None:
+        self._budgets.pop(id(stream), None)
         for w in self._watchers.values():
             if w.stream is stream:
                 w.ended = why or "the agent ended it"
                 w.wake.set()
 
-    def _deliver(self, w: Watcher, batch: pb.FlowBatch, decisions: list[pb.FlowDecision]) -> None:
-        w.sample, w.unsent = batch.sample, batch.unsent
+    def _deliver(
+        self, w: Watcher, batch: pb.FlowBatch, decisions: list[pb.FlowDecision], cut: int = 0
+    ) -> None:
+        w.sample, w.unsent = batch.sample, batch.unsent + cut
         w.queue.extend(decisions)
         while len(w.queue) > self._queue:
             w.queue.popleft()  # the oldest go: a slow watcher sees the newest
@@ -186,6 +219,10 @@ class FlowWatchers:
             raise WatchError(
                 grpc.StatusCode.UNAVAILABLE, f"node {w.node}'s agent stream ended: {w.ended}"
             )
+
+
+def _bounded(decisions: Iterable[pb.FlowDecision]) -> list[pb.FlowDecision]:
+    return [d for d in decisions if d.ByteSize() <= DECISION_BYTES]
 
 
 def filter_problem(request: pb.WatchFlowsRequest) -> str | None:

@@ -190,3 +190,28 @@ async def test_weirctl_finds_the_replica_that_holds_the_agent(tmp_path: Path) ->
             await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         assert "another replica" in flows_remote.error(args, err.value)
+
+
+def test_an_agent_cannot_send_more_than_it_was_asked() -> None:
+    """A buggy or hostile agent: live decisions beyond the rate the controller asked for
+    are cut before any filter sees them (counted in unsent), a second backlog answer or
+    one for a watcher of another stream is ignored, and batches nobody waits for are
+    dropped at once."""
+    hub = FlowWatchers(per_second=100)
+    sent: list[pb.FlowWatch] = []
+    stream, other = object(), object()
+    w = hub.attach("lb-1", stream, sent.append, request(limit=3, follow=True))
+    many = [pb.FlowDecision(client_port=n % 60000) for n in range(5000)]
+    hub.on_batch(stream, pb.FlowBatch(sample=1, decisions=many))  # not answered yet: skipped
+    hub.on_batch(other, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1, decisions=many))
+    assert not w.answered and not w.queue
+    hub.on_batch(stream, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1))
+    hub.on_batch(stream, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1, decisions=many))
+    assert w.answered and not w.queue
+    for _ in range(10):
+        hub.on_batch(stream, pb.FlowBatch(sample=1, unsent=7, decisions=many))
+    # Twice the rate at once, and what a second brings meanwhile (the test takes less).
+    assert 200 <= len(w.queue) < 300
+    assert w.response([]).unsent == 7 + 50_000 - len(w.queue)
+    hub.stream_ended(stream, "gone")
+    assert not hub._budgets
