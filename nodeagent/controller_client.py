@@ -476,10 +476,11 @@ class ControllerClient:
 
     async def _stop_relay(self) -> None:
         if self._relay is not None:
-            _, task = self._relay
+            relay, task = self._relay
             self._relay = None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            relay.close()  # also when its task was cancelled before its first step
 
     async def _write_status(self, call: grpc.aio.StreamStreamCall) -> None:
         """The latest status at the start of the stream, then each new one (latest wins)."""

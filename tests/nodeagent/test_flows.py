@@ -6,11 +6,16 @@ import argparse
 import asyncio
 import socket
 from pathlib import Path
+from typing import cast
 
+import grpc
 from weir.common.pb import pb
 from weir.ctl.flows_cmds import decisions, text
+from weir.nodeagent.controller_client import ControllerClient
 from weir.nodeagent.dataplane.flowlog import FlowDecision
 from weir.nodeagent.flows import FlowLog, FlowRelay
+
+from tests.controller.plane_support import Recorder
 
 NAMES = {"192.0.2.1:80/TCP": "shop/web", "192.0.2.1:53/UDP": "kube/dns"}
 
@@ -119,3 +124,17 @@ async def test_a_backlog_and_the_live_batches_after_it_share_no_decision(
     seen = [d.client_port for d in [*backlog.decisions, *after.decisions]]
     assert seen == [1, 2]
     relay.close()
+
+
+async def test_a_relay_stopped_before_it_ran_leaves_no_follower(tmp_path: Path) -> None:
+    """FlowWatch(true) then at once FlowWatch(false): the relay's task is cancelled before
+    its first step, and the follower it made must go with it (each one left would take
+    every decision, for good)."""
+    log = FlowLog(tmp_path, lambda: NAMES, sample=1)
+    client = ControllerClient("127.0.0.1:1", "lb-1", Recorder(), flows=lambda: FlowRelay(log))
+    call = cast(grpc.aio.StreamStreamCall, object())  # never written to: the relay never ran
+    for _ in range(3):
+        await client._on_flow_watch(call, pb.FlowWatch(watch=True, backlog=1, id=1))
+        assert len(log._followers) == 1
+        await client._on_flow_watch(call, pb.FlowWatch(watch=False))
+        assert not log._followers
