@@ -494,5 +494,13 @@ class ControllerClient:
             pass  # the stream ended; the reader reports why and the next session resends
 
     async def _send(self, call: grpc.aio.StreamStreamCall, msg: pb.AgentMessage) -> None:
+        """Write msg; a writer cancelled meanwhile (the relay, when the last watcher goes)
+        ends once the write is done: grpc.aio cancels the whole stream with a cancelled
+        write, and the agent would lose its controller for it."""
         async with self._write_lock:
-            await call.write(msg)
+            write = asyncio.ensure_future(call.write(msg))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait((write,))  # which, unlike gather, cancels nothing
+                raise

@@ -215,3 +215,41 @@ def test_an_agent_cannot_send_more_than_it_was_asked() -> None:
     assert w.response([]).unsent == 7 + 50_000 - len(w.queue)
     hub.stream_ended(stream, "gone")
     assert not hub._budgets
+
+
+async def test_watchers_coming_and_going_leave_nothing_behind(tmp_path: Path) -> None:
+    """Churn: rounds of watchers, half of them gone before their first answer, some over the
+    most the controller takes: once all are gone, no watcher, no relay, no follower."""
+    async with Plane(flows=FlowWatchers(max_watchers=8)) as p:
+        p.store.publish(cluster([S1], lb=LB))
+        flow_log = FlowLog(tmp_path, lambda: NAMES, sample=1)
+        client = p.agent("lb-1", flows=lambda: FlowRelay(flow_log))
+        await p.plane.wait_for(lambda: p.info("lb-1").connected)
+        flow_log._publish(decision(1))
+        async with p.channel() as channel:
+            stub = pb_grpc.NodePlaneStub(channel)
+
+            async def one(i: int) -> grpc.StatusCode:
+                call = stub.WatchFlows(request(limit=5, follow=True), timeout=10)
+                try:
+                    if i % 2:
+                        await call.read()
+                    else:
+                        await asyncio.sleep(0)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as e:
+                    return e.code()
+                finally:
+                    call.cancel()
+
+            for _ in range(5):
+                codes = set(await asyncio.gather(*(one(i) for i in range(24))))
+                assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            async with asyncio.timeout(10):
+                # The last FlowWatch(false) travels the stream: nothing to await on this side.
+                while flow_log._followers or len(p.plane.flows):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert client._relay is None
+            # Still served afterwards.
+            (answer,) = [r async for r in stub.WatchFlows(request(limit=5))]
+            assert [d.client_port for d in answer.decisions] == [1]

@@ -138,3 +138,43 @@ async def test_a_relay_stopped_before_it_ran_leaves_no_follower(tmp_path: Path) 
         assert len(log._followers) == 1
         await client._on_flow_watch(call, pb.FlowWatch(watch=False))
         assert not log._followers
+
+
+class SlowCall:
+    """An agent's stream whose writes take a while; like grpc.aio's, a write cancelled
+    while under way cancels the whole stream."""
+
+    def __init__(self) -> None:
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.written: list[pb.AgentMessage] = []
+        self.cancelled = False
+
+    async def write(self, msg: pb.AgentMessage) -> None:
+        self.writing.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        self.written.append(msg)
+
+
+async def test_the_last_watcher_leaving_mid_write_keeps_the_stream(tmp_path: Path) -> None:
+    """FlowWatch(false) while the relay writes a batch: the relay ends after that write,
+    not in it (grpc.aio would cancel the agent's whole stream, and with it the agent's
+    link to the controller, for good)."""
+    log = FlowLog(tmp_path, lambda: NAMES, sample=1)
+    client = ControllerClient("127.0.0.1:1", "lb-1", Recorder(), flows=lambda: FlowRelay(log))
+    call = SlowCall()
+    stream = cast(grpc.aio.StreamStreamCall, call)
+    log._publish(decision(1))
+    await client._on_flow_watch(stream, pb.FlowWatch(watch=True, backlog=1, id=1))
+    async with asyncio.timeout(5):
+        await call.writing.wait()  # the backlog, under way
+        stop = asyncio.create_task(client._on_flow_watch(stream, pb.FlowWatch(watch=False)))
+        await asyncio.sleep(0.05)
+        call.release.set()
+        await stop
+    assert not call.cancelled and [m.flows.backlog_id for m in call.written] == [1]
+    assert client._relay is None and not log._followers
