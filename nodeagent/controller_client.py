@@ -340,6 +340,13 @@ class ControllerClient:
                         )
                     except Exception:
                         log.exception("controller stream error", target=self.target)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                        # grpc.aio raises it from a call cancelled within this agent: a
+                        # lost stream, not this client's end.
+                        log.error("controller stream cancelled by the agent", target=self.target)
                     if renewed:  # a new certificate: a new connection with it, at once
                         self._connected = False
                         self._changes.bump()
