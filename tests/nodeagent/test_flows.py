@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+import pytest
 from weir.common.pb import pb
 from weir.ctl.flows_cmds import decisions, text
+from weir.ctl.main import build_parser
 from weir.nodeagent.controller_client import ControllerClient
 from weir.nodeagent.dataplane.flowlog import FlowDecision
 from weir.nodeagent.flows import FlowLog, FlowRelay
@@ -178,3 +180,12 @@ async def test_the_last_watcher_leaving_mid_write_keeps_the_stream(tmp_path: Pat
         await stop
     assert not call.cancelled and [m.flows.backlog_id for m in call.written] == [1]
     assert client._relay is None and not log._followers
+
+
+def test_weirctl_refuses_a_backend_that_is_no_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """A filter with its port (or a name) would match no decision, in silence."""
+    for bad in ("10.1.0.1:8080", "web-1"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["flows", "--backend", bad])
+        assert exit_.value.code == 2 and "without its port" in capsys.readouterr().err
+    assert build_parser().parse_args(["flows", "--backend", "10.1.0.1"]).backend == "10.1.0.1"
