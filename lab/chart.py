@@ -4,14 +4,16 @@ cell the row's share of that interval's traffic, and the row's share of the whol
 
     render("new flows per LB node", samples, ["lb1", "lb2", "lb3"], marks)
 
-Plain text, at most `width` columns (100 by default); png() draws the same with matplotlib
-when it is installed (it is not a dependency: without it there is no picture).
+Plain text, at most `width` columns (100 by default: a row's name is cut to 6 characters,
+a large total shortened to 12.3M); png() draws the same with matplotlib when it is
+installed (it is not a dependency: without it there is no picture).
 """
 
 from __future__ import annotations
 
 import importlib
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +40,17 @@ def intervals(samples: Sequence[Sample]) -> list[Interval]:
     """What each row counted between consecutive samples: the increase of each of its
     series, as Prometheus' increase() has it. A series counts from its second sample (one
     that appears, or goes, adds nothing: a backend removed takes its counters along); one
-    that went down was reset (its agent restarted) and counts its new value."""
+    that went down was reset (its agent restarted) and counts its new value. A value that
+    is NaN or infinite (a broken exporter) is taken as no sample of its series."""
     out = []
     for a, b in itertools.pairwise(samples):
         counts = {}
         for name, series in b.counters.items():
             before = a.counters.get(name, {})
             counts[name] = sum(
-                (v - before[k] if v >= before[k] else v) for k, v in series.items() if k in before
+                (v - before[k] if v >= before[k] else v)
+                for k, v in series.items()
+                if k in before and math.isfinite(v) and math.isfinite(before[k])
             )
         out.append(Interval(a.t, b.t, counts))
     return out
@@ -74,7 +79,7 @@ def render(
     columns where the story's steps began."""
     spans = intervals(samples)
     groups = _columns(spans, max(1, width - NAME - TOTAL - 3))
-    lines = [f"   {title}"]
+    lines = [f"   {title[: width - 3]}"]
     whole = totals(spans, names)
     grand = sum(whole.values()) or 1.0
     for name in names:
@@ -84,7 +89,8 @@ def render(
             share = counts[name] / (sum(counts.values()) or 1.0)
             cells += LEVELS[round(share * (len(LEVELS) - 1))] if sum(counts.values()) else "·"
         lines.append(
-            f"   {name:<{NAME}}{cells} {whole[name]:>7.0f} {100 * whole[name] / grand:5.1f}%"
+            f"   {name[:NAME]:<{NAME}}{cells} {_count(whole[name]):>7} "
+            f"{100 * whole[name] / grand:5.1f}%"
         )
     if groups:
         axis = [" "] * len(groups)
@@ -94,10 +100,18 @@ def render(
             i = next((k for k, g in enumerate(groups) if g[-1].end > t), len(groups) - 1)
             while i < len(axis) - 1 and axis[i] != " ":
                 i += 1
-            axis[i] = label[:1]
+            axis[i] = label[:1] or "|"
         start, end = groups[0][0].start, groups[-1][-1].end
         lines.append(f"   {'':<{NAME}}{''.join(axis)} {start:.0f}-{end:.0f} s")
     return "\n".join(lines)
+
+
+def _count(value: float) -> str:
+    """A total in at most 7 characters: 1234567, then 12.3M, 4.5G, ..."""
+    for scale, unit in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= 1e7 and value >= scale:
+            return f"{value / scale:.1f}{unit}"[:7]
+    return f"{value:.0f}"
 
 
 def png(

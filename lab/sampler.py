@@ -3,11 +3,13 @@ each LB node's agent (`/metrics`, in the node's namespace) every `interval` seco
 the new-flow counters per LB node (each of its services' series) and per backend (its series
 on every node), for lab/chart.py to count their increase.
 
-A node that does not answer (failed) keeps its last values: its counters stand still.
+A node that does not answer (failed), or answers only part (killed meanwhile), keeps its
+last values: its counters stand still.
 """
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 import urllib.request
@@ -85,8 +87,10 @@ class TrafficSampler:
             try:
                 with host.entered(), urllib.request.urlopen(self._url, timeout=0.5) as resp:
                     self._last[name] = parse(resp.read().decode(), self._names)
-            except OSError:
-                pass  # failed or not up yet: its counters stand still
+            except (OSError, http.client.HTTPException, ValueError):
+                # Failed, not up yet, or killed mid-answer (a truncated or garbled body):
+                # its counters stand still, and the sampling goes on.
+                pass
         backends: dict[str, Series] = {}
         for node, (_, per_backend) in self._last.items():
             for name, series in per_backend.items():

@@ -340,6 +340,13 @@ class ControllerClient:
                         )
                     except Exception:
                         log.exception("controller stream error", target=self.target)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                        # grpc.aio raises it from a call cancelled within this agent: a
+                        # lost stream, not this client's end.
+                        log.error("controller stream cancelled by the agent", target=self.target)
                     if renewed:  # a new certificate: a new connection with it, at once
                         self._connected = False
                         self._changes.bump()
@@ -476,10 +483,11 @@ class ControllerClient:
 
     async def _stop_relay(self) -> None:
         if self._relay is not None:
-            _, task = self._relay
+            relay, task = self._relay
             self._relay = None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            relay.close()  # also when its task was cancelled before its first step
 
     async def _write_status(self, call: grpc.aio.StreamStreamCall) -> None:
         """The latest status at the start of the stream, then each new one (latest wins)."""
@@ -493,5 +501,13 @@ class ControllerClient:
             pass  # the stream ended; the reader reports why and the next session resends
 
     async def _send(self, call: grpc.aio.StreamStreamCall, msg: pb.AgentMessage) -> None:
+        """Write msg; a writer cancelled meanwhile (the relay, when the last watcher goes)
+        ends once the write is done: grpc.aio cancels the whole stream with a cancelled
+        write, and the agent would lose its controller for it."""
         async with self._write_lock:
-            await call.write(msg)
+            write = asyncio.ensure_future(call.write(msg))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait((write,))  # which, unlike gather, cancels nothing
+                raise

@@ -267,12 +267,15 @@ class FlowRelay:
         while True:
             if not self._backlogs:
                 await self._next()
+            # Cut together, with no await between: a backlog holds every decision logged
+            # before it, and a decision logged while these are sent goes in the next live
+            # batch only (the one its watcher counts from), never in both.
             live = self._live()
+            backlogs = [self._backlog(self._backlogs.popleft()) for _ in range(len(self._backlogs))]
             if live.decisions:
-                # Before a backlog: a backlog holds every decision logged before it.
-                yield live
-            while self._backlogs:
-                yield self._backlog(self._backlogs.popleft())
+                yield live  # before the backlogs: their watchers skip it
+            for backlog in backlogs:
+                yield backlog
 
     async def _next(self) -> None:
         """Wait for a backlog request, or for decisions and then a batch's time."""

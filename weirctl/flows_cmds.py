@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import ipaddress
 import json
 import sys
 import time
@@ -34,13 +35,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flows", help="sampled load-balancing decisions of this node")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new decisions")
     p.add_argument("--service", default="", help="only this Service (namespace/name)")
-    p.add_argument("--backend", default="", help="only decisions for this backend address")
+    p.add_argument(
+        "--backend", type=address, default="", help="only decisions for this backend address"
+    )
     p.add_argument("--limit", type=int, default=100, help="at most this many past decisions")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.add_argument("--agent", default=DEFAULT_AGENT, help="the agent's --flows-address (host:port)")
     p.add_argument("--node", default="", help="this node's, through the controller (--controller)")
     add_tls_args(p)
     p.set_defaults(func=flows_cmd)
+
+
+def address(text: str) -> str:
+    """A backend address as decisions name it (a filter with its port would match none)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address (without its port, e.g. 10.1.0.1)"
+        ) from None
 
 
 def decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:

@@ -21,6 +21,7 @@ from weir.ctl.channel import open_channel
 
 ELSEWHERE_KEY = "weir-agent-elsewhere"  # controller/plane/servicer.py
 ELSEWHERE_TRIES = 8
+LIMIT_MAX = 2**32 - 1  # the request's field (the controller keeps at most 1000 anyway)
 
 
 def as_dict(d: pb.FlowDecision) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         node=args.node,
         service=args.service,
         backend=args.backend,
-        limit=max(args.limit, 0),
+        limit=min(max(args.limit, 0), LIMIT_MAX),
         follow=args.follow,
     )
     for attempt in range(ELSEWHERE_TRIES):

@@ -18,7 +18,9 @@ False otherwise, the reason saying which part of Weir refused what:
 - NotAnnounced: an agent cannot announce what the advertisement asks for (a setting it cannot
   use, a route ExaBGP refused); the message names the node.
 The message lists the problems, the most serious first (MAX_NAMED; the rest counted): the
-same lines `weirctl errors` shows against the object.
+same lines `weirctl errors` shows against the object, each clipped to its share of the
+32768 characters a condition message holds (so a value quoted whole cannot make the
+written message differ from the verdict, and a new leader rewrite it).
 
 Only the leader writes. The controller's problems come from the last reduce, together with
 the generation of each object it read (observedGeneration); the agents' from the agents
@@ -40,13 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from weir.common.aio import wait_any
-from weir.common.logs import get_logger
+from weir.common.logs import clip, get_logger
 from weir.common.pb import pb
 from weir.controller.core.crds import BGP_ADVERTISEMENT
 from weir.controller.core.publish import Publisher, Reduced
 from weir.controller.core.state import ClusterState
 from weir.controller.kube.api import BGP_ADVERTISEMENTS, KubeAPI, WriteFailure, write
-from weir.controller.kube.conditions import condition, find
+from weir.controller.kube.conditions import MAX_MESSAGE, condition, find
 from weir.controller.kube.statuswrite import due_and_listed, retried
 from weir.controller.plane.records import agent_errors
 from weir.controller.plane.servicer import NodePlane
@@ -61,6 +63,9 @@ NOT_ANNOUNCED = "NotAnnounced"
 RANKS = (INVALID, REFUSED, NOT_ANNOUNCED)
 ALL_APPLIED = "every attribute is applied to every peer this advertisement selects"
 MAX_NAMED = 10  # problems named in a message; the rest are counted
+# Each problem is clipped to its share of a condition's message (a user's value quoted
+# whole could be longer): what is written is then the verdict as it is, not cut short.
+PROBLEM_CHARS = (MAX_MESSAGE - 64) // MAX_NAMED
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,9 @@ class Verdict:
 
 def verdict(generation: int, problems: Iterable[tuple[str, str]], uid: str = "") -> Verdict:
     """From (reason, message) pairs: True without any, else the most serious reason."""
-    found = sorted(set(problems), key=lambda p: (RANKS.index(p[0]), p[1]))
+    found = sorted(
+        {(r, clip(m, PROBLEM_CHARS)) for r, m in problems}, key=lambda p: (RANKS.index(p[0]), p[1])
+    )
     if not found:
         return Verdict(generation, "True", ACCEPTED, ALL_APPLIED, uid)
     message = "; ".join(m for _, m in found[:MAX_NAMED])
@@ -121,7 +128,7 @@ def verdicts(
         generation, uid = meta.get("generation"), meta.get("uid")
         out[error.name] = verdict(
             generation if isinstance(generation, int) and generation > 0 else 0,
-            [(INVALID, f"{error.message}; not used")],
+            [(INVALID, f"{clip(error.message, PROBLEM_CHARS - 10)}; not used")],
             uid if isinstance(uid, str) else "",
         )
     return out

@@ -6,10 +6,13 @@ one leaving turns it off. Each watcher's FlowWatch also asks for a backlog (the 
 kept decisions matching its filter), answered with the watch's id: live batches reach a
 watcher only after its backlog, so it sees each decision once, in order.
 
-Everything is bounded: at most `max_watchers` watchers (RESOURCE_EXHAUSTED beyond), each
+Filters that can match nothing (a service not <namespace>/<name>, a backend that is not an
+address) are refused (INVALID_ARGUMENT), which also bounds what each watch keeps and sends
+the agent. Everything is bounded: at most `max_watchers` watchers (RESOURCE_EXHAUSTED beyond), each
 with a queue of `queue` decisions (a watcher that reads too slowly loses the oldest, and its
 next answer says how many so far), the agent sends at most `per_second` decisions a second
-(its batches say how many it held back), a batch is cut to BATCH_MAX decisions, and an agent
+(its batches say how many it held back; live decisions beyond that rate are cut here, and
+counted, whatever the agent sends), a batch is cut to BATCH_MAX decisions, and an agent
 that does not answer a watch within `answer_timeout` seconds ends it (DEADLINE_EXCEEDED).
 When the agent's stream ends, so do its watchers (UNAVAILABLE).
 """
@@ -18,12 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
+from weir.common.logs import clip
 from weir.common.pb import pb
+from weir.controller.core.parsing import DNS_LABEL
 
 BATCH_MAX = 2000  # decisions of one agent batch kept
 DECISION_BYTES = 1024  # a decision larger than this (encoded) is not relayed
@@ -65,6 +72,24 @@ class Watcher:
         )
 
 
+@dataclass
+class _Budget:
+    """Live decisions one agent's stream may bring: refilled at the rate asked of the agent,
+    up to twice that at once (the agent's own bucket, and batches bunched up in transit)."""
+
+    tokens: float
+    at: float = field(default_factory=time.monotonic)
+    over: int = 0  # decisions cut so far
+
+    def take(self, wanted: int, per_second: float) -> int:
+        now = time.monotonic()
+        self.tokens = min(2.0 * per_second, self.tokens + (now - self.at) * per_second)
+        self.at = now
+        taken = min(wanted, int(self.tokens))
+        self.tokens -= taken
+        return taken
+
+
 class FlowWatchers:
     def __init__(
         self,
@@ -79,6 +104,7 @@ class FlowWatchers:
         self._per_second = per_second
         self._answer_timeout = answer_timeout
         self._watchers: dict[int, Watcher] = {}
+        self._budgets: dict[int, _Budget] = {}  # by id() of a stream with watchers
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -118,27 +144,39 @@ class FlowWatchers:
             w.send(pb.FlowWatch(watch=False))  # the last one: the agent stops relaying
 
     def on_batch(self, stream: object, batch: pb.FlowBatch) -> None:
-        """A batch from the agent on `stream`: to its watchers (a backlog to its own)."""
-        decisions = [d for d in batch.decisions[:BATCH_MAX] if d.ByteSize() <= DECISION_BYTES]
+        """A batch from the agent on `stream`: to its watchers (a backlog to its own). What
+        nobody waits for costs nothing, and live decisions beyond the rate asked of the
+        agent are cut (counted in unsent): a buggy or hostile agent cannot make the event
+        loop match more than that against the watchers' filters."""
         if batch.backlog:
             w = self._watchers.get(batch.backlog_id)
-            if w is None or w.stream is not stream:
-                return  # its watcher left meanwhile
+            if w is None or w.stream is not stream or w.answered:
+                return  # its watcher left meanwhile (or it was answered already)
             w.answered = True
-            self._deliver(w, batch, decisions)
+            self._deliver(w, batch, _bounded(batch.decisions[:BATCH_MAX]))
             return
-        for w in self._watchers.values():
-            if w.stream is stream and w.answered:
-                self._deliver(w, batch, [d for d in decisions if _matches(w.request, d)])
+        watchers = [w for w in self._watchers.values() if w.stream is stream and w.answered]
+        if not watchers:
+            return
+        budget = self._budgets.setdefault(id(stream), _Budget(2.0 * self._per_second))
+        taken = budget.take(min(len(batch.decisions), BATCH_MAX), self._per_second)
+        budget.over += len(batch.decisions) - taken
+        decisions = _bounded(batch.decisions[:taken])
+        for w in watchers:
+            matching = [d for d in decisions if _matches(w.request, d)]
+            self._deliver(w, batch, matching, budget.over)
 
     def stream_ended(self, stream: object, why: str) -> None:
+        self._budgets.pop(id(stream), None)
         for w in self._watchers.values():
             if w.stream is stream:
                 w.ended = why or "the agent ended it"
                 w.wake.set()
 
-    def _deliver(self, w: Watcher, batch: pb.FlowBatch, decisions: list[pb.FlowDecision]) -> None:
-        w.sample, w.unsent = batch.sample, batch.unsent
+    def _deliver(
+        self, w: Watcher, batch: pb.FlowBatch, decisions: list[pb.FlowDecision], cut: int = 0
+    ) -> None:
+        w.sample, w.unsent = batch.sample, batch.unsent + cut
         w.queue.extend(decisions)
         while len(w.queue) > self._queue:
             w.queue.popleft()  # the oldest go: a slow watcher sees the newest
@@ -181,6 +219,29 @@ class FlowWatchers:
             raise WatchError(
                 grpc.StatusCode.UNAVAILABLE, f"node {w.node}'s agent stream ended: {w.ended}"
             )
+
+
+def _bounded(decisions: Iterable[pb.FlowDecision]) -> list[pb.FlowDecision]:
+    return [d for d in decisions if d.ByteSize() <= DECISION_BYTES]
+
+
+def filter_problem(request: pb.WatchFlowsRequest) -> str | None:
+    """Why the request's filters can match no decision (a typo would otherwise watch
+    nothing, silently), or None; the backend is made canonical in place."""
+    if request.service:
+        namespace, _, name = request.service.partition("/")
+        problems = [DNS_LABEL.problem(namespace), DNS_LABEL.problem(name)] if name else ["no /"]
+        if any(problems):
+            return f"service: {clip(request.service, 80)!r} is not <namespace>/<name>"
+    if request.backend:
+        try:
+            request.backend = str(ipaddress.ip_address(request.backend))
+        except ValueError:
+            return (
+                f"backend: {clip(request.backend, 80)!r} is not an address "
+                "(without its port, e.g. 10.1.0.1)"
+            )
+    return None
 
 
 def _matches(request: pb.WatchFlowsRequest, d: pb.FlowDecision) -> bool:

@@ -67,7 +67,7 @@ from weir.controller.metrics import Metrics
 from weir.controller.plane.authority import not_after
 from weir.controller.plane.budget import ByteBudget
 from weir.controller.plane.drain import Drainer, DrainError
-from weir.controller.plane.flows import FlowWatchers, WatchError
+from weir.controller.plane.flows import FlowWatchers, WatchError, filter_problem
 from weir.controller.plane.identity import NodeCertificates, NodeIdentityRefused
 from weir.controller.plane.records import (
     ERROR_CHARS,
@@ -613,6 +613,9 @@ class NodePlane:
         # Operators only (under TLS): the decisions carry client addresses.
         await self._require_operator(context, "WatchFlows")
         await self._check_node(request.node, context)
+        problem = filter_problem(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         session = self._sessions.get(request.node)
         if session is None:
             await self._no_stream(request.node, context)

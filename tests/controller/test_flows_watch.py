@@ -93,6 +93,18 @@ async def test_errors_name_why(tmp_path: Path) -> None:
                 return err.value.code(), err.value.details() or ""
 
             assert (await code(request("nowhere")))[0] == grpc.StatusCode.NOT_FOUND
+            # Filters that could match nothing: refused, clipped in the answer.
+            for bad in (
+                request(backend="10.1.0.1:8080"),
+                request(backend="x" * 3_000_000, follow=True),
+                request(service="web"),
+                request(service="shop/" + "w" * 3_000_000),
+                request(service="Shop/web"),
+            ):
+                status, details = await code(bad)
+                assert status == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
+                assert "10.1.0.1)" in details or "<namespace>/<name>" in details
+            assert not len(p.plane.flows)
             status, details = await code(request("lb-2", follow=True))
             assert status == grpc.StatusCode.FAILED_PRECONDITION and "--flow-sample" in details
             (off,) = [r async for r in stub.WatchFlows(request("lb-2"))]
@@ -160,7 +172,8 @@ async def test_weirctl_finds_the_replica_that_holds_the_agent(tmp_path: Path) ->
         service = RoundRobin([first.server.port, second.server.port])
         await service.start()
         try:
-            args = argparse.Namespace(node="lb-1", service="", backend="", limit=10,
+            # --limit beyond what the request carries (uint32): the most there is.
+            args = argparse.Namespace(node="lb-1", service="", backend="", limit=2**40,
                                       follow=False, ca=None,
                                       controller=f"127.0.0.1:{service.port}")  # fmt: skip
             got = await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
@@ -177,3 +190,66 @@ async def test_weirctl_finds_the_replica_that_holds_the_agent(tmp_path: Path) ->
             await asyncio.to_thread(lambda: list(flows_remote.decisions(args)))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         assert "another replica" in flows_remote.error(args, err.value)
+
+
+def test_an_agent_cannot_send_more_than_it_was_asked() -> None:
+    """A buggy or hostile agent: live decisions beyond the rate the controller asked for
+    are cut before any filter sees them (counted in unsent), a second backlog answer or
+    one for a watcher of another stream is ignored, and batches nobody waits for are
+    dropped at once."""
+    hub = FlowWatchers(per_second=100)
+    sent: list[pb.FlowWatch] = []
+    stream, other = object(), object()
+    w = hub.attach("lb-1", stream, sent.append, request(limit=3, follow=True))
+    many = [pb.FlowDecision(client_port=n % 60000) for n in range(5000)]
+    hub.on_batch(stream, pb.FlowBatch(sample=1, decisions=many))  # not answered yet: skipped
+    hub.on_batch(other, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1, decisions=many))
+    assert not w.answered and not w.queue
+    hub.on_batch(stream, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1))
+    hub.on_batch(stream, pb.FlowBatch(backlog=True, backlog_id=w.id, sample=1, decisions=many))
+    assert w.answered and not w.queue
+    for _ in range(10):
+        hub.on_batch(stream, pb.FlowBatch(sample=1, unsent=7, decisions=many))
+    # Twice the rate at once, and what a second brings meanwhile (the test takes less).
+    assert 200 <= len(w.queue) < 300
+    assert w.response([]).unsent == 7 + 50_000 - len(w.queue)
+    hub.stream_ended(stream, "gone")
+    assert not hub._budgets
+
+
+async def test_watchers_coming_and_going_leave_nothing_behind(tmp_path: Path) -> None:
+    """Churn: rounds of watchers, half of them gone before their first answer, some over the
+    most the controller takes: once all are gone, no watcher, no relay, no follower."""
+    async with Plane(flows=FlowWatchers(max_watchers=8)) as p:
+        p.store.publish(cluster([S1], lb=LB))
+        flow_log = FlowLog(tmp_path, lambda: NAMES, sample=1)
+        client = p.agent("lb-1", flows=lambda: FlowRelay(flow_log))
+        await p.plane.wait_for(lambda: p.info("lb-1").connected)
+        flow_log._publish(decision(1))
+        async with p.channel() as channel:
+            stub = pb_grpc.NodePlaneStub(channel)
+
+            async def one(i: int) -> grpc.StatusCode:
+                call = stub.WatchFlows(request(limit=5, follow=True), timeout=10)
+                try:
+                    if i % 2:
+                        await call.read()
+                    else:
+                        await asyncio.sleep(0)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as e:
+                    return e.code()
+                finally:
+                    call.cancel()
+
+            for _ in range(5):
+                codes = set(await asyncio.gather(*(one(i) for i in range(24))))
+                assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            async with asyncio.timeout(10):
+                # The last FlowWatch(false) travels the stream: nothing to await on this side.
+                while flow_log._followers or len(p.plane.flows):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert client._relay is None
+            # Still served afterwards.
+            (answer,) = [r async for r in stub.WatchFlows(request(limit=5))]
+            assert [d.client_port for d in answer.decisions] == [1]

@@ -376,3 +376,25 @@ async def test_the_agent_retries_until_a_controller_appears() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert rec.kinds() == [(1, 0, True)]
+
+
+async def test_a_stream_cancelled_from_within_the_agent_is_reconnected() -> None:
+    """grpc.aio raises CancelledError from the reads of a call the agent cancelled itself
+    (e.g. a write cancelled under way): that is a lost stream, not the client's end, and
+    the agent reconnects (its client used to end silently, for good)."""
+    async with Plane() as p:
+        agent = p.agent("lb-1", Recorder())
+        p.store.publish(cluster([S1], lb=LB))
+        handled = agent._on_message
+        cancelled = []
+
+        async def once(call: grpc.aio.StreamStreamCall, msg: pb.ControllerMessage) -> None:
+            if not cancelled:
+                cancelled.append(call.cancel())
+                return
+            await handled(call, msg)
+
+        agent._on_message = once  # type: ignore[method-assign]
+        async with asyncio.timeout(10):
+            view = await agent.wait_version(1)
+    assert cancelled == [True] and agent.accepted == 2 and view.version == 1

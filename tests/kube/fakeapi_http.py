@@ -24,6 +24,9 @@ from .fakeapi_tokens import ServiceAccountTokens
 from .fakeapi_types import Obj, ResourceType
 from .fakeapi_watch import Watches, truthy
 
+# What the real API server decodes of a write (its MaxRequestBodyBytes: twice etcd's 1.5 MiB).
+MAX_BODY = 3 * 2**20
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -331,7 +334,7 @@ class ApiServer:
             if verb == "watch":
                 self.records.append(dataclasses.replace(rec, code=200))
                 return await self.watches.serve(request, rtype, ns, q)
-            body = await request.json() if request.can_read_body else None
+            body = await self._body(request)
             result, status = self._dispatch(request, rtype, verb, ns, name, sub, body, q)
             self.records.append(dataclasses.replace(rec, code=status))
             self._activity.bump()
@@ -344,6 +347,19 @@ class ApiServer:
         except json.JSONDecodeError:
             err = ApiError(400, "BadRequest", "the body is not valid JSON")
             return web.json_response(err.status(), status=400)
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        """The request's JSON; 413 beyond what the real server decodes (3 MiB, whatever
+        etcd would take)."""
+        if not request.can_read_body:
+            return None
+        raw = await request.read()
+        if len(raw) > MAX_BODY:
+            raise ApiError(
+                413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_BODY}"
+            )
+        return json.loads(raw)
 
     def _dispatch(
         self,

@@ -25,6 +25,7 @@ from weir.controller.kube.adstatus import (
     verdict,
 )
 from weir.controller.kube.api import KubeAPI
+from weir.controller.kube.conditions import MAX_MESSAGE
 
 from tests.controller.plane_support import Plane
 
@@ -226,3 +227,30 @@ def test_the_message_puts_the_most_serious_problem_first_and_is_bounded() -> Non
     assert named[0] == "localPref 200 ... eBGP peer tor" and named[1] == "node lb-00: refused"
     assert len(named) == MAX_NAMED and v.message.endswith("node lb-08: refused (and 3 more)")
     assert verdict(4, []) == Verdict(4, "True", "Accepted", ALL_APPLIED)
+
+
+async def test_a_huge_invalid_value_still_gets_its_condition(
+    fake: FakeKubeAPI, ctl: Controller
+) -> None:
+    # The CRD bounds no community's length; a condition's message is at most 32768
+    # characters, and the message must say the same once clipped.
+    fake.create(b.advertisement("huge", communities=["x" * 40000]))
+    async with running(ctl):
+        await fake.wait_until(lambda: accepted(fake, "huge").get("status") == "False")
+    cond = accepted(fake, "huge")
+    assert cond["reason"] == "Invalid" and "spec.communities[0]" in cond["message"]
+    assert len(cond["message"]) <= MAX_MESSAGE and cond["message"].endswith("; not used")
+    assert writes(fake, "huge") == 1
+    # A new leader finds it right as written (clipped), and writes nothing.
+    fresh = AdvertisementStatusWriter(
+        ctl.writer.api, ctl.harness.state, ctl.publisher, ctl.plane.plane
+    )
+    assert await fresh.write_changed()
+    assert writes(fake, "huge") == 1
+
+
+def test_the_message_is_bounded_however_long_each_problem_is() -> None:
+    problems = [("NotAnnounced", f"node lb-{i:02}: " + "y" * 9000) for i in range(MAX_NAMED + 2)]
+    v = verdict(1, problems)
+    assert len(v.message) <= MAX_MESSAGE and v.message.endswith("(and 2 more)")
+    assert v.message.count("node lb-") == MAX_NAMED  # each one named, if clipped

@@ -176,3 +176,16 @@ async def test_annotations_are_strings_of_at_most_256_kib_in_all(
     assert e.value.status in (400, 422)
     big["metadata"]["annotations"]["b"] = "y" * 62_142  # with the keys: 256 KiB exactly
     await core.patch_node("node-a", big)
+
+
+async def test_a_write_over_3_mib_is_too_large(api: client.ApiClient, fake: FakeKubeAPI) -> None:
+    """The real server decodes at most 3 MiB of a write (413), whatever the schema allows."""
+    custom = client.CustomObjectsApi(api)
+    ads = ("weir.dev", "v1alpha1", "bgpadvertisements")
+    huge = b.advertisement("huge", communities=["x" * (3 * 2**20)])
+    with pytest.raises(ApiException) as e:
+        await custom.create_cluster_custom_object(*ads, huge)
+    assert e.value.status == 413 and "limit is 3145728" in e.value.body
+    await custom.create_cluster_custom_object(
+        *ads, b.advertisement("big", communities=["x" * 2**20])
+    )

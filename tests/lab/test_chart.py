@@ -3,8 +3,15 @@ agents' /metrics parsed into them."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator, Mapping
+from typing import cast
+
 from weir.lab.chart import LEVELS, Sample, intervals, render
-from weir.lab.sampler import parse
+from weir.lab.netns import Host
+from weir.lab.sampler import TrafficSampler, parse
 
 NODES = ["lb1", "lb2", "lb3"]
 
@@ -94,3 +101,73 @@ def test_agent_metrics_parsed_per_node_and_backend() -> None:
     assert {name: list(series.values()) for name, series in backends.items()} == {
         "b1": [20], "b2": [10],
     }  # fmt: skip
+
+
+def test_nan_and_infinite_values_count_nothing() -> None:
+    """A series that reads NaN or ±Inf (a broken exporter) adds nothing, before or after:
+    the chart is still drawn, from the other series."""
+    nan, inf = float("nan"), float("inf")
+    samples = [
+        Sample(0.0, {"lb1": {"a": 0.0, "b": 0.0}, "lb2": {"a": 0.0}}),
+        Sample(1.0, {"lb1": {"a": 10.0, "b": nan}, "lb2": {"a": 10.0}}),
+        Sample(2.0, {"lb1": {"a": 20.0, "b": 5.0}, "lb2": {"a": inf}}),
+        Sample(3.0, {"lb1": {"a": 30.0, "b": -inf}, "lb2": {"a": 20.0}}),
+    ]
+    assert [dict(s.counts) for s in intervals(samples)] == [
+        {"lb1": 10, "lb2": 10}, {"lb1": 10, "lb2": 0}, {"lb1": 10, "lb2": 0},
+    ]  # fmt: skip
+    lines = render("broken", samples, ["lb1", "lb2"]).splitlines()
+    assert lines[1].split()[-2:] == ["30", "75.0%"] and lines[2].split()[-2:] == ["10", "25.0%"]
+
+
+def test_long_names_huge_counts_and_many_rows_fit_in_100_columns() -> None:
+    names = [f"backend-{i}-with-a-long-name" for i in range(300)]
+    samples = [
+        Sample(float(t), {n: {"": 1e12 * t * (i + 1)} for i, n in enumerate(names)})
+        for t in range(3)
+    ]
+    lines = render("x" * 150, samples, names, [(0.0, ""), (1.0, "2")]).splitlines()
+    assert len(lines) == 302 and max(len(line) for line in lines) <= 100
+    # Each row still says its total, shortened, and its share.
+    assert lines[1].split()[-2:] == ["2.0T", "0.0%"] and lines[-2].split()[-1] == "0.7%"
+
+
+class _Here:
+    """A stand-in for a lab host: the test's own network namespace."""
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        yield
+
+
+def test_a_broken_metrics_answer_leaves_the_node_standing_still() -> None:
+    """An agent killed mid-answer (a truncated body) or answering garbage keeps its last
+    values, as one that does not answer: the sampler goes on (its thread must not die)."""
+    good = 'weir_service_new_flows_total{name="web"} 7\n'
+    answers = [b"truncated", b"garbage {{{\n", good.encode()]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answers.pop(0)
+            self.send_response(200)
+            self.send_header(
+                "Content-Length", str(len(body) + (1000 if body == b"truncated" else 0))
+            )
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hosts = cast(Mapping[str, Host], {"lb1": _Here()})
+        sampler = TrafficSampler(hosts, f"127.0.0.1:{server.server_address[1]}", {})
+        for _ in range(3):
+            sampler._sample()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [dict(s.counters) for s in sampler.by_node] == [{}, {}, {"lb1": {"name=web": 7.0}}]
