@@ -159,7 +159,7 @@ def xdp(quick: bool) -> Section:
     sec = Section(
         "2. XDP per-packet cost (BPF_PROG_TEST_RUN) vs a minimal XDP program", "2. XDP per packet"
     )
-    opts = xdp_bench.Options(repeat=1_000_000, rounds=3 if quick else 5)
+    opts = xdp_bench.Options(rounds=5 if quick else xdp_bench.Options.rounds)
     rows = in_child(xdp_bench.run, opts, timeout=240)
     sec.body = [
         f"Weir: {opts.backends} backends, M = {opts.table_size}, conntrack {opts.conntrack} "

@@ -40,7 +40,8 @@
  *      reasons too_big, encap, invalid; conntrack: keyed placement, client[].seen;
  *      ct_stats, ct_guard
  *   3  config.node_mac: the flow log's sampling rate in bits 48..63; flow_log
- *   4  conntrack: placed by the NH-keyed hash (bpf/weir_hash.h), no longer lookup3 */
+ *   4  conntrack: placed by the NH-keyed hash (bpf/weir_hash.h), no longer lookup3;
+ *      flow_skip (new: the flow log samples by skip counts) */
 #define WEIR_LAYOUT_VERSION 4
 
 /* --- services: (vip, port, proto) -> service -------------------------------------
@@ -327,6 +328,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counters, ct_stats, CT_EVENTS, WEIR
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_value, frags, WEIR_FRAG_ENTRIES,
 		 WEIR_PIN("frags"));
 BPF_TABLE_PINNED("percpu_array", u32, struct ct_guard_state, ct_guard, 1, WEIR_PIN("ct_guard"));
+/* The flow log's skip count, per CPU: VIP packets left before the next sampled one. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, flow_skip, 1, WEIR_PIN("flow_skip"));
 /* bcc's BPF_RINGBUF_OUTPUT, pinned like the other maps. */
 struct flow_log_table_t {
 	int key;

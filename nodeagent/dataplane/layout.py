@@ -223,6 +223,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "pass_stats": (ct.c_uint32, Counters),
     "ct_stats": (ct.c_uint32, Counters),
     "ct_guard": (ct.c_uint32, CtGuardState),
+    "flow_skip": (ct.c_uint32, ct.c_uint64),
     "frags": (FragKey, FragValue),
     "svc_meta": (ct.c_uint32, SvcMeta),
     "be_meta": (ct.c_uint32, BeMeta),

@@ -61,7 +61,7 @@ def downgrade_to_first_release(pins: Path, ncpu: int, service: tuple[str, int, i
     _replace(pins / "config", old_cfg)
     _replace(pins / "drop_stats", old_drops)
     _replace(pins / "conntrack", old_ct)
-    for name in ("layout", "ct_stats", "ct_guard"):
+    for name in ("layout", "ct_stats", "ct_guard", "flow_skip"):
         (pins / name).unlink()
 
 
@@ -78,6 +78,7 @@ def downgrade_to_layout_3(pins: Path, service: tuple[str, int, int]) -> None:
         for fd in fds.values():
             os.close(fd)
     _replace(pins / "conntrack", old_ct)
+    (pins / "flow_skip").unlink()  # new in layout 4
 
 
 def lookup3_conntrack(fd: int, key: int, old_key: int, service: tuple[str, int, int]) -> int:
