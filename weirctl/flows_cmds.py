@@ -47,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def address(text: str) -> str:
-    """A backend address as decisions name it (a filter with its port would match none)."""
+    """A backend address as decisions name it (a filter with its port would match none);
+    "" is no filter (argparse passes the default through this too)."""
+    if not text:
+        return ""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

@@ -189,3 +189,4 @@ def test_weirctl_refuses_a_backend_that_is_no_address(capsys: pytest.CaptureFixt
             build_parser().parse_args(["flows", "--backend", bad])
         assert exit_.value.code == 2 and "without its port" in capsys.readouterr().err
     assert build_parser().parse_args(["flows", "--backend", "10.1.0.1"]).backend == "10.1.0.1"
+    assert build_parser().parse_args(["flows"]).backend == ""  # no filter by default
