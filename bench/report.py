@@ -480,38 +480,58 @@ def health(quick: bool) -> Section:
         "9. Active health checks: CPU of one agent checking 1,000 backends every second",
         "9. Health checks",
     )
-    rounds, seconds = (2, 5.0) if quick else (3, 10.0)
-    rows = in_child(health_bench.run, 1000, 1.0, seconds, rounds, timeout=300)
+    rounds, seconds = (2, 5.0) if quick else (4, 10.0)
+    rows = in_child(health_bench.run, 1000, 1.0, seconds, rounds, timeout=400)
+    veth = [r for r in rows if r.path == "veth"]
+    loop = [r for r in rows if r.path == "loopback"]
     sec.body = [
         "The agent's checker (TCP connect checks, marked sockets, rise/fall bookkeeping) "
-        "against listeners in another process on loopback; the process's CPU (user + "
-        "system) over each window, as a share of one core. Over loopback the system part "
-        "includes the kernel's work for the listener's side of each handshake. The machine's "
-        "other load (2 shared cores) shows as spread between rounds. The kernel floor is "
-        "the same connects back to back with no checker at all, at the same rate: what no "
-        "checker can go below on this machine by this measure.",
+        "pinned to CPU 0 in one network namespace, the listeners in another behind a veth "
+        "pair, their receive processing steered to CPU 1 by RPS: the backends' half of each "
+        "handshake runs on the other core, as it runs on the backends' machines on a real "
+        "node, and the checker's process CPU (user + system, getrusage) over each window "
+        "holds its own half (SYN out, SYN-ACK in, RST out). The kernel floor is the same "
+        "connects back to back with no checker at all, at the same rate; unsteered, the same "
+        "with the listeners' RPS off (their half back in the checker's system calls: the "
+        "steering's check, with NET_RX softirqs per CPU). Loopback rows are the earlier "
+        "method, which charges the listeners' half to the checker; the veth path charges "
+        "the RPS hand-off (an IPI raised on the sending CPU) instead, which a real NIC does "
+        "not cost: both bound a real node's figure from above. The machine's other load "
+        "(2 shared cores) shows as spread between rounds.",
         "",
         *md_table(
-            ["round", "checks/s", "failing", "CPU % of a core", "of which user %",
-             "kernel floor %"],
+            ["round", "path", "checks/s", "failing", "CPU % of a core", "of which user %",
+             "kernel floor %", "unsteered floor %", "NET_RX/s per CPU"],
             [
-                [str(i + 1), f"{r.checks_per_second:.0f}", str(r.failing),
-                 f"{r.cpu_share * 100:.2f}", f"{r.user_share * 100:.2f}",
-                 f"{r.floor_share * 100:.2f}"]
+                [str(i // 2 + 1 if loop else i + 1), r.path, f"{r.checks_per_second:.0f}",
+                 str(r.failing), f"{r.cpu_share * 100:.2f}", f"{r.user_share * 100:.2f}",
+                 f"{r.floor_share * 100:.2f}",
+                 f"{r.unsteered_floor_share * 100:.2f}" if r.path == "veth" else "",
+                 " / ".join(f"{n:.0f}" for n in r.net_rx)]
                 for i, r in enumerate(rows)
             ],
         ),
     ]  # fmt: skip
-    worst = max(r.cpu_share for r in rows)
-    floor = max(r.floor_share for r in rows)
+    # Both paths overstate the checker (see above): each round's lower one bounds it
+    bounds = [min(v.cpu_share, lo.cpu_share) for v, lo in zip(veth, loop, strict=True)] or [
+        r.cpu_share for r in veth
+    ]
+    worst = max(bounds)
+    floor = max(r.floor_share for r in veth)
     sec.checks.append(
         Check("kernel floor (the connects alone, no checker)", f"{floor * 100:.2f} % of a core",
               "comparison", None)
     )  # fmt: skip
+    if loop:
+        sec.checks.append(
+            Check("over loopback (listeners' half charged too), worst",
+                  f"{max(r.cpu_share for r in loop) * 100:.2f} % of a core", "comparison", None)
+        )  # fmt: skip
     sec.checks.append(
-        Check(f"CPU at 1,000 checks/s, worst of {len(rows)}", f"{worst * 100:.2f} % of a core",
+        Check(f"CPU at 1,000 checks/s, worst of {len(bounds)} (lower path each round)",
+              f"{worst * 100:.2f} % of a core",
               f"< {health_bench.TARGET_SHARE * 100:.0f} % (issue 14)",
-              worst < health_bench.TARGET_SHARE and all(r.failing == 0 for r in rows))
+              worst < health_bench.TARGET_SHARE and all(r.failing == 0 for r in veth))
     )  # fmt: skip
     return sec
 
