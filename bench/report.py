@@ -513,9 +513,7 @@ def health(quick: bool) -> Section:
         ),
     ]  # fmt: skip
     # Both paths overstate the checker (see above): each round's lower one bounds it
-    bounds = [min(v.cpu_share, lo.cpu_share) for v, lo in zip(veth, loop, strict=True)] or [
-        r.cpu_share for r in veth
-    ]
+    bounds = [min(v.cpu_share, lo.cpu_share) for v, lo in zip(veth, loop, strict=True)]
     worst = max(bounds)
     floor = max(r.floor_share for r in veth)
     sec.checks.append(
