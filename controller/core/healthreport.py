@@ -10,8 +10,12 @@ every replica decides from those annotations, as its Node watch sees them:
      "checked": ["192.0.2.10:80/TCP"],
      "failing": [["192.0.2.10:80/TCP", "10.66.0.21", 80, 1764999990, "refused"]]}
 
-`renewed` (unix seconds, the writer's clock) moves at every renewal: a report counts while it
-is at most `ttl` seconds old, so the report of a node whose replica died stops counting.
+`renewed` (unix seconds, the writer's clock) moves at every renewal, so every renewal changes
+the text. A reader counts a report for `ttl` seconds after it last saw the text change, by its
+own clock, never comparing `renewed` with it: replicas' clocks need not agree (as client-go's
+leader election, which times a Lease from when it observed the record change). So the report
+of a node whose replica died stops counting `ttl` after its last renewal, on every replica,
+and a replica that starts counts what it finds for `ttl` at most.
 A report too big for an annotation leaves out whole frontends (checked and failing alike:
 the node does not vote on them rather than voting "healthy"), and says how many in
 `truncated`.
@@ -126,36 +130,44 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+@dataclass(frozen=True)
+class _Seen:
+    text: str
+    at: float  # the reader's clock when this text first appeared
+    parsed: Published | ParseError
+
+
 class PublishedReports:
     """The reports on the Nodes, parsed once per text; fresh() gives those that count now."""
 
     def __init__(self) -> None:
-        self._parsed: dict[str, tuple[str, Published | ParseError]] = {}
+        self._seen: dict[str, _Seen] = {}
 
-    def update(self, texts: Mapping[str, str]) -> dict[str, str]:
-        """Take the annotations now on the Nodes (node -> text); returns node -> why, for
-        each report that did not parse (ignored)."""
-        parsed: dict[str, tuple[str, Published | ParseError]] = {}
+    def update(self, texts: Mapping[str, str], now: float) -> dict[str, str]:
+        """Take the annotations now on the Nodes (node -> text), seen at `now` (the reader's
+        clock); returns node -> why, for each report that did not parse (ignored)."""
+        seen: dict[str, _Seen] = {}
         for node, text in texts.items():
-            old = self._parsed.get(node)
-            if old is not None and old[0] == text:
-                parsed[node] = old
+            old = self._seen.get(node)
+            if old is not None and old.text == text:
+                seen[node] = old
                 continue
             try:
-                parsed[node] = (text, decode(node, text))
+                parsed: Published | ParseError = decode(node, text)
             except ParseError as e:
-                parsed[node] = (text, e)
-        self._parsed = parsed
-        return {n: str(p) for n, (_, p) in parsed.items() if isinstance(p, ParseError)}
+                parsed = e
+            seen[node] = _Seen(text, now, parsed)
+        self._seen = seen
+        return {n: str(s.parsed) for n, s in seen.items() if isinstance(s.parsed, ParseError)}
 
     def fresh(self, now: float, ttl: float) -> tuple[list[NodeReport], float | None]:
-        """The reports renewed within ttl seconds of now, and when the first of them expires
-        (None: none to expire)."""
+        """The reports whose text changed within ttl seconds of now (the reader's clock), and
+        when the first of them expires (None: none to expire)."""
         reports: list[NodeReport] = []
         expiry: float | None = None
-        for _, p in self._parsed.values():
-            if isinstance(p, Published) and now - p.renewed <= ttl:
-                reports.append(p.report)
-                ends = p.renewed + ttl
+        for s in self._seen.values():
+            if isinstance(s.parsed, Published) and now - s.at <= ttl:
+                reports.append(s.parsed.report)
+                ends = s.at + ttl
                 expiry = ends if expiry is None else min(expiry, ends)
         return reports, expiry

@@ -7,17 +7,18 @@ each of its connected agents that checks something into that agent's Node, in th
 
 - when the report changes, at once, but at most once per `min_interval` seconds for each
   node (a flapping check writes no more often; another node's change does not wait), and
-  every `renew` seconds to renew it: readers count a
-  report for 3 x renew seconds after its renewal, so a report whose replica died stops
-  counting. That assumes the replicas' clocks agree to well within that.
+  every `renew` seconds to renew it: readers count a report for 3 x renew seconds after they
+  saw it change, so a report whose replica died stops counting (by each reader's own clock:
+  the replicas' clocks need not agree).
 - a JSON merge patch of the one annotation, no resourceVersion: only the replica the agent
   is connected to writes it, and the kubelet's own writes to the Node do not conflict.
 - when the agent disconnects (or checks nothing any more), the replica removes the
   annotation with a JSON patch that first tests it still holds what this replica wrote: if
   the agent is connected to another replica by then, the newer report stays.
 - a Node that does not exist (404) is not retried before the next change or renewal.
-- the leader removes reports not renewed for 3 x renew seconds (collect_garbage): those of
-  a replica that died, for an agent that did not reconnect. They no longer counted anyway.
+- the leader removes reports that did not change between two of its sweeps, 3 x renew
+  seconds apart (collect_garbage): those of a replica that died, for an agent that did not
+  reconnect. They no longer counted anyway.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class HealthReportWriter:
         self._clock = clock
         self._written: dict[str, _Written] = {}  # node -> what this replica wrote there
         self._failed: dict[str, float] = {}  # node -> loop time of its last failed write
+        self._swept: dict[str, str] = {}  # node -> its report at the last sweep
 
     def desired(self) -> dict[str, NodeReport]:
         """The report of each connected agent that checks something."""
@@ -122,17 +124,20 @@ class HealthReportWriter:
             await asyncio.sleep(3 * self.renew)
 
     async def sweep(self, state: ClusterState) -> None:
-        """Remove the reports on the Nodes not renewed for 3 x renew seconds; not malformed
-        ones (not ours: they stay, as errors)."""
-        oldest = self._clock() - 3 * self.renew
-        for node, text in sorted(state.health_reports().items()):
+        """Remove the reports on the Nodes that have not changed since the last sweep (every
+        renewal changes a report: these were not renewed since), but not malformed ones (not
+        ours: they stay, as errors) nor this replica's own. The first sweep only looks."""
+        texts = state.health_reports()
+        for node, text in sorted(texts.items()):
+            if self._swept.get(node) != text or node in self._written:
+                continue
             try:
-                stale = decode(node, text).renewed < oldest
+                decode(node, text)
             except ParseError:
                 continue
-            if stale and node not in self._written:
-                log.info("removing a stale health report", node=node)
-                await self._remove(node, text)
+            log.info("removing a stale health report", node=node)
+            await self._remove(node, text)
+        self._swept = dict(texts)
 
     async def write_due(self) -> None:
         """One pass: write the reports due, remove the gone ones that are due."""

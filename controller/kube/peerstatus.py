@@ -31,7 +31,9 @@ Reading uses list, which the controller may already do (no `get`).
 Writes go out when a replica's entries change, at most once per `min_interval` seconds
 (session flaps on many nodes coalesce into one write per peer), and every `refresh` seconds
 to renew observedTime. The leader removes entries of other replicas not renewed for
-3 x refresh (their replica is gone), which assumes clocks agree to well within that.
+3 x refresh (their replica is gone): an entry's age is told by the leader's clock from when
+its sweeps first saw that observedTime, never by comparing observedTime with it, so the
+replicas' clocks need not agree (a new leader waits 3 x refresh before removing anything).
 establishedSince is derived from the reported uptime (the earliest start seen for the
 session, as reports lag), so the uptime going by is not a change.
 """
@@ -60,13 +62,6 @@ STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 def _stamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime(STAMP)
-
-
-def _parse_stamp(s: Any) -> float | None:
-    try:
-        return datetime.strptime(s, STAMP).replace(tzinfo=UTC).timestamp()
-    except (TypeError, ValueError):
-        return None
 
 
 def _nodes(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,6 +96,9 @@ class PeerStatusWriter:
         # a new session.
         self._since: dict[tuple[str, str], tuple[float, int]] = {}
         self._written: dict[str, Entries] = {}  # peer -> this replica's entries written
+        # (peer, node) -> (its observedTime, when a sweep first saw that value): the sweep
+        # times entries by its own clock only.
+        self._swept: dict[tuple[str, str], tuple[Any, float]] = {}
 
     async def run(self) -> None:
         """Write this replica's entries, until cancelled (on every replica)."""
@@ -216,23 +214,27 @@ class PeerStatusWriter:
         return ok
 
     async def sweep(self) -> bool:
-        """Remove other replicas' entries not renewed within the TTL, and set `established`
-        where it is missing or off; False when some write failed."""
+        """Remove other replicas' entries whose observedTime has not changed for the TTL
+        (by this replica's sweeps), and set `established` where it is missing or off; False
+        when some write failed."""
         peers = await list_by_name(self.api, BGP_PEERS)
         if peers is None:
             return False
         ok = True
-        oldest = self._clock() - self.ttl
-        for obj in peers.values():
-            stale: dict[str, Any] = {
-                node: None
-                for node, e in _nodes(obj).items()
-                if not isinstance(e, dict)
-                or (
-                    e.get("reporter") != self.reporter
-                    and (_parse_stamp(e.get("observedTime")) or 0.0) < oldest
-                )
-            }
+        now = self._clock()
+        swept: dict[tuple[str, str], tuple[Any, float]] = {}
+        for peer, obj in peers.items():
+            stale: dict[str, Any] = {}
+            for node, e in _nodes(obj).items():
+                if not isinstance(e, dict):
+                    stale[node] = None
+                    continue
+                observed = e.get("observedTime")
+                seen = self._swept.get((peer, node))
+                since = seen[1] if seen is not None and seen[0] == observed else now
+                swept[(peer, node)] = (observed, since)
+                if e.get("reporter") != self.reporter and now - since > self.ttl:
+                    stale[node] = None
             kept = {n: e for n, e in _nodes(obj).items() if n not in stale}
             if stale or (obj.get("status") or {}).get("established") != _established(kept):
                 if stale:
@@ -242,6 +244,7 @@ class PeerStatusWriter:
                         nodes=sorted(stale),
                     )
                 ok = await self._patch(obj, stale) and ok
+        self._swept = swept
         return ok
 
     async def _patch(self, obj: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:

@@ -82,17 +82,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--peer-status-refresh",
-        type=float,
+        type=_renewal,
         default=30.0,
-        help="seconds between renewals of this replica's BGPPeer status entries; the leader "
-        "removes other replicas' entries older than 3 times this",
+        help="seconds between renewals of this replica's BGPPeer status entries (1 to 3600); "
+        "the leader removes other replicas' entries not renewed for 3 times this",
     )
     g.add_argument(
         "--health-report-renew",
-        type=float,
+        type=_renewal,
         default=10.0,
         help="seconds between renewals of the health reports this replica publishes on its "
-        "agents' Nodes; every replica counts a report for 3 times this after its renewal",
+        "agents' Nodes (1 to 3600); every replica counts a report for 3 times this after it "
+        "saw it renewed",
     )
     g.add_argument(
         "--watch-quiet-timeout",
@@ -156,6 +157,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=7 * 86400.0,
         help="seconds a serving certificate the controller makes lasts (renewed at two thirds)",
     )
+
+
+def _renewal(text: str) -> float:
+    # Readers see a renewal as a change of what was written (a health report's `renewed`,
+    # a BGPPeer entry's observedTime), in whole seconds: renewals less than a second apart
+    # could leave it unchanged.
+    value = float(text)
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be 1 to 3600 (seconds)")
+    return value
 
 
 def account(text: str) -> tuple[str, str]:

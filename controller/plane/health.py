@@ -76,7 +76,7 @@ class HealthTracker:
         state: ClusterState,
         ttl: float,
         lb_nodes: LabelSelector,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Kubernetes source (any number of replicas): decide from the reports published on
         the Nodes (controller/core/healthreport.py) of LB nodes (lb_nodes: their labels),
@@ -90,7 +90,8 @@ class HealthTracker:
             # Within the state's change itself: no version is ever built from reports not
             # yet decided on (a replica that starts publishes the decision in its first).
             nonlocal errors
-            errors = self._report_errors(state, published.update(state.health_reports()), errors)
+            bad = published.update(state.health_reports(), clock())
+            errors = self._report_errors(state, bad, errors)
             decide_fresh()
             changed.set()
 

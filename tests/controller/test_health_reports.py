@@ -86,22 +86,24 @@ def test_a_malformed_report_is_a_parse_error_with_why(text: str, why: str) -> No
         decode("lb1", text)
 
 
-def test_only_fresh_reports_count_and_the_first_expiry_is_known() -> None:
+def test_reports_count_for_ttl_after_the_reader_saw_them_change() -> None:
     reports = PublishedReports()
-    bad = reports.update(
-        {
-            "lb1": encode(report("lb1", "10.0.0.1"), "r0", 100),
-            "lb2": encode(report("lb2"), "r1", 110),
-            "lb3": "nope",
-        }
-    )
+    # The writers' clocks say nothing to the reader: r1's is far behind, r0's far ahead.
+    lb1 = encode(report("lb1", "10.0.0.1"), "r0", 9_999_999)
+    bad = reports.update({"lb1": lb1, "lb2": encode(report("lb2"), "r1", 5), "lb3": "no"}, 100)
     assert list(bad) == ["lb3"]
     fresh, expiry = reports.fresh(now=125, ttl=30)
     assert sorted(r.node for r in fresh) == ["lb1", "lb2"]
     assert expiry == 130
+    # lb2 is renewed (its text changes), lb1 is not (the same text again).
+    assert reports.update({"lb1": lb1, "lb2": encode(report("lb2"), "r1", 6)}, 110) == {}
     fresh, expiry = reports.fresh(now=131, ttl=30)
     assert [r.node for r in fresh] == ["lb2"]
     assert expiry == 140
+    # A report that goes and comes back is seen anew.
+    reports.update({"lb2": encode(report("lb2"), "r1", 6)}, 132)
+    reports.update({"lb1": lb1, "lb2": encode(report("lb2"), "r1", 6)}, 133)
+    assert sorted(r.node for r in reports.fresh(now=134, ttl=30)[0]) == ["lb1", "lb2"]
 
 
 def test_the_state_keeps_reports_beside_the_inputs() -> None:
@@ -127,10 +129,15 @@ def test_the_state_keeps_reports_beside_the_inputs() -> None:
 async def test_the_tracker_decides_from_fresh_published_reports() -> None:
     state = ClusterState()
     tracker = HealthTracker(state, SnapshotStore(), Metrics())
+    skipped = 0.0  # the tracker's clock runs ahead of real time by this
+
+    def clock() -> float:
+        return time.monotonic() + skipped
+
     now = time.time()
     texts = {
         "lb1": encode(report("lb1", "10.0.0.1"), "r0", now),
-        "lb2": encode(report("lb2", "10.0.0.1"), "r1", now - 28),  # expires first
+        "lb2": encode(report("lb2", "10.0.0.1"), "r1", now),
         "lb3": encode(report("lb3"), "r1", now),
         "lb4": json.dumps({"v": 1}),
     }
@@ -138,7 +145,7 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
     # Not an LB node: its report (its kubelet may write one) does not vote.
     nodes.append(node("w1", encode(report("w1", "10.0.0.1"), "r1", now), lb=False))
     state.replace(frozenset({"Node"}), nodes)
-    task = asyncio.create_task(tracker.follow(state, 30, DEFAULT_LB_NODES))
+    task = asyncio.create_task(tracker.follow(state, 30, DEFAULT_LB_NODES, clock))
     try:
         async with asyncio.timeout(10):
             await tracker.changes.wait_past(0)
@@ -146,7 +153,14 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
             (err,) = state.errors()
             assert (err.kind, err.name) == ("Node", "lb4")
             assert f"annotation {ANN_HEALTH_REPORT}: replica: not a string" in err.message
-            # lb2's report is not renewed: it stops counting, 1 of 2 is no majority.
+            # 28 s later lb1 and lb3 are renewed, lb2 is not: 2 s after that it stops
+            # counting (the tracker wakes for it), and 1 of 2 is no majority.
+            skipped = 28
+            texts["lb1"] = encode(report("lb1", "10.0.0.1"), "r0", now + 28)
+            texts["lb3"] = encode(report("lb3"), "r1", now + 28)
+            for name in ("lb1", "lb3"):
+                state.upsert(node(name, texts[name]))
+            assert tracker.decision.failing == {FID: frozenset({("10.0.0.1", 80)})}
             await tracker.changes.wait_past(1)
             assert tracker.decision.failing == {}
             assert tracker.decision.checkers == {FID: 2}

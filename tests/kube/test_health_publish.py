@@ -122,11 +122,14 @@ async def test_each_node_is_written_at_most_once_per_interval(
     assert (annotation(fake, "lb-1") or {}).get("failing") != []
 
 
-async def test_the_leader_removes_stale_reports_only(fake: FakeKubeAPI, kube: KubeAPI) -> None:
-    now = time.time()
+async def test_the_leader_removes_reports_not_renewed_between_two_sweeps(
+    fake: FakeKubeAPI, kube: KubeAPI
+) -> None:
+    # The writers' clocks do not matter: "renewed" is far ahead for one, far behind for
+    # the other, and neither is judged by it.
     texts = {
-        "stale": encode(NodeReport("stale", frozenset({FID}), {}), "r9", now - 31),
-        "fresh": encode(NodeReport("fresh", frozenset({FID}), {}), "r1", now - 29),
+        "stale": encode(NodeReport("stale", frozenset({FID}), {}), "r9", time.time() + 1e6),
+        "renewed": encode(NodeReport("renewed", frozenset({FID}), {}), "r1", 5),
         "bad": "{",
     }
     for i, (name, text) in enumerate(texts.items()):
@@ -136,14 +139,19 @@ async def test_the_leader_removes_stale_reports_only(fake: FakeKubeAPI, kube: Ku
     state = ClusterState()
     state.replace(frozenset({"Node"}), [fake.get("v1", "Node", "", n) for n in texts])
     writer = HealthReportWriter(kube, cast(NodePlane, Agents()), replica="r0", renew=10)
+    # The first sweep (a new leader's) only looks.
+    await writer.sweep(state)
+    assert all(annotation(fake, n) is not None for n in ("stale", "renewed"))
+    # Renewed in between: it stays. Unchanged: removed. Malformed: not ours, it stays.
+    renewed = encode(NodeReport("renewed", frozenset({FID}), {}), "r1", 6)
+    fake.patch("v1", "Node", "", "renewed", {"metadata": {"annotations": {ANN: renewed}}})
+    state.upsert(fake.get("v1", "Node", "", "renewed"))  # type: ignore[arg-type]
     await writer.sweep(state)
     assert annotation(fake, "stale") is None
-    assert annotation(fake, "fresh") is not None
+    assert annotation(fake, "renewed") == json.loads(renewed)
     assert fake.get("v1", "Node", "", "bad")["metadata"]["annotations"][ANN] == "{"  # type: ignore[index]
-    # Renewed since the state saw it: the renewal stays.
-    fake.patch("v1", "Node", "", "fresh", {"metadata": {"annotations": {ANN: texts["stale"]}}})
-    state.upsert(fake.get("v1", "Node", "", "fresh"))  # type: ignore[arg-type]
-    renewed = encode(NodeReport("fresh", frozenset({FID}), {}), "r1", now)
-    fake.patch("v1", "Node", "", "fresh", {"metadata": {"annotations": {ANN: renewed}}})
+    # The state still holds the stale report (the watch is behind): removing it again is
+    # harmless, and a report rewritten since is not removed (the patch tests the text).
+    fake.patch("v1", "Node", "", "stale", {"metadata": {"annotations": {ANN: renewed}}})
     await writer.sweep(state)
-    assert annotation(fake, "fresh") == json.loads(renewed)
+    assert annotation(fake, "stale") == json.loads(renewed)

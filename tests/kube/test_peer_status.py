@@ -216,6 +216,11 @@ async def test_two_replicas_write_side_by_side(
         )
         assert await w1.write_changed()
         assert reporters() == {"lb-1": "r2", "lb-2": "r2", "lb-3": "r1"}
+        # Replica 1's clock is far ahead: its observedTime is no reason to keep the entry.
+        lb3 = router()["nodes"]["lb-3"]
+        future = {"status": {"nodes": {"lb-3": {**lb3, "observedTime": "2099-01-01T00:00:00Z"}}}}
+        fake.patch(b.WEIR, "BGPPeer", "", "router", future, subresource="status")
+        assert await w2.sweep()  # the leader's sweeps see lb-3's entry from now on
         clock.now += w2.ttl - 1
         assert await w2.write_changed(renew=True) and await w2.sweep()
         assert "lb-3" in reporters()  # not older than the TTL yet
