@@ -15,7 +15,10 @@ the text. A reader counts a report for `ttl` seconds after it last saw the text 
 own clock, never comparing `renewed` with it: replicas' clocks need not agree (as client-go's
 leader election, which times a Lease from when it observed the record change). So the report
 of a node whose replica died stops counting `ttl` after its last renewal, on every replica,
-and a replica that starts counts what it finds for `ttl` at most.
+and a replica that starts counts what it finds for `ttl` at most. While the reader cannot
+see the Nodes (the API server out of reach), no renewal can reach it: its reports do not age
+then (pause, resume), so an outage keeps the decision as it was rather than expiring every
+report and putting every backend back in.
 A report too big for an annotation leaves out whole frontends (checked and failing alike:
 the node does not vote on them rather than voting "healthy"), and says how many in
 `truncated`.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from weir.controller.core.health import NodeReport
@@ -142,6 +145,26 @@ class PublishedReports:
 
     def __init__(self) -> None:
         self._seen: dict[str, _Seen] = {}
+        self._paused_at: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def pause(self, now: float) -> None:
+        """The reader lost sight of the Nodes at `now`: the reports stop ageing."""
+        if self._paused_at is None:
+            self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        """The reader sees the Nodes again: the reports age on from where they stopped."""
+        if self._paused_at is None:
+            return
+        gap, paused_at = now - self._paused_at, self._paused_at
+        self._paused_at = None
+        self._seen = {
+            n: replace(s, at=s.at + gap) if s.at <= paused_at else s for n, s in self._seen.items()
+        }
 
     def update(self, texts: Mapping[str, str], now: float) -> dict[str, str]:
         """Take the annotations now on the Nodes (node -> text), seen at `now` (the reader's
@@ -161,8 +184,11 @@ class PublishedReports:
         return {n: str(s.parsed) for n, s in seen.items() if isinstance(s.parsed, ParseError)}
 
     def fresh(self, now: float, ttl: float) -> tuple[list[NodeReport], float | None]:
-        """The reports whose text changed within ttl seconds of now (the reader's clock), and
-        when the first of them expires (None: none to expire)."""
+        """The reports whose text changed within ttl seconds of now (the reader's clock; the
+        moment of the pause while paused), and when the first of them expires (None: none
+        to expire, or paused)."""
+        if self._paused_at is not None:
+            now = self._paused_at
         reports: list[NodeReport] = []
         expiry: float | None = None
         for s in self._seen.values():
@@ -170,4 +196,4 @@ class PublishedReports:
                 reports.append(s.parsed.report)
                 ends = s.at + ttl
                 expiry = ends if expiry is None else min(expiry, ends)
-        return reports, expiry
+        return reports, (None if self._paused_at is not None else expiry)

@@ -111,6 +111,7 @@ class ClusterState:
         # itself: before anything else sees it.
         self.node_listeners: list[Callable[[], None]] = []
         self._nodes_changed = False
+        self._unfollowed: set[str] = set()  # kinds the source lost (the API out of reach)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -147,6 +148,10 @@ class ClusterState:
     def rejected(self, kind: str) -> list[tuple[Mapping[str, Any], pb.ObjectError]]:
         """The objects of this kind that did not parse, as read, each with its error."""
         return [(r.raw, r.error) for ref, r in self._rejected.items() if ref.kind == kind]
+
+    def follows(self, kind: str) -> bool:
+        """The source follows this kind now (see following)."""
+        return kind not in self._unfollowed
 
     def health_reports(self) -> Mapping[str, str]:
         """Node -> the text of its weir.dev/health-report annotation (Nodes that have one)."""
@@ -271,6 +276,20 @@ class ClusterState:
         if removed:
             self._bump({kind})
         self._notify_nodes()
+
+    def following(self, kind: str, live: bool) -> None:
+        """The source follows this kind again (live) or lost it; the objects stay as they
+        were. Only the health reports' ages care (they stop while Nodes are not followed:
+        controller/plane/health.py), so only Nodes' listeners hear of it."""
+        if live == self.follows(kind):
+            return
+        if live:
+            self._unfollowed.discard(kind)
+        else:
+            self._unfollowed.add(kind)
+        if kind == NODE:
+            self._nodes_changed = True
+            self._notify_nodes()
 
     def report_error(self, err: pb.ObjectError, origin: str = "") -> None:
         by_origin = self._source_errors.setdefault(origin, {})

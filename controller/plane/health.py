@@ -90,7 +90,18 @@ class HealthTracker:
             # Within the state's change itself: no version is ever built from reports not
             # yet decided on (a replica that starts publishes the decision in its first).
             nonlocal errors
-            bad = published.update(state.health_reports(), clock())
+            now = clock()
+            if state.follows(NODE) == published.paused:
+                log.info(
+                    "Nodes in sight again: health reports age again"
+                    if published.paused
+                    else "Nodes out of sight: health reports stop ageing, the decision stays"
+                )
+            if state.follows(NODE):
+                published.resume(now)
+            else:
+                published.pause(now)
+            bad = published.update(state.health_reports(), now)
             errors = self._report_errors(state, bad, errors)
             decide_fresh()
             changed.set()

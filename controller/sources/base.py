@@ -41,6 +41,11 @@ class StateSink(Protocol):
         """Forget the errors reported with this origin."""
         ...
 
+    def following(self, kind: str, live: bool) -> None:
+        """Whether the source follows this kind now: False from a failure to read it (the
+        API out of reach) until it lists or watches it again. The objects stay as they were."""
+        ...
+
 
 class Source(Protocol):
     async def run(self, sink: StateSink) -> None:

@@ -159,6 +159,8 @@ class KubernetesSource:
                         r.rv = ""
                         r.waiters += waiters  # still owed a list
                         raise
+                    # Followed before the list goes in: the reports' ages resume first.
+                    sink.following(res.kind, True)
                     sink.replace(frozenset((res.kind,)), items, origin)
                     for fut in waiters:
                         if not fut.done():
@@ -192,6 +194,7 @@ class KubernetesSource:
     ) -> None:
         what = "list" if listing else "watch"
         log.warning(f"cannot {what}; retrying", kind=w.resource.kind, error=str(err) or repr(err))
+        sink.following(w.resource.kind, False)
         if listing:
             sink.report_error(
                 pb.ObjectError(
@@ -221,6 +224,7 @@ class KubernetesSource:
         try:
             async with asyncio.timeout(self.quiet_after) as quiet:
                 resp = await self.api.watch(res, r.watched.namespace, r.rv, timeout)
+                sink.following(res.kind, True)
                 while True:
                     quiet.reschedule(loop.time() + self.quiet_after)
                     event = await read_event(resp)
@@ -253,6 +257,7 @@ class KubernetesSource:
             if resp is not None:
                 resp.close()  # the connection is dead: never reuse it
             r.rv = ""
+            sink.following(res.kind, False)
         finally:
             if resp is not None:
                 resp.release()

@@ -31,6 +31,16 @@ def report(node: str, *failing: str, checked: tuple[str, ...] = (FID,)) -> NodeR
     return NodeReport(node, frozenset(checked), {(FID, a, 80): (100, "refused") for a in failing})
 
 
+class SkippingClock:
+    """The tracker's clock: real time, ahead by what the test skipped."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+
 def node(name: str, text: str | None, lb: bool = True) -> dict:
     annotations = {ANN_HEALTH_REPORT: text} if text is not None else {}
     labels = {"weir.dev/load-balancer": "true"} if lb else {}
@@ -106,6 +116,25 @@ def test_reports_count_for_ttl_after_the_reader_saw_them_change() -> None:
     assert sorted(r.node for r in reports.fresh(now=134, ttl=30)[0]) == ["lb1", "lb2"]
 
 
+def test_reports_do_not_age_while_the_nodes_are_out_of_sight() -> None:
+    reports = PublishedReports()
+    reports.update({"lb1": encode(report("lb1"), "r0", 1)}, 100)
+    reports.pause(120)
+    # Nothing can be renewed during an outage: the decision stays, nothing is due to expire.
+    assert [r.node for r in reports.fresh(now=500, ttl=30)[0]] == ["lb1"]
+    assert reports.fresh(now=500, ttl=30)[1] is None
+    reports.pause(130)  # still the first moment out of sight
+    reports.resume(520)
+    # 20 s old at the pause: 10 s left after it.
+    assert reports.fresh(now=529, ttl=30) == ([report("lb1")], 530)
+    assert reports.fresh(now=531, ttl=30)[0] == []
+    # A report first seen on the relist that ends the outage ages from then.
+    reports.pause(600)
+    reports.update({"lb2": encode(report("lb2"), "r0", 2)}, 700)
+    reports.resume(700)
+    assert reports.fresh(now=700, ttl=30) == ([report("lb2")], 730)
+
+
 def test_the_state_keeps_reports_beside_the_inputs() -> None:
     state = ClusterState()
     seen: list[dict[str, str]] = []
@@ -129,11 +158,7 @@ def test_the_state_keeps_reports_beside_the_inputs() -> None:
 async def test_the_tracker_decides_from_fresh_published_reports() -> None:
     state = ClusterState()
     tracker = HealthTracker(state, SnapshotStore(), Metrics())
-    skipped = 0.0  # the tracker's clock runs ahead of real time by this
-
-    def clock() -> float:
-        return time.monotonic() + skipped
-
+    clock = SkippingClock()
     now = time.time()
     texts = {
         "lb1": encode(report("lb1", "10.0.0.1"), "r0", now),
@@ -155,7 +180,7 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
             assert f"annotation {ANN_HEALTH_REPORT}: replica: not a string" in err.message
             # 28 s later lb1 and lb3 are renewed, lb2 is not: 2 s after that it stops
             # counting (the tracker wakes for it), and 1 of 2 is no majority.
-            skipped = 28
+            clock.skipped = 28
             texts["lb1"] = encode(report("lb1", "10.0.0.1"), "r0", now + 28)
             texts["lb3"] = encode(report("lb3"), "r1", now + 28)
             for name in ("lb1", "lb3"):
@@ -174,5 +199,37 @@ async def test_the_tracker_decides_from_fresh_published_reports() -> None:
             # Fixed: the error goes.
             state.upsert(node("lb4", None))
             assert state.errors() == []
+    finally:
+        task.cancel()
+
+
+async def test_an_api_outage_keeps_the_decision() -> None:
+    state = ClusterState()
+    tracker = HealthTracker(state, SnapshotStore(), Metrics())
+    clock = SkippingClock()
+    now = time.time()
+    reports = {"lb1": report("lb1", "10.0.0.1"), "lb2": report("lb2", "10.0.0.1")}
+    reports["lb3"] = report("lb3")
+    state.replace(frozenset({"Node"}), [node(n, encode(r, "r0", now)) for n, r in reports.items()])
+    task = asyncio.create_task(tracker.follow(state, 30, DEFAULT_LB_NODES, clock))
+    out = {FID: frozenset({("10.0.0.1", 80)})}
+    try:
+        async with asyncio.timeout(10):
+            await tracker.changes.wait_past(0)
+            assert tracker.decision.failing == out
+            seen = tracker.changes.value
+            # The Nodes out of sight for 1000 s: nobody could renew, nothing expired.
+            state.following("Node", False)
+            clock.skipped = 1000
+            state.following("Node", True)
+            assert tracker.decision.failing == out and tracker.changes.value == seen
+            # Back in sight, they age on: lb3 is renewed 29 s later, lb1 and lb2 are not
+            # and go a second after (the tracker wakes for it).
+            clock.skipped += 29
+            state.upsert(node("lb3", encode(reports["lb3"], "r0", now + 29)))
+            assert tracker.decision.failing == out
+            await tracker.changes.wait_past(seen)
+            assert tracker.decision.failing == {}
+            assert tracker.decision.checkers == {FID: 1}
     finally:
         task.cancel()

@@ -116,12 +116,21 @@ async def test_gone_as_http_status(state: ClusterState, fake: FakeKubeAPI) -> No
 async def test_outage_keeps_last_state(state: ClusterState, fake: FakeKubeAPI) -> None:
     before = state.inputs()
     lists = len(fake.records)
+    assert state.follows("Node") and state.follows("Service")
     fake.set_down(True)
     await fake.wait_until(lambda: fake.refused >= 16)  # every reflector retried, twice or so
     assert state.inputs() == before
+    # Known lost (what stops the health reports' ageing), the objects kept.
+    assert not state.follows("Node") and not state.follows("Service")
     fake.create(service("during"))
     fake.set_down(False)
     await until(state, lambda: "during" in names(state))
+    # The watch that brought it is open (or the list that did was made): followed again.
+    assert state.follows("Service")
+    nodes_back = asyncio.Event()
+    state.node_listeners.append(lambda: state.follows("Node") and nodes_back.set())
+    if not state.follows("Node"):
+        await asyncio.wait_for(nodes_back.wait(), 10)
     # The history still held the missed events: watches resumed, nothing was relisted.
     assert not [r for r in fake.records[lists:] if r.verb == "list"]
 
