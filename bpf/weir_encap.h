@@ -17,8 +17,8 @@
 #ifndef WEIR_ENCAP_H
 #define WEIR_ENCAP_H
 
-#include <linux/ip.h>
-#include <linux/udp.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/udp.h>
 
 #define WEIR_ENC_VERSION 1
 #define WEIR_ENC_F_IPV6 1 /* the backend address is IPv6 (16 bytes): not sent yet */

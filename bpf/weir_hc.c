@@ -16,9 +16,9 @@
  *
  * Compiled by bcc (weir.nodeagent.dataplane.hcpath) with -D WEIR_HC_PATHS.
  */
-#include <linux/in.h>
-#include <linux/pkt_cls.h>
-#include <linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
 
 #include "weir_counters.h"
 #include "weir_encap.h"

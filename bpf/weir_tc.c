@@ -22,11 +22,11 @@
  * WEIR_MAX_LOCAL_BACKENDS and WEIR_NAT_FLOWS. WEIR_BENCH (bench/tc_bench.py only) puts each
  * test-run packet back the way it came (weir_tc_bench.h).
  */
-#include <linux/in.h>
-#include <linux/icmp.h>
-#include <linux/pkt_cls.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
 
 #include "weir_nat_maps.h"
 #include "weir_parse.h"

@@ -14,10 +14,10 @@
  * and WEIR_CT_BUCKETS. WEIR_BENCH (bench/xdp_bench.py only) includes weir_bench.h, which
  * puts each test-run frame back the way it came so repetitions measure the same path.
  */
-#include <linux/in.h>
-#include <linux/icmp.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
 
 #include "weir_maps.h"
 #include "weir_parse.h"
