@@ -160,7 +160,7 @@ def xdp(quick: bool) -> Section:
         "2. XDP per-packet cost (BPF_PROG_TEST_RUN) vs a minimal XDP program", "2. XDP per packet"
     )
     opts = xdp_bench.Options(rounds=5 if quick else xdp_bench.Options.rounds)
-    rows = in_child(xdp_bench.run, opts, timeout=240)
+    rows = in_child(xdp_bench.run, opts, timeout=420)
     sec.body = [
         f"Weir: {opts.backends} backends, M = {opts.table_size}, conntrack {opts.conntrack} "
         f"entries; repeat {opts.repeat}, best of {opts.rounds} rounds. The empty program shows "
