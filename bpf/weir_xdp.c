@@ -266,28 +266,28 @@ struct weir_flow {
 	u8 proto;
 };
 
-/* Pick a backend for a flow with no (valid) conntrack entry. Returns the backend index,
- * or -1 with *action set. */
-static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *sk,
-				     const struct config *cfg, u64 bytes, int *action,
-				     struct flow_record *rec)
+/* Pick a backend for a flow with no (valid) conntrack entry: its entry, with its index in
+ * *id, or NULL with *action set. */
+static __always_inline struct backend *weir_pick(const struct weir_flow *f, struct svc_key *sk,
+						 const struct config *cfg, u64 bytes, u32 *id,
+						 int *action, struct flow_record *rec)
 {
 	struct svc_value *svc = services.lookup(sk);
 	struct slot_line *line;
 	struct backend *be;
-	u32 size, hport, hash, slot, line_idx, id;
+	u32 size, hport, hash, slot, line_idx;
 	u64 word;
 
 	if (!svc) {
 		*action = XDP_PASS; /* the VIP, but not a port/protocol we serve */
-		return -1;
+		return NULL;
 	}
 	/* The one read of the table descriptor: old table or new, never a mix. */
 	word = WEIR_READ_ONCE(svc->word);
 	size = (word >> SVC_SIZE_SHIFT) & SVC_SIZE_MASK;
 	if (!size) {
 		*action = weir_drop(DROP_TABLE_EMPTY, bytes, rec);
-		return -1;
+		return NULL;
 	}
 	/* ClientIP affinity: the source port stays out of the hash, so every connection of
 	 * a client lands on one backend, on every node (same seed, same table). It wins
@@ -312,15 +312,15 @@ static __always_inline int weir_pick(const struct weir_flow *f, struct svc_key *
 	line = slots.lookup(&line_idx);
 	if (!line) {
 		*action = weir_drop(DROP_NO_BACKEND, bytes, rec);
-		return -1;
+		return NULL;
 	}
-	id = line->id[slot & (SLOTS_PER_LINE - 1)];
-	be = backends.lookup(&id);
+	*id = line->id[slot & (SLOTS_PER_LINE - 1)];
+	be = backends.lookup(id);
 	if (!be || *(u64 *)&be->svc_key != *(u64 *)sk) {
 		*action = weir_drop(DROP_NO_BACKEND, bytes, rec);
-		return -1;
+		return NULL;
 	}
-	return id;
+	return be;
 }
 
 static __always_inline void weir_ct_count(u32 event)
@@ -356,16 +356,18 @@ static __always_inline int weir_ct_admit(const struct config *cfg)
 /* The way of the bucket a new entry for the flow goes to: the flow's own stale one, an
  * empty one, or the least recently seen if it has been idle for WEIR_CT_MIN_AGE ticks;
  * -1 when every way is in use right now (the flows in use keep their entries). */
-static __always_inline int weir_ct_way(const struct ct_bucket *bucket, int match, int empty,
-				       u16 now)
+static __always_inline int weir_ct_way(const struct ct_bucket *bucket, int match, u16 now)
 {
 	u16 oldest_age = 0;
 	int oldest = 0;
 
 	if (match >= 0)
 		return match;
-	if (empty >= 0)
-		return empty;
+#pragma unroll
+	for (int i = 0; i < CT_WAYS; i++) {
+		if (!WEIR_READ_ONCE(bucket->way[i]))
+			return i;
+	}
 #pragma unroll
 	for (int i = 0; i < CT_WAYS; i++) {
 		u16 age = now - bucket->client[i].seen;
@@ -436,7 +438,7 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 	struct weir_ct_pos pos;
 	struct ct_bucket *bucket;
 	struct backend *be;
-	int match = -1, empty = -1, full = 0, action = XDP_PASS, id, way;
+	int match = -1, full = 0, action = XDP_PASS, way;
 	u64 hit = 0, handle;
 	u32 bid;
 
@@ -460,8 +462,6 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 			match = i;
 			hit = w;
 		}
-		if (empty < 0 && !w)
-			empty = i;
 	}
 	if (match >= 0) {
 		handle = hit & BE_HANDLE_MASK;
@@ -482,18 +482,18 @@ static __always_inline int weir_balance(struct xdp_md *ctx, const struct weir_fl
 					    0, rec);
 		}
 	}
-	way = weir_ct_way(bucket, match, empty, now);
+	/* A new flow (or a stale entry). The Maglev pick first: it does not depend on the
+	 * bucket, so the CPU runs it while the bucket (a cache miss, for a random flow of a
+	 * big table) is still on its way; the choice of a way branches on the bucket's
+	 * contents, and a mispredicted branch before the pick would make it start over. */
+	be = weir_pick(f, &sk, cfg, bytes, &bid, &action, rec);
+	if (!be)
+		return action;
+	way = weir_ct_way(bucket, match, now);
 	if (way < 0) {
 		track = 0; /* every way is in use right now: keep them */
 		full = 1;
 	}
-	id = weir_pick(f, &sk, cfg, bytes, &action, rec);
-	if (id < 0)
-		return action;
-	bid = id;
-	be = backends.lookup(&bid);
-	if (!be)
-		return weir_drop(DROP_NO_BACKEND, bytes, rec);
 	/* handle 0: the backend was retired by the flip this packet raced with; it still
 	 * goes there (old table), but is not remembered. */
 	handle = WEIR_READ_ONCE(be->handle);
