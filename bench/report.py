@@ -498,9 +498,10 @@ def health(quick: bool) -> Section:
         "other namespace, their end steered to CPU 1 by RPS (charges the hand-off to the "
         "checker); loopback: listeners on 127.0.0.1 (charges their half to the checker): "
         "the earlier methods, both above a node's figure. The kernel floor is the checker's "
-        "system calls back to back with no checker, at the same rate (for the reflector, with "
-        "its receive thread's share added). The machine's other load (2 shared cores) shows "
-        "as spread between rounds.",
+        "system calls one connect at a time with no event loop, at the same rate (for the "
+        "reflector, with its receive thread's share added: there, a sleep and a wake-up per "
+        "connect, which the checker batches, put it above the checker, so it is no floor). "
+        "The machine's other load (2 shared cores) shows as spread between rounds.",
         "",
         *md_table(
             ["round", "path", "checks/s", "failing", "checker %", "of which user %",
@@ -526,7 +527,7 @@ def health(quick: bool) -> Section:
         )  # fmt: skip
     floor = max(r.floor_share + r.floor_receive_share for r in refl)
     sec.checks.append(
-        Check("kernel floor (the checker's system calls alone, reflector)",
+        Check("one connect at a time, no event loop (reflector; wakes per connect)",
               f"{floor * 100:.2f} % of a core", "comparison", None)
     )  # fmt: skip
     worst = max(r.node_share for r in refl)
