@@ -8,6 +8,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+import pytest
 from weir.common.aio import Generation
 from weir.common.pb import pb
 from weir.nodeagent.health.checker import HealthChecker
@@ -18,6 +19,7 @@ from weir.nodeagent.service import NodeSettings
 from tests.requirements import requires, root
 
 FID = "192.0.2.1:80/TCP"
+Address = tuple[str, int]
 
 
 def svc() -> pb.Service:
@@ -131,7 +133,43 @@ async def test_http_checks_want_the_status() -> None:
 @requires(root)  # SO_MARK
 async def test_connects_end_each_check_once_with_its_result_or_its_deadline() -> None:
     """Connects: connected, refused, and late (a listener whose accept queue is full drops
-    the SYN), each reported once; a shorter timeout started later still ends first."""
+    the SYN), each reported once; a shorter timeout started later still ends first. Twice
+    over, the second round on the sockets the first left (each kept for the next check):
+    the same results, and every connected check ended with a RST."""
+    loop = asyncio.get_running_loop()
+    full = _listener()
+    full.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue: later SYNs are dropped, never answered
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(full.getsockname())
+        fillers.append(f)
+    good, closed = _listener(), _listener()
+    refused = closed.getsockname()
+    closed.close()
+    good.settimeout(5)
+    connects = Connects(loop)
+    try:
+        for _ in range(2):
+            results = await _round(connects, full.getsockname(), good.getsockname(), refused)
+            assert results["good"][0] is None and results["refused"][0] == "refused"
+            assert results["late-short"][0] == "timeout"
+            assert 0.2 <= results["late-short"][1] < 0.6
+            assert results["late-long"][0] == "timeout" and results["late-long"][1] >= 1.0
+            conn, _ = good.accept()
+            with conn, pytest.raises(ConnectionResetError):
+                conn.recv(1)
+    finally:
+        connects.close()
+        for s in (full, good, *fillers):
+            s.close()
+
+
+async def _round(
+    connects: Connects, late: Address, good: Address, refused: Address
+) -> dict[str, tuple[str | None, float]]:
+    """Start the four checks at once; their results and when each came."""
     loop = asyncio.get_running_loop()
     results: dict[str, tuple[str | None, float]] = {}
     finished = Generation()
@@ -144,31 +182,12 @@ async def test_connects_end_each_check_once_with_its_result_or_its_deadline() ->
 
         return record
 
-    full = _listener()
-    full.listen(0)
-    fillers = []
-    for _ in range(4):  # fill the accept queue: later SYNs are dropped, never answered
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(full.getsockname())
-        fillers.append(f)
-    good, closed = _listener(), _listener()
-    refused = closed.getsockname()
-    closed.close()
-    connects = Connects(loop)
     t0 = loop.time()
-    try:
-        connects.start(full.getsockname(), 0, 1.0, done("late-long"))
-        connects.start(full.getsockname(), 0, 0.2, done("late-short"))
-        connects.start(good.getsockname(), 0, 1.0, done("good"))
-        connects.start(refused, 0, 1.0, done("refused"))
-        async with asyncio.timeout(5):
-            while len(results) < 4:
-                await finished.wait_past(finished.value)
-    finally:
-        connects.close()
-        for s in (full, good, *fillers):
-            s.close()
-    assert results["good"][0] is None and results["refused"][0] == "refused"
-    assert results["late-short"][0] == "timeout" and 0.2 <= results["late-short"][1] < 0.6
-    assert results["late-long"][0] == "timeout" and results["late-long"][1] >= 1.0
+    connects.start(late, 0, 1.0, done("late-long"))
+    connects.start(late, 0, 0.2, done("late-short"))
+    connects.start(good, 0, 1.0, done("good"))
+    connects.start(refused, 0, 1.0, done("refused"))
+    async with asyncio.timeout(5):
+        while len(results) < 4:
+            await finished.wait_past(finished.value)
+    return results
