@@ -7,10 +7,9 @@ file source (one controller) the reports are those of the connected agents (run)
 Kubernetes source, those every replica publishes on the Nodes for its own agents
 (controller/kube/healthpublish.py), fresh ones only (follow): every replica decides from all
 LB nodes, whichever replica they are connected to. A disconnected agent's reports no longer
-count. ListHealth (weirctl
-health) shows each reported backend, who sees it failing and since when. `changes` bumps when
-the decision or the published snapshot changes: what the leader's Service conditions and
-Events (controller/kube/healthstatus.py) are made from.
+count. ListHealth (weirctl health) shows each reported backend, who sees it failing and since
+when. `changes` bumps when the decision or the published snapshot changes: what the leader's
+Service conditions and Events (controller/kube/healthstatus.py) are made from.
 """
 
 from __future__ import annotations
@@ -84,6 +83,7 @@ class HealthTracker:
         Every replica reads the same annotations, so every replica decides the same."""
         published = PublishedReports()
         errors: dict[str, str] = {}
+        expiry: float | None = None  # when the first counted report expires
         changed = asyncio.Event()
 
         def read() -> None:
@@ -91,13 +91,14 @@ class HealthTracker:
             # yet decided on (a replica that starts publishes the decision in its first).
             nonlocal errors
             now = clock()
-            if state.follows(NODE) == published.paused:
+            following = state.follows(NODE)
+            if following == published.paused:
                 log.info(
                     "Nodes in sight again: health reports age again"
-                    if published.paused
+                    if following
                     else "Nodes out of sight: health reports stop ageing, the decision stays"
                 )
-            if state.follows(NODE):
+            if following:
                 published.resume(now)
             else:
                 published.pause(now)
@@ -106,28 +107,27 @@ class HealthTracker:
             decide_fresh()
             changed.set()
 
-        def decide_fresh() -> float | None:
+        def decide_fresh() -> None:
             # Only LB nodes vote: a report on another Node (its kubelet may write it) does not.
+            nonlocal expiry
             nodes = state.inputs().nodes
             reports, expiry = published.fresh(clock(), ttl)
             self.update_reports(
                 r for r in reports if r.node in nodes and lb_nodes.matches(nodes[r.node].labels)
             )
-            return expiry
 
         read()
         state.node_listeners.append(read)
         try:
             while True:
                 changed.clear()
-                expiry = decide_fresh()
                 try:
                     # Just past the expiry, so that the report is stale by then.
                     delay = None if expiry is None else expiry - clock() + 0.01
                     async with asyncio.timeout(delay):
-                        await changed.wait()
+                        await changed.wait()  # read() has decided already
                 except TimeoutError:
-                    pass
+                    decide_fresh()
         finally:
             state.node_listeners.remove(read)
 
