@@ -22,7 +22,7 @@ import select
 import socket
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 # Close with a RST: a check leaves no TIME_WAIT behind, whatever the check rate.
@@ -161,13 +161,15 @@ class _SockaddrUnspec(ctypes.Structure):
 
 
 _UNSPEC = _SockaddrUnspec(socket.AF_UNSPEC)
+# Built once: every TCP check ends with this call.
+_UNSPEC_ARGS = (ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC))
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def disconnect(fd: int) -> bool:
     """Connect fd to AF_UNSPEC (Python's connect() cannot): TCP aborts the connection, with
     a RST if it was established, and the socket can connect again."""
-    return _libc.connect(fd, ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC)) == 0
+    return _libc.connect(fd, *_UNSPEC_ARGS) == 0
 
 
 def _reason(err: int) -> str | None:
@@ -242,30 +244,24 @@ async def _http(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, host: str, http: Http
 ) -> str | None:
     await loop.sock_sendall(sock, _request(host, http.path))
-    data = b""
-    while b"\r\n" not in data and len(data) < _MAX_RESPONSE:
-        chunk = await loop.sock_recv(sock, _MAX_RESPONSE)
-        if not chunk:
-            break
-        data += chunk
-    return _status(data, http.status)
+    return await _status(functools.partial(loop.sock_recv, sock), http.status)
 
 
 async def _https(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, http: Http
 ) -> str | None:
     writer.write(_request(host, http.path))
+    return await _status(reader.read, http.status)
+
+
+async def _status(recv: Callable[[int], Awaitable[bytes]], expected: int) -> str | None:
+    """The check's result from the start of an HTTP response, read with recv (bounded)."""
     data = b""
     while b"\r\n" not in data and len(data) < _MAX_RESPONSE:
-        chunk = await reader.read(_MAX_RESPONSE)
+        chunk = await recv(_MAX_RESPONSE)
         if not chunk:
             break
         data += chunk
-    return _status(data, http.status)
-
-
-def _status(data: bytes, expected: int) -> str | None:
-    """The check's result from the start of an HTTP response."""
     parts = data.split(b"\r\n", 1)[0].split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return "not an HTTP response"
