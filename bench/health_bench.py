@@ -119,7 +119,7 @@ class HealthBench:
     failing: int
     # NET_RX softirqs per second on each CPU over the window (the whole machine's)
     net_rx: tuple[float, ...] = ()
-    # The kernel floor: the same connects (socket, mark, linger, connect, epoll, close) back
+    # The kernel floor: the checker's system calls (mark, connect, epoll, disconnect) back
     # to back with no checker, as a share of a core at the same rate.
     floor_share: float = 0.0
     # veth only: the floor again with the listener end's RPS off, so that its half of each
