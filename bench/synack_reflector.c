@@ -10,8 +10,8 @@
  * does not depend on the order of its words); flags, seq and ack change, and the TCP
  * checksum is updated for them (RFC 1624). Counters: reflected, dropped.
  */
-#include <linux/in.h>
-#include <linux/tcp.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
 
 #include "weir_parse.h"
 
