@@ -4,6 +4,7 @@ namespaces come from the harness (weir.lab)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import os
 import socket
 import struct
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from weir.lab import bpffs
 from weir.lab.netns import in_netns as in_netns  # re-exported: tests enter nodes this way
-from weir.nodeagent.dataplane import bpfsys
+from weir.nodeagent.dataplane import Dataplane, bpfsys, layout
 from weir.nodeagent.dataplane.flowhash import maglev_slot
+from weir.nodeagent.dataplane.pinned import PinnedMaps
 
 PREFIX = "wdp"  # the data-plane tests' namespaces, links and pins
 XDP_PASS, XDP_DROP, XDP_TX = 2, 1, 3
@@ -108,3 +110,33 @@ def predicted_backend(
     size = size or len(table)
     f = flow
     return int(table[maglev_slot(f.saddr, f.sport, f.dport, f.proto, seed, size, client_ip)])
+
+
+def reset(dp: Dataplane) -> None:
+    """Bring an open data plane back to what a fresh open of it holds, without compiling
+    again (the tests' shared data plane, conftest.py): every map emptied but the layout
+    version, then open()'s own steps on new maps (node MAC and sampling, a new conntrack
+    secret and guard, the bookkeeping rebuilt from the maps)."""
+    _empty(dp.maps)
+    dp.set_flow_sampling(dp.cfg.flow_sample)
+    dp._set_conntrack_guard(dp.cfg.conntrack_insert_rate)
+    dp._load_state()
+
+
+def _empty(maps: PinnedMaps) -> None:
+    for name in layout.MAPS:
+        if name == "layout":
+            continue  # recorded once when the maps are made, as open() does
+        fd, info = maps.fds[name], maps.info[name]
+        size = info.value_size
+        if info.type == bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY:
+            size = -(-size // 8) * 8 * maps.ncpu  # the syscall's per-CPU value layout
+        if info.type in (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY):
+            n = info.max_entries
+            keys = (ct.c_uint32 * n)(*range(n))
+            bpfsys.update_batch(fd, keys, ct.create_string_buffer(size * n), n)
+            continue
+        raw, _, count = bpfsys.lookup_batch_raw(fd, info.key_size, size)
+        for i in range(count):  # hash maps: every element deleted
+            key = ct.create_string_buffer(raw[i * info.key_size : (i + 1) * info.key_size])
+            bpfsys.delete(fd, key)
