@@ -57,7 +57,8 @@ class Node:
 
 
 @contextlib.contextmanager
-def _new_node() -> Iterator[Node]:
+def new_node() -> Iterator[Node]:
+    """A node, its namespace and bpffs removed afterwards (even on failure)."""
     with bpffs_mount() as fs, Topology(f"{PREFIX}-{uuid.uuid4().hex[:8]}") as topo:
         host = topo.host("node")
         host.veth("wdp0", "wdp1")
@@ -68,7 +69,7 @@ def _new_node() -> Iterator[Node]:
 @pytest.fixture
 def node(privileged: None) -> Iterator[Node]:
     """A node of the test's own, for tests that open (and reopen) their data planes."""
-    with _new_node() as n:
+    with new_node() as n:
         yield n
 
 
@@ -80,7 +81,7 @@ ROOMY = 65_536
 
 @pytest.fixture(scope="session")
 def shared_node(privileged: None) -> Iterator[Node]:
-    with _new_node() as n:
+    with new_node() as n:
         yield n
 
 

@@ -3,9 +3,9 @@ open holds, or one test could pass or fail by what an earlier one left behind.""
 
 from __future__ import annotations
 
-from weir.nodeagent.dataplane import BackendTarget, Dataplane, Frontend, bpfsys, layout
+from weir.nodeagent.dataplane import BackendTarget, Dataplane, Frontend, layout
 
-from .support import reset
+from .support import elements, reset
 from .test_xdp import FE, SEED, VIP, flows, maglev, send, targets
 
 UDP = Frontend(f"{VIP}:53/UDP", VIP, 53, 17, "random")
@@ -13,17 +13,8 @@ POD = BackendTarget("10.244.1.10", 8080, bytes.fromhex("02000000fe01"), "10.77.1
 
 
 def contents(dp: Dataplane) -> dict[str, list[tuple[bytes, bytes]]]:
-    """Every element of every map, the conntrack secret left out (random per open)."""
-    out = {}
-    for name, info in dp.maps.info.items():
-        size = info.value_size
-        if info.type == bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY:
-            size = -(-size // 8) * 8 * dp.maps.ncpu
-        keys, values, n = bpfsys.lookup_batch_raw(dp.maps.fds[name], info.key_size, size)
-        ks = info.key_size
-        out[name] = sorted(
-            (keys[i * ks : (i + 1) * ks], values[i * size : (i + 1) * size]) for i in range(n)
-        )
+    """elements(), the conntrack secret left out (random per open)."""
+    out = elements(dp.maps)
     [(key, raw)] = out["config"]
     config = layout.Config.from_buffer_copy(raw)
     assert config.ct_key
