@@ -18,7 +18,7 @@ from .test_xdp import FE, SEED, VIP, backend_of, flows, maglev, send, targets
 
 
 @pytest.fixture
-def reader(dp: Dataplane, node: Node) -> Iterator[FlowLogReader]:
+def reader(fresh_dp: Dataplane, node: Node) -> Iterator[FlowLogReader]:
     r = FlowLogReader(node.bpffs)
     try:
         yield r
@@ -27,8 +27,9 @@ def reader(dp: Dataplane, node: Node) -> Iterator[FlowLogReader]:
 
 
 def test_decisions_are_logged_with_backend_slot_and_reason(
-    dp: Dataplane, reader: FlowLogReader
+    fresh_dp: Dataplane, reader: FlowLogReader
 ) -> None:
+    dp = fresh_dp  # its ring read from the start
     dp.set_seed(SEED)
     bes = targets(1, 3)
     table = maglev(bes)
@@ -62,7 +63,8 @@ def test_decisions_are_logged_with_backend_slot_and_reason(
     assert (nobody.port, nobody.drop, nobody.how) == (81, "table_empty", "none")
 
 
-def test_one_in_n_packets_is_logged(dp: Dataplane, reader: FlowLogReader) -> None:
+def test_one_in_n_packets_is_logged(fresh_dp: Dataplane, reader: FlowLogReader) -> None:
+    dp = fresh_dp
     dp.set_seed(SEED)
     bes = targets(1, 2)
     dp.apply_service(FE, bes, maglev(bes))

@@ -5,6 +5,7 @@ everything refused that the load balancers did not send."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -18,8 +19,8 @@ from scapy.packet import Packet, Raw
 from weir.nodeagent.dataplane import bpfsys
 from weir.nodeagent.dataplane.nat import LocalBackend, NatConfig, NatDataplane, NatSettings
 
-from .conftest import Node
-from .support import in_netns
+from .conftest import Node, new_node
+from .support import elements, in_netns, reset_nat
 
 pytestmark = pytest.mark.root
 
@@ -50,20 +51,51 @@ class BackendNode:
         return {c.name: c.packets for c in (*events, *drops)}
 
 
-@pytest.fixture
-def nat(node: Node) -> Iterator[BackendNode]:
+@contextlib.contextmanager
+def backend_node(node: Node) -> Iterator[BackendNode]:
+    """The backend role opened on node; detached and its pins removed afterwards."""
     with in_netns(node.netns):
         dp = NatDataplane.open(NatConfig(interface=node.iface, bpffs=node.bpffs))
         fds = [bpfsys.obj_get(str(node.bpffs / p)) for p in ("prog_tc_ingress", "prog_tc_egress")]
-        try:
-            dp.configure(NatSettings(NODE, PORT, mtu=1500))
-            dp.set_lb_nodes([LB])
-            dp.set_local_backends([WEB, DNS])
-            yield BackendNode(dp, *fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
+    try:
+        yield BackendNode(dp, *fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        with in_netns(node.netns):
             dp.detach()
+
+
+@contextlib.contextmanager
+def configured(node: Node, backend: BackendNode) -> Iterator[BackendNode]:
+    """The test's settings; the test runs in the node's namespace."""
+    with in_netns(node.netns):
+        backend.dp.configure(NatSettings(NODE, PORT, mtu=1500))
+        backend.dp.set_lb_nodes([LB])
+        backend.dp.set_local_backends([WEB, DNS])
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def shared_nat(privileged: None) -> Iterator[tuple[Node, BackendNode]]:
+    with new_node() as node, backend_node(node) as backend:
+        yield node, backend
+
+
+@pytest.fixture
+def nat(shared_nat: tuple[Node, BackendNode]) -> Iterator[BackendNode]:
+    """The module's backend role, compiled once, as a fresh open leaves it (reset_nat)."""
+    node, backend = shared_nat
+    reset_nat(backend.dp)
+    with configured(node, backend) as b:
+        yield b
+
+
+@pytest.fixture
+def fresh_nat(node: Node) -> Iterator[BackendNode]:
+    """The backend role of this test alone, on its own node."""
+    with backend_node(node) as backend, configured(node, backend) as b:
+        yield b
 
 
 def weir_header(addr: str, port: int, version: int = 1, flags: int = 0) -> bytes:
@@ -238,9 +270,10 @@ def test_icmp_errors_are_translated_both_ways(nat: BackendNode) -> None:
     assert checksums_valid(out)
 
 
-def test_adopted_after_a_restart(nat: BackendNode) -> None:
+def test_adopted_after_a_restart(fresh_nat: BackendNode) -> None:
     """A new NatDataplane on the same pins keeps the maps, the flows and the attached
     programs (same code: not even replaced)."""
+    nat = fresh_nat
     nat.run(nat.ingress, encapsulated(syn()))
     cfg = nat.dp.cfg
     before = bpfsys.tc_query(nat.dp.ifindex, bpfsys.BPF_TC_INGRESS, 0x5745, 1)
@@ -279,3 +312,18 @@ def test_fragments_are_translated_both_ways(nat: BackendNode) -> None:
     orphan = IP(src=CLIENT, dst=VIP, id=7, frag=50) / Raw(b"x" * 40)
     verdict, _ = nat.run(nat.ingress, encapsulated(orphan, header=weir_header(POD, 5353)))
     assert verdict == TC_ACT_SHOT and nat.counters()["fragment"] == 1
+
+
+def test_a_reset_backend_role_holds_what_a_fresh_one_holds(
+    nat: BackendNode, fresh_nat: BackendNode
+) -> None:
+    nat.run(nat.ingress, encapsulated(syn()))  # a flow, its counters
+    nat.run(nat.ingress, encapsulated(syn(), src="10.0.0.99"))  # a drop
+    nat.dp.set_local_backends([WEB])  # a free index taken back
+    assert elements(nat.dp.maps) != elements(fresh_nat.dp.maps)
+    reset_nat(nat.dp)
+    for plane in (nat, fresh_nat):
+        plane.dp.configure(NatSettings(NODE, PORT, mtu=1400))
+        plane.dp.set_lb_nodes([LB])
+        plane.dp.set_local_backends([DNS, WEB])
+    assert elements(nat.dp.maps) == elements(fresh_nat.dp.maps)

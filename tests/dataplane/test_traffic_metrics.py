@@ -34,7 +34,7 @@ def value(samples: dict, metric: str, **labels: str) -> float:
     return samples[(metric, frozenset(labels.items()))]
 
 
-def test_traffic_counters_per_service_backend_and_reason(dp: Dataplane, node: Node) -> None:
+def test_traffic_counters_per_service_backend_and_reason(dp: Dataplane, dp_node: Node) -> None:
     dp.set_seed(SEED)
     bes = targets(1, 3)
     dp.apply_service(FE, bes, maglev(bes))
@@ -44,7 +44,7 @@ def test_traffic_counters_per_service_backend_and_reason(dp: Dataplane, node: No
         backend_of(dp, f, bes)  # conntrack hits: packets, no new flows
     send(dp, tracked[0], l4_bytes=2)  # a parse drop
 
-    text, samples = scrape(node, per_backend=True)
+    text, samples = scrape(dp_node, per_backend=True)
     assert value(samples, "weir_service_packets_total", **WEB) == 8
     assert value(samples, "weir_service_new_flows_total", **WEB) == 6
     assert value(samples, "weir_service_bytes_total", **WEB) == 8 * 54  # Ethernet+IP+TCP
@@ -59,7 +59,7 @@ def test_traffic_counters_per_service_backend_and_reason(dp: Dataplane, node: No
     ]
     assert half == "0" and len(tag) == 16
 
-    _, without = scrape(node, per_backend=False)
+    _, without = scrape(dp_node, per_backend=False)
     assert not any(n.startswith("weir_backend_") for n, _ in without)
 
     require(PROMTOOL)

@@ -26,7 +26,7 @@ def weirctl(capsys: pytest.CaptureFixture[str], bpffs: Path, *args: str) -> tupl
     return code, out + err
 
 
-def test_inspection_commands(dp: Dataplane, node: Node, capsys) -> None:
+def test_inspection_commands(dp: Dataplane, dp_node: Node, capsys) -> None:
     dp.set_seed(SEED)
     bes = targets(1, 3)
     dp.apply_service(FE, bes, maglev(bes))
@@ -39,7 +39,7 @@ def test_inspection_commands(dp: Dataplane, node: Node, capsys) -> None:
     for dest in (bytes.fromhex("02000000aa99"), b"\xff" * 6):  # not for this node: passed
         run_xdp(dp.xdp_prog_fd, packet(tracked[1], dest))
 
-    code, out = weirctl(capsys, node.bpffs, "nat", "dump")
+    code, out = weirctl(capsys, dp_node.bpffs, "nat", "dump")
     assert code == 0
     lines = out.splitlines()
     assert re.fullmatch(rf"{VIP} port 80 proto 6 id \d+ count 3 flags maglev", lines[2])
@@ -47,16 +47,16 @@ def test_inspection_commands(dp: Dataplane, node: Node, capsys) -> None:
     assert re.fullmatch(r"\t\d+:0\t 10\.1\.0\.1:8080 mac 02:00:00:be:00:01 slots 8[34]", lines[3])
     assert sum(int(line.rsplit(" ", 1)[1]) for line in lines[3:6]) == 251
 
-    code, out = weirctl(capsys, node.bpffs, "maglev", f"{VIP}:80")
+    code, out = weirctl(capsys, dp_node.bpffs, "maglev", f"{VIP}:80")
     assert code == 0 and "table size 251, active half 0" in out and "33.4" in out
 
-    code, out = weirctl(capsys, node.bpffs, "ct", "list")
+    code, out = weirctl(capsys, dp_node.bpffs, "ct", "list")
     assert code == 0
     for f in tracked:
         assert re.search(rf"TCP {f.saddr}:{f.sport} -> {VIP}:80 backend 10\.1\.0\.\d:8080", out)
     assert "5 tracked flows" in out
 
-    code, out = weirctl(capsys, node.bpffs, "stats")
+    code, out = weirctl(capsys, dp_node.bpffs, "stats")
     assert code == 0
     assert f"service {FE.id} packets 5 " in out and "new_flows 5" in out
     assert re.search(r"\tparse packets 1 bytes \d+", out)
@@ -71,13 +71,13 @@ def test_missing_pins_are_a_clear_error(tmp_path: Path, capsys) -> None:
     assert code == 1 and "cannot open the Weir maps" in out
 
 
-def test_nat_dump_names_the_node_of_encapsulated_backends(dp: Dataplane, node: Node, capsys):
+def test_nat_dump_names_the_node_of_encapsulated_backends(dp: Dataplane, dp_node: Node, capsys):
     dp.set_seed(SEED)
     dp.set_encap("10.88.0.11", 6093, 1500)
     hop = bytes.fromhex("02000000fe01")
     pods = [BackendTarget("10.244.1.10", 8080, hop, "10.77.1.1"), *targets(1, 1)]
     dp.apply_service(FE, pods, maglev(pods))
-    code, out = weirctl(capsys, node.bpffs, "nat", "dump")
+    code, out = weirctl(capsys, dp_node.bpffs, "nat", "dump")
     assert code == 0
     lines = out.splitlines()
     assert re.fullmatch(r"\t\d+:0\t 10\.1\.0\.1:8080 mac 02:00:00:be:00:01 slots \d+", lines[1])
@@ -86,7 +86,7 @@ def test_nat_dump_names_the_node_of_encapsulated_backends(dp: Dataplane, node: N
     )
 
 
-def test_backend_role_commands(dp: Dataplane, node: Node, capsys) -> None:
+def test_backend_role_commands(fresh_dp: Dataplane, node: Node, capsys) -> None:
     """nat local and nat flows read the backend role's pins; stats shows both roles."""
     with in_netns(node.netns):
         nat = NatDataplane.open(NatConfig(interface=node.iface, bpffs=node.bpffs, flows=1024))
@@ -142,10 +142,10 @@ def test_backend_role_commands(dp: Dataplane, node: Node, capsys) -> None:
             nat.detach()
 
 
-def test_a_node_without_the_backend_role(dp: Dataplane, node: Node, capsys) -> None:
-    code, out = weirctl(capsys, node.bpffs, "nat", "local")
+def test_a_node_without_the_backend_role(dp: Dataplane, dp_node: Node, capsys) -> None:
+    code, out = weirctl(capsys, dp_node.bpffs, "nat", "local")
     assert code == 0 and out.startswith("no backend role on this node")
-    code, out = weirctl(capsys, node.bpffs, "stats")
+    code, out = weirctl(capsys, dp_node.bpffs, "stats")
     assert code == 0 and "backend node" not in out
 
 
