@@ -58,6 +58,7 @@ import reduce_bench  # noqa: E402
 import tc_bench  # noqa: E402
 import xdp_bench  # noqa: E402
 from isolated import in_child  # noqa: E402
+from per_packet import PacketRow  # noqa: E402
 
 
 @dataclass
@@ -88,6 +89,27 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
         "|" + "|".join("---" for _ in headers) + "|",
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
+
+
+def packet_table(rows: list[PacketRow]) -> list[str]:
+    """Per-packet figures (XDP, tc): each case beside its baseline and target."""
+    return md_table(
+        ["case", "ns/packet", "baseline", "ratio", "target"],
+        [
+            [r.case, str(r.ns), f"{r.baseline} ({r.baseline_ns} ns)" if r.baseline else "",
+             f"{r.ratio:.2f}x" if r.baseline else "", f"<= {r.target}x" if r.target else ""]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def packet_checks(rows: list[PacketRow], issue: str) -> list[Check]:
+    return [
+        Check(f"{r.case}: {r.ns} ns vs {r.baseline_ns} ns", f"{r.ratio:.2f}x",
+              f"<= {r.target}x ({issue})", r.met)
+        for r in rows
+        if r.target
+    ]  # fmt: skip
 
 
 def save_plot(fig, name: str) -> str:
@@ -166,21 +188,9 @@ def xdp(quick: bool) -> Section:
         f"entries; repeat {opts.repeat}, best of {opts.rounds} rounds. The empty program shows "
         "test_run's own cost.",
         "",
-        *md_table(
-            ["case", "ns/packet", "baseline", "ratio", "target"],
-            [
-                [r.case, str(r.ns), f"{r.baseline} ({r.baseline_ns} ns)" if r.baseline else "",
-                 f"{r.ratio:.2f}x" if r.baseline else "", f"<= {r.target}x" if r.target else ""]
-                for r in rows
-            ],
-        ),
-    ]  # fmt: skip
-    sec.checks += [
-        Check(f"{r.case}: {r.ns} ns vs {r.baseline_ns} ns", f"{r.ratio:.2f}x",
-              f"<= {r.target}x (issue 3)", r.met)
-        for r in rows
-        if r.target
-    ]  # fmt: skip
+        *packet_table(rows),
+    ]
+    sec.checks += packet_checks(rows, "issue 3")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar([r.case for r in rows], [r.ns for r in rows], color="tab:blue")
     ax.set_ylabel("ns per packet (best round)")
@@ -374,21 +384,9 @@ def tc(quick: bool) -> Section:
         "and the baseline put the packet back after each run (same code, same cost): the "
         "ratio compares equal overheads.",
         "",
-        *md_table(
-            ["case", "ns/packet", "baseline", "ratio", "target"],
-            [
-                [r.case, str(r.ns), f"{r.baseline} ({r.baseline_ns} ns)" if r.baseline else "",
-                 f"{r.ratio:.2f}x" if r.baseline else "", f"<= {r.target}x" if r.target else ""]
-                for r in rows
-            ],
-        ),
-    ]  # fmt: skip
-    sec.checks += [
-        Check(f"{r.case}: {r.ns} ns vs {r.baseline_ns} ns", f"{r.ratio:.2f}x",
-              f"<= {r.target}x (issue 10)", r.met)
-        for r in rows
-        if r.target
-    ]  # fmt: skip
+        *packet_table(rows),
+    ]
+    sec.checks += packet_checks(rows, "issue 10")
     return sec
 
 

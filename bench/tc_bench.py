@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests.dataplane.support
 
+from per_packet import PacketRow  # noqa: E402
 from weir.lab import bpffs  # noqa: E402
 from weir.lab.netns import Topology  # noqa: E402
 from weir.nodeagent.dataplane import (  # noqa: E402
@@ -50,23 +51,6 @@ PREFIX = "wtb"
 TC_ACT_UNSPEC = 0xFFFFFFFF
 NODE, LB, VIP, POD, CLIENT = "10.1.0.5", "10.0.0.11", "192.0.2.10", "10.244.1.7", "172.16.5.9"
 TARGET = 3.0
-
-
-@dataclass(frozen=True)
-class TcRow:
-    case: str
-    ns: int
-    baseline: str = ""
-    baseline_ns: int = 0
-    target: float = 0.0
-
-    @property
-    def ratio(self) -> float:
-        return self.ns / self.baseline_ns
-
-    @property
-    def met(self) -> bool:
-        return not self.target or self.ratio <= self.target
 
 
 @dataclass(frozen=True)
@@ -114,7 +98,7 @@ def timed(fd: int, frame: bytes, repeat: int) -> int:
     return run.duration_ns
 
 
-def run(opts: Options) -> list[TcRow]:
+def run(opts: Options) -> list[PacketRow]:
     with bpffs.mounted(PREFIX) as fs, Topology(f"{PREFIX}-{uuid.uuid4().hex[:8]}") as topo:
         node = topo.host("node")
         node.veth("wtb0", "wtb1")
@@ -155,19 +139,19 @@ def best_times(pins: Path, opts: Options) -> dict[str, int]:
         nat.detach()
 
 
-def rows(best: dict[str, int]) -> list[TcRow]:
+def rows(best: dict[str, int]) -> list[PacketRow]:
     base = "minimal + decap/rewind"
     return [
-        TcRow("minimal (parse only)", best["minimal (parse only)"]),
-        TcRow(base, best[base]),
-        TcRow(
+        PacketRow("minimal (parse only)", best["minimal (parse only)"]),
+        PacketRow(base, best[base]),
+        PacketRow(
             "ingress: decap + translate",
             best["ingress: decap + translate"],
             base,
             best[base],
             TARGET,
         ),
-        TcRow(
+        PacketRow(
             "egress: reply translated back",
             best["egress: reply translated back"],
             "minimal (parse only)",

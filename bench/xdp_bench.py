@@ -68,6 +68,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests.dataplane.support: frames
 
+from per_packet import PacketRow  # noqa: E402
 from weir.lab import bpffs  # noqa: E402
 from weir.lab.netns import Topology  # noqa: E402
 from weir.nodeagent.dataplane import (  # noqa: E402
@@ -128,23 +129,6 @@ BASELINES = (
 
 
 @dataclass(frozen=True)
-class XdpRow:
-    case: str
-    ns: int  # per packet, best round
-    baseline: str = ""  # the program it is compared with ("" for the baselines themselves)
-    baseline_ns: int = 0
-    target: float = 0.0  # at most this ratio to the baseline (0: reported, no target)
-
-    @property
-    def ratio(self) -> float:
-        return self.ns / self.baseline_ns
-
-    @property
-    def met(self) -> bool:
-        return not self.target or self.ratio <= self.target
-
-
-@dataclass(frozen=True)
 class Options:
     repeat: int = 300_000
     rounds: int = 20
@@ -182,7 +166,7 @@ def frame_from(saddr: str, daddr: str, dport: int = 80) -> bytes:
     return packet(Flow(saddr, daddr, 40000, dport), NODE_MAC)
 
 
-def run(opts: Options) -> list[XdpRow]:
+def run(opts: Options) -> list[PacketRow]:
     """The programs side by side on a veth in a namespace of its own (root)."""
     with bpffs.mounted(PREFIX) as fs, Topology(f"{PREFIX}-{uuid.uuid4().hex[:8]}") as topo:
         node = topo.host("node")
@@ -308,11 +292,11 @@ def logged(dp: Dataplane, weir_new: int, tracked: bytes, fresh: bytes, opts: Opt
     return out
 
 
-def rows(best: dict[str, int]) -> list[XdpRow]:
-    out = [XdpRow(name, best[name]) for name in BASELINES]
+def rows(best: dict[str, int]) -> list[PacketRow]:
+    out = [PacketRow(name, best[name]) for name in BASELINES]
     for name, target in TARGETS.items():
         base = BASELINE_OF.get(name, "minimal")
-        out.append(XdpRow(name, best[name], base, best[base], target))
+        out.append(PacketRow(name, best[name], base, best[base], target))
     return out
 
 
