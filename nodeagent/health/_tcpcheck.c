@@ -88,8 +88,6 @@ static int disconnect(int fd) { return connect(fd, &unspec, sizeof(unspec)) == 0
 
 static double grid(const Checks *c, double t) { return nearbyint(t / c->slot) * c->slot; }
 
-static double grid_up(const Checks *c, double t) { return ceil(t / c->slot) * c->slot; }
-
 static int closed(const Checks *c)
 {
     if (c->epfd >= 0)
