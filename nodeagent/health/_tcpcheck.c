@@ -50,7 +50,8 @@
 #define WATCHED (EPOLLOUT | EPOLLET)
 #define NO_OWNER UINT32_MAX
 
-enum outcome { PASSED, CONNECT_ERROR, TIMEOUT, SOCKET_ERROR };
+/* REPORTED: a result reported by the caller (report()), with its reason text. */
+enum outcome { PASSED, CONNECT_ERROR, TIMEOUT, SOCKET_ERROR, REPORTED };
 
 typedef struct {
     struct sockaddr_in addr;
@@ -61,8 +62,10 @@ typedef struct {
     uint32_t streak;           /* consecutive results against the current state */
     int fd;                    /* in flight: its socket; else -1 */
     int err;                   /* the last failure's errno (CONNECT_ERROR, SOCKET_ERROR) */
+    PyObject *text;            /* the last failure's reason (REPORTED): owned, or NULL */
     uint8_t kind;              /* the last failure (enum outcome); PASSED: none yet */
     uint8_t used, failing;
+    uint8_t reported;          /* checked by the caller (HTTP, HTTPS): never started here */
 } target_t;
 
 typedef struct {
@@ -106,9 +109,12 @@ static void release(Checks *c, int fd)
         close(fd);
 }
 
-static PyObject *reason(uint8_t kind, int err)
+static PyObject *reason(const target_t *t)
 {
-    switch (kind) {
+    int err = t->err;
+    switch (t->kind) {
+    case REPORTED:
+        return Py_NewRef(t->text);
     case TIMEOUT:
         return PyUnicode_FromString("timeout");
     case SOCKET_ERROR:
@@ -124,7 +130,7 @@ static int emit(Checks *c, uint32_t h)
     const target_t *t = &c->targets[h];
     if (!c->changes && !(c->changes = PyList_New(0)))
         return -1;
-    PyObject *why = reason(t->kind, t->err);
+    PyObject *why = reason(t);
     if (!why)
         return -1;
     PyObject *item = Py_BuildValue("(IOO)", h, t->failing ? Py_True : Py_False, why);
@@ -136,16 +142,26 @@ static int emit(Checks *c, uint32_t h)
     return rc;
 }
 
-/* A check's result, into the rise/fall state. A change is emitted when the state flips, and
- * while failing when the reason differs from the last one (the report shows the latest). */
-static int record(Checks *c, uint32_t h, uint8_t kind, int err)
+/* A check's result, into the rise/fall state: the one place rise and fall are applied, for
+ * the checks run here and those reported (text: a REPORTED failure's reason, borrowed). A
+ * change is emitted when the state flips, and while failing when the reason differs from the
+ * last one (the report shows the latest). */
+static int record(Checks *c, uint32_t h, uint8_t kind, int err, PyObject *text)
 {
     target_t *t = &c->targets[h];
     int failed = kind != PASSED, new_reason = 0;
     if (failed) {
-        new_reason = kind != t->kind || err != t->err;
+        if (kind == REPORTED) {
+            int same = t->kind == REPORTED ? PyUnicode_Compare(t->text, text) : 1;
+            if (same == -1 && PyErr_Occurred())
+                return -1;
+            new_reason = same != 0;
+        } else {
+            new_reason = kind != t->kind || err != t->err;
+        }
         t->kind = kind;
         t->err = err;
+        Py_XSETREF(t->text, Py_XNewRef(text));
     }
     if (failed == t->failing) {
         t->streak = 0;
@@ -165,7 +181,7 @@ static int finish(Checks *c, uint32_t h, double now, uint8_t kind, int err)
     t->fd = -1;
     t->due = fmax(t->started + t->interval, now);
     c->completed++;
-    return record(c, h, kind, err);
+    return record(c, h, kind, err, NULL);
 }
 
 /* A new socket, in the set; -1 with errno if none. */
@@ -294,7 +310,7 @@ static PyObject *checks_tick(Checks *c, PyObject *arg)
     int failed = reap(c, now) < 0;
     for (uint32_t h = 0; h < c->high; h++) {
         target_t *t = &c->targets[h];
-        if (!t->used)
+        if (!t->used || t->reported)
             continue;
         if (t->fd >= 0 && t->deadline <= now)
             failed |= end_check(c, h, now, TIMEOUT, 0) < 0;
@@ -307,6 +323,35 @@ static PyObject *checks_tick(Checks *c, PyObject *arg)
     if (c->in_flight)  /* reaped at the next slot */
         wake = fmin(wake, (floor(now / c->slot + 1e-6) + 1) * c->slot);
     return result(c, wake, failed);
+}
+
+/* A free handle (its target to be filled in), or -1 with an exception set. */
+static long new_handle(Checks *c)
+{
+    if (c->nfree)
+        return c->free[--c->nfree];
+    if (c->high == c->max) {
+        PyErr_Format(PyExc_ValueError, "add: more than %u targets", c->max);
+        return -1;
+    }
+    if (c->high == c->cap) {
+        uint32_t cap = c->cap ? c->cap * 2 : 64;
+        cap = cap > c->max ? c->max : cap;
+        target_t *targets = PyMem_Realloc(c->targets, cap * sizeof(*targets));
+        if (!targets) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->targets = targets;
+        uint32_t *free = PyMem_Realloc(c->free, cap * sizeof(*free));
+        if (!free) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->free = free;
+        c->cap = cap;
+    }
+    return c->high++;
 }
 
 PyDoc_STRVAR(add_doc, "add(address, port, mark, interval, timeout, rise, fall, first) -> handle: "
@@ -327,31 +372,9 @@ static PyObject *checks_add(Checks *c, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "add: a bad address, port, time or count");
         return NULL;
     }
-    uint32_t h;
-    if (c->nfree) {
-        h = c->free[--c->nfree];
-    } else {
-        if (c->high == c->max) {
-            PyErr_Format(PyExc_ValueError, "add: more than %u targets", c->max);
-            return NULL;
-        }
-        if (c->high == c->cap) {
-            uint32_t cap = c->cap ? c->cap * 2 : 64;
-            cap = cap > c->max ? c->max : cap;
-            target_t *targets = PyMem_Realloc(c->targets, cap * sizeof(*targets));
-            if (!targets)
-                return PyErr_NoMemory();
-            c->targets = targets;
-            uint32_t *free = PyMem_Realloc(c->free, cap * sizeof(*free));
-            if (!free)
-                return PyErr_NoMemory();
-            c->free = free;
-            c->cap = cap;
-            /* Slots keep their check number across reuse: a stale event never matches. */
-            memset(&c->targets[c->high], 0, (cap - c->high) * sizeof(*targets));
-        }
-        h = c->high++;
-    }
+    long h = new_handle(c);
+    if (h < 0)
+        return NULL;
     target_t *t = &c->targets[h];
     *t = (target_t){
         .addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = ip},
@@ -364,7 +387,54 @@ static PyObject *checks_add(Checks *c, PyObject *args)
         .fd = -1,
         .used = 1,
     };
-    return PyLong_FromUnsignedLong(h);
+    return PyLong_FromLong(h);
+}
+
+PyDoc_STRVAR(add_reported_doc, "add_reported(rise, fall) -> handle: a target checked by the "
+                               "caller (HTTP, HTTPS), its results given to report().");
+
+static PyObject *checks_add_reported(Checks *c, PyObject *args)
+{
+    unsigned int rise, fall;
+    if (!PyArg_ParseTuple(args, "II:add_reported", &rise, &fall) || closed(c))
+        return NULL;
+    if (rise == 0 || fall == 0) {
+        PyErr_SetString(PyExc_ValueError, "add_reported: rise and fall must be at least 1");
+        return NULL;
+    }
+    long h = new_handle(c);
+    if (h < 0)
+        return NULL;
+    c->targets[h] = (target_t){.rise = rise, .fall = fall, .fd = -1, .used = 1, .reported = 1};
+    return PyLong_FromLong(h);
+}
+
+PyDoc_STRVAR(report_doc, "report(handle, reason) -> changes: a result of a target added with "
+                         "add_reported (reason None: passed), into its rise/fall state.");
+
+static PyObject *checks_report(Checks *c, PyObject *args)
+{
+    unsigned long h;
+    PyObject *why;
+    if (!PyArg_ParseTuple(args, "kO:report", &h, &why) || closed(c))
+        return NULL;
+    if (h >= c->high || !c->targets[h].used || !c->targets[h].reported) {
+        PyErr_Format(PyExc_KeyError, "no reported target %lu", h);
+        return NULL;
+    }
+    if (why != Py_None && !PyUnicode_Check(why)) {
+        PyErr_SetString(PyExc_TypeError, "report: the reason is a str or None");
+        return NULL;
+    }
+    c->completed++;
+    int failed = why == Py_None ? record(c, (uint32_t)h, PASSED, 0, NULL)
+                                : record(c, (uint32_t)h, REPORTED, 0, why);
+    PyObject *out = result(c, 0, failed < 0);
+    if (!out)
+        return NULL;
+    PyObject *changes = Py_NewRef(PyTuple_GET_ITEM(out, 1));
+    Py_DECREF(out);
+    return changes;
 }
 
 PyDoc_STRVAR(remove_doc, "remove(handle): stop checking; a check in flight never reports.");
@@ -385,6 +455,7 @@ static PyObject *remove_target(Checks *c, PyObject *arg)
         t->fd = -1;
     }
     t->used = 0;
+    Py_CLEAR(t->text);
     c->free[c->nfree++] = (uint32_t)h;
     Py_RETURN_NONE;
 }
@@ -398,6 +469,7 @@ static void close_all(Checks *c)
             disconnect(c->targets[h].fd);
             close(c->targets[h].fd);
         }
+        Py_CLEAR(c->targets[h].text);
     }
     while (c->nspare)
         close(c->spare[--c->nspare]);
@@ -476,6 +548,8 @@ static void checks_dealloc(Checks *c)
 
 static PyMethodDef checks_methods[] = {
     {"add", (PyCFunction)checks_add, METH_VARARGS, add_doc},
+    {"add_reported", (PyCFunction)checks_add_reported, METH_VARARGS, add_reported_doc},
+    {"report", (PyCFunction)checks_report, METH_VARARGS, report_doc},
     {"remove", (PyCFunction)remove_target, METH_O, remove_doc},
     {"tick", (PyCFunction)checks_tick, METH_O, tick_doc},
     {"close", (PyCFunction)close_checks, METH_NOARGS, close_doc},

@@ -3,12 +3,12 @@
 apply() takes each version's targets (health/targets.py). run() keeps, for every target,
 its path in the health-check program's map (the backend's MAC, or the next hop toward its
 node and the encapsulation) and one check loop: a probe every interval, spread over the
-interval so a thousand checks do not fire at once (TCP checks and their rise/fall in C,
-health/tcp.py; HTTP(S) checks a task each). A backend becomes failing after `fall`
-consecutive failures and healthy again after `rise` consecutive successes; each change
-bumps `changes`, so the NodeStatus that carries it (report()) is sent at once. The
-controller holds a backend out only when most LB nodes see it failing, so this node's view
-of its own links cannot split the Maglev tables.
+interval so a thousand checks do not fire at once (TCP checks in C, health/tcp.py; HTTP(S)
+checks a task each, their results given to the same C object). A backend becomes failing
+after `fall` consecutive failures and healthy again after `rise` consecutive successes
+(applied in C for both); each change bumps `changes`, so the NodeStatus that carries it
+(report()) is sent at once. The controller holds a backend out only when most LB nodes see
+it failing, so this node's view of its own links cannot split the Maglev tables.
 
 A node whose health-check program cannot be set up reports no frontend as checked: it does
 not vote, rather than vote "failing" for every backend.
@@ -42,8 +42,7 @@ class _State:
     address: tuple[str, int]  # what the check connects to: VIP:port
     mark: int  # the check's socket mark: its path
     failing: bool = False  # a new backend is healthy until `fall` failures say otherwise
-    streak: int = 0  # consecutive results against the current state (HTTP: TCP's are in C)
-    handle: int = -1  # TCP: the target's in TcpLoop
+    handle: int = -1  # its rise/fall state's in TcpLoop (and, TCP, its schedule)
     since: int = 0  # unix time it became failing
     reason: str = ""  # the last failure
 
@@ -68,7 +67,7 @@ class HealthChecker:
         self._wanted_changed = Generation()
         self._states: dict[Target, _State] = {}
         self._tcp: TcpLoop | None = None  # while run() runs
-        self._by_handle: dict[int, Target] = {}  # TCP targets
+        self._by_handle: dict[int, Target] = {}
         self._started: set[Target] = set()
         self._free: list[int] = []
         self._next_index = 0
@@ -103,7 +102,7 @@ class HealthChecker:
         from one loop timer (health/tcp.py); each HTTP(S) check is a task of this group."""
         seen = 0
         loop = asyncio.get_running_loop()
-        self._tcp = TcpLoop(loop, self._tcp_changed)
+        self._tcp = TcpLoop(loop, self._state_changed)
         async with asyncio.TaskGroup() as tg:
             wheel = _Wheel(loop, self._fire, tg)
             try:
@@ -147,12 +146,13 @@ class HealthChecker:
                 state = self._states[target]
                 # Spread the checks over the interval, so a thousand do not fire at once.
                 first = loop.time() + random.uniform(0, state.check.interval)
+                assert self._tcp is not None
                 if state.check.kind == "tcp":
-                    assert self._tcp is not None
                     state.handle = self._tcp.add(state.address, state.mark, state.check, first)
-                    self._by_handle[state.handle] = target
                 else:
+                    state.handle = self._tcp.add_reported(state.check)
                     wheel.at(first, target, state)
+                self._by_handle[state.handle] = target
 
     async def _open(self) -> bool:
         try:
@@ -211,36 +211,21 @@ class HealthChecker:
         started = wheel.loop.time()
 
         def done(reason: str | None) -> None:
-            if self._states.get(target) is not state:
+            if self._states.get(target) is not state or self._tcp is None:
                 return  # stopped meanwhile
-            self._record(target, state, reason)
+            self._tcp.report(state.handle, reason)
             wheel.at(max(started + check.interval, wheel.loop.time()), target, state)
 
         wheel.tg.create_task(_http(state.address, state.mark, check, done))
 
-    def _record(self, target: Target, state: _State, reason: str | None) -> None:
-        """An HTTP(S) check's result: rise/fall as _tcpcheck.c does for TCP checks."""
-        if reason is not None:
-            state.reason = reason
-        if (reason is None) != state.failing:  # agrees with the current state
-            state.streak = 0
-            return
-        state.streak += 1
-        if state.streak < (state.check.rise if state.failing else state.check.fall):
-            return
-        state.streak = 0
-        self._change(target, state, not state.failing)
-
-    def _tcp_changed(self, handle: int, failing: bool, reason: str) -> None:
-        """A TCP target's state changed, or its reason while failing (no report for that
-        alone: the next one shows it, as for HTTP checks)."""
+    def _state_changed(self, handle: int, failing: bool, reason: str) -> None:
+        """A target's state changed (rise or fall reached), or its reason while failing (no
+        report for that alone: the next one shows it)."""
         target = self._by_handle[handle]
         state = self._states[target]
         state.reason = reason
-        if failing != state.failing:
-            self._change(target, state, failing)
-
-    def _change(self, target: Target, state: _State, failing: bool) -> None:
+        if failing == state.failing:
+            return
         state.failing = failing
         state.since = int(time.time()) if state.failing else 0
         log.info(

@@ -6,6 +6,8 @@ is stubbed: these checks go over lo)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import math
 import os
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from weir.nodeagent.health._tcpcheck import TcpChecks
 from weir.nodeagent.health.checker import HealthChecker
 from weir.nodeagent.health.probe import Http, probe
 from weir.nodeagent.health.targets import Check, Target, targets_of
+from weir.nodeagent.health.tcp import SLOT, TcpLoop
 from weir.nodeagent.service import NodeSettings
 
 from tests.requirements import requires, root
@@ -303,3 +306,57 @@ def test_a_socket_that_cannot_be_made_is_the_check_failure() -> None:
     out = subprocess.run([sys.executable, "-c", SOCKET_FAILS], capture_output=True, text=True,
                          timeout=30, check=True).stdout  # fmt: skip
     assert out.strip() == "[(0, True, 'socket: Too many open files')]"
+
+
+def test_reported_results_take_the_same_rise_and_fall(checks: TcpChecks) -> None:
+    """HTTP(S) results, reported: failing after fall in a row, a new reason while failing
+    told, healthy after rise in a row; never started by tick(); unknown handles refused."""
+    h = checks.add_reported(2, 3)
+    assert list(checks.report(h, "status 503")) == []
+    assert list(checks.report(h, None)) == []  # the streak starts over
+    for _ in range(2):
+        assert list(checks.report(h, "status 503")) == []
+    assert list(checks.report(h, "status 500")) == [(h, True, "status 500")]
+    assert list(checks.report(h, "status 500")) == []  # the same reason: nothing new
+    assert list(checks.report(h, "timeout")) == [(h, True, "timeout")]
+    assert list(checks.report(h, None)) == []
+    assert list(checks.report(h, None)) == [(h, False, "timeout")]
+    assert checks.tick(time.monotonic()) == (math.inf, ())  # nothing of its own to run
+    assert checks.in_flight == 0 and checks.completed == 9
+    tcp = checks.add("127.0.0.1", 9, 0, 1.0, 1.0, 1, 1, time.monotonic() + 60)
+    with pytest.raises(KeyError):
+        checks.report(tcp, None)  # checked here, not reported
+    checks.remove(h)
+    with pytest.raises(KeyError):
+        checks.report(h, None)
+    other = checks.add_reported(1, 1)
+    with pytest.raises(TypeError):
+        checks.report(other, b"503")  # type: ignore[arg-type]
+
+
+async def test_a_failed_pass_is_logged_and_the_checks_go_on() -> None:
+    """tick() raising (out of memory, epoll_wait failing) loses that pass, not the loop's
+    timer: the next pass runs a slot later."""
+    loop = asyncio.get_running_loop()
+    tcp = TcpLoop(loop, lambda *_: None)
+    passes: list[float] = []
+    second = asyncio.Event()
+    real = tcp.checks
+
+    class Failing:
+        def tick(self, now: float) -> tuple[float, tuple[()]]:
+            passes.append(now)
+            if len(passes) == 1:
+                raise OSError(errno.EBADF, "epoll_wait")
+            second.set()
+            return math.inf, ()
+
+    tcp.checks = Failing()  # type: ignore[assignment]
+    try:
+        tcp._wake_at(loop.time())
+        async with asyncio.timeout(2):
+            await second.wait()
+        assert passes[1] - passes[0] >= SLOT * 0.9
+    finally:
+        tcp.checks = real
+        tcp.close()
