@@ -2,7 +2,7 @@
 
 The repository keeps its design-card layout (controller/, nodeagent/, bpf/, ...); an install
 (wheel or editable) maps each folder under `weir`, ships bpf/'s C sources as package data,
-and builds the Maglev populator's C extension.
+and builds the C extensions: the Maglev populator and the TCP health checks.
 """
 
 from pathlib import Path
@@ -43,6 +43,11 @@ setup(
             "weir.nodeagent._maglev",
             sources=["nodeagent/_maglev.c"],
             extra_compile_args=["-O2", "-std=c11"],
-        )
+        ),
+        Extension(
+            "weir.nodeagent.health._tcpcheck",
+            sources=["nodeagent/health/_tcpcheck.c"],
+            extra_compile_args=["-O2", "-std=gnu11"],
+        ),
     ],
 )

@@ -1,8 +1,8 @@
 """The agent's health checks: CPU for 1,000 backends checked every second from one agent
 (issue 14: under 5 % of a core).
 
-Runs nodeagent.health.checker.HealthChecker, as the agent does (one check loop per target,
-non-blocking sockets marked for the check path, rise/fall bookkeeping); the path program
+Runs nodeagent.health.checker.HealthChecker, as the agent does (its TCP checks' schedule,
+marked non-blocking sockets and rise/fall bookkeeping in C, health/_tcpcheck.c); the path program
 and MAC resolution are left out (they cost the checker nothing per check: one map write per
 target when it appears). After a warm-up, measures this process's CPU time (user + system,
 getrusage) over a window and prints it as a share of one core, with the checks actually
@@ -51,7 +51,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,10 @@ from weir.common.aio import Generation  # noqa: E402
 from weir.lab.netns import Host, Topology, cleanup_prefix, in_netns  # noqa: E402
 from weir.nodeagent.dataplane import bpfsys, layout  # noqa: E402
 from weir.nodeagent.dataplane.hcpath import mark  # noqa: E402
-from weir.nodeagent.health.checker import HealthChecker  # noqa: E402
-from weir.nodeagent.health.probe import disconnect  # noqa: E402
+from weir.nodeagent.health import checker as checker_module  # noqa: E402
+from weir.nodeagent.health._tcpcheck import disconnect  # noqa: E402
 from weir.nodeagent.health.targets import Check, Target  # noqa: E402
+from weir.nodeagent.health.tcp import TcpLoop  # noqa: E402
 from weir.nodeagent.service import NodeSettings  # noqa: E402
 
 from tests.nodeagent.standins import loopback_checker  # noqa: E402
@@ -119,7 +120,7 @@ class HealthBench:
     failing: int
     # NET_RX softirqs per second on each CPU over the window (the whole machine's)
     net_rx: tuple[float, ...] = ()
-    # The kernel floor: the checker's system calls (mark, connect, epoll, disconnect) back
+    # The kernel floor: the checker's system calls (mark, connect, epoll wait, disconnect) back
     # to back with no checker, as a share of a core at the same rate.
     floor_share: float = 0.0
     # veth only: the floor again with the listener end's RPS off, so that its half of each
@@ -162,11 +163,11 @@ async def measure(
         task = asyncio.create_task(checker.run())
         try:
             await asyncio.sleep(interval * 2)  # every loop started and spread out
-            before, rx_before, done_before = _cpu(), _net_rx(), counted[0]
+            before, rx_before, done_before = _cpu(), _net_rx(), counted()
             threads_before = [_thread_cpu(t) for t in threads]
             t0 = time.monotonic()
             await asyncio.sleep(seconds)
-            after, rx_after, done = _cpu(), _net_rx(), counted[0] - done_before
+            after, rx_after, done = _cpu(), _net_rx(), counted() - done_before
             threads_cpu = [_thread_cpu(t) - b for t, b in zip(threads, threads_before, strict=True)]
             elapsed = time.monotonic() - t0
             failing = len(checker.report()[1])
@@ -206,35 +207,35 @@ def _net_rx() -> list[int]:
 
 
 @contextlib.contextmanager
-def _counted_probes() -> Iterator[list[int]]:
-    """Count the checks completed, by wrapping the checker's bookkeeping for a while."""
-    counter = [0]
-    original = HealthChecker._record
+def _counted_probes() -> Iterator[Callable[[], int]]:
+    """Count the TCP checks completed (the C object's count), by noting the checker's
+    TcpLoop for a while."""
+    made: list[TcpLoop] = []
 
-    def counting(self: HealthChecker, *args: Any) -> None:
-        counter[0] += 1
-        original(self, *args)
+    def noted(*args: Any) -> TcpLoop:
+        made.append(TcpLoop(*args))
+        return made[-1]
 
-    HealthChecker._record = counting  # type: ignore[method-assign]
+    checker_module.TcpLoop = noted  # type: ignore[assignment,misc]
     try:
-        yield counter
+        yield lambda: sum(m.checks.completed for m in made)
     finally:
-        HealthChecker._record = original  # type: ignore[method-assign]
+        checker_module.TcpLoop = TcpLoop  # type: ignore[misc]
 
 
 def floor(connects: int, address: str, thread: int | None = None) -> tuple[float, float]:
     """CPU seconds per connect, done the cheapest way with the checker's system calls (mark,
-    connect, epoll arm and wait, disconnect, on one socket kept throughout): one after the other,
-    no event loop; and those of thread (the receive thread) per connect over the same run."""
+    connect, epoll wait, disconnect, on one socket kept throughout and registered once, edge
+    triggered): one after the other, no event loop; and those of thread (the receive thread)
+    per connect over the same run."""
     poller = select.epoll()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    poller.register(sock.fileno(), 0)
+    poller.register(sock.fileno(), select.EPOLLOUT | select.EPOLLET)
     before = _cpu()
     thread_before = 0.0 if thread is None else _thread_cpu(thread)
     for i in range(connects):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark(i % 1024))
         sock.connect_ex((address, BASE_PORT + i % PORTS))
-        poller.modify(sock.fileno(), select.EPOLLOUT | select.EPOLLONESHOT)
         poller.poll(1)
         disconnect(sock.fileno())
     after = _cpu()

@@ -483,7 +483,8 @@ def health(quick: bool) -> Section:
     paths = sorted({r.path for r in rows}, key=[r.path for r in rows].index)
     refl = [r for r in rows if r.path == "reflector"]
     sec.body = [
-        "The agent's checker (TCP connect checks, marked sockets, rise/fall bookkeeping) "
+        "The agent's checker (TCP connect checks, marked sockets, rise/fall bookkeeping, all "
+        "in C: nodeagent/health/_tcpcheck.c, called from one loop timer per 20 ms slot) "
         "pinned to CPU 0 in one network namespace, and three ways of answering it. "
         "reflector: what a real node pays. On the far end of a veth pair an XDP program "
         "(bench/synack_reflector.c) answers every SYN with a SYN-ACK and drops the ACK and "
@@ -499,7 +500,11 @@ def health(quick: bool) -> Section:
         "system calls one connect at a time with no event loop, at the same rate (for the "
         "reflector, with its receive thread's share added: there, a sleep and a wake-up per "
         "connect, which the checker batches, put it above the checker, so it is no floor). "
-        "The machine's other load (2 shared cores) shows as spread between rounds.",
+        "The machine's other load (2 shared cores) shows as spread between rounds. What bounds "
+        "the node's figure now is mostly the kernel's: the receive thread (SYN-ACK in, ACK "
+        "out) and the checker's three system calls a check (mark, connect, disconnect) with "
+        "the hand-off of what it sends; Python runs once per slot and per change of a "
+        "backend's state (docs/HEALTH.md, Cost).",
         "",
         *md_table(
             ["round", "path", "checks/s", "failing", "checker %", "of which user %",

@@ -53,7 +53,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.weir-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-    || [ nodeagent/_maglev.c -nt "$stamp" ]; then
+    || [ -n "$(find nodeagent -name '*.c' -newer "$stamp")" ]; then
     log "installing weir into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q "grpcio-tools==$(sed -n 's/.*"grpcio-tools==\([0-9.]*\)".*/\1/p' pyproject.toml)"
@@ -61,7 +61,7 @@ fi
 # Stubs first: the package install picks up the generated `weir` package from proto/.
 "$VENV/bin/python" scripts/gen_proto.py
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-    || [ nodeagent/_maglev.c -nt "$stamp" ]; then
+    || [ -n "$(find nodeagent -name '*.c' -newer "$stamp")" ]; then
     "$VENV/bin/pip" install -q -e ".[test,bgp]"
     touch "$stamp"
 fi

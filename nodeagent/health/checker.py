@@ -3,11 +3,12 @@
 apply() takes each version's targets (health/targets.py). run() keeps, for every target,
 its path in the health-check program's map (the backend's MAC, or the next hop toward its
 node and the encapsulation) and one check loop: a probe every interval, spread over the
-interval so a thousand checks do not fire at once. A backend becomes failing after `fall`
-consecutive failures and healthy again after `rise` consecutive successes; each change
-bumps `changes`, so the NodeStatus that carries it (report()) is sent at once. The
-controller holds a backend out only when most LB nodes see it failing, so this node's view
-of its own links cannot split the Maglev tables.
+interval so a thousand checks do not fire at once (TCP checks in C, health/tcp.py; HTTP(S)
+checks a task each, their results given to the same C object). A backend becomes failing
+after `fall` consecutive failures and healthy again after `rise` consecutive successes
+(applied in C for both); each change bumps `changes`, so the NodeStatus that carries it
+(report()) is sent at once. The controller holds a backend out only when most LB nodes see
+it failing, so this node's view of its own links cannot split the Maglev tables.
 
 A node whose health-check program cannot be set up reports no frontend as checked: it does
 not vote, rather than vote "failing" for every backend.
@@ -26,14 +27,12 @@ from weir.common.logs import get_logger
 from weir.common.pb import pb
 from weir.nodeagent.backend_macs import BackendMacs
 from weir.nodeagent.dataplane.hcpath import Encap, HcPath, HcRoute, mark
-from weir.nodeagent.health.probe import Connects, Done, Http, probe
+from weir.nodeagent.health.probe import Done, Http, probe
 from weir.nodeagent.health.targets import Check, Target
+from weir.nodeagent.health.tcp import SLOT, TcpLoop
 from weir.nodeagent.service import Backend, Frontend, NodeSettings, Service
 
 log = get_logger("weir.health")
-# Checks start on a grid of this many seconds: the loop wakes once for each slot's batch,
-# not once per check.
-_SLOT = 0.02
 
 
 @dataclass
@@ -43,7 +42,7 @@ class _State:
     address: tuple[str, int]  # what the check connects to: VIP:port
     mark: int  # the check's socket mark: its path
     failing: bool = False  # a new backend is healthy until `fall` failures say otherwise
-    streak: int = 0  # consecutive results against the current state
+    handle: int = -1  # its rise/fall state's in TcpLoop (and, TCP, its schedule)
     since: int = 0  # unix time it became failing
     reason: str = ""  # the last failure
 
@@ -67,6 +66,8 @@ class HealthChecker:
         self._node = NodeSettings()
         self._wanted_changed = Generation()
         self._states: dict[Target, _State] = {}
+        self._tcp: TcpLoop | None = None  # while run() runs
+        self._by_handle: dict[int, Target] = {}
         self._started: set[Target] = set()
         self._free: list[int] = []
         self._next_index = 0
@@ -97,13 +98,13 @@ class HealthChecker:
         return checked, failing
 
     async def run(self) -> None:
-        """Reconcile the checks with the targets, until cancelled. TCP checks are callbacks
-        on the loop (probe.Connects); each HTTP(S) check is a task of this group."""
+        """Reconcile the checks with the targets, until cancelled. TCP checks run in C,
+        from one loop timer (health/tcp.py); each HTTP(S) check is a task of this group."""
         seen = 0
         loop = asyncio.get_running_loop()
-        connects = Connects(loop)
+        self._tcp = TcpLoop(loop, self._state_changed)
         async with asyncio.TaskGroup() as tg:
-            wheel = _Wheel(loop, self._fire, tg, connects)
+            wheel = _Wheel(loop, self._fire, tg)
             try:
                 while True:
                     try:
@@ -116,7 +117,8 @@ class HealthChecker:
                 for target in list(self._states):
                     self._stop(target)
                 wheel.close()
-                connects.close()
+                self._tcp.close()
+                self._tcp = None
 
     async def close(self) -> None:
         if self._path is not None:
@@ -143,7 +145,14 @@ class HealthChecker:
                 self._started.add(target)
                 state = self._states[target]
                 # Spread the checks over the interval, so a thousand do not fire at once.
-                wheel.at(loop.time() + random.uniform(0, state.check.interval), target, state)
+                first = loop.time() + random.uniform(0, state.check.interval)
+                assert self._tcp is not None
+                if state.check.kind == "tcp":
+                    state.handle = self._tcp.add(state.address, state.mark, state.check, first)
+                else:
+                    state.handle = self._tcp.add_reported(state.check)
+                    wheel.at(first, target, state)
+                self._by_handle[state.handle] = target
 
     async def _open(self) -> bool:
         try:
@@ -166,6 +175,9 @@ class HealthChecker:
         state = self._states.pop(target)
         self._free.append(state.index)
         self._started.discard(target)  # its next check, due on the wheel, is skipped
+        if state.handle >= 0 and self._tcp is not None:
+            self._tcp.remove(state.handle)
+            del self._by_handle[state.handle]
         if state.failing:
             self._changes.bump()
 
@@ -199,26 +211,22 @@ class HealthChecker:
         started = wheel.loop.time()
 
         def done(reason: str | None) -> None:
-            if self._states.get(target) is not state:
+            if self._states.get(target) is not state or self._tcp is None:
                 return  # stopped meanwhile
-            self._record(target, state, reason)
+            self._tcp.report(state.handle, reason)
             wheel.at(max(started + check.interval, wheel.loop.time()), target, state)
 
-        if check.kind == "tcp":
-            wheel.connects.start(state.address, state.mark, check.timeout, done)
-        else:
-            wheel.tg.create_task(_http(state.address, state.mark, check, done))
+        wheel.tg.create_task(_http(state.address, state.mark, check, done))
 
-    def _record(self, target: Target, state: _State, reason: str | None) -> None:
-        if reason is not None:
-            state.reason = reason
-        if (reason is None) != state.failing:  # agrees with the current state
-            state.streak = 0
+    def _state_changed(self, handle: int, failing: bool, reason: str) -> None:
+        """A target's state changed (rise or fall reached), or its reason while failing (no
+        report for that alone: the next one shows it)."""
+        target = self._by_handle[handle]
+        state = self._states[target]
+        state.reason = reason
+        if failing == state.failing:
             return
-        state.streak += 1
-        if state.streak < (state.check.rise if state.failing else state.check.fall):
-            return
-        state.failing, state.streak = not state.failing, 0
+        state.failing = failing
         state.since = int(time.time()) if state.failing else 0
         log.info(
             "backend failing its health check" if state.failing else "backend passes again",
@@ -238,28 +246,22 @@ Fire = Callable[[Target, _State, "_Wheel"], None]
 
 
 class _Wheel:
-    """The checks due, by slot of _SLOT seconds: one loop timer per slot, however many
-    checks it starts (a thousand checks a second make 50 timers, not a thousand)."""
+    """The HTTP(S) checks due, by slot of SLOT seconds: one loop timer per slot, however
+    many checks it starts."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fire: Fire,
-        tg: asyncio.TaskGroup,
-        connects: Connects,
-    ) -> None:
-        self.loop, self.tg, self.connects = loop, tg, connects
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Fire, tg: asyncio.TaskGroup) -> None:
+        self.loop, self.tg = loop, tg
         self._fire = fire
         self._due: dict[int, list[tuple[Target, _State]]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
 
     def at(self, when: float, target: Target, state: _State) -> None:
         """Fire the target's check in the slot nearest to when."""
-        slot = round(when / _SLOT)
+        slot = round(when / SLOT)
         due = self._due.get(slot)
         if due is None:
             due = self._due[slot] = []
-            self._timers[slot] = self.loop.call_at(slot * _SLOT, self._run, slot)
+            self._timers[slot] = self.loop.call_at(slot * SLOT, self._run, slot)
         due.append((target, state))
 
     def _run(self, slot: int) -> None:

@@ -1,25 +1,35 @@
-"""The LB node's health checks (docs/HEALTH.md): which backends it checks, and the checker's
-fall/rise bookkeeping and reports against real TCP and HTTP listeners on loopback (the path
-program is stubbed: these checks go over lo)."""
+"""The LB node's health checks (docs/HEALTH.md): which backends it checks, the checker's
+fall/rise bookkeeping and reports, and its TCP checks' C schedule (_tcpcheck.TcpChecks, driven
+here without an event loop), against real TCP and HTTP listeners on loopback (the path program
+is stubbed: these checks go over lo)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import math
+import os
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from weir.common.aio import Generation
 from weir.common.pb import pb
+from weir.nodeagent.health._tcpcheck import TcpChecks
 from weir.nodeagent.health.checker import HealthChecker
-from weir.nodeagent.health.probe import Connects, Http, probe
+from weir.nodeagent.health.probe import Http, probe
 from weir.nodeagent.health.targets import Check, Target, targets_of
+from weir.nodeagent.health.tcp import SLOT, TcpLoop
 from weir.nodeagent.service import NodeSettings
 
 from tests.requirements import requires, root
 
 FID = "192.0.2.1:80/TCP"
 Address = tuple[str, int]
+Seen = list[tuple[float, tuple[int, bool, str]]]  # a change, when it came (from the start)
 
 
 def svc() -> pb.Service:
@@ -130,64 +140,223 @@ async def test_http_checks_want_the_status() -> None:
         }
 
 
-@requires(root)  # SO_MARK
-async def test_connects_end_each_check_once_with_its_result_or_its_deadline() -> None:
-    """Connects: connected, refused, and late (a listener whose accept queue is full drops
-    the SYN), each reported once; a shorter timeout started later still ends first. Twice
-    over, the second round on the sockets the first left (each kept for the next check):
-    the same results, and every connected check ended with a RST."""
-    loop = asyncio.get_running_loop()
+@pytest.fixture
+def late() -> Iterator[Address]:
+    """A listener that never answers: its accept queue is full, so it drops every SYN."""
     full = _listener()
     full.listen(0)
     fillers = []
-    for _ in range(4):  # fill the accept queue: later SYNs are dropped, never answered
+    for _ in range(4):
         f = socket.socket()
         f.setblocking(False)
         f.connect_ex(full.getsockname())
         fillers.append(f)
-    good, closed = _listener(), _listener()
-    refused = closed.getsockname()
+    yield full.getsockname()
+    for s in (full, *fillers):
+        s.close()
+
+
+@pytest.fixture
+def checks() -> Iterator[TcpChecks]:
+    c = TcpChecks()
+    yield c
+    c.close()
+
+
+def _drive(checks: TcpChecks, seconds: float, until: Callable[[Seen], bool] = bool) -> Seen:
+    """Run checks as the loop does (tick() at the wake time it returns) for up to seconds,
+    or until until(changes so far); the changes, timed."""
+    seen: Seen = []
+    t0 = time.monotonic()
+    end = t0 + seconds
+    wake, changes = checks.tick(t0)
+    while True:
+        now = time.monotonic()
+        seen += [(now - t0, c) for c in changes]
+        if now >= end or (seen and until(seen)):
+            return seen
+        time.sleep(max(0.0, min(wake, end) - now))  # the loop's timer
+        wake, changes = checks.tick(time.monotonic())
+
+
+def _refused() -> Address:
+    closed = _listener()
+    address = closed.getsockname()
     closed.close()
+    return address
+
+
+def _add(checks: TcpChecks, address: Address, interval: float, timeout: float, rise: int,
+         fall: int, later: float = 0.0) -> int:  # fmt: skip
+    return checks.add(*address, 0, interval, timeout, rise, fall, time.monotonic() + later)
+
+
+@requires(root)  # SO_MARK
+def test_tcp_checks_fall_and_rise_with_their_reasons(checks: TcpChecks, late: Address) -> None:
+    """Refused, late and connected, each reported only when fall (rise) results in a row say
+    so; the good backend never. Connected checks end with a RST; sockets are reused."""
+    good = _listener()
     good.settimeout(5)
-    connects = Connects(loop)
+    refused = _refused()
+    h_refused = _add(checks, refused, 0.1, 0.1, rise=2, fall=2)
+    h_late = _add(checks, late, 1.0, 0.2, rise=1, fall=1)
+    h_good = _add(checks, good.getsockname(), 0.1, 0.1, rise=1, fall=1)
     try:
-        for _ in range(2):
-            results = await _round(connects, full.getsockname(), good.getsockname(), refused)
-            assert results["good"][0] is None and results["refused"][0] == "refused"
-            assert results["late-short"][0] == "timeout"
-            assert 0.2 <= results["late-short"][1] < 0.6
-            assert results["late-long"][0] == "timeout" and results["late-long"][1] >= 1.0
+        seen = _drive(checks, 3, lambda s: len(s) == 2)
+        when = {c[0]: (t, c[1:]) for t, c in seen}
+        assert when[h_refused][1] == (True, "refused")
+        assert when[h_refused][0] >= 0.08  # the second failure, an interval later
+        assert when[h_late][1] == (True, "timeout") and 0.2 <= when[h_late][0] < 0.6
+        assert h_good not in when
+        for _ in range(2):  # every connected check ends with a RST
             conn, _ = good.accept()
             with conn, pytest.raises(ConnectionResetError):
                 conn.recv(1)
+        back = _listener(refused[1])
+        try:
+            seen = _drive(checks, 3, lambda s: any(c[0] == h_refused for _, c in s))
+            assert [c for _, c in seen if c[0] != h_late] == [(h_refused, False, "refused")]
+        finally:
+            back.close()
+        assert checks.completed >= 10 and 0 < checks.spare <= 3
     finally:
-        connects.close()
-        for s in (full, good, *fillers):
+        good.close()
+
+
+@requires(root)
+def test_a_target_removed_mid_check_never_reports(checks: TcpChecks, late: Address) -> None:
+    """Its socket is dropped (kept as a spare); its handle's next target, checking on that
+    very socket, sees nothing of the check before (the disconnect's event is not its own)."""
+    first = _add(checks, late, 1.0, 0.2, rise=1, fall=1)
+    checks.tick(time.monotonic())
+    assert checks.in_flight == 1
+    checks.remove(first)
+    assert (checks.in_flight, checks.spare) == (0, 1)
+    with pytest.raises(KeyError):
+        checks.remove(first)
+    good = _listener()
+    try:
+        again = _add(checks, good.getsockname(), 0.05, 0.05, rise=1, fall=1)
+        assert again == first
+        assert _drive(checks, 0.5) == []
+        assert checks.completed >= 5 and checks.spare == 1
+    finally:
+        good.close()
+
+
+@requires(root)
+def test_many_targets_are_checked_on_time_with_bounded_sockets(checks: TcpChecks) -> None:
+    """1,000 targets every 0.2 s over 10 listeners (never accepting: room for every
+    connection) for 1 s, spread over the interval: every check done on time, none failing,
+    the sockets in flight and spare bounded."""
+    listeners = [_listener() for _ in range(10)]
+    for s in listeners:
+        s.listen(1024)
+    try:
+        for i in range(1000):
+            _add(checks, listeners[i % 10].getsockname(), 0.2, 0.2, 1, 1, later=i / 5000)
+        assert _drive(checks, 1.0) == []
+        assert 4000 <= checks.completed <= 6000
+        assert checks.in_flight <= 1000 and checks.spare <= 256
+    finally:
+        for s in listeners:
             s.close()
+    with pytest.raises(ValueError, match="more than 2 targets"):
+        bounded = TcpChecks(max_targets=2)
+        try:
+            for _ in range(3):
+                _add(bounded, ("127.0.0.1", 9), 1, 1, 1, 1)
+        finally:
+            bounded.close()
 
 
-async def _round(
-    connects: Connects, late: Address, good: Address, refused: Address
-) -> dict[str, tuple[str | None, float]]:
-    """Start the four checks at once; their results and when each came."""
+@requires(root)
+def test_close_releases_every_descriptor(late: Address) -> None:
+    """In flight and spare sockets and the epoll set: none left open; a closed object
+    refuses every call."""
+    before = len(os.listdir("/proc/self/fd"))
+    checks = TcpChecks()
+    for _ in range(50):
+        _add(checks, late, 1.0, 0.5, rise=1, fall=1)
+    h = _add(checks, _refused(), 1.0, 0.5, rise=1, fall=1)
+    checks.tick(time.monotonic())
+    checks.remove(h)
+    assert checks.in_flight == 50
+    checks.close()
+    checks.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    for call in (lambda: checks.tick(0.0), lambda: checks.remove(0)):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+
+
+SOCKET_FAILS = """
+import resource, sys, time
+from weir.nodeagent.health._tcpcheck import TcpChecks
+checks = TcpChecks()
+checks.add("127.0.0.1", 9, 0, 1.0, 1.0, 1, 1, time.monotonic())
+resource.setrlimit(resource.RLIMIT_NOFILE, (0, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(checks.tick(time.monotonic() + 0.02)[1])  # its slot, or past it
+"""
+
+
+@requires(root)
+def test_a_socket_that_cannot_be_made_is_the_check_failure() -> None:
+    """socket() failing (no descriptor left) fails the check with its reason, no exception."""
+    out = subprocess.run([sys.executable, "-c", SOCKET_FAILS], capture_output=True, text=True,
+                         timeout=30, check=True).stdout  # fmt: skip
+    assert out.strip() == "[(0, True, 'socket: Too many open files')]"
+
+
+def test_reported_results_take_the_same_rise_and_fall(checks: TcpChecks) -> None:
+    """HTTP(S) results, reported: failing after fall in a row, a new reason while failing
+    told, healthy after rise in a row; never started by tick(); unknown handles refused."""
+    h = checks.add_reported(2, 3)
+    assert list(checks.report(h, "status 503")) == []
+    assert list(checks.report(h, None)) == []  # the streak starts over
+    for _ in range(2):
+        assert list(checks.report(h, "status 503")) == []
+    assert list(checks.report(h, "status 500")) == [(h, True, "status 500")]
+    assert list(checks.report(h, "status 500")) == []  # the same reason: nothing new
+    assert list(checks.report(h, "timeout")) == [(h, True, "timeout")]
+    assert list(checks.report(h, None)) == []
+    assert list(checks.report(h, None)) == [(h, False, "timeout")]
+    assert checks.tick(time.monotonic()) == (math.inf, ())  # nothing of its own to run
+    assert checks.in_flight == 0 and checks.completed == 9
+    tcp = checks.add("127.0.0.1", 9, 0, 1.0, 1.0, 1, 1, time.monotonic() + 60)
+    with pytest.raises(KeyError):
+        checks.report(tcp, None)  # checked here, not reported
+    checks.remove(h)
+    with pytest.raises(KeyError):
+        checks.report(h, None)
+    other = checks.add_reported(1, 1)
+    with pytest.raises(TypeError):
+        checks.report(other, b"503")  # type: ignore[arg-type]
+
+
+async def test_a_failed_pass_is_logged_and_the_checks_go_on() -> None:
+    """tick() raising (out of memory, epoll_wait failing) loses that pass, not the loop's
+    timer: the next pass runs a slot later."""
     loop = asyncio.get_running_loop()
-    results: dict[str, tuple[str | None, float]] = {}
-    finished = Generation()
+    tcp = TcpLoop(loop, lambda *_: None)
+    passes: list[float] = []
+    second = asyncio.Event()
+    real = tcp.checks
 
-    def done(name: str) -> Callable[[str | None], None]:
-        def record(reason: str | None) -> None:
-            assert name not in results
-            results[name] = (reason, loop.time() - t0)
-            finished.bump()
+    class Failing:
+        def tick(self, now: float) -> tuple[float, tuple[()]]:
+            passes.append(now)
+            if len(passes) == 1:
+                raise OSError(errno.EBADF, "epoll_wait")
+            second.set()
+            return math.inf, ()
 
-        return record
-
-    t0 = loop.time()
-    connects.start(late, 0, 1.0, done("late-long"))
-    connects.start(late, 0, 0.2, done("late-short"))
-    connects.start(good, 0, 1.0, done("good"))
-    connects.start(refused, 0, 1.0, done("refused"))
-    async with asyncio.timeout(5):
-        while len(results) < 4:
-            await finished.wait_past(finished.value)
-    return results
+    tcp.checks = Failing()  # type: ignore[assignment]
+    try:
+        tcp._wake_at(loop.time())
+        async with asyncio.timeout(2):
+            await second.wait()
+        assert passes[1] - passes[0] >= SLOT * 0.9
+    finally:
+        tcp.checks = real
+        tcp.close()

@@ -134,9 +134,10 @@ def installed() -> Iterator[Installed]:
 PROBE = """
 import json
 from importlib.resources import files
-import weir, weir.common.pb, weir.nodeagent._maglev
+import weir, weir.common.pb, weir.nodeagent._maglev, weir.nodeagent.health._tcpcheck
 from weir.nodeplane.v1 import nodeplane_pb2, nodeplane_pb2_grpc
-mods = (weir, weir.common.pb, weir.nodeagent._maglev, nodeplane_pb2, nodeplane_pb2_grpc)
+mods = (weir, weir.common.pb, weir.nodeagent._maglev, weir.nodeagent.health._tcpcheck,
+        nodeplane_pb2, nodeplane_pb2_grpc)
 print(json.dumps({
     "modules": {m.__name__: m.__file__ for m in mods},
     "bpf": sorted(p.name for p in files("weir.bpf").iterdir() if p.suffix in (".c", ".h")),
@@ -145,7 +146,7 @@ print(json.dumps({
 
 
 def test_the_installed_package_holds_everything(installed: Installed) -> None:
-    """Stubs, C extension and BPF sources all come from the venv, none from the checkout."""
+    """Stubs, C extensions and BPF sources all come from the venv, none from the checkout."""
     found = json.loads(installed.run([installed.bin("python"), "-I", "-c", PROBE]))
     site = installed.venv / "lib"
     assert all(Path(f).is_relative_to(site) for f in found["modules"].values()), found
