@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
+import threading
 from pathlib import Path
 
-from grpc.experimental.aio import init_grpc_aio
+from grpc.experimental.aio import init_grpc_aio, shutdown_grpc_aio
 from weir.common.lifecycle import run_until_stopped
 from weir.common.logs import configure, get_logger
 from weir.common.version import VERSION
@@ -218,7 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "file" and args.manifests is None:
         build_parser().error("--source file needs --manifests DIR")
     configure(args.log_format, args.log_level)
-    return asyncio.run(run(args))
+    try:
+        return asyncio.run(run(args))
+    finally:
+        release_grpc_aio()
+
+
+def release_grpc_aio(bound: float = 2.0) -> None:
+    """Undo run()'s init_grpc_aio once the loop is closed, so that the process exits at once:
+    while gRPC stays initialized, its OpenSSL exit handler (any process that used TLS) waits
+    2 s for it to shut down (grpc/grpc#39297). The app's gRPC objects sit in reference cycles
+    that would keep it initialized too: collected first. The shutdown joins gRPC's poller
+    thread, hence a bounded wait in a thread of its own (no worse than the 2 s if it hangs)."""
+    gc.collect()
+    shutdown = threading.Thread(target=shutdown_grpc_aio, name="grpc-aio-shutdown", daemon=True)
+    shutdown.start()
+    shutdown.join(bound)
 
 
 if __name__ == "__main__":

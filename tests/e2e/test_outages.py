@@ -15,7 +15,6 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +25,6 @@ from weir.lab.stack import TARGET, VIPS, Stack
 from weir.lab.topology import NODES, VIP
 from weir.lab.wait import wait_until
 
-from tests.lab.running import running_lab
 from tests.requirements import BIRD, ETHTOOL, EXABGP, requires, root
 
 pytestmark = [
@@ -36,7 +34,6 @@ pytestmark = [
     requires(root, BIRD, EXABGP, ETHTOOL),
 ]
 
-PREFIX = "wou"
 ROUTE = f"{VIP}/32"
 ALL = set(NODES.values())
 WITHOUT_LB1 = ALL - {NODES["lb1"]}
@@ -50,11 +47,10 @@ b.attach_xdp(b"eth0", b.load_func(b"other", BPF.XDP), 1 << 2)
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Stack]:
-    with running_lab(PREFIX) as stack:
-        assert stack.routing == "bgp", "the router learned no BGP route"
-        yield stack
+@pytest.fixture
+def lab(running: Stack) -> Stack:
+    assert running.routing == "bgp", "the router learned no BGP route"
+    return running
 
 
 @dataclass

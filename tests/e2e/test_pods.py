@@ -10,7 +10,6 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from weir.lab import traffic
@@ -30,18 +29,14 @@ from weir.lab.wait import wait_until
 from weir.nodeagent.dataplane.nat import DEFAULT_ENCAP_PORT
 from weir.nodeagent.dataplane.nat_pinned import PinnedNatMaps
 
-from tests.lab.running import running_lab
 from tests.requirements import BIRD, ETHTOOL, EXABGP, requires, root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, requires(root, BIRD, EXABGP, ETHTOOL)]
 
-PREFIX = "wpe"
 
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Stack]:
-    with running_lab(PREFIX) as stack:
-        yield stack
+@pytest.fixture
+def lab(running: Stack) -> Stack:
+    return running
 
 
 def pods_of(outcomes) -> Counter[str]:

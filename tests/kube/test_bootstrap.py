@@ -3,7 +3,8 @@ API server makes its own CA (a Secret) and serving certificate, publishes the CA
 ConfigMap, and trades agents' projected ServiceAccount tokens for node certificates
 (TokenReview, bound to the Pod's node). Agents hold nothing but their token and that bundle.
 
-- an agent with only its token gets its identity and its own view;
+- an agent with only its token gets its identity and its own view; on SIGTERM the controller
+  exits at once;
 - a token of a Pod on another node gets no certificate for this node, so no view of it;
 - expired, wrong-audience, forged tokens and tokens of other ServiceAccounts are refused;
 - before 1.30 (no node in the token) the node comes from the Pod object;
@@ -151,6 +152,13 @@ async def test_an_agent_with_only_its_token_gets_its_own_view(cluster: Cluster) 
         assert agent.view.node_config.load_balancer and agent.view.node_config.address == "10.0.0.1"
     finally:
         await agent.stop()
+    # SIGTERM: the controller (TLS used) exits at once, not 2 s later in gRPC's OpenSSL exit
+    # handler (controller/main.py, release_grpc_aio).
+    began = time.monotonic()
+    await cluster.ctl.stop()
+    took = time.monotonic() - began
+    assert cluster.ctl.proc is not None and cluster.ctl.proc.returncode == 0, cluster.ctl.logs()
+    assert took < 1.5, f"{took:.1f} s to exit"
 
 
 async def test_a_token_of_a_pod_on_another_node_gets_nothing(cluster: Cluster) -> None:

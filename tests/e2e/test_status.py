@@ -7,26 +7,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 
 import pytest
 from weir.lab.stack import Stack
 from weir.lab.topology import NODES, WORKERS
 from weir.lab.wait import wait_until
 
-from tests.lab.running import running_lab
 from tests.requirements import BIRD, EXABGP, requires, root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, requires(root, BIRD, EXABGP)]
 
-PREFIX = "wst"
 WEIRCTL = [sys.executable, "-m", "weir.ctl.main"]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Stack]:
-    with running_lab(PREFIX) as stack:
-        yield stack
+@pytest.fixture
+def lab(running: Stack) -> Stack:
+    return running
 
 
 def status(lab: Stack) -> dict:
