@@ -1,10 +1,13 @@
-"""A throwaway CA and a server certificate for 127.0.0.1/localhost, made once per process."""
+"""A throwaway CA and a server certificate for 127.0.0.1/localhost, made once per process and
+removed when it exits."""
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import ipaddress
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,7 @@ def fake_tls() -> FakeTLS:
         .sign(ca_key, hashes.SHA256())
     )
     folder = Path(tempfile.mkdtemp(prefix="weir-fakeapi-tls-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     (folder / "ca.crt").write_bytes(_pem(ca))
     (folder / "tls.crt").write_bytes(_pem(cert) + _pem(ca))
     (folder / "tls.key").write_bytes(
