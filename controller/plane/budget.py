@@ -37,3 +37,10 @@ class ByteBudget:
         finally:
             self.used -= size
             self._released.bump()
+
+    async def drained(self) -> None:
+        """Wait until no write holds any bytes (a write's bytes are released when the server
+        has handed it over, which can come after the agent already read it)."""
+        seen = self._released.value
+        while self.used:
+            seen = await self._released.wait_past(seen)

@@ -173,8 +173,9 @@ async def test_slow_readers_pin_a_bounded_amount_and_lose_their_stream() -> None
             async with asyncio.timeout(30):
                 await healthy.wait_version(1)
                 await p.plane.wait_for(lambda: not any(p.info(n).connected for n in slow))
+                await p.plane.send_budget.drained()  # nothing pinned once the writes ended
         budget = p.plane.send_budget
-        assert budget.used == 0 and size <= budget.peak <= budget.limit
+        assert size <= budget.peak <= budget.limit
         ended = {a.node for a in p.plane.list_agents().agents if not a.connected}
         assert ended == set(slow)
 
