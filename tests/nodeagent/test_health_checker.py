@@ -228,7 +228,7 @@ def test_a_target_removed_mid_check_never_reports(checks: TcpChecks, late: Addre
     """Its socket is dropped (kept as a spare); its handle's next target, checking on that
     very socket, sees nothing of the check before (the disconnect's event is not its own)."""
     first = _add(checks, late, 1.0, 0.2, rise=1, fall=1)
-    checks.tick(time.monotonic())
+    checks.tick(time.monotonic() + SLOT)  # its slot (the nearest to its time), or past it
     assert checks.in_flight == 1
     checks.remove(first)
     assert (checks.in_flight, checks.spare) == (0, 1)
@@ -279,7 +279,7 @@ def test_close_releases_every_descriptor(late: Address) -> None:
     for _ in range(50):
         _add(checks, late, 1.0, 0.5, rise=1, fall=1)
     h = _add(checks, _refused(), 1.0, 0.5, rise=1, fall=1)
-    checks.tick(time.monotonic())
+    checks.tick(time.monotonic() + SLOT)  # their slot, or past it
     checks.remove(h)
     assert checks.in_flight == 50
     checks.close()
