@@ -26,6 +26,9 @@
  * descriptor) is no check in flight is skipped, and one for a socket re-used by a new check
  * is that check's state (a connect in progress is not reported at all).
  *
+ * Targets checked by the caller (HTTP, HTTPS: add_reported) hand their results to report(),
+ * so rise and fall are applied here for every kind of check; tick() never starts theirs.
+ *
  * Nothing here blocks: every system call is on a non-blocking socket, and epoll_wait is
  * called with a zero timeout.
  */
